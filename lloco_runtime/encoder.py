@@ -1,0 +1,407 @@
+"""The context encoder: AutoCompressor-style summary vectors ("cheat sheets") for text chunks.
+
+A segment of at most ``segment_length`` tokens is run through the base LM followed by ``summary_length``
+learned summary-token embeddings (``embed_summary``, initialised from the EOS embedding). The hidden states
+at the summary positions (by default the final layer after the last norm) are the chunk's cheat sheet:
+vectors in the decoder's input-embedding space, spliced into prompts later.
+
+With ``accumulate=True`` the summaries of earlier segments of a document are prepended as a soft prompt to
+later segments (positions stay contiguous: soft prompt, segment, summary tokens).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError, FingerprintMismatchError, InputError, ModelLoadError
+from .models import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+ENCODER_ADAPTER = "lloco-encoder"
+FORMAT_VERSION = 1
+CONFIG_FILE = "encoder_config.json"
+WEIGHTS_FILE = "encoder.safetensors"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How text is segmented and compressed. Part of the encoder fingerprint."""
+
+    segment_length: int = field(default=512, metadata={"help": "tokens per segment (one chunk)"})
+    summary_length: int = field(default=16, metadata={"help": "summary vectors per segment"})
+    accumulate: bool = field(default=False, metadata={"help": "prepend earlier summaries as a soft prompt"})
+    summary_layer: int | None = field(
+        default=None, metadata={"help": "take summaries after this layer; None = final layer after norm"}
+    )
+    lora_r: int = field(default=0, metadata={"help": "rank of the encoder's own LoRA; 0 = none"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of the encoder's LoRA"})
+    lora_target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.segment_length, int) or self.segment_length < 1:
+            raise ConfigError(f"segment_length must be a positive integer, got {self.segment_length!r}")
+        if not isinstance(self.summary_length, int) or self.summary_length < 1:
+            raise ConfigError(f"summary_length must be a positive integer, got {self.summary_length!r}")
+        if self.summary_length > self.segment_length:
+            raise ConfigError("summary_length must not exceed segment_length (that would expand, not compress)")
+        if self.summary_layer is not None and self.summary_layer < 0:
+            raise ConfigError("summary_layer must be >= 0 (0 = input embeddings) or None for the final layer")
+        if self.lora_r < 0:
+            raise ConfigError("lora_r must be >= 0")
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio: source tokens per summary vector for a full segment."""
+        return self.segment_length / self.summary_length
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora_target_modules"] = list(self.lora_target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "lora_target_modules" in known:
+            known["lora_target_modules"] = tuple(known["lora_target_modules"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One encoder segment of a document: its position, exact source text and token ids."""
+
+    ordinal: int
+    text: str
+    token_ids: tuple[int, ...]
+    char_start: int
+    char_end: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def validate_text(text: object, what: str = "text") -> str:
+    """Reject non-strings, empty/whitespace-only text and binary content with a clear InputError."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{what} is not valid UTF-8; convert it to UTF-8 text first") from None
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{what} is empty or whitespace only; there is nothing to compress")
+    if "\x00" in text:
+        raise InputError(f"{what} contains NUL bytes: it looks binary, not text")
+    return text
+
+
+class ContextEncoder(nn.Module):
+    """Compresses text chunks into cheat sheets with a (shared) base LM and learned summary embeddings."""
+
+    def __init__(self, host: LoadedModel, config: EncoderConfig | None = None,
+                 summary_weight: torch.Tensor | None = None,
+                 lora_state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.host = host
+        self.config = config or EncoderConfig()
+        model = host.model
+        hidden = host.hidden_size
+        self.embed_summary = nn.Embedding(self.config.summary_length, hidden)
+        with torch.no_grad():
+            if summary_weight is not None:
+                if tuple(summary_weight.shape) != (self.config.summary_length, hidden):
+                    raise ModelLoadError(
+                        f"summary embeddings have shape {tuple(summary_weight.shape)}, expected "
+                        f"({self.config.summary_length}, {hidden}) for this config and base model"
+                    )
+                self.embed_summary.weight.copy_(summary_weight)
+            else:
+                eos = host.tokenizer.eos_token_id
+                eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+                self.embed_summary.weight.copy_(model.get_input_embeddings().weight[int(eos or 0)])
+        self.embed_summary.to(host.device, host.dtype)
+        n_layers = int(model.config.num_hidden_layers)
+        if self.config.summary_layer is not None and self.config.summary_layer > n_layers:
+            raise ConfigError(f"summary_layer {self.config.summary_layer} > number of layers {n_layers}")
+        self.has_lora = self.config.lora_r > 0
+        if self.has_lora:
+            self._inject_lora(lora_state)
+        self._fingerprint: str | None = None
+
+    # -- identity ---------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return self.host.tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.host.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.host.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of base weights identity, summary embeddings, encoder LoRA, config and dtype."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps({"format": FORMAT_VERSION, "base": self.host.fingerprint,
+                                 "config": self.config.to_dict(), "dtype": str(self.dtype)},
+                                sort_keys=True).encode())
+            for name, tensor in sorted(self.trainable_state().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing weights (training) so the fingerprint is recomputed."""
+        self._fingerprint = None
+
+    # -- encoder LoRA --------------------------------------------------------------------------------------
+
+    def _lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                          target_modules=list(self.config.lora_target_modules), bias="none")
+
+    def _inject_lora(self, lora_state: dict[str, torch.Tensor] | None) -> None:
+        from peft import set_peft_model_state_dict
+
+        model = self.host.model
+        with self.host.lock:
+            if ENCODER_ADAPTER in self.host.adapter_names():
+                model.delete_adapter(ENCODER_ADAPTER)
+            model.add_adapter(self._lora_config(), adapter_name=ENCODER_ADAPTER)
+            if lora_state is not None:
+                result = set_peft_model_state_dict(model, lora_state, adapter_name=ENCODER_ADAPTER)
+                missing = [k for k in getattr(result, "unexpected_keys", []) if ENCODER_ADAPTER in k]
+                if missing:
+                    raise ModelLoadError(f"encoder LoRA weights do not fit the model: {missing[:3]}")
+            self.host.resync()
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The encoder LoRA's weights in peft's saved-state naming (empty without a LoRA)."""
+        if not self.has_lora:
+            return {}
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.host.model, adapter_name=ENCODER_ADAPTER)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything the encoder owns beyond the base model, as named tensors."""
+        state = {"embed_summary.weight": self.embed_summary.weight}
+        state.update({f"lora.{k}": v for k, v in self.lora_state().items()})
+        return state
+
+    # -- segmentation -------------------------------------------------------------------------------------
+
+    def split(self, text: str, *, what: str = "text") -> list[Chunk]:
+        """Tokenise ``text`` and cut it into consecutive segments of at most ``segment_length`` tokens.
+
+        Never truncates: every token lands in exactly one chunk, in order, and the chunks' texts
+        concatenate back to the source text from its first token on.
+        """
+        text = validate_text(text, what)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        offsets: list[tuple[int, int]] = enc["offset_mapping"]
+        if not ids:
+            raise InputError(f"{what} produced no tokens")
+        n = self.config.segment_length
+        starts = list(range(0, len(ids), n))
+        chunks = []
+        for i, s in enumerate(starts):
+            e = min(s + n, len(ids))
+            c0 = 0 if i == 0 else offsets[s][0]
+            c1 = len(text) if e == len(ids) else offsets[e][0]
+            chunks.append(Chunk(ordinal=i, text=text[c0:c1], token_ids=tuple(ids[s:e]), char_start=c0,
+                                char_end=c1))
+        return chunks
+
+    # -- compression ----------------------------------------------------------------------------------------
+
+    def summarize(self, token_lists: Sequence[Sequence[int]],
+                  soft_prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Differentiable core: summary vectors ``[batch, summary_length, hidden]`` for a batch of segments.
+
+        Rows are left-padded so the summary tokens sit at the same final positions in every row; position
+        ids restart at 0 after the padding, so a row's result does not depend on its batch-mates.
+        The caller holds ``host.using(...)`` (see :meth:`compress_chunks`).
+        """
+        model = self.host.model
+        embed = model.get_input_embeddings()
+        device = self.host.device
+        soft_prompts = soft_prompts or [None] * len(token_lists)
+        rows = []
+        for ids, soft in zip(token_lists, soft_prompts, strict=True):
+            parts = [] if soft is None else [soft.to(device, self.dtype)]
+            parts.append(embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)))
+            parts.append(self.embed_summary.weight)
+            rows.append(torch.cat(parts, dim=0))
+        length = max(r.shape[0] for r in rows)
+        x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            x[i, length - r.shape[0]:] = r
+            mask[i, length - r.shape[0]:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        backbone = getattr(model, model.base_model_prefix)
+        layer = self.config.summary_layer
+        out = backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions,
+                       output_hidden_states=layer is not None, use_cache=False)
+        hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
+        return hidden[:, -self.config.summary_length:]
+
+    def compress_chunks(self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8,
+                        progress: bool = False) -> list[torch.Tensor]:
+        """One cheat sheet ``[summary_length, hidden]`` per chunk, in order (CPU tensors, model dtype).
+
+        Without accumulation chunks are independent and run in batches; with accumulation they are taken
+        as consecutive segments of one document and run in order. Runs with the encoder's LoRA active (or
+        with all adapters disabled), never with a decoder adapter.
+        """
+        if batch_size < 1:
+            raise InputError("batch_size must be >= 1")
+        ids = [c.token_ids if isinstance(c, Chunk) else tuple(c) for c in chunks]
+        if not ids:
+            return []
+        if any(len(t) == 0 for t in ids):
+            raise InputError("cannot compress an empty chunk")
+        too_long = [i for i, t in enumerate(ids) if len(t) > self.config.segment_length]
+        if too_long:
+            raise InputError(f"chunk {too_long[0]} exceeds segment_length={self.config.segment_length}; "
+                             "split the text with encoder.split() first")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="compressing", unit="chunk", disable=not progress)
+        out: list[torch.Tensor] = []
+        adapter = ENCODER_ADAPTER if self.has_lora else None
+        with torch.inference_mode():
+            if self.config.accumulate:
+                soft: torch.Tensor | None = None
+                for t in ids:
+                    with self.host.using(adapter):
+                        s = self.summarize([t], [soft])[0]
+                    out.append(s.to("cpu"))
+                    soft = s if soft is None else torch.cat([soft, s], dim=0)
+                    bar.update(1)
+            else:
+                for b in range(0, len(ids), batch_size):
+                    batch = ids[b:b + batch_size]
+                    with self.host.using(adapter):
+                        s = self.summarize(batch)
+                    out.extend(x.to("cpu") for x in s)
+                    bar.update(len(batch))
+        bar.close()
+        return out
+
+    def compress(self, text: str, *, batch_size: int = 8, progress: bool = False) -> CheatSheets:
+        """Split ``text`` into segments and compress them all: the document's cheat sheets in order."""
+        chunks = self.split(text)
+        sheets = self.compress_chunks(chunks, batch_size=batch_size, progress=progress)
+        return CheatSheets(tensors=sheets, fingerprint=self.fingerprint,
+                           source_tokens=sum(c.n_tokens for c in chunks))
+
+    # -- persistence ----------------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``encoder_config.json`` and ``encoder.safetensors`` (summary embeddings + encoder LoRA)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state().items()}
+        save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format": "lloco-encoder"})
+        (d / CONFIG_FILE).write_text(json.dumps({
+            "format_version": FORMAT_VERSION, "config": self.config.to_dict(), "base_model": self.host.name,
+            "base_fingerprint": self.host.fingerprint, "dtype": str(self.dtype),
+            "fingerprint": self.fingerprint,
+        }, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, host: LoadedModel) -> ContextEncoder:
+        """Load an encoder saved by :meth:`save` onto ``host``; refuses a different base model."""
+        d = Path(directory)
+        if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
+            raise ModelLoadError(f"{d} is not a lloco encoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        if meta.get("base_fingerprint") != host.fingerprint:
+            raise FingerprintMismatchError(
+                f"encoder {d} was trained on base model {meta.get('base_model')!r} "
+                f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}), but the loaded decoder is "
+                f"{host.name!r} ({host.fingerprint[:12]}); load the matching decoder or retrain the encoder"
+            )
+        tensors = load_file(str(d / WEIGHTS_FILE))
+        lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        return cls(host, EncoderConfig.from_dict(meta["config"]), summary_weight=tensors["embed_summary.weight"],
+                   lora_state=lora or None)
+
+    @classmethod
+    def from_autocompressor(cls, directory: str | Path, host: LoadedModel | None = None, *,
+                            segment_length: int | None = None, **load_kwargs) -> ContextEncoder:
+        """Load an AutoCompressor checkpoint (Llama weights + ``embed_summary.weight``, e.g.
+        ``AutoCompressor-Llama-2-7b-6k``) from a local folder; the base model comes from the same folder.
+        """
+        d = Path(directory)
+        cfg_path = d / "config.json"
+        if not cfg_path.exists():
+            raise ModelLoadError(f"{d} has no config.json; expected an AutoCompressor checkpoint folder")
+        cfg = json.loads(cfg_path.read_text())
+        summary = _read_tensor(d, "embed_summary.weight")
+        host = host or load_model(d, **load_kwargs)
+        seg = segment_length or cfg.get("segment_length") or 1536
+        if isinstance(cfg.get("segment_lengths"), list) and cfg["segment_lengths"] and not segment_length:
+            seg = int(cfg["segment_lengths"][0])
+        config = EncoderConfig(segment_length=int(seg),
+                               summary_length=int(cfg.get("summary_length", summary.shape[0])),
+                               accumulate=bool(cfg.get("accumulate_summary", False)))
+        return cls(host, config, summary_weight=summary)
+
+
+def _read_tensor(directory: Path, name: str) -> torch.Tensor:
+    """Read one named tensor from a folder of safetensors shards (never pickle)."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{directory} has no .safetensors weights (pickled .bin files are not loaded; "
+                             "convert them to safetensors first)")
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            if name in st.keys():
+                return st.get_tensor(name)
+    raise ModelLoadError(f"no tensor {name!r} in {directory}; is this an AutoCompressor checkpoint?")
+
+
+@dataclass
+class CheatSheets:
+    """The compressed form of a text: one tensor per chunk plus the encoder fingerprint that made them."""
+
+    tensors: list[torch.Tensor]
+    fingerprint: str
+    source_tokens: int = 0
+
+    @property
+    def n_vectors(self) -> int:
+        return sum(int(t.shape[0]) for t in self.tensors)
+
+    def stacked(self) -> torch.Tensor:
+        """All chunks' vectors concatenated: ``[n_vectors, hidden]``."""
+        return torch.cat(self.tensors, dim=0)

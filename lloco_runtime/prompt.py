@@ -1,0 +1,84 @@
+"""The one prompt template shared by training and serving, with a slot for the context.
+
+A :class:`Prompt` is a list of pieces: strings (tokenised) and tensors (cheat-sheet vectors spliced in as
+input embeddings). The template renders the model's chat template around a sentinel, then cuts the text
+at the sentinel: ``[prefix | context | suffix]``. Prepending is the special case of an empty prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError, InputError
+
+_SLOT = "\u2063LLOCO_CONTEXT_SLOT\u2063"
+
+Piece = str | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Ordered prompt pieces. ``special_tokens``: add the tokenizer's BOS etc. to the first text piece
+    (plain-text prompts); chat-templated prompts already carry their special tokens."""
+
+    pieces: tuple[Piece, ...]
+    special_tokens: bool = False
+
+    @classmethod
+    def from_text(cls, text: str) -> Prompt:
+        """A plain-text prompt, tokenised as is (no template)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("prompt text is empty")
+        return cls((text,), special_tokens=True)
+
+    @property
+    def context_vectors(self) -> int:
+        """How many spliced embedding vectors the prompt carries."""
+        return sum(int(p.shape[0]) for p in self.pieces if isinstance(p, torch.Tensor))
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """System message and user message formats; ``{context}`` marks where the context goes."""
+
+    system: str | None = field(default="Answer the question using the context. Answer briefly.")
+    user: str = field(default="Context:\n{context}\n\nQuestion: {question}")
+    user_no_context: str = field(default="Question: {question}")
+
+    def __post_init__(self) -> None:
+        if self.user.count("{context}") != 1 or "{question}" not in self.user:
+            raise ConfigError("PromptTemplate.user needs exactly one {context} and a {question} placeholder")
+        if "{question}" not in self.user_no_context or "{context}" in self.user_no_context:
+            raise ConfigError("PromptTemplate.user_no_context needs {question} and no {context}")
+
+    def _render(self, tokenizer, user_text: str) -> str:
+        messages = ([{"role": "system", "content": self.system}] if self.system else [])
+        messages.append({"role": "user", "content": user_text})
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head = f"{self.system}\n\n" if self.system else ""
+        return f"{head}{user_text}\n\nAnswer:"
+
+    def build(self, tokenizer, question: str,
+              context: str | torch.Tensor | Sequence[torch.Tensor] | None = None) -> Prompt:
+        """Render ``question`` with ``context``: text, one tensor ``[n, hidden]``, a list of tensors (one per
+        chunk, concatenated in order), or ``None`` for the no-context variant."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question is empty")
+        if context is None:
+            return Prompt((self._render(tokenizer, self.user_no_context.format(question=question)),))
+        question = question.replace(_SLOT, "")
+        text = self._render(tokenizer, self.user.format(context=_SLOT, question=question))
+        prefix, suffix = text.split(_SLOT)
+        if isinstance(context, str):
+            middle: tuple[Piece, ...] = (context,)
+        elif isinstance(context, torch.Tensor):
+            middle = (context,)
+        else:
+            middle = tuple(context)
+            if not middle:
+                raise InputError("context is an empty list of cheat sheets; pass None for no context")
+        return Prompt(tuple(p for p in (prefix, *middle, suffix) if not (isinstance(p, str) and p == "")))

@@ -1,0 +1,129 @@
+"""The framework-free entry point: one decoder, its context encoder, adapters and the prompt template.
+
+    from lloco_runtime import LLoCO
+    lloco = LLoCO.from_pretrained()                 # bundled SmolLM2-135M + default encoder
+    sheets = lloco.compress(long_text)              # offline: cheat sheets (32x fewer vectors)
+    print(lloco.answer("Who ...?", sheets).text)    # online: spliced into the prompt
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .adapters import AdapterManager, AdapterSource
+from .encoder import CheatSheets, ContextEncoder, EncoderConfig
+from .errors import FingerprintMismatchError, InputError
+from .generation import GenerationConfig, GenerationResult, Generator, _Stream
+from .models import LoadedModel, load_model
+from .prompt import Prompt, PromptTemplate
+
+log = logging.getLogger(__name__)
+
+Context = str | CheatSheets | torch.Tensor | Sequence[torch.Tensor] | None
+
+
+def shipped_encoder_dir() -> Path | None:
+    """The default encoder shipped in the package for SmolLM2-135M, if present."""
+    d = resources.files("lloco_runtime") / "assets" / "encoder-smollm2-135m"
+    path = Path(str(d))
+    return path if (path / "encoder_config.json").exists() else None
+
+
+class LLoCO:
+    """Compress offline, answer online: the core API every integration wraps."""
+
+    def __init__(self, host: LoadedModel, encoder: ContextEncoder, *, template: PromptTemplate | None = None,
+                 adapter_capacity: int = 4, adapter_source: AdapterSource | None = None) -> None:
+        if encoder.host is not host:
+            raise InputError("the encoder must be built on the same LoadedModel as the decoder")
+        self.host = host
+        self.encoder = encoder
+        self.template = template or PromptTemplate()
+        self.generator = Generator(host)
+        self.adapters = AdapterManager(host, encoder_fingerprint=encoder.fingerprint,
+                                       capacity=adapter_capacity, source=adapter_source)
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path | None = None, *, encoder: str | Path | EncoderConfig | None = None,
+                        device: str | None = None, dtype: str | torch.dtype | None = None,
+                        template: PromptTemplate | None = None, **kwargs) -> LLoCO:
+        """Load a decoder (default: bundled SmolLM2-135M-Instruct) and an encoder.
+
+        ``encoder``: a folder saved by :meth:`ContextEncoder.save`, an :class:`EncoderConfig` for a fresh
+        (untrained) encoder, or ``None`` for the shipped default encoder of the default model (a fresh
+        default-config encoder if none ships for this model).
+        """
+        host = load_model(model, device=device, dtype=dtype)
+        if isinstance(encoder, EncoderConfig):
+            enc = ContextEncoder(host, encoder)
+        elif encoder is not None:
+            enc = ContextEncoder.load(encoder, host)
+        else:
+            shipped = shipped_encoder_dir() if model in (None, "default") else None
+            if shipped is not None:
+                enc = ContextEncoder.load(shipped, host)
+            else:
+                log.info("no trained encoder given: using a fresh one (summary embeddings = EOS)")
+                enc = ContextEncoder(host, EncoderConfig())
+        return cls(host, enc, template=template, **kwargs)
+
+    # -- offline --------------------------------------------------------------------------------------------
+
+    def compress(self, text: str, *, batch_size: int = 8, progress: bool = False) -> CheatSheets:
+        """Cheat sheets for ``text`` (segmented, never truncated)."""
+        return self.encoder.compress(text, batch_size=batch_size, progress=progress)
+
+    # -- online ---------------------------------------------------------------------------------------------
+
+    def _context(self, context: Context):
+        if isinstance(context, CheatSheets):
+            if context.fingerprint != self.encoder.fingerprint:
+                raise FingerprintMismatchError(
+                    f"cheat sheets were made by encoder {context.fingerprint[:12]}, but this runtime's encoder "
+                    f"is {self.encoder.fingerprint[:12]}; re-compress the text with the current encoder"
+                )
+            return list(context.tensors)
+        return context
+
+    def prompt(self, question: str, context: Context = None) -> Prompt:
+        """The prompt the decoder sees: template prefix | context (text or cheat sheets) | question."""
+        return self.template.build(self.host.tokenizer, question, self._context(context))
+
+    def answer(self, question: str, context: Context = None, *, adapter_id: str | None = None,
+               config: GenerationConfig | None = None, **gen) -> GenerationResult:
+        """Answer ``question`` over ``context`` (text, cheat sheets, or None) with an optional adapter."""
+        cfg = config or GenerationConfig(**gen)
+        prompt = self.prompt(question, context)
+        with self.adapters.acquire(adapter_id) as name:
+            return self.generator.generate(prompt, cfg, adapter=name)
+
+    def stream(self, question: str, context: Context = None, *, adapter_id: str | None = None,
+               config: GenerationConfig | None = None, state: _Stream | None = None, **gen) -> Iterator[str]:
+        """Like :meth:`answer` but yields text as it is generated."""
+        cfg = config or GenerationConfig(**gen)
+        prompt = self.prompt(question, context)
+        with self.adapters.acquire(adapter_id) as name:
+            yield from self.generator.stream(prompt, cfg, adapter=name, state=state)
+
+    def complete(self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None,
+                 **gen) -> GenerationResult:
+        """Plain-text completion through the same decoding path (no template)."""
+        cfg = config or GenerationConfig(**gen)
+        with self.adapters.acquire(adapter_id) as name:
+            return self.generator.generate(Prompt.from_text(text), cfg, adapter=name)
+
+
+_DEFAULT: LLoCO | None = None
+
+
+def load_default_runtime() -> LLoCO:
+    """A process-wide default runtime (bundled model + default encoder), loaded on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = LLoCO.from_pretrained()
+    return _DEFAULT

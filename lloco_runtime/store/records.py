@@ -1,0 +1,147 @@
+"""Plain result types the store returns (no SQLAlchemy rows leak out of the package)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import torch
+
+RetrievalMode = Literal["dense", "fulltext", "hybrid"]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    n_groups: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    id: int
+    name: str
+    collection: str
+    active_adapter_id: int | None
+    n_documents: int
+    n_chunks: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    id: int
+    doc_id: str
+    group: str
+    collection: str
+    sha256: str
+    encoder_fingerprint: str | None
+    metadata: dict[str, Any]
+    n_chunks: int
+    n_tokens: int
+    n_chars: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter row without its weights (use ``CheatSheetStore.adapter_weights`` for the bytes)."""
+
+    id: int
+    group: str
+    collection: str
+    version: int
+    base_fingerprint: str
+    encoder_fingerprint: str
+    n_bytes: int
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    active: bool
+    created_at: datetime
+
+
+@dataclass
+class RetrievedChunk:
+    """One hit: where it comes from, its text and score, and (unless lazy) its decoded cheat sheet."""
+
+    chunk_id: int
+    doc_id: str
+    ordinal: int
+    text: str
+    n_tokens: int
+    score: float
+    metadata: dict[str, Any]
+    cheat_sheet: torch.Tensor | None = None
+
+
+@dataclass
+class RetrievalResult:
+    """Top-k chunks of one group, best first, with the group's active adapter."""
+
+    query: str
+    group: str
+    collection: str
+    mode: RetrievalMode
+    adapter_id: int | None
+    chunks: list[RetrievedChunk] = field(default_factory=list)
+
+    @property
+    def chunk_ids(self) -> list[int]:
+        return [c.chunk_id for c in self.chunks]
+
+    @property
+    def context_tokens(self) -> int:
+        """Cheat-sheet vectors the decoder will read (0 for chunks whose sheets are not loaded)."""
+        return sum(int(c.cheat_sheet.shape[0]) for c in self.chunks if c.cheat_sheet is not None)
+
+    @property
+    def raw_context_tokens(self) -> int:
+        """Tokens of the same chunks as plain text (what the cheat sheets replace)."""
+        return sum(c.n_tokens for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class DocumentOutcome:
+    doc_id: str
+    status: Literal["added", "replaced", "unchanged"]
+    n_chunks: int
+
+
+@dataclass
+class IngestReport:
+    """What one ingest call did."""
+
+    group: str
+    collection: str
+    documents: list[DocumentOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for d in self.documents if d.status == status)
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(d.n_chunks for d in self.documents if d.status != "unchanged")
+
+    def summary(self) -> str:
+        rate = self.chunks_written / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.count('added')} added, {self.count('replaced')} replaced, "
+                f"{self.count('unchanged')} unchanged; {self.chunks_written} chunks in {self.seconds:.1f}s "
+                f"({rate:.1f} chunks/s) into {self.collection}/{self.group}")
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """Where the store lives and what it holds."""
+
+    url: str
+    schema: str
+    version: int
+    latest_version: int
+    vector_schema: str | None
+    embedder: str | None
+    embedding_dim: int | None
+    counts: dict[str, int]
+    bytes: dict[str, int]

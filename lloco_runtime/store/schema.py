@@ -1,0 +1,268 @@
+"""lloco's tables and their ordered migrations, all inside one schema that lloco owns.
+
+Hierarchy: collection > group > document > chunk > cheat sheet; adapters belong to a group. Every foreign
+key cascades on delete, so removing a collection, group or document removes everything below it.
+
+The retrieval key (``chunks.embedding``, a small ``vector(d)`` with an HNSW cosine index) is kept apart
+from the cheat sheets (raw codec bytes in their own table), because cheat sheets are far too wide for
+pgvector indexes and are read only for the final top-k.
+
+Migrations are ordered and recorded in ``schema_version``; each runs once, inside the same transaction
+as its version row, under an advisory lock so two processes cannot migrate at the same time. Append
+new migrations to :data:`MIGRATIONS`; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pgvector.sqlalchemy import VECTOR
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Column,
+    Computed,
+    Connection,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    column,
+    func,
+    inspect,
+    insert,
+    select,
+    table,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
+from sqlalchemy.schema import CreateSchema
+
+from ..errors import StoreError
+from .names import validate_schema
+
+TEXT_SEARCH_CONFIG = "english"  # must match the generated tsv column below
+ADVISORY_LOCK_CLASS = 0x11C0  # first key of pg_advisory_xact_lock(int, int); the second is the schema's hash
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The SQLAlchemy ``Table`` objects of one lloco schema."""
+
+    schema: str
+    metadata: MetaData
+    schema_version: Table
+    settings: Table
+    collections: Table
+    groups: Table
+    documents: Table
+    chunks: Table
+    cheat_sheets: Table
+    adapters: Table
+
+
+def _created_at() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def build_tables(schema: str, dim: int | None = None) -> Tables:
+    """Define lloco's tables in ``schema``; ``dim`` is the retrieval embedding width (DDL needs it)."""
+    validate_schema(schema)
+    md = MetaData(schema=schema)
+    schema_version = Table(
+        "schema_version", md,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", Text, nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    settings = Table(
+        "settings", md,
+        Column("key", Text, primary_key=True),
+        Column("value", JSONB, nullable=False),
+    )
+    collections = Table(
+        "collections", md,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("name", Text, nullable=False, unique=True),
+        _created_at(),
+    )
+    groups = Table(
+        "groups", md,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("collection_id", BigInteger, ForeignKey(collections.c.id, ondelete="CASCADE"), nullable=False),
+        Column("name", Text, nullable=False),
+        Column("active_adapter_id", BigInteger,
+               ForeignKey("adapters.id", ondelete="SET NULL", use_alter=True, name="fk_groups_active_adapter"),
+               nullable=True),
+        _created_at(),
+        UniqueConstraint("collection_id", "name", name="uq_groups_collection_name"),
+    )
+    documents = Table(
+        "documents", md,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("group_id", BigInteger, ForeignKey(groups.c.id, ondelete="CASCADE"), nullable=False),
+        Column("doc_id", Text, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("encoder_fingerprint", Text, nullable=True),
+        Column("metadata", JSONB, key="meta", nullable=False, server_default="{}"),
+        Column("n_chunks", Integer, nullable=False),
+        Column("n_tokens", Integer, nullable=False),
+        Column("n_chars", Integer, nullable=False),
+        _created_at(),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        UniqueConstraint("group_id", "doc_id", name="uq_documents_group_doc"),
+    )
+    chunks = Table(
+        "chunks", md,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("document_id", BigInteger, ForeignKey(documents.c.id, ondelete="CASCADE"), nullable=False),
+        # Denormalised from the document so a group's top-k is one indexed scan without a join.
+        Column("group_id", BigInteger, ForeignKey(groups.c.id, ondelete="CASCADE"), nullable=False),
+        Column("ordinal", Integer, nullable=False),
+        Column("text", Text, nullable=False),
+        Column("n_tokens", Integer, nullable=False),
+        Column("char_start", Integer, nullable=True),
+        Column("char_end", Integer, nullable=True),
+        Column("metadata", JSONB, key="meta", nullable=False, server_default="{}"),
+        Column("embedding", VECTOR(dim), nullable=False),
+        Column("tsv", TSVECTOR, Computed("to_tsvector('english'::regconfig, text)", persisted=True)),
+        UniqueConstraint("document_id", "ordinal", name="uq_chunks_document_ordinal"),
+        Index("ix_chunks_group", "group_id"),
+        Index("ix_chunks_tsv", "tsv", postgresql_using="gin"),
+    )
+    Index("ix_chunks_embedding_hnsw", chunks.c.embedding, postgresql_using="hnsw",
+          postgresql_with={"m": 16, "ef_construction": 64},
+          postgresql_ops={"embedding": "vector_cosine_ops"})
+    cheat_sheets = Table(
+        "cheat_sheets", md,
+        Column("chunk_id", BigInteger, ForeignKey(chunks.c.id, ondelete="CASCADE"), primary_key=True),
+        Column("encoder_fingerprint", Text, nullable=False),
+        Column("dtype", Text, nullable=False),
+        Column("shape", ARRAY(Integer), nullable=False),
+        Column("n_bytes", Integer, nullable=False),
+        Column("data", LargeBinary, nullable=False),
+    )
+    adapters = Table(
+        "adapters", md,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("group_id", BigInteger, ForeignKey(groups.c.id, ondelete="CASCADE"), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("base_fingerprint", Text, nullable=False),
+        Column("encoder_fingerprint", Text, nullable=False),
+        Column("weights", LargeBinary, nullable=False),
+        Column("n_bytes", Integer, nullable=False),
+        Column("config", JSONB, nullable=False, server_default="{}"),
+        Column("metrics", JSONB, nullable=False, server_default="{}"),
+        _created_at(),
+        UniqueConstraint("group_id", "version", name="uq_adapters_group_version"),
+    )
+    return Tables(schema, md, schema_version, settings, collections, groups, documents, chunks,
+                  cheat_sheets, adapters)
+
+
+# -- migrations ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``apply(conn, tables, settings)`` runs inside the migrating transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection, Tables, dict], None]
+
+
+def _v1_initial(conn: Connection, t: Tables, settings: dict) -> None:
+    order = [t.settings, t.collections, t.groups, t.documents, t.chunks, t.cheat_sheets, t.adapters]
+    t.metadata.create_all(conn, tables=order)
+    # Cheat sheets are dense fp16/bf16 bytes: TOAST compression would cost CPU and save nothing.
+    conn.execute(DDL("ALTER TABLE %(fullname)s ALTER COLUMN data SET STORAGE EXTERNAL").against(t.cheat_sheets))
+    conn.execute(insert(t.settings), [{"key": k, "value": v} for k, v in settings.items()])
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial tables: collections, groups, documents, chunks, cheat_sheets, adapters", _v1_initial),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_pg_extension = table("pg_extension", column("extname"), column("extnamespace"), schema="pg_catalog")
+_pg_namespace = table("pg_namespace", column("oid"), column("nspname"), schema="pg_catalog")
+
+
+def vector_extension_schema(conn: Connection) -> str | None:
+    """The schema holding the ``vector`` extension in this database, or None if it is not installed."""
+    stmt = (select(_pg_namespace.c.nspname)
+            .select_from(_pg_extension.join(_pg_namespace, _pg_extension.c.extnamespace == _pg_namespace.c.oid))
+            .where(_pg_extension.c.extname == "vector"))
+    return conn.execute(stmt).scalar_one_or_none()
+
+
+def ensure_vector_extension(conn: Connection) -> str:
+    """Install pgvector if missing and return the schema it lives in.
+
+    ``CREATE EXTENSION IF NOT EXISTS vector`` is the one statement lloco runs outside its own schema (the
+    extension lands in the database's default creation schema, usually ``public``). An extension that
+    already exists, in any schema, is used as it is.
+    """
+    found = vector_extension_schema(conn)
+    if found is not None:
+        return found
+    try:
+        with conn.begin_nested():
+            conn.execute(DDL("CREATE EXTENSION IF NOT EXISTS vector"))
+    except Exception as exc:
+        raise StoreError(
+            "the pgvector extension is not installed and could not be created "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); ask the database owner to run "
+            "CREATE EXTENSION vector, or use the embedded server (unset LLOCO_DATABASE_URL)"
+        ) from exc
+    found = vector_extension_schema(conn)
+    assert found is not None
+    return found
+
+
+def current_version(conn: Connection, schema: str) -> int:
+    """The highest applied migration in ``schema``; 0 when lloco has not been initialised there."""
+    if not inspect(conn).has_table("schema_version", schema=schema):
+        return 0
+    t = build_tables(schema)
+    return int(conn.execute(select(func.coalesce(func.max(t.schema_version.c.version), 0))).scalar_one())
+
+
+def search_path_value(schemas: list[str]) -> str:
+    """A ``search_path`` setting naming ``schemas`` (quoted), for ``set_config`` as a bound value."""
+    return ", ".join('"' + s.replace('"', '""') + '"' for s in schemas)
+
+
+def migrate(conn: Connection, schema: str, settings: dict) -> tuple[int, int, str]:
+    """Create/upgrade lloco's schema; returns ``(version_before, version_after, vector_schema)``.
+
+    ``settings`` (embedder name and dimension) are recorded by the first migration. Runs in the caller's
+    transaction; takes a transaction-scoped advisory lock keyed on the schema name.
+    """
+    validate_schema(schema)
+    conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_CLASS, func.hashtext(schema))))
+    vector_schema = ensure_vector_extension(conn)
+    # DDL names pgvector's type and operator class unqualified: resolve them in the extension's schema.
+    conn.execute(select(func.set_config("search_path", search_path_value([vector_schema]), True)))
+    conn.execute(CreateSchema(schema, if_not_exists=True))
+    tables = build_tables(schema, int(settings["embedding_dim"]))
+    tables.schema_version.create(conn, checkfirst=True)
+    before = current_version(conn, schema)
+    if before > LATEST_VERSION:
+        raise StoreError(
+            f"schema {schema!r} is at version {before}, newer than this lloco understands ({LATEST_VERSION}); "
+            "upgrade lloco"
+        )
+    for m in MIGRATIONS:
+        if m.version > before:
+            m.apply(conn, tables, settings)
+            conn.execute(insert(tables.schema_version).values(version=m.version, description=m.description))
+    return before, LATEST_VERSION, vector_schema

