@@ -2,10 +2,11 @@
 
 Layout (little-endian)::
 
-    b"LLCS" | version u8 | dtype code u8 | ndim u8 | shape u32 * ndim | crc32(payload) u32 | payload
+    b"LLCS" | version u8 | dtype code u8 | ndim u8 | shape u32 * ndim | crc32(header + payload) u32 | payload
 
-The header makes a blob self-describing and the CRC rejects corrupted bytes, so a damaged row fails loudly
-instead of decoding into a tensor of the wrong shape or garbage values.
+The header makes a blob self-describing and the CRC (over the header fields before it and the payload)
+rejects corrupted bytes, so a damaged row fails loudly instead of decoding into a tensor of the wrong
+shape, the wrong dtype (float16 and bfloat16 have the same size) or garbage values.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def encode_tensor(tensor: torch.Tensor, dtype: str | torch.dtype | None = None) 
     raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
     header = MAGIC + struct.pack("<BBB", VERSION, _DTYPES[name][0], t.ndim)
     header += struct.pack(f"<{t.ndim}I", *t.shape)
-    header += struct.pack("<I", zlib.crc32(raw))
+    header += struct.pack("<I", zlib.crc32(raw, zlib.crc32(header)))
     return header + raw
 
 
@@ -95,7 +96,7 @@ def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
             f"corrupted cheat sheet: header says {name}{list(shape)} ({count * itemsize} bytes), "
             f"payload has {len(payload)} bytes"
         )
-    if zlib.crc32(payload) != crc:
+    if zlib.crc32(payload, zlib.crc32(data[: need - 4])) != crc:
         raise CheatSheetError("corrupted cheat sheet: checksum mismatch; re-ingest the document")
     if dt == torch.bfloat16:
         out = torch.frombuffer(bytearray(payload), dtype=torch.int16).view(torch.bfloat16)
