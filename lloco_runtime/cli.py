@@ -1,0 +1,105 @@
+"""The ``lloco`` command line. ``lloco --help`` lists the commands; each has its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from .errors import InputError, LLoCOError
+
+
+def _runtime(args: argparse.Namespace):
+    from .runtime import LLoCO
+
+    return LLoCO.from_pretrained(args.model, encoder=args.encoder, device=args.device, dtype=args.dtype)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    lloco = _runtime(args)
+    enc = lloco.encoder
+    print(json.dumps({
+        "model": lloco.host.name, "model_path": str(lloco.host.path), "model_fingerprint": lloco.host.fingerprint,
+        "device": str(lloco.host.device), "dtype": str(lloco.host.dtype), "hidden_size": lloco.host.hidden_size,
+        "context_window": lloco.host.context_window, "encoder": enc.config.to_dict(),
+        "encoder_fingerprint": enc.fingerprint, "compression_ratio": enc.config.ratio,
+    }, indent=2))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    contexts = [int(x) for x in args.contexts.split(",")] if args.contexts else None
+    if contexts and any(c < 1 for c in contexts):
+        raise InputError("--contexts takes positive token counts, e.g. 1000,6000")
+    lloco = _runtime(args)
+    report = bench.run(lloco, quick=args.quick, contexts=contexts, reps=args.reps, json_path=args.json)
+    print(f"Prefill (time to first token), median of {report['settings']['reps']} runs, "
+          f"{report['machine']['device']} {report['machine']['dtype']}, "
+          f"{report['machine']['torch_threads']} threads, torch {report['machine']['torch']}")
+    print(report["_table"])
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
+                                "cheat sheets, per-group LoRA adapters and Postgres storage.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None, help="decoder: 'default' (SmolLM2-135M), a local HF folder "
+                        "or a .gguf file")
+    common.add_argument("--encoder", default=None, help="encoder folder (default: the shipped encoder)")
+    common.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    common.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("info", parents=[common], help="show the model, encoder and fingerprints")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("bench", parents=[common], help="measure prefill: full text vs. cheat sheets",
+                       description="Measure time to first token with the passage as text against the same "
+                       "passage as cheat sheets, side by side in one run (median of repetitions).")
+    s.add_argument("--quick", action="store_true", help="one context length (6,000 tokens), 3 repetitions")
+    s.add_argument("--contexts", default=None, help="comma-separated context lengths in tokens")
+    s.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    s.set_defaults(func=_cmd_bench)
+
+    try:  # storage commands (db, ingest, ...) live with the store
+        from .store.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LLoCOError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
