@@ -46,6 +46,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from .service import LLoCOService
+    from .store import CheatSheetStore
+
+    if not args.question.strip():
+        raise InputError("the question is empty")
+    store = CheatSheetStore(args.url, schema=args.schema, create=False)
+    service = LLoCOService(_runtime(args), store)
+    gen = {"max_new_tokens": args.max_new_tokens}
+    kwargs = dict(group=args.group, collection=args.collection, top_k=args.top_k, mode=args.mode,
+                  use_adapter=not args.no_adapter)
+    if args.json:
+        answer = service.answer(args.question, **kwargs, **gen)
+        print(json.dumps(answer.to_dict(), indent=2))
+        return 0
+    deltas, result = service.stream(args.question, **kwargs, **gen)
+    for d in deltas:
+        print(d, end="", flush=True)
+    print()
+    adapter = result.adapter_id if not args.no_adapter else None
+    print(f"\n[{result.context_tokens} cheat-sheet vectors instead of {result.raw_context_tokens} text tokens; "
+          f"adapter: {adapter if adapter is not None else 'none'}]")
+    for c in result.chunks:
+        preview = " ".join(c.text.split())[:90]
+        print(f"  {c.score:.3f}  {c.doc_id} #{c.ordinal} (chunk {c.chunk_id}): {preview}...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -70,6 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("ask", parents=[common], help="answer a question over an ingested group",
+                       description="Retrieve the group's best chunks, splice their cheat sheets into the "
+                       "prompt, apply the group's active adapter and answer (streamed).")
+    s.add_argument("question", help="the question")
+    s.add_argument("--group", required=True, help="document group to search")
+    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    s.add_argument("--top-k", type=int, default=4, help="chunks to retrieve (default 4)")
+    s.add_argument("--mode", choices=["dense", "fulltext", "hybrid"], default="hybrid", help="retrieval mode")
+    s.add_argument("--no-adapter", action="store_true", help="answer without the group's adapter")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    s.add_argument("--json", action="store_true", help="print {answer, sources, adapter_id, context_tokens, "
+                   "raw_context_tokens} as JSON")
+    s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
+    s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
+    s.set_defaults(func=_cmd_ask)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register
