@@ -1,0 +1,55 @@
+"""The ``lloco`` CLI: help, errors as exit codes, and the bench JSON on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lloco_runtime.cli import build_parser, main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("info", "bench", "ask"):
+        assert cmd in out
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, sp in sub.choices.items():
+        assert sp.format_help().strip(), name
+
+
+def test_missing_model_path_is_a_clean_error(capsys, tmp_path):
+    code = main(["info", "--model", str(tmp_path / "nope")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "does not exist" in err
+
+
+def test_bad_contexts_is_input_error(capsys, tiny_model_dir):
+    assert main(["bench", "--model", str(tiny_model_dir), "--contexts", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", str(tiny_model_dir), "--contexts", "600,1100", "--reps", "2",
+                 "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [r["context_tokens"] for r in report["prefill"]] == [600, 1100]
+    for row in report["prefill"]:
+        assert set(row) >= {"context_tokens", "full_s", "lloco_tokens", "lloco_s", "ratio"}
+        assert row["full_s"] > 0 and row["lloco_s"] > 0
+        assert row["ratio"] == pytest.approx(row["full_s"] / row["lloco_s"])
+        # 16 vectors per 512 tokens, never truncated: 600 tokens -> 2 segments
+        assert row["lloco_tokens"] == 16 * -(-row["context_tokens"] // 512)
+        assert row["lloco_prompt_positions"] < row["full_prompt_tokens"]
+    assert {"torch", "cpu_count", "torch_threads", "device"} <= set(report["machine"])
+    assert "speedup" in capsys.readouterr().out
