@@ -137,11 +137,13 @@ class StoreStatus:
     """Where the store lives and what it holds."""
 
     url: str
+    embedded: bool
     schema: str
     version: int
     latest_version: int
     vector_schema: str | None
     embedder: str | None
     embedding_dim: int | None
+    ann_index: str  # "hnsw" or "none" (exact search)
     counts: dict[str, int]
     bytes: dict[str, int]

@@ -3,8 +3,8 @@
 Hierarchy: collection > group > document > chunk > cheat sheet; adapters belong to a group. Every foreign
 key cascades on delete, so removing a collection, group or document removes everything below it.
 
-The retrieval key (``chunks.embedding``, a small ``vector(d)`` with an HNSW cosine index) is kept apart
-from the cheat sheets (raw codec bytes in their own table), because cheat sheets are far too wide for
+The retrieval key (``chunks.embedding``, a small ``halfvec(d)`` with an HNSW cosine index, see
+:func:`hnsw_index`) is kept apart from the cheat sheets (raw codec bytes in their own table), because cheat sheets are far too wide for
 pgvector indexes and are read only for the final top-k.
 
 Migrations are ordered and recorded in ``schema_version``; each runs once, inside the same transaction
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgvector.sqlalchemy import VECTOR
+from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     DDL,
     BigInteger,
@@ -49,6 +49,7 @@ from ..errors import StoreError
 from .names import validate_schema
 
 TEXT_SEARCH_CONFIG = "english"  # must match the generated tsv column below
+HNSW_INDEX = "ix_chunks_embedding_hnsw"
 ADVISORY_LOCK_CLASS = 0x11C0  # first key of pg_advisory_xact_lock(int, int); the second is the schema's hash
 
 
@@ -131,15 +132,12 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
         Column("char_start", Integer, nullable=True),
         Column("char_end", Integer, nullable=True),
         Column("metadata", JSONB, key="meta", nullable=False, server_default="{}"),
-        Column("embedding", VECTOR(dim), nullable=False),
+        Column("embedding", HALFVEC(dim), nullable=False),
         Column("tsv", TSVECTOR, Computed("to_tsvector('english'::regconfig, text)", persisted=True)),
         UniqueConstraint("document_id", "ordinal", name="uq_chunks_document_ordinal"),
         Index("ix_chunks_group", "group_id"),
         Index("ix_chunks_tsv", "tsv", postgresql_using="gin"),
     )
-    Index("ix_chunks_embedding_hnsw", chunks.c.embedding, postgresql_using="hnsw",
-          postgresql_with={"m": 16, "ef_construction": 64},
-          postgresql_ops={"embedding": "vector_cosine_ops"})
     cheat_sheets = Table(
         "cheat_sheets", md,
         Column("chunk_id", BigInteger, ForeignKey(chunks.c.id, ondelete="CASCADE"), primary_key=True),
@@ -165,6 +163,36 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
     )
     return Tables(schema, md, schema_version, settings, collections, groups, documents, chunks,
                   cheat_sheets, adapters)
+
+
+def hnsw_index(t: Tables) -> Index:
+    """The HNSW cosine index on the retrieval embeddings (created by :func:`ensure_hnsw_index`).
+
+    Kept out of the table definition because some pgvector builds cannot run HNSW on some CPUs (see
+    ``server.embedded_ann_supported``); without it dense retrieval is an exact scan of the group's rows.
+    """
+    index = Index(HNSW_INDEX, t.chunks.c.embedding, postgresql_using="hnsw",
+                  postgresql_with={"m": 16, "ef_construction": 64},
+                  postgresql_ops={"embedding": "halfvec_cosine_ops"})
+    t.chunks.indexes.discard(index)  # keep it out of create_all(): it is managed on its own
+    return index
+
+
+def has_hnsw_index(conn: Connection, t: Tables) -> bool:
+    names = {ix["name"] for ix in inspect(conn).get_indexes("chunks", schema=t.schema)}
+    return HNSW_INDEX in names
+
+
+def ensure_hnsw_index(conn: Connection, t: Tables) -> None:
+    """Create the HNSW index if it is missing (builds over existing rows; may take a while)."""
+    if not has_hnsw_index(conn, t):
+        hnsw_index(t).create(conn)
+
+
+def drop_hnsw_index(conn: Connection, t: Tables) -> None:
+    """Drop the HNSW index if present (it is derived data; retrieval falls back to exact search)."""
+    if has_hnsw_index(conn, t):
+        hnsw_index(t).drop(conn)
 
 
 # -- migrations ---------------------------------------------------------------------------------------------

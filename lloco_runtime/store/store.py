@@ -1,0 +1,356 @@
+"""``CheatSheetStore``: the one object applications use to ingest, retrieve and manage cheat sheets.
+
+It owns an engine (embedded Postgres by default, or any Postgres by URL), a schema (default ``lloco``)
+and a retrieval embedder. Opening it creates or upgrades the schema; every method is one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.schema import DropSchema
+
+from .. import config
+from ..embeddings import Embedder, as_matrix, default_embedder
+from ..errors import ConfigError, InputError, StoreError
+from . import catalog, registry
+from .catalog import DEFAULT_COLLECTION
+from .filters import Filter, compile_filter, parse_filter
+from .ingest import EncoderLike, existing_state, is_unchanged, prepare, write_document
+from .inputs import DocumentInput, check_unique, read_paths
+from .names import validate_name, validate_schema
+from .records import (AdapterInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo, IngestReport,
+                      RetrievalMode, RetrievalResult, StoreStatus)
+from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetch_cheat_sheets, fetch_chunks,
+                       fulltext_hits, reciprocal_rank_fusion)
+from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
+                     has_hnsw_index, migrate, search_path_value, vector_extension_schema)
+from .server import create_store_engine, embedded_ann_supported, install_search_path, redact, resolve_url
+
+_log = logging.getLogger(__name__)
+
+SHEET_DTYPES = (None, "float16", "bfloat16", "float32")
+ANN_INDEX = ("auto", "hnsw", "none")
+MODES = ("dense", "fulltext", "hybrid")
+
+
+class CheatSheetStore:
+    """Cheat sheets, chunks, retrieval keys and adapters in one Postgres schema.
+
+    Args:
+        url: a Postgres URL; default ``LLOCO_DATABASE_URL``, else the embedded server under ``LLOCO_HOME``.
+        schema: the schema lloco owns there; default ``LLOCO_SCHEMA`` or ``lloco``.
+        embedder: retrieval embedder; default all-MiniLM-L6-v2. A schema records the embedder it was
+            created with and refuses another one (vectors of two models are not comparable).
+        create: create or upgrade the schema when needed (else an uninitialised schema is an error).
+        ann_index: ``hnsw`` keeps an HNSW cosine index on the retrieval embeddings; ``none`` drops it (exact
+            search); ``auto`` (default) is ``hnsw`` except for the embedded server on a CPU its pgvector
+            build cannot run HNSW on (no AVX-512, see ``server.embedded_ann_supported``).
+        cheat_sheet_dtype: storage dtype of cheat sheets: ``float16`` (default, half the bytes of fp32;
+            falls back to the source dtype for values beyond fp16 range), ``bfloat16``, ``float32`` or
+            None to keep the encoder's dtype.
+    """
+
+    def __init__(self, url: str | None = None, *, schema: str | None = None, embedder: Embedder | None = None,
+                 create: bool = True, ann_index: str = "auto", cheat_sheet_dtype: str | None = "float16",
+                 echo: bool = False) -> None:
+        self.schema = validate_schema(schema or config.schema_name())
+        if cheat_sheet_dtype not in SHEET_DTYPES:
+            raise ConfigError(f"cheat_sheet_dtype must be one of {SHEET_DTYPES}, got {cheat_sheet_dtype!r}")
+        self.cheat_sheet_dtype = cheat_sheet_dtype
+        if ann_index not in ANN_INDEX:
+            raise ConfigError(f"ann_index must be one of {ANN_INDEX}, got {ann_index!r}")
+        self.embedder: Embedder = embedder if embedder is not None else default_embedder()
+        self._url, self.embedded = resolve_url(url)
+        if ann_index == "auto":
+            ann_index = "hnsw" if not self.embedded or embedded_ann_supported() else "none"
+        self.ann_index = ann_index
+        self.engine: Engine = create_store_engine(self._url, echo=echo)
+        self.version = 0
+        self.vector_schema: str | None = None
+        self.tables: Tables = build_tables(self.schema, self.embedder.dim)
+        self._open(create)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password hidden."""
+        return redact(self._url)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"embedder": self.embedder.name, "embedding_dim": int(self.embedder.dim)}
+
+    def _open(self, create: bool) -> None:
+        try:
+            with self.engine.begin() as conn:
+                version = current_version(conn, self.schema)
+                if version < LATEST_VERSION and create:
+                    _, version, _ = migrate(conn, self.schema, self._settings())
+                elif version == 0:
+                    raise StoreError(f"schema {self.schema!r} is not initialised in {self.url}; run `lloco db init`")
+                elif version > LATEST_VERSION:
+                    raise StoreError(f"schema {self.schema!r} is at version {version}, newer than this lloco "
+                                     f"({LATEST_VERSION}); upgrade lloco")
+                elif version < LATEST_VERSION:
+                    raise StoreError(f"schema {self.schema!r} is at version {version}; run `lloco db init` "
+                                     "to upgrade it")
+                vector_schema = vector_extension_schema(conn)
+                settings = {r.key: r.value for r in conn.execute(select(self.tables.settings))}
+                self._sync_ann_index(conn, vector_schema)
+        except OperationalError as exc:
+            raise StoreError(f"cannot reach Postgres at {self.url}: {str(exc.orig).strip().splitlines()[0]}; "
+                             "check LLOCO_DATABASE_URL or unset it to use the embedded server") from exc
+        self.version, self.vector_schema = version, vector_schema
+        want = self._settings()
+        if settings.get("embedding_dim") != want["embedding_dim"] or settings.get("embedder") != want["embedder"]:
+            raise ConfigError(
+                f"schema {self.schema!r} indexes embeddings of {settings.get('embedder')!r} "
+                f"({settings.get('embedding_dim')} dims) but this store was opened with {want['embedder']!r} "
+                f"({want['embedding_dim']} dims); pass the same embedder, or use another schema (LLOCO_SCHEMA)"
+            )
+        if vector_schema is not None:
+            install_search_path(self.engine, [vector_schema])
+
+    def _sync_ann_index(self, conn: Connection, vector_schema: str | None) -> None:
+        if self.ann_index == "hnsw":
+            if vector_schema is not None and not has_hnsw_index(conn, self.tables):
+                conn.execute(select(func.set_config("search_path", search_path_value([vector_schema]), True)))
+                ensure_hnsw_index(conn, self.tables)
+        elif has_hnsw_index(conn, self.tables):
+            _log.warning("dropping the HNSW index of schema %s: this pgvector build cannot run it here "
+                         "(retrieval uses exact search)", self.schema)
+            drop_hnsw_index(conn, self.tables)
+
+    def close(self) -> None:
+        """Release pooled connections (the embedded server stops when the process exits)."""
+        self.engine.dispose()
+
+    def __enter__(self) -> CheatSheetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def drop_schema(self) -> None:
+        """Delete lloco's schema and everything in it (nothing else in the database is touched)."""
+        with self.engine.begin() as conn:
+            conn.execute(DropSchema(self.schema, cascade=True, if_exists=True))
+        self.version = 0
+
+    def status(self) -> StoreStatus:
+        """Schema version, embedder, row counts and bytes of cheat sheets and adapters."""
+        t = self.tables
+        with self.engine.begin() as conn:
+            counts = {name: int(conn.execute(select(func.count()).select_from(tab)).scalar_one())
+                      for name, tab in (("collections", t.collections), ("groups", t.groups),
+                                        ("documents", t.documents), ("chunks", t.chunks),
+                                        ("cheat_sheets", t.cheat_sheets), ("adapters", t.adapters))}
+            sizes = {
+                "cheat_sheets": int(conn.execute(select(func.coalesce(func.sum(t.cheat_sheets.c.n_bytes), 0)))
+                                    .scalar_one()),
+                "adapters": int(conn.execute(select(func.coalesce(func.sum(t.adapters.c.n_bytes), 0))).scalar_one()),
+                "chunk_text": int(conn.execute(select(func.coalesce(func.sum(func.octet_length(t.chunks.c.text)), 0)))
+                                  .scalar_one()),
+            }
+            settings = {r.key: r.value for r in conn.execute(select(t.settings))}
+            ann = "hnsw" if has_hnsw_index(conn, t) else "none"
+        return StoreStatus(url=self.url, embedded=self.embedded, schema=self.schema, version=self.version,
+                           latest_version=LATEST_VERSION, vector_schema=self.vector_schema,
+                           embedder=settings.get("embedder"), embedding_dim=settings.get("embedding_dim"),
+                           ann_index=ann, counts=counts, bytes=sizes)
+
+    # -- ingest ------------------------------------------------------------------------------------------
+
+    def ingest(self, documents: Iterable[DocumentInput], *, group: str, collection: str = DEFAULT_COLLECTION,
+               encoder: EncoderLike, compress: bool = True, batch_size: int = 8,
+               progress: bool = False) -> IngestReport:
+        """Ingest documents into ``collection/group`` (both created if missing), one transaction each.
+
+        Unchanged documents (same text, metadata and encoder) are skipped without compressing; a changed
+        document replaces its previous version atomically. ``compress=False`` stores chunks and retrieval
+        keys only (for benchmarks; such chunks have no cheat sheets).
+        """
+        validate_name(group, "group")
+        validate_name(collection, "collection")
+        docs = list(documents)
+        for d in docs:
+            if not isinstance(d, DocumentInput):
+                raise InputError(f"ingest() takes DocumentInput objects, got {type(d).__name__}")
+        check_unique(docs)
+        fingerprint = encoder.fingerprint if compress else None
+        report = IngestReport(group=group, collection=collection)
+        start = time.perf_counter()
+        with self.engine.begin() as conn:
+            gid = int(catalog.group_row(conn, self.tables, group, collection, create=True).id)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(docs), desc=f"ingest {collection}/{group}", unit="doc", disable=not progress)
+        try:
+            for doc in docs:
+                with self.engine.connect() as conn:
+                    state = existing_state(conn, self.tables, gid, doc.doc_id)
+                if is_unchanged(state, doc, fingerprint):
+                    outcome = DocumentOutcome(doc.doc_id, "unchanged", 0)
+                else:
+                    prep = prepare(doc, encoder, self.embedder, compress=compress, batch_size=batch_size)
+                    outcome = write_document(self.engine, self.tables, group, collection, prep,
+                                             sheet_dtype=self.cheat_sheet_dtype)
+                report.documents.append(outcome)
+                bar.update(1)
+                bar.set_postfix(chunks=report.chunks_written)
+        finally:
+            bar.close()
+            report.seconds = time.perf_counter() - start
+        return report
+
+    def ingest_paths(self, paths: Sequence[str | Path], **kwargs: Any) -> IngestReport:
+        """Read ``.txt``/``.md``/``.jsonl`` files and folders (all validated first), then :meth:`ingest`."""
+        return self.ingest(read_paths(paths), **kwargs)
+
+    # -- retrieve ----------------------------------------------------------------------------------------
+
+    def retrieve(self, query: str, *, group: str, collection: str = DEFAULT_COLLECTION, top_k: int = 4,
+                 mode: RetrievalMode = "dense", filters: Filter | dict | list | None = None,
+                 ef_search: int | None = None, load_cheat_sheets: bool = True,
+                 encoder_fingerprint: str | None = None, candidates: int | None = None) -> RetrievalResult:
+        """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
+
+        ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (websearch syntax over
+        the chunk text) or ``hybrid`` (reciprocal-rank fusion of both, each taking ``candidates`` hits,
+        default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or the RRF sum.
+        ``encoder_fingerprint``: refuse cheat sheets made by another encoder. With
+        ``load_cheat_sheets=False`` the tensors are None; fetch them later with :meth:`cheat_sheets`.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty; ask a question")
+        if "\x00" in query:
+            raise InputError("the query contains NUL characters")
+        top_k = check_top_k(top_k)
+        if mode not in MODES:
+            raise InputError(f"unknown retrieval mode {mode!r}; use one of {MODES}")
+        ef = check_ef_search(ef_search, top_k)
+        n_cand = top_k if mode != "hybrid" else (candidates or max(4 * top_k, 50))
+        if mode == "hybrid":
+            n_cand = check_top_k(n_cand)
+        flt = None if filters is None else parse_filter(filters)
+        where = compile_filter(flt, self.tables.chunks.c.meta)
+        qvec = None
+        if mode in ("dense", "hybrid"):
+            qvec = as_matrix(self.embedder.embed([query]), 1, self.embedder.dim, self.embedder.name)[0]
+        t = self.tables
+        with self.engine.begin() as conn:
+            g = catalog.group_row(conn, t, group, collection)
+            gid = int(g.id)
+            dense = dense_hits(conn, t, gid, qvec, n_cand, where, ef) if qvec is not None else []
+            text = fulltext_hits(conn, t, gid, query, n_cand, where) if mode != "dense" else []
+            if mode == "dense":
+                hits = dense
+            elif mode == "fulltext":
+                hits = text
+            else:
+                hits = reciprocal_rank_fusion([dense, text])[:top_k]
+            chunks = fetch_chunks(conn, t, hits)
+            if load_cheat_sheets and chunks:
+                sheets = fetch_cheat_sheets(conn, t, [c.chunk_id for c in chunks], encoder_fingerprint)
+                for c, s in zip(chunks, sheets, strict=True):
+                    c.cheat_sheet = s
+        return RetrievalResult(query=query, group=group, collection=collection, mode=mode,
+                               adapter_id=g.active_adapter_id, chunks=chunks)
+
+    def cheat_sheets(self, chunk_ids: Sequence[int], *, encoder_fingerprint: str | None = None
+                     ) -> list[torch.Tensor]:
+        """Decoded cheat sheets of ``chunk_ids`` in order (CheatSheetError / FingerprintMismatchError)."""
+        ids = [int(i) for i in chunk_ids]
+        if len(ids) > MAX_TOP_K:
+            raise InputError(f"at most {MAX_TOP_K} cheat sheets per call")
+        with self.engine.begin() as conn:
+            return fetch_cheat_sheets(conn, self.tables, ids, encoder_fingerprint)
+
+    # -- manage ------------------------------------------------------------------------------------------
+
+    def create_group(self, group: str, collection: str = DEFAULT_COLLECTION) -> GroupInfo:
+        """Create ``collection/group`` if missing and return it."""
+        with self.engine.begin() as conn:
+            catalog.group_row(conn, self.tables, group, collection, create=True)
+        return next(g for g in self.list_groups(collection) if g.name == group)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        with self.engine.begin() as conn:
+            return catalog.list_collections(conn, self.tables)
+
+    def list_groups(self, collection: str | None = None) -> list[GroupInfo]:
+        with self.engine.begin() as conn:
+            return catalog.list_groups(conn, self.tables, collection)
+
+    def list_documents(self, group: str, collection: str = DEFAULT_COLLECTION, *, limit: int = 1000,
+                       offset: int = 0) -> list[DocumentInfo]:
+        with self.engine.begin() as conn:
+            return catalog.list_documents(conn, self.tables, group, collection, limit=limit, offset=offset)
+
+    def get_document(self, doc_id: str, *, group: str, collection: str = DEFAULT_COLLECTION) -> DocumentInfo:
+        with self.engine.begin() as conn:
+            return catalog.get_document(conn, self.tables, doc_id, group, collection)
+
+    def delete_document(self, doc_id: str, *, group: str, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete a document with its chunks and cheat sheets (NotFoundError if absent)."""
+        with self.engine.begin() as conn:
+            catalog.delete_document(conn, self.tables, doc_id, group, collection)
+
+    def delete_group(self, group: str, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete a group with its documents, chunks, cheat sheets and adapters."""
+        with self.engine.begin() as conn:
+            catalog.delete_group(conn, self.tables, group, collection)
+
+    def delete_collection(self, collection: str) -> None:
+        """Delete a collection with all its groups."""
+        with self.engine.begin() as conn:
+            catalog.delete_collection(conn, self.tables, collection)
+
+    # -- adapters ----------------------------------------------------------------------------------------
+
+    def register_adapter(self, group: str, weights: bytes, *, base_fingerprint: str, encoder_fingerprint: str,
+                         config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                         collection: str = DEFAULT_COLLECTION, activate: bool = False) -> AdapterInfo:
+        """Store a new version of the group's LoRA (safetensors bytes); optionally make it active."""
+        with self.engine.begin() as conn:
+            aid = registry.register(conn, self.tables, group, collection, weights,
+                                    base_fingerprint=base_fingerprint, encoder_fingerprint=encoder_fingerprint,
+                                    config=config, metrics=metrics)
+            if activate:
+                registry.activate(conn, self.tables, aid)
+            return registry.get(conn, self.tables, aid)
+
+    def activate_adapter(self, adapter_id: int) -> AdapterInfo:
+        """Make an adapter its group's active one (atomic; refuses an encoder fingerprint mismatch)."""
+        with self.engine.begin() as conn:
+            registry.activate(conn, self.tables, adapter_id)
+            return registry.get(conn, self.tables, adapter_id)
+
+    def deactivate_adapter(self, group: str, collection: str = DEFAULT_COLLECTION) -> None:
+        with self.engine.begin() as conn:
+            registry.deactivate(conn, self.tables, group, collection)
+
+    def get_adapter(self, adapter_id: int) -> AdapterInfo:
+        with self.engine.begin() as conn:
+            return registry.get(conn, self.tables, adapter_id)
+
+    def adapter_weights(self, adapter_id: int) -> bytes:
+        """The adapter's safetensors bytes."""
+        with self.engine.begin() as conn:
+            return registry.weights(conn, self.tables, adapter_id)
+
+    def list_adapters(self, group: str, collection: str = DEFAULT_COLLECTION) -> list[AdapterInfo]:
+        with self.engine.begin() as conn:
+            return registry.list_for_group(conn, self.tables, group, collection)
+
+    def delete_adapter(self, adapter_id: int) -> None:
+        with self.engine.begin() as conn:
+            registry.remove(conn, self.tables, adapter_id)
