@@ -192,17 +192,16 @@ class AdapterManager:
         model = self.host.model
         with self.host.lock:
             try:
-                model.add_adapter(lora_config_from_dict(art.lora_config), adapter_name=name)
+                self.host.add_adapter(name, lora_config_from_dict(art.lora_config))
                 result = set_peft_model_state_dict(model, art.tensors, adapter_name=name)
             except Exception as exc:
                 if name in self.host.adapter_names():
-                    model.delete_adapter(name)
+                    self.host.delete_adapter(name)
                 self.host.resync()
                 raise AdapterError(f"adapter {adapter_id!r} does not fit the model: {exc}") from exc
             unexpected = list(getattr(result, "unexpected_keys", []) or [])
             if unexpected:
-                model.delete_adapter(name)
-                self.host.resync()
+                self.host.delete_adapter(name)
                 raise AdapterError(f"adapter {adapter_id!r} has weights the model lacks: {unexpected[:3]}")
             self.host.resync()
         self._loaded[adapter_id] = name
@@ -211,9 +210,7 @@ class AdapterManager:
 
     def _unload(self, adapter_id: str) -> None:
         name = self._loaded.pop(adapter_id)
-        with self.host.lock:
-            self.host.model.delete_adapter(name)
-            self.host.resync()
+        self.host.delete_adapter(name)
         log.info("evicted adapter %s", adapter_id)
 
     def _evict(self) -> None:

@@ -48,17 +48,32 @@ class EncoderConfig:
     lora_target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.segment_length, int) or self.segment_length < 1:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_int(self.segment_length) or self.segment_length < 1:
             raise ConfigError(f"segment_length must be a positive integer, got {self.segment_length!r}")
-        if not isinstance(self.summary_length, int) or self.summary_length < 1:
+        if not is_int(self.summary_length) or self.summary_length < 1:
             raise ConfigError(f"summary_length must be a positive integer, got {self.summary_length!r}")
         if self.summary_length > self.segment_length:
             raise ConfigError("summary_length must not exceed segment_length (that would expand, not compress)")
-        if self.summary_layer is not None and self.summary_layer < 0:
-            raise ConfigError("summary_layer must be >= 0 (0 = input embeddings) or None for the final layer")
-        if self.lora_r < 0:
-            raise ConfigError("lora_r must be >= 0")
-        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if not isinstance(self.accumulate, bool):
+            raise ConfigError(f"accumulate must be True or False, got {self.accumulate!r}")
+        if self.summary_layer is not None and (not is_int(self.summary_layer) or self.summary_layer < 0):
+            raise ConfigError("summary_layer must be an integer >= 0 (0 = input embeddings) or None for the "
+                              f"final layer, got {self.summary_layer!r}")
+        if not is_int(self.lora_r) or self.lora_r < 0:
+            raise ConfigError(f"lora_r must be an integer >= 0 (0 = no encoder LoRA), got {self.lora_r!r}")
+        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) \
+                or self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        modules = self.lora_target_modules
+        modules = (modules,) if isinstance(modules, str) else tuple(modules)
+        if not all(isinstance(m, str) and m for m in modules):
+            raise ConfigError(f"lora_target_modules must be module names, got {self.lora_target_modules!r}")
+        if self.lora_r > 0 and not modules:
+            raise ConfigError("lora_target_modules is empty: name the modules the encoder LoRA adapts")
+        object.__setattr__(self, "lora_target_modules", modules)
 
     @property
     def ratio(self) -> float:
@@ -188,12 +203,13 @@ class ContextEncoder(nn.Module):
         model = self.host.model
         with self.host.lock:
             if ENCODER_ADAPTER in self.host.adapter_names():
-                model.delete_adapter(ENCODER_ADAPTER)
-            model.add_adapter(self._lora_config(), adapter_name=ENCODER_ADAPTER)
+                self.host.delete_adapter(ENCODER_ADAPTER)
+            self.host.add_adapter(ENCODER_ADAPTER, self._lora_config())
             if lora_state is not None:
                 result = set_peft_model_state_dict(model, lora_state, adapter_name=ENCODER_ADAPTER)
                 missing = [k for k in getattr(result, "unexpected_keys", []) if ENCODER_ADAPTER in k]
                 if missing:
+                    self.host.delete_adapter(ENCODER_ADAPTER)
                     raise ModelLoadError(f"encoder LoRA weights do not fit the model: {missing[:3]}")
             self.host.resync()
 

@@ -92,8 +92,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 class LoadedModel:
     """A decoder with its tokenizer, identity and the lock that scopes adapter choice to one request.
 
-    ``model`` is a plain ``*ForCausalLM``; LoRA adapters are injected in place (peft via the transformers
-    integration), so the encoder and the generator share one copy of the weights. peft's active adapter is
+    ``model`` is a plain ``*ForCausalLM``; LoRA adapters are injected in place (:meth:`add_adapter`, peft's
+    functional API), so the encoder and the generator share one copy of the weights. peft's active adapter is
     global state, so every forward pass runs inside :meth:`using`, which holds ``lock`` and activates the
     request's adapter (or none).
     """
@@ -105,6 +105,7 @@ class LoadedModel:
     fingerprint: str
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _active: str | None = field(default=None, repr=False)
+    _layers: list = field(default_factory=list, repr=False)  # peft tuner layers, refreshed by resync()
 
     @property
     def device(self) -> torch.device:
@@ -126,6 +127,46 @@ class LoadedModel:
         """Names of the adapters currently injected into the model."""
         return list(getattr(self.model, "peft_config", {}) or {})
 
+    # LoRA adapters are managed with peft's functional API (``inject_adapter_in_model`` and the tuner
+    # layers' own ``set_adapter``/``enable_adapters``/``delete_adapter``), not with transformers'
+    # ``model.add_adapter`` family: transformers 5.24 refuses those unless peft >= 0.22, and the model stays
+    # a plain ``*ForCausalLM`` either way. ``model.peft_config`` maps adapter names to their configs.
+
+    def add_adapter(self, name: str, lora_config) -> None:
+        """Inject a fresh LoRA adapter ``name`` (a peft ``LoraConfig``); it is active only inside ``using``."""
+        from peft import inject_adapter_in_model
+
+        with self.lock:
+            configs = dict(getattr(self.model, "peft_config", {}) or {})
+            if name in configs:
+                raise AdapterError(f"an adapter named {name!r} is already loaded; delete it first")
+            try:
+                inject_adapter_in_model(lora_config, self.model, adapter_name=name)
+            finally:
+                # peft's tuner replaces ``model.peft_config`` with a dict holding only the new adapter.
+                configs.update({k: v for k, v in (getattr(self.model, "peft_config", {}) or {}).items()
+                                if k == name})
+                self.model.peft_config = configs
+                self.resync()
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` and its weights from the model."""
+        from peft.tuners.tuners_utils import delete_adapter
+
+        with self.lock:
+            configs = dict(getattr(self.model, "peft_config", {}) or {})
+            if name not in configs:
+                raise AdapterError(f"adapter {name!r} is not loaded (loaded: {list(configs)})")
+            delete_adapter(self.model, adapter_name=name, prefix="lora_")
+            del configs[name]
+            self.model.peft_config = configs
+            self.resync()
+
+    def _tuner_layers(self) -> list[torch.nn.Module]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+
     @contextlib.contextmanager
     def using(self, adapter: str | None) -> Iterator[torch.nn.Module]:
         """Hold the model with ``adapter`` active (``None``: base weights only) for one forward pass."""
@@ -139,16 +180,17 @@ class LoadedModel:
             raise AdapterError(f"adapter {adapter!r} is not loaded (loaded: {loaded}); load it first")
         if adapter == self._active and not force:
             return
-        if adapter is None:
-            if loaded:
-                self.model.disable_adapters()
-        else:
-            self.model.enable_adapters()
-            self.model.set_adapter(adapter)
+        for layer in self._layers:
+            if adapter is None:
+                layer.enable_adapters(False)
+            else:
+                layer.set_adapter(adapter)
+                layer.enable_adapters(True)
         self._active = adapter
 
     def resync(self) -> None:
         """Re-assert the tracked adapter state after adapters were injected or deleted (caller holds lock)."""
+        self._layers = self._tuner_layers()
         if self._active not in self.adapter_names():
             self._active = None
         self._activate(self._active, force=True)

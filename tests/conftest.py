@@ -82,6 +82,12 @@ def save_tiny_llama(directory: Path, tokenizer, *, seed: int = 0, **overrides) -
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_factory(default_tokenizer):
+    """``make(directory, seed=..., **config_overrides)`` writes another tiny Llama folder and returns it."""
+    return lambda directory, **kw: save_tiny_llama(Path(directory), default_tokenizer, **kw)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, default_tokenizer) -> Path:
     """Folder of the session's tiny random Llama (seed 0)."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), default_tokenizer, seed=0)
