@@ -7,6 +7,7 @@ at the sentinel: ``[prefix | context | suffix]``. Prepending is the special case
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,20 @@ from .errors import ConfigError, InputError
 _SLOT = "\u2063LLOCO_CONTEXT_SLOT\u2063"
 
 Piece = str | torch.Tensor
+
+
+def _fields(name: str, template: object) -> list[str]:
+    """The ``str.format`` placeholders of a template, in order; ConfigError if it is not a valid one."""
+    if not isinstance(template, str):
+        raise ConfigError(f"PromptTemplate.{name} must be a string, got {type(template).__name__}")
+    try:
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"PromptTemplate.{name} is not a valid format string ({exc}); "
+                          "write literal braces as {{ and }}") from None
+    if any(spec or conv for _, spec, conv in parsed):
+        raise ConfigError(f"PromptTemplate.{name}: placeholders take no conversion or format spec")
+    return [f for f, _, _ in parsed]
 
 
 @dataclass(frozen=True)
@@ -49,10 +64,14 @@ class PromptTemplate:
     user_no_context: str = field(default="Question: {question}")
 
     def __post_init__(self) -> None:
-        if self.user.count("{context}") != 1 or "{question}" not in self.user:
-            raise ConfigError("PromptTemplate.user needs exactly one {context} and a {question} placeholder")
-        if "{question}" not in self.user_no_context or "{context}" in self.user_no_context:
-            raise ConfigError("PromptTemplate.user_no_context needs {question} and no {context}")
+        user = _fields("user", self.user)
+        if user.count("context") != 1 or "question" not in user or set(user) - {"context", "question"}:
+            raise ConfigError("PromptTemplate.user needs exactly one {context} and a {question} placeholder and "
+                              f"no others (found {user}); write literal braces as {{{{ and }}}}")
+        plain = _fields("user_no_context", self.user_no_context)
+        if "question" not in plain or set(plain) - {"question"}:
+            raise ConfigError("PromptTemplate.user_no_context needs {question} and no other placeholder "
+                              f"(found {plain}); write literal braces as {{{{ and }}}}")
 
     def _render(self, tokenizer, user_text: str) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else [])

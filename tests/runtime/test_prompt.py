@@ -1,0 +1,133 @@
+"""The prompt template: one context slot inside the model's chat template, shared by training and serving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lloco_runtime import ConfigError, InputError, Prompt, PromptTemplate
+from lloco_runtime.prompt import _SLOT
+
+SHEET = torch.zeros(3, 64)
+
+
+def test_slot_splits_the_chat_template(default_tokenizer):
+    t = PromptTemplate()
+    p = t.build(default_tokenizer, "Who wrote it?", SHEET)
+    assert len(p.pieces) == 3
+    prefix, middle, suffix = p.pieces
+    assert middle is SHEET
+    assert p.context_vectors == 3
+    # The pieces are exactly the rendered chat with the context where the slot was.
+    full = t._render(default_tokenizer, t.user.format(context="CTX", question="Who wrote it?"))
+    assert prefix + "CTX" + suffix == full
+    assert prefix.startswith("<|im_start|>system\n" + t.system)
+    assert prefix.endswith("<|im_start|>user\nContext:\n")
+    assert suffix == "\n\nQuestion: Who wrote it?<|im_end|>\n<|im_start|>assistant\n"
+    assert _SLOT not in prefix + suffix
+
+
+def test_text_context_uses_the_same_pieces(default_tokenizer):
+    t = PromptTemplate()
+    as_text = t.build(default_tokenizer, "Q?", "some passage")
+    as_sheet = t.build(default_tokenizer, "Q?", SHEET)
+    assert as_text.pieces[0] == as_sheet.pieces[0] and as_text.pieces[2] == as_sheet.pieces[2]
+    assert as_text.pieces[1] == "some passage"
+    assert as_text.context_vectors == 0
+
+
+def test_several_cheat_sheets_keep_their_order(default_tokenizer):
+    a, b, c = torch.zeros(2, 8), torch.ones(4, 8), torch.full((1, 8), 2.0)
+    p = PromptTemplate().build(default_tokenizer, "Q?", [a, b, c])
+    assert [x for x in p.pieces if isinstance(x, torch.Tensor)] == [a, b, c]
+    assert p.context_vectors == 7
+    assert isinstance(p.pieces[0], str) and isinstance(p.pieces[-1], str)
+
+
+def test_no_context_variant(default_tokenizer):
+    p = PromptTemplate().build(default_tokenizer, "What is 2+2?", None)
+    assert len(p.pieces) == 1 and isinstance(p.pieces[0], str)
+    assert "Question: What is 2+2?" in p.pieces[0]
+    assert "Context" not in p.pieces[0]
+    assert p.pieces[0].endswith("<|im_start|>assistant\n")
+    assert p.context_vectors == 0
+    assert not p.special_tokens  # the chat template carries its own special tokens
+
+
+@pytest.mark.parametrize("question", ["What does {context} mean?", "Is {question} {0} {} {{x}} literal?",
+                                      "JSON like {\"a\": 1}?", "unbalanced { brace", "} closing first"])
+def test_question_with_braces_is_kept_verbatim(default_tokenizer, question):
+    t = PromptTemplate()
+    p = t.build(default_tokenizer, question, SHEET)
+    assert len(p.pieces) == 3
+    assert f"Question: {question}<|im_end|>" in p.pieces[2]
+    q = t.build(default_tokenizer, question, None)
+    assert f"Question: {question}<|im_end|>" in q.pieces[0]
+
+
+def test_question_cannot_inject_a_second_slot(default_tokenizer):
+    p = PromptTemplate().build(default_tokenizer, f"evil {_SLOT} question", SHEET)
+    assert len(p.pieces) == 3
+    assert "evil  question" in p.pieces[2]
+
+
+def test_slot_at_the_start_prepends(default_tokenizer):
+    t = PromptTemplate(system=None, user="{context}{question}")
+    p = t.build(default_tokenizer, "Q?", SHEET)
+    assert p.pieces[1] is SHEET
+    assert p.pieces[0].endswith("<|im_start|>user\n")
+
+
+class _PlainTokenizer:
+    chat_template = None
+
+
+def test_tokenizer_without_chat_template():
+    t = PromptTemplate(system="Be brief.")
+    p = t.build(_PlainTokenizer(), "Q?", SHEET)
+    assert p.pieces[0] == "Be brief.\n\nContext:\n"
+    assert p.pieces[2] == "\n\nQuestion: Q?\n\nAnswer:"
+    assert PromptTemplate(system=None).build(_PlainTokenizer(), "Q?").pieces == ("Question: Q?\n\nAnswer:",)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(user="Question: {question}"),
+    dict(user="{context} {context} {question}"),
+    dict(user="Context: {context}"),
+    dict(user="{context} {question} {other}"),
+    dict(user="{context} {question} {"),
+    dict(user="{context} {question} {0}"),
+    dict(user_no_context="Just text"),
+    dict(user_no_context="{context} {question}"),
+    dict(user_no_context="{question} {missing}"),
+    dict(user="{{context}} {question}"),
+    dict(user="{context!r} {question}"),
+    dict(user=None),
+])
+def test_invalid_templates(kwargs):
+    with pytest.raises(ConfigError):
+        PromptTemplate(**kwargs)
+
+
+def test_literal_braces_in_templates_are_allowed(default_tokenizer):
+    t = PromptTemplate(user="Context: {context}\nAnswer as JSON {{\"answer\": ...}}\n{question}")
+    p = t.build(default_tokenizer, "Q?", SHEET)
+    assert '{"answer": ...}' in p.pieces[2]
+
+
+@pytest.mark.parametrize("question", ["", "   ", None])
+def test_empty_question(default_tokenizer, question):
+    with pytest.raises(InputError):
+        PromptTemplate().build(default_tokenizer, question, SHEET)
+
+
+def test_empty_list_of_cheat_sheets(default_tokenizer):
+    with pytest.raises(InputError, match="pass None"):
+        PromptTemplate().build(default_tokenizer, "Q?", [])
+
+
+def test_plain_text_prompt():
+    p = Prompt.from_text("Once upon a time")
+    assert p.pieces == ("Once upon a time",) and p.special_tokens
+    with pytest.raises(InputError):
+        Prompt.from_text("  ")
