@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sqlalchemy import ColumnElement, Connection, cast, func, literal, select
-from sqlalchemy.dialects.postgresql import REGCONFIG
+from sqlalchemy import ColumnElement, Connection, Text, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from ..codec import decode_tensor
 from ..errors import CheatSheetError, FingerprintMismatchError, InputError
@@ -60,11 +60,22 @@ def dense_hits(conn: Connection, t: Tables, group_id: int, query_vector: np.ndar
     return sorted(hits, key=lambda h: -h[1])  # relaxed_order may return near-ties slightly out of order
 
 
+def any_words_tsquery(query: str) -> ColumnElement:
+    """A tsquery matching ANY of the query's words (stemmed, stop words dropped).
+
+    Questions rarely share every word with the passage that answers them, so the AND of
+    ``plainto_tsquery`` is turned into an OR; ranking still favours chunks covering more words. The
+    query is a bound value; the rewrite works on Postgres' own normalised output (quoted lexemes).
+    """
+    plain = func.plainto_tsquery(cast(literal(TEXT_SEARCH_CONFIG), REGCONFIG), query)
+    return cast(func.replace(cast(plain, Text), " & ", " | "), TSQUERY)
+
+
 def fulltext_hits(conn: Connection, t: Tables, group_id: int, query: str, k: int,
                   where: ColumnElement[bool] | None) -> list[tuple[int, float]]:
-    """``(chunk_id, ts_rank_cd)`` of the best ``k`` full-text matches (web-search syntax), best first."""
+    """``(chunk_id, ts_rank_cd)`` of the best ``k`` chunks containing any query word, best first."""
     c = t.chunks
-    tsq = func.websearch_to_tsquery(cast(literal(TEXT_SEARCH_CONFIG), REGCONFIG), query)
+    tsq = any_words_tsquery(query)
     rank = func.ts_rank_cd(c.c.tsv, tsq)
     stmt = select(c.c.id, rank.label("rank")).where(c.c.group_id == group_id, c.c.tsv.op("@@")(tsq))
     if where is not None:

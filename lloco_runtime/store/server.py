@@ -61,6 +61,27 @@ def resolve_url(url: str | None = None) -> tuple[str, bool]:
 _AVX512_FLAGS = frozenset({"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"})
 
 
+def is_local(url: str | URL) -> bool:
+    """Whether ``url`` points at this machine (Unix socket, localhost or no host)."""
+    parsed = sqlalchemy_url(url)
+    query_host = parsed.query.get("host")
+    if isinstance(query_host, tuple):
+        query_host = query_host[0] if query_host else None
+    host = query_host or parsed.host
+    return not host or host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
+
+
+def default_ann_index(url: str | URL, embedded: bool) -> str:
+    """``hnsw``, unless the server runs on this CPU and this CPU cannot run the pgserver pgvector build.
+
+    A local server could also be a distribution's pgvector (portable code); pass ``ann_index="hnsw"``
+    explicitly there. Remote servers always get the index.
+    """
+    if embedded_ann_supported() or not (embedded or is_local(url)):
+        return "hnsw"
+    return "none"
+
+
 def embedded_ann_supported() -> bool:
     """Whether the embedded pgvector build can run HNSW on this CPU (see ``_AVX512_FLAGS``)."""
     if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):

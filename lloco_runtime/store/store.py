@@ -32,7 +32,7 @@ from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetc
                        fulltext_hits, reciprocal_rank_fusion)
 from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
                      has_hnsw_index, migrate, search_path_value, vector_extension_schema)
-from .server import create_store_engine, embedded_ann_supported, install_search_path, redact, resolve_url
+from .server import create_store_engine, default_ann_index, install_search_path, redact, resolve_url
 
 _log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class CheatSheetStore:
         create: create or upgrade the schema when needed (else an uninitialised schema is an error).
         ann_index: ``hnsw`` keeps an HNSW cosine index on the retrieval embeddings; ``none`` drops it (exact
             search); ``auto`` (default) is ``hnsw`` except for the embedded server on a CPU its pgvector
-            build cannot run HNSW on (no AVX-512, see ``server.embedded_ann_supported``).
+            build cannot run HNSW on: a local server on a CPU without AVX-512 (see ``server.default_ann_index``).
         cheat_sheet_dtype: storage dtype of cheat sheets: ``float16`` (default, half the bytes of fp32;
             falls back to the source dtype for values beyond fp16 range), ``bfloat16``, ``float32`` or
             None to keep the encoder's dtype.
@@ -70,7 +70,7 @@ class CheatSheetStore:
         self.embedder: Embedder = embedder if embedder is not None else default_embedder()
         self._url, self.embedded = resolve_url(url)
         if ann_index == "auto":
-            ann_index = "hnsw" if not self.embedded or embedded_ann_supported() else "none"
+            ann_index = default_ann_index(self._url, self.embedded)
         self.ann_index = ann_index
         self.engine: Engine = create_store_engine(self._url, echo=echo)
         self.version = 0
@@ -223,8 +223,8 @@ class CheatSheetStore:
                  encoder_fingerprint: str | None = None, candidates: int | None = None) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
-        ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (websearch syntax over
-        the chunk text) or ``hybrid`` (reciprocal-rank fusion of both, each taking ``candidates`` hits,
+        ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any
+        of the query's stemmed words, ranked by cover density) or ``hybrid`` (reciprocal-rank fusion of both, each taking ``candidates`` hits,
         default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or the RRF sum.
         ``encoder_fingerprint``: refuse cheat sheets made by another encoder. With
         ``load_cheat_sheets=False`` the tensors are None; fetch them later with :meth:`cheat_sheets`.

@@ -1,0 +1,267 @@
+"""Storage commands of the ``lloco`` CLI: ``db``, ``ingest``, ``retrieve``, ``groups``, ``docs``,
+``delete``, ``adapters``. ``lloco_runtime.cli`` calls :func:`register`; errors are LLoCOErrors that the
+main CLI prints as ``error: ...`` (exit 2 for bad input, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from ..errors import InputError
+
+
+def _store(args: argparse.Namespace, *, create: bool = False, **kw: Any):
+    from .store import CheatSheetStore
+
+    return CheatSheetStore(args.url, schema=args.schema, create=create, **kw)
+
+
+def _db_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL, else the embedded "
+                   "server under LLOCO_HOME)")
+    p.add_argument("--schema", default=None, help="schema lloco owns (default: LLOCO_SCHEMA or lloco)")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _runtime(args: argparse.Namespace):
+    """The encoder's runtime: the project default, or the one named by --model/--encoder/--device/--dtype."""
+    from ..runtime import LLoCO, load_default_runtime
+
+    if any(getattr(args, k, None) for k in ("model", "encoder", "device", "dtype")):
+        return LLoCO.from_pretrained(args.model, encoder=args.encoder, device=args.device, dtype=args.dtype)
+    return load_default_runtime()
+
+
+# -- commands -----------------------------------------------------------------------------------------------
+
+
+def _cmd_db_init(args: argparse.Namespace) -> int:
+    with _store(args, create=True, ann_index=args.ann_index) as store:
+        st = store.status()
+    print(f"schema {st.schema} at version {st.version} in {st.url} (vector index: {st.ann_index})")
+    return 0
+
+
+def _cmd_db_status(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        st = store.status()
+    if args.json:
+        _print_json(asdict(st))
+        return 0
+    print(f"database:  {st.url}{' (embedded)' if st.embedded else ''}")
+    print(f"schema:    {st.schema} (version {st.version}/{st.latest_version}; pgvector in {st.vector_schema})")
+    print(f"embedder:  {st.embedder} ({st.embedding_dim} dims; index: {st.ann_index})")
+    print("rows:      " + ", ".join(f"{k} {v}" for k, v in st.counts.items()))
+    print("bytes:     " + ", ".join(f"{k} {v:,}" for k, v in st.bytes.items()))
+    return 0
+
+
+def _cmd_db_drop(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise InputError("`lloco db drop` deletes every lloco table in the schema; add --yes to confirm")
+    with _store(args) as store:
+        store.drop_schema()
+        print(f"dropped schema {store.schema}")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .inputs import read_paths
+
+    docs = read_paths(args.paths)  # validate every input before loading any model
+    lloco = _runtime(args)
+    with _store(args, create=True) as store:
+        report = store.ingest(docs, group=args.group, collection=args.collection, encoder=lloco.encoder,
+                              batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        _print_json({"group": report.group, "collection": report.collection, "seconds": report.seconds,
+                     "chunks_written": report.chunks_written,
+                     "documents": [asdict(d) for d in report.documents]})
+    else:
+        print(report.summary())
+    return 0
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    filters = None
+    if args.filter:
+        try:
+            filters = json.loads(args.filter)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--filter is not valid JSON: {exc.msg}") from None
+    with _store(args) as store:
+        res = store.retrieve(args.query, group=args.group, collection=args.collection, top_k=args.top_k,
+                             mode=args.mode, filters=filters, load_cheat_sheets=False)
+    if args.json:
+        _print_json({"adapter_id": res.adapter_id, "chunks": [
+            {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "ordinal": c.ordinal, "score": c.score, "text": c.text,
+             "metadata": c.metadata} for c in res.chunks]})
+        return 0
+    for c in res.chunks:
+        print(f"{c.score:.4f}  {c.doc_id} #{c.ordinal} (chunk {c.chunk_id}): {' '.join(c.text.split())[:100]}")
+    if not res.chunks:
+        print("no matches")
+    return 0
+
+
+def _cmd_groups_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        groups = store.list_groups(args.collection)
+    if args.json:
+        _print_json([asdict(g) for g in groups])
+        return 0
+    if not groups:
+        print("no groups yet; create one with `lloco ingest PATH --group NAME`")
+    for g in groups:
+        print(f"{g.collection}/{g.name}: {g.n_documents} documents, {g.n_chunks} chunks, "
+              f"adapter {g.active_adapter_id if g.active_adapter_id is not None else 'none'}")
+    return 0
+
+
+def _cmd_docs_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        docs = store.list_documents(args.group, args.collection, limit=args.limit)
+    if args.json:
+        _print_json([asdict(d) for d in docs])
+        return 0
+    for d in docs:
+        print(f"{d.doc_id}: {d.n_chunks} chunks, {d.n_tokens} tokens, sha256 {d.sha256[:12]}")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.doc:
+            if not args.group:
+                raise InputError("--doc needs --group")
+            store.delete_document(args.doc, group=args.group, collection=args.collection)
+            print(f"deleted document {args.doc} from {args.collection}/{args.group}")
+        elif args.group:
+            if not args.yes:
+                raise InputError("deleting a group removes its documents and adapters; add --yes to confirm")
+            store.delete_group(args.group, args.collection)
+            print(f"deleted group {args.collection}/{args.group}")
+        else:
+            if not args.yes:
+                raise InputError("deleting a collection removes all its groups; add --yes to confirm")
+            store.delete_collection(args.collection)
+            print(f"deleted collection {args.collection}")
+    return 0
+
+
+def _cmd_adapters_list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        adapters = store.list_adapters(args.group, args.collection)
+    if args.json:
+        _print_json([asdict(a) for a in adapters])
+        return 0
+    for a in adapters:
+        print(f"{a.id}: v{a.version}{' (active)' if a.active else ''}, {a.n_bytes:,} bytes, "
+              f"metrics {json.dumps(a.metrics)}")
+    return 0
+
+
+def _cmd_adapters_activate(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        a = store.activate_adapter(args.adapter_id)
+    print(f"adapter {a.id} (v{a.version}) is now active for {a.collection}/{a.group}")
+    return 0
+
+
+# -- wiring -------------------------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the storage commands to the main ``lloco`` parser's subcommands."""
+    db = sub.add_parser("db", help="create, inspect or drop lloco's Postgres schema")
+    dbs = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    s = dbs.add_parser("init", help="create or upgrade the schema (embedded Postgres unless --url)")
+    _db_options(s)
+    s.add_argument("--ann-index", choices=["auto", "hnsw", "none"], default="auto",
+                   help="HNSW index on retrieval embeddings (auto: unless the CPU cannot run it)")
+    s.set_defaults(func=_cmd_db_init)
+    s = dbs.add_parser("status", help="schema version, embedder, row counts and sizes")
+    _db_options(s)
+    s.add_argument("--json", action="store_true", help="print as JSON")
+    s.set_defaults(func=_cmd_db_status)
+    s = dbs.add_parser("drop", help="delete lloco's schema and everything in it")
+    _db_options(s)
+    s.add_argument("--yes", action="store_true", help="confirm")
+    s.set_defaults(func=_cmd_db_drop)
+
+    s = sub.add_parser("ingest", help="compress .txt/.md/.jsonl files or folders into a group",
+                       description="Split documents into encoder segments, compress them into cheat sheets "
+                       "and store them with retrieval embeddings (one transaction per document; unchanged "
+                       "documents are skipped). JSONL lines: {\"doc_id\"|\"id\", \"text\", ...metadata}.")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    s.add_argument("--group", required=True, help="document group (created if missing)")
+    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    s.add_argument("--batch-size", type=int, default=8, help="chunks per encoder batch (default 8)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
+    s.add_argument("--model", default=None, help="decoder/encoder base model (default: the project default)")
+    s.add_argument("--encoder", default=None, help="encoder folder (default: the shipped encoder)")
+    s.add_argument("--device", default=None, help="cpu or cuda")
+    s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    _db_options(s)
+    s.set_defaults(func=_cmd_ingest)
+
+    s = sub.add_parser("retrieve", help="show the chunks a query retrieves from a group (no generation)")
+    s.add_argument("query", help="the query text")
+    s.add_argument("--group", required=True)
+    s.add_argument("--collection", default="default")
+    s.add_argument("--top-k", type=int, default=4)
+    s.add_argument("--mode", choices=["dense", "fulltext", "hybrid"], default="hybrid")
+    s.add_argument("--filter", default=None, help='metadata filter as JSON, e.g. \'{"key": "year", "op": ">=", '
+                   '"value": 2020}\' or {"and": [...]}')
+    s.add_argument("--json", action="store_true")
+    _db_options(s)
+    s.set_defaults(func=_cmd_retrieve)
+
+    g = sub.add_parser("groups", help="list document groups")
+    gs = g.add_subparsers(dest="groups_command", metavar="ACTION", required=True)
+    s = gs.add_parser("list", help="groups with document/chunk counts and active adapter")
+    s.add_argument("--collection", default=None, help="only this collection")
+    s.add_argument("--json", action="store_true")
+    _db_options(s)
+    s.set_defaults(func=_cmd_groups_list)
+
+    d = sub.add_parser("docs", help="list a group's documents")
+    ds = d.add_subparsers(dest="docs_command", metavar="ACTION", required=True)
+    s = ds.add_parser("list", help="documents of a group")
+    s.add_argument("--group", required=True)
+    s.add_argument("--collection", default="default")
+    s.add_argument("--limit", type=int, default=1000)
+    s.add_argument("--json", action="store_true")
+    _db_options(s)
+    s.set_defaults(func=_cmd_docs_list)
+
+    s = sub.add_parser("delete", help="delete a document (--doc), a group (--group) or a collection",
+                       description="Deletes cascade: a collection takes its groups, a group its documents and "
+                       "adapters, a document its chunks and cheat sheets.")
+    s.add_argument("--collection", default="default")
+    s.add_argument("--group", default=None)
+    s.add_argument("--doc", default=None, help="document id")
+    s.add_argument("--yes", action="store_true", help="confirm deleting a group or collection")
+    _db_options(s)
+    s.set_defaults(func=_cmd_delete)
+
+    a = sub.add_parser("adapters", help="list or activate a group's LoRA adapters")
+    as_ = a.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    s = as_.add_parser("list", help="adapter versions of a group")
+    s.add_argument("--group", required=True)
+    s.add_argument("--collection", default="default")
+    s.add_argument("--json", action="store_true")
+    _db_options(s)
+    s.set_defaults(func=_cmd_adapters_list)
+    s = as_.add_parser("activate", help="make an adapter its group's active one")
+    s.add_argument("adapter_id", type=int)
+    _db_options(s)
+    s.set_defaults(func=_cmd_adapters_activate)

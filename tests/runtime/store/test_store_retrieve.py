@@ -1,0 +1,114 @@
+"""Retrieval: dense, full-text and hybrid; lazy cheat sheets; corruption and fingerprint checks."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select, update
+
+from lloco_runtime.errors import CheatSheetError, FingerprintMismatchError, InputError, NotFoundError
+
+
+@pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
+@pytest.mark.parametrize("query,doc", [("galaxy telescopes stars", "astronomy"),
+                                       ("sourdough bread dough", "cooking"),
+                                       ("goalkeeper penalty striker", "football")])
+def test_modes_find_the_right_document(filled, mode, query, doc):
+    res = filled.retrieve(query, group="g", mode=mode, top_k=2)
+    assert res.mode == mode and res.group == "g" and res.collection == "default"
+    assert res.chunks and res.chunks[0].doc_id == doc
+    scores = [c.score for c in res.chunks]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c.cheat_sheet is not None for c in res.chunks)
+    assert res.context_tokens == 4 * len(res.chunks)
+    assert res.raw_context_tokens == sum(c.n_tokens for c in res.chunks) > res.context_tokens
+
+
+def test_dense_scores_are_cosine_similarities(filled, embedder):
+    res = filled.retrieve("The Andromeda galaxy", group="g", mode="dense", top_k=3, ef_search=100)
+    assert all(-1.0 <= c.score <= 1.0 for c in res.chunks)
+    q = embedder.embed(["The Andromeda galaxy"])[0]
+    top = res.chunks[0]
+    expected = float(q @ embedder.embed([top.text])[0])
+    assert top.score == pytest.approx(expected, abs=5e-3)  # halfvec storage
+
+
+def test_hybrid_fuses_both_rankings(filled):
+    dense = filled.retrieve("bake the loaf", group="g", mode="dense", top_k=5).chunk_ids
+    text = filled.retrieve("bake the loaf", group="g", mode="fulltext", top_k=5).chunk_ids
+    hybrid = filled.retrieve("bake the loaf", group="g", mode="hybrid", top_k=5)
+    assert set(hybrid.chunk_ids) <= set(dense) | set(text)
+    assert hybrid.chunks[0].chunk_id in set(dense) & set(text)
+
+
+def test_fulltext_without_matches_is_empty(filled):
+    assert filled.retrieve("zzzqqq", group="g", mode="fulltext").chunks == []
+    assert filled.retrieve("the and of", group="g", mode="fulltext").chunks == []  # only stop words
+
+
+def test_groups_are_isolated(filled, docs, encoder):
+    filled.ingest(docs[:1], group="other", collection="c2", encoder=encoder)
+    res = filled.retrieve("penalty goalkeeper", group="other", collection="c2", top_k=10)
+    assert {c.doc_id for c in res.chunks} == {"astronomy"}
+
+
+def test_lazy_cheat_sheets_and_fetch_by_id(filled, encoder):
+    res = filled.retrieve("galaxy", group="g", top_k=3, load_cheat_sheets=False)
+    assert all(c.cheat_sheet is None for c in res.chunks)
+    sheets = filled.cheat_sheets(res.chunk_ids[::-1], encoder_fingerprint=encoder.fingerprint)
+    assert [tuple(s.shape) for s in sheets] == [(4, encoder.hidden_size)] * 3
+    with pytest.raises(CheatSheetError, match="does not exist"):
+        filled.cheat_sheets([10**12])
+
+
+def test_bad_arguments(filled):
+    for k in (0, 1001, -1, 2.5, True):
+        with pytest.raises(InputError, match="top_k"):
+            filled.retrieve("galaxy", group="g", top_k=k)
+    with pytest.raises(InputError, match="ef_search"):
+        filled.retrieve("galaxy", group="g", ef_search=0)
+    with pytest.raises(InputError, match="mode"):
+        filled.retrieve("galaxy", group="g", mode="sparse")
+    with pytest.raises(InputError, match="empty"):
+        filled.retrieve("  ", group="g")
+    with pytest.raises(NotFoundError, match="lloco groups list"):
+        filled.retrieve("galaxy", group="missing")
+    with pytest.raises(NotFoundError):
+        filled.retrieve("galaxy", group="g", collection="missing")
+
+
+def test_corrupted_cheat_sheet_bytes_raise_a_clear_error(filled):
+    t = filled.tables
+    res = filled.retrieve("galaxy", group="g", top_k=1, load_cheat_sheets=False)
+    cid = res.chunk_ids[0]
+    with filled.engine.begin() as conn:  # flip the last byte of the payload
+        blob = conn.execute(select(t.cheat_sheets.c.data).where(t.cheat_sheets.c.chunk_id == cid)).scalar_one()
+        bad = blob[:-1] + bytes([blob[-1] ^ 0xFF])
+        conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == cid).values(data=bad))
+    with pytest.raises(CheatSheetError, match=rf"chunk {cid} .*checksum"):
+        filled.retrieve("galaxy", group="g", top_k=1)
+    with filled.engine.begin() as conn:  # truncated bytes
+        conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == cid)
+                     .values(data=func.substring(t.cheat_sheets.c.data, 1, 10)))
+    with pytest.raises(CheatSheetError, match="corrupted"):
+        filled.cheat_sheets([cid])
+
+
+def test_fingerprint_mismatch(filled, encoder):
+    with pytest.raises(FingerprintMismatchError, match="re-ingest"):
+        filled.retrieve("galaxy", group="g", encoder_fingerprint="0" * 64)
+    ok = filled.retrieve("galaxy", group="g", encoder_fingerprint=encoder.fingerprint)
+    assert ok.chunks
+    t = filled.tables
+    with filled.engine.begin() as conn:  # one chunk from another encoder: mixing is refused too
+        conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == ok.chunk_ids[0])
+                     .values(encoder_fingerprint="f" * 64))
+    with pytest.raises(FingerprintMismatchError, match="different encoders"):
+        filled.cheat_sheets(ok.chunk_ids)
+
+
+def test_chunks_without_cheat_sheets(store, docs, encoder):
+    store.ingest(docs[:1], group="g", encoder=encoder, compress=False)
+    res = store.retrieve("galaxy", group="g", load_cheat_sheets=False)
+    assert res.chunks
+    with pytest.raises(CheatSheetError, match="without compression"):
+        store.cheat_sheets(res.chunk_ids)
