@@ -1,0 +1,132 @@
+"""``LLoCOQueryEngine``: retrieve -> cheat sheets + the group's adapter -> answer, as a LlamaIndex engine.
+
+A drop-in for ``index.as_query_engine()``: ``query`` returns a ``Response`` with ``source_nodes``
+(a ``StreamingResponse`` when ``streaming=True``), ``aquery`` works, and every step is an
+instrumentation span. A response synthesizer is deliberately not used: it would turn nodes into text and
+lose the cheat sheets; the LLM receives chunk ids and loads the tensors itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import llama_index.core.instrumentation as instrument
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.query_engine import CustomQueryEngine
+from llama_index.core.schema import NodeWithScore
+from llama_index.core.vector_stores.types import MetadataFilters
+
+from lloco_runtime.errors import InputError
+from lloco_runtime.runtime import LLoCO
+from lloco_runtime.store import CheatSheetStore
+from lloco_runtime.store.catalog import DEFAULT_COLLECTION
+
+from . import keys
+from .llm import LLoCOLLM
+from .retriever import LLoCORetriever
+
+dispatcher = instrument.get_dispatcher(__name__)
+
+
+def token_saving(nodes: list[NodeWithScore], summary_length: int) -> dict[str, int]:
+    """Context vectors the decoder reads vs. raw tokens of the same chunks (from node metadata)."""
+    ids = keys.chunk_ids_of(nodes)
+    raw = 0
+    seen = set()
+    for n in nodes:
+        cid = n.node.metadata.get(keys.CHUNK_ID)
+        if cid in seen:
+            continue
+        seen.add(cid)
+        raw += int(n.node.metadata.get(keys.N_TOKENS) or 0)
+    return {"context_vectors": len(ids) * summary_length, "raw_context_tokens": raw}
+
+
+class LLoCOQueryEngine(CustomQueryEngine):
+    """Answers questions over one group's cheat sheets with the group's adapter.
+
+    ``retriever``: an :class:`LLoCORetriever` or any retriever whose nodes carry lloco chunk ids (e.g.
+    ``VectorStoreIndex(...LLoCOVectorStore...).as_retriever()``). ``llm``: an :class:`LLoCOLLM` with a store.
+    """
+
+    retriever: BaseRetriever = Field(description="returns nodes carrying lloco chunk ids")
+    llm: LLoCOLLM = Field(description="the LLoCO decoder")
+    streaming: bool = Field(default=False, description="return a StreamingResponse")
+    use_adapter: bool = Field(default=True, description="apply the group's active adapter")
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                              description="passed to llm.complete (max_new_tokens, ...)")
+
+    @classmethod
+    def from_defaults(cls, *, group: str, collection: str = DEFAULT_COLLECTION, lloco: LLoCO | None = None,
+                      store: CheatSheetStore | None = None, embed_model: Any = None, top_k: int = 4,
+                      mode: str = "hybrid", filters: MetadataFilters | None = None, streaming: bool = False,
+                      use_adapter: bool = True, max_new_tokens: int = 128, **generation_kwargs: Any
+                      ) -> LLoCOQueryEngine:
+        """The common case: default runtime, the configured store, an LLoCORetriever over ``group``.
+
+        The store's retrieval embedder is ``embed_model`` if given, else ``Settings.embed_model`` if the
+        application set one, else lloco's default (all-MiniLM-L6-v2). ``Settings`` is never written.
+        """
+        from lloco_runtime.runtime import load_default_runtime
+
+        from .embeddings import resolve_embedder
+
+        lloco = lloco or load_default_runtime()
+        if store is None:
+            store = CheatSheetStore(embedder=resolve_embedder(embed_model))
+        elif embed_model is not None:
+            raise InputError("pass either store= or embed_model= (a store already has its embedder)")
+        retriever = LLoCORetriever(store, group=group, collection=collection, top_k=top_k, mode=mode,
+                                   filters=filters, use_adapter=use_adapter)
+        llm = LLoCOLLM(lloco, store=store, max_new_tokens=max_new_tokens, max_cheat_sheets=top_k)
+        return cls(retriever=retriever, llm=llm, streaming=streaming, use_adapter=use_adapter,
+                   generation_kwargs=generation_kwargs)
+
+    @dispatcher.span
+    def _payload(self, nodes: list[NodeWithScore]) -> tuple[list[int], int | None]:
+        if not nodes:
+            raise InputError("the retriever returned no nodes: ingest documents into the group first (with "
+                             "LLoCONodeParser) or relax the filters")
+        ids = keys.chunk_ids_of(nodes)
+        adapter = keys.adapter_id_of(nodes) if self.use_adapter else None
+        return ids, adapter
+
+    def _metadata(self, nodes: list[NodeWithScore], ids: list[int], adapter: int | None) -> dict[str, Any]:
+        meta = token_saving(nodes, self.llm.summary_length)
+        meta.update({"cheat_sheet_ids": ids, "adapter_id": adapter})
+        return meta
+
+    @dispatcher.span
+    def custom_query(self, query_str: str) -> Response | StreamingResponse:
+        nodes = self.retriever.retrieve(query_str)
+        return self._answer(query_str, nodes)
+
+    @dispatcher.span
+    async def acustom_query(self, query_str: str) -> Response | StreamingResponse:
+        nodes = await self.retriever.aretrieve(query_str)
+        if self.streaming:
+            return self._answer(query_str, nodes)
+        return await asyncio.to_thread(self._answer, query_str, nodes)
+
+    @dispatcher.span
+    def _answer(self, query_str: str, nodes: list[NodeWithScore]) -> Response | StreamingResponse:
+        ids, adapter = self._payload(nodes)
+        meta = self._metadata(nodes, ids, adapter)
+        if self.streaming:
+            gen = self.llm.stream_complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter,
+                                           **self.generation_kwargs)
+
+            def deltas():
+                for r in gen:
+                    if r.raw:
+                        meta.update(r.raw)
+                    if r.delta:
+                        yield r.delta
+
+            return StreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=meta)
+        out = self.llm.complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs)
+        meta.update(out.raw or {})
+        return Response(response=out.text, source_nodes=nodes, metadata=meta)

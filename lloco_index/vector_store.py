@@ -1,0 +1,182 @@
+"""``LLoCOVectorStore``: a LlamaIndex vector store over one group of the lloco store.
+
+Nodes are written by :class:`~lloco_index.LLoCONodeParser` (which must run first: cheat sheets are made
+at ingest), so :meth:`add` only checks that they are stored in this group. Queries run in the store with
+its own retrieval embedder (``is_embedding_query = False``: the index does not embed the query, the
+store does, with the same model that embedded the chunks). Results carry the payload ids the
+:class:`~lloco_index.LLoCOLLM` needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import (BasePydanticVectorStore, MetadataFilters, VectorStoreQuery,
+                                                  VectorStoreQueryMode, VectorStoreQueryResult)
+
+from lloco_runtime.errors import InputError, NotFoundError
+from lloco_runtime.store import CheatSheetStore
+from lloco_runtime.store.catalog import DEFAULT_COLLECTION
+from lloco_runtime.store.names import validate_name
+
+from . import keys
+from .filters import to_store_filter
+from .node_parser import chunk_to_node
+from .store_ops import ChunkRow, clear_group, delete_chunks, delete_document_if_present, list_chunks
+
+_MODES = {VectorStoreQueryMode.DEFAULT: "dense", VectorStoreQueryMode.HYBRID: "hybrid",
+          VectorStoreQueryMode.TEXT_SEARCH: "fulltext", VectorStoreQueryMode.SPARSE: "fulltext"}
+
+
+class LLoCOVectorStore(BasePydanticVectorStore):
+    """One ``collection/group`` of a :class:`~lloco_runtime.store.CheatSheetStore` as a vector store."""
+
+    stores_text: bool = True
+    is_embedding_query: bool = False
+    flat_metadata: bool = False
+    group: str = Field(description="store group this vector store reads and writes")
+    collection: str = Field(default=DEFAULT_COLLECTION)
+    default_mode: str = Field(default="dense", description="store retrieval mode for VectorStoreQueryMode.DEFAULT")
+
+    _store: CheatSheetStore = PrivateAttr()
+
+    def __init__(self, store: CheatSheetStore, *, group: str, collection: str = DEFAULT_COLLECTION,
+                 default_mode: str = "dense", **kwargs: Any) -> None:
+        validate_name(group, "group")
+        validate_name(collection, "collection")
+        if default_mode not in ("dense", "hybrid", "fulltext"):
+            raise InputError(f"default_mode must be dense, hybrid or fulltext, got {default_mode!r}")
+        super().__init__(group=group, collection=collection, default_mode=default_mode, **kwargs)
+        self._store = store
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LLoCOVectorStore"
+
+    @property
+    def client(self) -> CheatSheetStore:
+        """The underlying :class:`CheatSheetStore`."""
+        return self._store
+
+    # -- write -----------------------------------------------------------------------------------------
+
+    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        """Check that ``nodes`` are this group's stored chunks (made by LLoCONodeParser); returns their ids."""
+        wanted: dict[int, str] = {}
+        for node in nodes:
+            meta = node.metadata or {}
+            cid = meta.get(keys.CHUNK_ID)
+            if cid is None:
+                raise InputError(
+                    f"node {node.node_id!r} was not ingested by lloco: LLoCOVectorStore stores cheat sheets, "
+                    "which are made at parse time. Put LLoCONodeParser in the transformations (it writes the "
+                    "chunks to the store) instead of another splitter"
+                )
+            if (meta.get(keys.GROUP), meta.get(keys.COLLECTION)) != (self.group, self.collection):
+                raise InputError(
+                    f"node {node.node_id!r} belongs to {meta.get(keys.COLLECTION)}/{meta.get(keys.GROUP)}, not "
+                    f"to this vector store's {self.collection}/{self.group}; use one group for both"
+                )
+            wanted[int(cid)] = node.node_id
+        if wanted:
+            found = {r.chunk_id for r in list_chunks(self._store, self.group, self.collection,
+                                                     chunk_ids=list(wanted))}
+            missing = [c for c in wanted if c not in found]
+            if missing:
+                raise NotFoundError(f"chunks {missing[:5]} are not in {self.collection}/{self.group} (deleted or "
+                                    "re-ingested since they were parsed?); run LLoCONodeParser again")
+        return [n.node_id for n in nodes]
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete a document (all its chunks and cheat sheets); absent documents are ignored."""
+        delete_document_if_present(self._store, ref_doc_id, self.group, self.collection)
+
+    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
+                     **delete_kwargs: Any) -> None:
+        """Delete chunks by node id and/or metadata filter (node ids lloco did not make are ignored)."""
+        flt = to_store_filter(filters)
+        ids = None
+        if node_ids is not None:
+            ids = [c for c in (keys.chunk_id_from_node_id(n) for n in node_ids) if c is not None]
+            if not ids:
+                return
+        if ids is None and flt is None:
+            return
+        delete_chunks(self._store, self.group, self.collection, chunk_ids=ids, where=flt)
+
+    def clear(self) -> None:
+        """Delete every document of the group (the group and its adapters stay)."""
+        clear_group(self._store, self.group, self.collection)
+
+    def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
+        """Stored chunks as nodes, by node id and/or filter (all of the group when neither is given)."""
+        ids = None
+        if node_ids is not None:
+            ids = [c for c in (keys.chunk_id_from_node_id(n) for n in node_ids) if c is not None]
+            if not ids:
+                return []
+        rows = list_chunks(self._store, self.group, self.collection, chunk_ids=ids, where=to_store_filter(filters),
+                           with_embeddings=True)
+        adapter = self._adapter_id()
+        return [chunk_to_node(r, group=self.group, collection=self.collection, adapter_id=adapter) for r in rows]
+
+    def _adapter_id(self) -> int | None:
+        g = next((g for g in self._store.list_groups(self.collection) if g.name == self.group), None)
+        return None if g is None else g.active_adapter_id
+
+    # -- read ------------------------------------------------------------------------------------------
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Top-k chunks for ``query.query_str`` with ``query.filters`` (nested and/or supported)."""
+        mode = _MODES.get(VectorStoreQueryMode(query.mode))
+        if mode is None:
+            raise InputError(f"query mode {query.mode!r} is not supported by LLoCOVectorStore; use default, "
+                             "hybrid or text_search")
+        if query.mode == VectorStoreQueryMode.DEFAULT:
+            mode = self.default_mode
+        if not query.query_str:
+            raise InputError("LLoCOVectorStore embeds queries itself and needs query_str (embedding-only "
+                             "queries are not supported)")
+        flt = to_store_filter(query.filters)
+        top_k = int(query.hybrid_top_k or query.similarity_top_k) if mode == "hybrid" else int(query.similarity_top_k)
+        result = self._store.retrieve(query.query_str, group=self.group, collection=self.collection, top_k=top_k,
+                                      mode=mode, filters=flt, load_cheat_sheets=False, **kwargs)
+        chunks = result.chunks
+        if query.doc_ids:
+            allowed = set(query.doc_ids)
+            chunks = [c for c in chunks if c.doc_id in allowed]
+        if query.node_ids:
+            allowed_ids = {keys.chunk_id_from_node_id(n) for n in query.node_ids}
+            chunks = [c for c in chunks if c.chunk_id in allowed_ids]
+        nodes = [chunk_to_node(ChunkRow(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
+                                        dict(c.metadata)),
+                               group=self.group, collection=self.collection, adapter_id=result.adapter_id)
+                 for c in chunks]
+        return VectorStoreQueryResult(nodes=nodes, similarities=[float(c.score) for c in chunks],
+                                      ids=[n.node_id for n in nodes])
+
+    # -- async (the store is synchronous: run in a worker thread) ---------------------------------------
+
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        return await asyncio.to_thread(self.add, nodes, **kwargs)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+
+    async def adelete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
+                            **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
+
+    async def aget_nodes(self, node_ids: list[str] | None = None,
+                         filters: MetadataFilters | None = None) -> list[BaseNode]:
+        return await asyncio.to_thread(self.get_nodes, node_ids, filters)
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        return await asyncio.to_thread(self.query, query, **kwargs)
