@@ -1,0 +1,142 @@
+"""Fixtures for the LangChain integration: a tiny runtime over the embedded Postgres with two groups.
+
+- ``lc_service``: an ``LLoCOService`` on a private tiny Llama (untied embeddings, so greedy answers depend on
+  the context and the adapter) with a small encoder, over a ``CheatSheetStore`` in its own schema with a
+  fast hashing embedder. Two groups, ``alpha`` and ``beta``, each with documents and its own active LoRA.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+GROUP_TEXTS = {
+    "alpha": {
+        "lighthouse": (
+            "The lighthouse at Carrow Point was built in 1852 after the schooner Margaret Ann was lost on the "
+            "rocks. Its tower is forty-one metres tall and made from grey granite quarried on Skerra. The lamp "
+            "was first lit in November and has shone every night since, except for two weeks in 1916. For most "
+            "of its history the light was tended by a keeper and two assistants who lived in cottages below."
+        ),
+        "harbour": (
+            "The harbour below the headland shelters a fleet of small fishing boats. Herring were landed there "
+            "until the nineteen sixties, when the shoals moved north. Today the quay is used by a ferry to "
+            "Skerra that runs twice a day in summer and once a day in winter, weather permitting."
+        ),
+    },
+    "beta": {
+        "pump": (
+            "To reset the pump, switch off the mains supply and wait thirty seconds. Open the front panel and "
+            "press the red reset button until the green light flashes twice. Close the panel and switch the "
+            "supply back on. If the light stays amber, the filter is blocked and must be cleaned or replaced."
+        ),
+        "filter": (
+            "The filter cartridge should be replaced every six months or after two thousand hours of running, "
+            "whichever comes first. Use only cartridges of type F-20. Dispose of old cartridges as general "
+            "waste; they contain no hazardous materials. Record each replacement in the service log."
+        ),
+    },
+}
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Mark coroutine tests here (ours and langchain-tests' standard ones) for pytest-asyncio (strict mode).
+
+    ``trylast`` makes this wrapper the inner one, so the mark exists before pytest-asyncio's wrapper looks.
+    """
+    outcome = yield
+    result = outcome.get_result()
+    for node in (result if isinstance(result, list) else [result]) if result else []:
+        if isinstance(node, pytest.Function) and inspect.iscoroutinefunction(getattr(node, "obj", None)):
+            node.add_marker(pytest.mark.asyncio)
+
+
+class HashingEmbedder:
+    """Bag of words hashed into 64 dims (deterministic, instant): enough to rank chunks in tests."""
+
+    name = "test/hashing-64"
+    dim = 64
+
+    def embed(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            out[i, 0] = 1.0  # never a zero vector
+            for w in t.lower().split():
+                out[i, 1 + zlib.crc32(w.strip(".,?!").encode()) % (self.dim - 1)] += 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def make_adapter_bytes(host, encoder, *, seed: int) -> bytes:
+    """A random LoRA (non-zero lora_B so it changes outputs) as lloco adapter bytes; the model is left clean."""
+    from peft import LoraConfig
+
+    from lloco_runtime import AdapterArtifact
+
+    name = f"tmp_lc_{seed}"
+    host.add_adapter(name, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in host.model.named_parameters():
+            if "lora_B" in pname and name in pname:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
+                                     encoder_fingerprint=encoder.fingerprint)
+    host.delete_adapter(name)
+    return art.to_bytes()
+
+
+@pytest.fixture(scope="session")
+def lc_lloco(tmp_path_factory, tiny_llama_factory):
+    from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
+
+    folder = tiny_llama_factory(tmp_path_factory.mktemp("lc-tiny"), seed=1, tie_word_embeddings=False)
+    host = load_model(folder, device="cpu", dtype="float32")
+    return LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)))
+
+
+@pytest.fixture(scope="session")
+def lc_store():
+    from lloco_runtime.store import CheatSheetStore
+
+    store = CheatSheetStore(schema="lloco_langchain_test", embedder=HashingEmbedder())
+    yield store
+    store.drop_schema()
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def lc_service(lc_lloco, lc_store):
+    from lloco_runtime.service import LLoCOService
+    from lloco_runtime.store import DocumentInput
+
+    for i, (group, docs) in enumerate(GROUP_TEXTS.items()):
+        lc_store.ingest([DocumentInput(doc_id, text, {"topic": group}) for doc_id, text in docs.items()],
+                        group=group, encoder=lc_lloco.encoder)
+        lc_store.register_adapter(group, make_adapter_bytes(lc_lloco.host, lc_lloco.encoder, seed=10 + i),
+                                  base_fingerprint=lc_lloco.host.fingerprint,
+                                  encoder_fingerprint=lc_lloco.encoder.fingerprint, activate=True)
+    return LLoCOService(lc_lloco, lc_store)
+
+
+@pytest.fixture(scope="session")
+def lc_llm(lc_service):
+    from lloco_langchain import LLoCOLLM
+
+    return LLoCOLLM(service=lc_service, max_new_tokens=8)
+
+
+@pytest.fixture(scope="session")
+def make_chain(lc_service, lc_llm):
+    """``make_chain(group, **retriever_kwargs)`` -> a LLoCO chain over that group."""
+    from lloco_langchain import LLoCORetriever, create_lloco_chain
+
+    def make(group: str = "alpha", **kw):
+        kw.setdefault("k", 2)
+        return create_lloco_chain(LLoCORetriever(service=lc_service, group=group, **kw), lc_llm)
+
+    return make
