@@ -19,7 +19,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from lloco_runtime.errors import ConfigError, InputError
 from lloco_runtime.generation import GenerationConfig, _Stream
@@ -66,6 +66,10 @@ class LLoCOLLM(LLM):
                               "LLoCOLLM.from_defaults() builds the default service")
         if service is not None and lloco is not None and service.lloco is not lloco:
             raise ConfigError("pass either service= or lloco=, not two different runtimes")
+        if data.get("cache", False) is not False:
+            raise ConfigError("LLoCOLLM does not support LangChain's LLM cache (cache must be False): its keys "
+                              "ignore call arguments, so answers for other cheat sheets or adapters would be "
+                              "returned; cache whole chain outputs yourself if you need to")
         super().__init__(**data)
         self._service = service
         self._lloco = lloco if lloco is not None else service.lloco
@@ -75,15 +79,6 @@ class LLoCOLLM(LLM):
     def from_defaults(cls, **kwargs: Any) -> LLoCOLLM:
         """The default runtime over the default store (embedded Postgres under ``LLOCO_HOME``)."""
         return cls(service=LLoCOService.from_defaults(), **kwargs)
-
-    @field_validator("cache")
-    @classmethod
-    def _no_cache(cls, value: Any) -> Any:
-        if value is not False:
-            raise ConfigError("LLoCOLLM does not support LangChain's LLM cache (cache must be False): its keys "
-                              "ignore call arguments, so answers for other cheat sheets or adapters would be "
-                              "returned; cache whole chain outputs yourself if you need to")
-        return value
 
     @property
     def service(self) -> LLoCOService | None:
