@@ -12,6 +12,7 @@ question is answered with no context.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -210,8 +211,6 @@ class LLoCOLLM(LLM):
 
 async def _close_after(pending: asyncio.Future | None, tokens: Iterator[str]) -> None:
     if pending is not None:
-        try:
+        with contextlib.suppress(BaseException):  # the step's own error already reached the caller
             await pending
-        except BaseException:  # noqa: BLE001 - the step's own error was already raised to the caller
-            pass
     await run_in_executor(None, tokens.close)

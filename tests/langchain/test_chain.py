@@ -56,13 +56,13 @@ def test_batch(chains, expected):
 
 def test_stream_and_callbacks(chains, expected):
     class Recorder(BaseCallbackHandler):
-        tokens: list[str] = []
+        def __init__(self) -> None:
+            self.tokens: list[str] = []
 
         def on_llm_new_token(self, token, **kwargs):
             self.tokens.append(token)
 
     rec = Recorder()
-    rec.tokens = []
     parts = list(chains["alpha"].stream({"input": QUESTIONS["alpha"]}, config={"callbacks": [rec]}))
     answer = "".join(p["answer"] for p in parts if "answer" in p)
     assert answer == expected["alpha"] and len([p for p in parts if p.get("answer")]) > 1

@@ -54,7 +54,7 @@ def test_invoke_matches_runtime(lc_llm, payload, expected):
 
 
 def test_payload_changes_the_answer(lc_llm, payload, expected):
-    ids, adapter = payload
+    ids, _ = payload
     assert lc_llm.invoke(QUESTION, cheat_sheet_ids=ids, adapter_id=None) != expected  # base model
     assert lc_llm.invoke(QUESTION) != expected  # no context, no adapter
 
