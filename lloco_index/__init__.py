@@ -17,7 +17,18 @@ from .retriever import LLoCORetriever
 from .vector_store import LLoCOVectorStore
 
 __all__ = [
-    "ADAPTER_ID", "CHUNK_ID", "COLLECTION", "DOC_ID", "GROUP", "LLoCOLLM", "LLoCONodeParser", "LLoCOQueryEngine",
-    "LLoCORetriever", "LLoCOVectorStore", "PAYLOAD_KEYS", "embedder_from_llama", "resolve_embedder",
+    "ADAPTER_ID",
+    "CHUNK_ID",
+    "COLLECTION",
+    "DOC_ID",
+    "GROUP",
+    "PAYLOAD_KEYS",
+    "LLoCOLLM",
+    "LLoCONodeParser",
+    "LLoCOQueryEngine",
+    "LLoCORetriever",
+    "LLoCOVectorStore",
+    "embedder_from_llama",
+    "resolve_embedder",
     "to_store_filter",
 ]

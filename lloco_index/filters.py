@@ -8,9 +8,8 @@ the ``not`` condition have no store equivalent and raise :class:`~lloco_runtime.
 
 from __future__ import annotations
 
-from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilters
 from llama_index.core.vector_stores.types import MetadataFilter as LIFilter
-from llama_index.core.vector_stores.types import MetadataFilters
 
 from lloco_runtime.errors import InputError
 from lloco_runtime.store import FilterGroup, MetadataFilter

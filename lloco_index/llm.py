@@ -8,16 +8,23 @@ chat template and splices the cheat sheets into the last user message.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseGen, CompletionResponse,
-                                              CompletionResponseGen, LLMMetadata, MessageRole)
+import torch
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-
-import torch
 
 from lloco_runtime.errors import InputError, NotFoundError
 from lloco_runtime.generation import GenerationConfig, _Stream
@@ -169,6 +176,11 @@ class LLoCOLLM(CustomLLM):
             pending = delta
         yield CompletionResponse(text=text, delta=pending or "", raw=self._raw(st, n_sheets))
 
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` on a worker thread (decoding is CPU/GPU bound; the event loop stays free)."""
+        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+
     # -- chat ------------------------------------------------------------------------------------------
 
     @llm_chat_callback()
@@ -197,3 +209,7 @@ class LLoCOLLM(CustomLLM):
                                    raw=r.raw)
 
         return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await asyncio.to_thread(self.chat, messages, **kwargs)

@@ -63,8 +63,7 @@ class LLoCORetriever(BaseRetriever):
 
     def with_options(self, **overrides: Any) -> LLoCORetriever:
         """A copy with some options changed (``top_k``, ``mode``, ``filters``, ...)."""
-        kw = dict(group=self.group, collection=self.collection, top_k=self.top_k, mode=self.mode,
-                  filters=self.filters, use_adapter=self.use_adapter,
-                  callback_manager=self.callback_manager)
+        kw = {"group": self.group, "collection": self.collection, "top_k": self.top_k, "mode": self.mode,
+              "filters": self.filters, "use_adapter": self.use_adapter, "callback_manager": self.callback_manager}
         kw.update(overrides)
         return LLoCORetriever(self.store, **kw)

@@ -19,15 +19,15 @@ SCHEMA = "lloco_index_test"
 GROUP = "lighthouses"
 
 DOCS = {
-    "lighthouse": ("The old lighthouse on Gull Rock was built in 1872 by the harbour board. Its first keeper was "
+    "lighthouse": (("The old lighthouse on Gull Rock was built in 1872 by the harbour board. Its first keeper was "
                    "Martha Quill, who kept the lamp burning for forty years and logged every storm in a green "
-                   "notebook. The tower is white with a red lantern room and stands thirty metres tall.",
+                   "notebook. The tower is white with a red lantern room and stands thirty metres tall."),
                    {"topic": "history", "year": 1872, "tags": ["coast", "tower"]}),
-    "bakery": ("The bakery on Mill Street opens at six in the morning. Its rye bread is baked in a wood oven, "
-               "and on Fridays the baker sells cardamom buns to the fishermen before they sail out of the harbour.",
+    "bakery": (("The bakery on Mill Street opens at six in the morning. Its rye bread is baked in a wood oven, "
+               "and on Fridays the baker sells cardamom buns to the fishermen before they sail out of the harbour."),
                {"topic": "food", "year": 1990, "tags": ["bread"]}),
-    "ferry": ("The ferry to the island leaves twice a day in summer and once a day in winter. Tickets are sold "
-              "on board; bicycles travel free, but cars must be booked a week ahead.",
+    "ferry": (("The ferry to the island leaves twice a day in summer and once a day in winter. Tickets are sold "
+              "on board; bicycles travel free, but cars must be booked a week ahead."),
               {"topic": "travel", "year": 2005, "tags": ["coast", "boat"]}),
 }
 
@@ -76,7 +76,7 @@ def hash_embed() -> HashEmbedding:
 @pytest.fixture(scope="session")
 def index_lloco(tiny_model_dir):
     """A private tiny LLoCO (own host: adapters may be injected) with a 32-token / 4-vector encoder."""
-    from lloco_runtime import LLoCO, ContextEncoder, EncoderConfig, load_model
+    from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
 
     host = load_model(tiny_model_dir, device="cpu", dtype="float32")
     return LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)))

@@ -7,8 +7,7 @@ from llama_index.core.ingestion import IngestionCache, IngestionPipeline
 from llama_index.core.ingestion.pipeline import get_transformation_hash
 from llama_index.core.schema import MetadataMode, NodeRelationship
 
-from lloco_index import LLoCONodeParser, PAYLOAD_KEYS
-from lloco_index import keys
+from lloco_index import PAYLOAD_KEYS, LLoCONodeParser, keys
 from lloco_runtime.errors import InputError
 
 GROUP = "lighthouses"  # as in conftest.py

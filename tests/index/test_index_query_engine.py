@@ -153,3 +153,26 @@ def test_from_defaults_uses_settings_embed_model_without_writing_it(index_lloco,
     qe = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=index_lloco, embed_model=hash_embed, top_k=1)
     assert qe.retriever.retrieve(QUESTION)
     assert Settings._embed_model is before
+
+
+def test_query_emits_instrumentation_spans(engine):
+    import llama_index.core.instrumentation as instrument
+    from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
+
+    handler = SimpleSpanHandler()
+    root = instrument.get_dispatcher()
+    root.add_span_handler(handler)
+    try:
+        engine.query(QUESTION)
+    finally:
+        root.span_handlers.remove(handler)
+    names = {s.id_.split("-")[0] for s in handler.completed_spans}
+    assert {"LLoCOQueryEngine.custom_query", "LLoCOQueryEngine._answer", "LLoCOLLM.complete"} <= names, names
+
+
+def test_llm_async_complete_and_chat(engine, index_store):
+    ids = [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=1).retrieve(QUESTION)]
+    out = asyncio.run(engine.llm.acomplete(QUESTION, cheat_sheet_ids=ids, **GEN))
+    assert out.raw["context_vectors"] == 4
+    chat = asyncio.run(engine.llm.achat([ChatMessage(role="user", content=QUESTION)], cheat_sheet_ids=ids, **GEN))
+    assert chat.raw["context_vectors"] == 4

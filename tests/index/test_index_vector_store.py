@@ -7,8 +7,14 @@ import asyncio
 import pytest
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.schema import TextNode
-from llama_index.core.vector_stores.types import (FilterCondition, FilterOperator, MetadataFilter,
-                                                  MetadataFilters, VectorStoreQuery, VectorStoreQueryMode)
+from llama_index.core.vector_stores.types import (
+    FilterCondition,
+    FilterOperator,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+)
 
 from lloco_index import LLoCONodeParser, LLoCOVectorStore, keys, to_store_filter
 from lloco_runtime.errors import CheatSheetError, InputError, NotFoundError
