@@ -15,5 +15,6 @@ from .chain import create_lloco_chain
 from .llm import LLoCOLLM
 from .payload import Payload, payload_from_documents
 from .retriever import LLoCORetriever
+from .vectorstore import LLoCOVectorStore
 
-__all__ = ["LLoCOLLM", "LLoCORetriever", "Payload", "create_lloco_chain", "payload_from_documents"]
+__all__ = ["LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "Payload", "create_lloco_chain", "payload_from_documents"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from langchain_core.documents import Document
 
 from lloco_runtime.errors import InputError
+from lloco_runtime.store.records import RetrievalResult
 
 CHUNK_ID = "chunk_id"
 DOC_ID = "doc_id"
@@ -26,6 +27,17 @@ N_TOKENS = "n_tokens"
 
 #: Metadata keys lloco owns (they win over user metadata of the same name).
 LLOCO_KEYS = (CHUNK_ID, DOC_ID, SCORE, GROUP, COLLECTION, ADAPTER_ID, ORDINAL, N_TOKENS)
+
+
+def documents_from_result(result: RetrievalResult) -> list[Document]:
+    """One Document per retrieved chunk: its text, its metadata plus lloco's ids (lloco's keys win)."""
+    docs = []
+    for c in result.chunks:
+        meta = {**c.metadata, CHUNK_ID: c.chunk_id, DOC_ID: c.doc_id, ORDINAL: c.ordinal, N_TOKENS: c.n_tokens,
+                SCORE: float(c.score), GROUP: result.group, COLLECTION: result.collection,
+                ADAPTER_ID: result.adapter_id}
+        docs.append(Document(page_content=c.text, metadata=meta, id=str(c.chunk_id)))
+    return docs
 
 
 @dataclass(frozen=True)

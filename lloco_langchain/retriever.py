@@ -61,13 +61,7 @@ class LLoCORetriever(BaseRetriever):
         result = self._service.retrieve(query, group=self.group, collection=self.collection,
                                         top_k=kwargs.get("k", self.k), mode=kwargs.get("mode", self.mode),
                                         filters=kwargs.get("filters", self.filters), load_cheat_sheets=False)
-        docs = []
-        for c in result.chunks:
-            meta = {**c.metadata, P.CHUNK_ID: c.chunk_id, P.DOC_ID: c.doc_id, P.ORDINAL: c.ordinal,
-                    P.N_TOKENS: c.n_tokens, P.SCORE: float(c.score), P.GROUP: result.group,
-                    P.COLLECTION: result.collection, P.ADAPTER_ID: result.adapter_id}
-            docs.append(Document(page_content=c.text, metadata=meta, id=str(c.chunk_id)))
-        return docs
+        return P.documents_from_result(result)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 **kwargs: Any) -> list[Document]:
