@@ -142,3 +142,22 @@ def test_bad_arguments(lc_llm, lc_service):
         LLoCOLLM()
     with pytest.raises(ConfigError, match="need a store"):
         LLoCOLLM(lloco=lc_service.lloco).invoke(QUESTION, cheat_sheet_ids=[1])
+
+
+async def test_cancelled_astream_releases_the_adapter(lc_llm, lc_service, payload):
+    ids, adapter = payload
+
+    async def consume():
+        async for _ in lc_llm.astream(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter, max_new_tokens=64):
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):  # the step in flight finishes on its thread, then the generator is closed
+        if not lc_service.lloco.adapters._pins:
+            break
+        await asyncio.sleep(0.02)
+    assert not lc_service.lloco.adapters._pins
