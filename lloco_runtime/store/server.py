@@ -48,6 +48,14 @@ def start_embedded(data_dir: str | Path | None = None) -> str:
     return server.get_uri()
 
 
+def stop_embedded(data_dir: str | Path) -> None:
+    """Stop the embedded server this process started in ``data_dir`` (no-op if none)."""
+    path = Path(data_dir).expanduser().resolve()
+    server = _EMBEDDED.pop(path, None)
+    if server is not None:
+        server.cleanup()  # type: ignore[attr-defined]  # stops it (cleanup_mode="stop")
+
+
 def resolve_url(url: str | None = None) -> tuple[str, bool]:
     """``(url, embedded)``: the explicit ``url``, else ``LLOCO_DATABASE_URL``, else the embedded server."""
     chosen = url or config.database_url()

@@ -61,7 +61,7 @@ class CheatSheetStore:
     def __init__(self, url: str | None = None, *, schema: str | None = None, embedder: Embedder | None = None,
                  create: bool = True, ann_index: str = "auto", cheat_sheet_dtype: str | None = "float16",
                  echo: bool = False) -> None:
-        self.schema = validate_schema(schema or config.schema_name())
+        self.schema = validate_schema(config.schema_name() if schema is None else schema)
         if cheat_sheet_dtype not in SHEET_DTYPES:
             raise ConfigError(f"cheat_sheet_dtype must be one of {SHEET_DTYPES}, got {cheat_sheet_dtype!r}")
         self.cheat_sheet_dtype = cheat_sheet_dtype

@@ -7,26 +7,67 @@ make it fail on purpose.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
 from store_helpers import DOCS
 
 
-@pytest.fixture(scope="session")
-def pg_url(tmp_path_factory) -> str:
-    """URL of the session's embedded Postgres (its own data dir; stopped at the end of the session)."""
+def _start_server(prefix: str):
     from lloco_runtime.store.server import start_embedded
 
-    return start_embedded(tmp_path_factory.mktemp("pg") / "data")
+    root = Path(tempfile.mkdtemp(prefix=prefix))  # short path: the Unix socket lives in it
+    return root, start_embedded(root / "data")
+
+
+def _stop_server(root: Path) -> None:
+    from lloco_runtime.store.server import stop_embedded
+
+    stop_embedded(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of the session's embedded Postgres (its own data dir, removed at the end of the session)."""
+    root, url = _start_server("lloco-pg-")
+    yield url
+    _stop_server(root)
+
+
+@pytest.fixture
+def second_server():
+    """A second, separate embedded Postgres for one test: ``(url, root)``."""
+    root, url = _start_server("lloco-pg2-")
+    yield url
+    _stop_server(root)
+
+
+class MemoEmbedder:
+    """The real MiniLM embedder, memoised per text: tests embed the same chunks many times."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.dim = inner, inner.name, inner.dim
+        self.memo: dict[str, object] = {}
+
+    def embed(self, texts):
+        import numpy as np
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if missing:
+            self.memo.update(zip(missing, self.inner.embed(missing)))
+        return np.stack([self.memo[t] for t in texts]) if texts else self.inner.embed([])
 
 
 @pytest.fixture(scope="session")
 def embedder():
     from lloco_runtime.embeddings import MiniLMEmbedder
 
-    return MiniLMEmbedder()
+    return MemoEmbedder(MiniLMEmbedder())
 
 
 @pytest.fixture(scope="session")
@@ -35,24 +76,31 @@ def encoder(tiny_encoder):
     return tiny_encoder
 
 
+def new_schema() -> str:
+    return "t_" + uuid.uuid4().hex[:10]
+
+
 @pytest.fixture
 def schema() -> str:
-    return "t_" + uuid.uuid4().hex[:10]
+    return new_schema()
+
+
+def _open_store(url, schema, embedder):
+    from lloco_runtime.store import CheatSheetStore
+
+    return CheatSheetStore(url, schema=schema, embedder=embedder)
 
 
 @pytest.fixture
 def store(pg_url, schema, embedder):
     """A store in a fresh schema, dropped afterwards."""
-    from lloco_runtime.store import CheatSheetStore
-
-    s = CheatSheetStore(pg_url, schema=schema, embedder=embedder)
+    s = _open_store(pg_url, schema, embedder)
     yield s
     s.drop_schema()
     s.close()
 
 
-@pytest.fixture
-def docs():
+def make_docs():
     from lloco_runtime.store import DocumentInput
 
     return [DocumentInput(doc_id=k, text=v, metadata={"topic": k, "year": 2000 + i, "tags": [k[:3], "all"]})
@@ -60,7 +108,22 @@ def docs():
 
 
 @pytest.fixture
+def docs():
+    return make_docs()
+
+
+@pytest.fixture
 def filled(store, docs, encoder):
-    """The store with the three topical documents ingested into default/g."""
+    """The store with the three topical documents ingested into default/g (private to the test)."""
     store.ingest(docs, group="g", encoder=encoder)
     return store
+
+
+@pytest.fixture(scope="module")
+def shared_filled(pg_url, embedder, encoder):
+    """Like ``filled`` but shared by a module's tests: READ-ONLY by convention."""
+    s = _open_store(pg_url, new_schema(), embedder)
+    s.ingest(make_docs(), group="g", encoder=encoder)
+    yield s
+    s.drop_schema()
+    s.close()

@@ -12,8 +12,8 @@ from lloco_runtime.errors import CheatSheetError, FingerprintMismatchError, Inpu
 @pytest.mark.parametrize("query,doc", [("galaxy telescopes stars", "astronomy"),
                                        ("sourdough bread dough", "cooking"),
                                        ("goalkeeper penalty striker", "football")])
-def test_modes_find_the_right_document(filled, mode, query, doc):
-    res = filled.retrieve(query, group="g", mode=mode, top_k=2)
+def test_modes_find_the_right_document(shared_filled, mode, query, doc):
+    res = shared_filled.retrieve(query, group="g", mode=mode, top_k=2)
     assert res.mode == mode and res.group == "g" and res.collection == "default"
     assert res.chunks and res.chunks[0].doc_id == doc
     scores = [c.score for c in res.chunks]
@@ -23,8 +23,8 @@ def test_modes_find_the_right_document(filled, mode, query, doc):
     assert res.raw_context_tokens == sum(c.n_tokens for c in res.chunks) > res.context_tokens
 
 
-def test_dense_scores_are_cosine_similarities(filled, embedder):
-    res = filled.retrieve("The Andromeda galaxy", group="g", mode="dense", top_k=3, ef_search=100)
+def test_dense_scores_are_cosine_similarities(shared_filled, embedder):
+    res = shared_filled.retrieve("The Andromeda galaxy", group="g", mode="dense", top_k=3, ef_search=100)
     assert all(-1.0 <= c.score <= 1.0 for c in res.chunks)
     q = embedder.embed(["The Andromeda galaxy"])[0]
     top = res.chunks[0]
@@ -32,17 +32,17 @@ def test_dense_scores_are_cosine_similarities(filled, embedder):
     assert top.score == pytest.approx(expected, abs=5e-3)  # halfvec storage
 
 
-def test_hybrid_fuses_both_rankings(filled):
-    dense = filled.retrieve("bake the loaf", group="g", mode="dense", top_k=5).chunk_ids
-    text = filled.retrieve("bake the loaf", group="g", mode="fulltext", top_k=5).chunk_ids
-    hybrid = filled.retrieve("bake the loaf", group="g", mode="hybrid", top_k=5)
+def test_hybrid_fuses_both_rankings(shared_filled):
+    dense = shared_filled.retrieve("bake the loaf", group="g", mode="dense", top_k=5).chunk_ids
+    text = shared_filled.retrieve("bake the loaf", group="g", mode="fulltext", top_k=5).chunk_ids
+    hybrid = shared_filled.retrieve("bake the loaf", group="g", mode="hybrid", top_k=5)
     assert set(hybrid.chunk_ids) <= set(dense) | set(text)
     assert hybrid.chunks[0].chunk_id in set(dense) & set(text)
 
 
-def test_fulltext_without_matches_is_empty(filled):
-    assert filled.retrieve("zzzqqq", group="g", mode="fulltext").chunks == []
-    assert filled.retrieve("the and of", group="g", mode="fulltext").chunks == []  # only stop words
+def test_fulltext_without_matches_is_empty(shared_filled):
+    assert shared_filled.retrieve("zzzqqq", group="g", mode="fulltext").chunks == []
+    assert shared_filled.retrieve("the and of", group="g", mode="fulltext").chunks == []  # only stop words
 
 
 def test_groups_are_isolated(filled, docs, encoder):
@@ -51,29 +51,29 @@ def test_groups_are_isolated(filled, docs, encoder):
     assert {c.doc_id for c in res.chunks} == {"astronomy"}
 
 
-def test_lazy_cheat_sheets_and_fetch_by_id(filled, encoder):
-    res = filled.retrieve("galaxy", group="g", top_k=3, load_cheat_sheets=False)
+def test_lazy_cheat_sheets_and_fetch_by_id(shared_filled, encoder):
+    res = shared_filled.retrieve("galaxy", group="g", top_k=3, load_cheat_sheets=False)
     assert all(c.cheat_sheet is None for c in res.chunks)
-    sheets = filled.cheat_sheets(res.chunk_ids[::-1], encoder_fingerprint=encoder.fingerprint)
+    sheets = shared_filled.cheat_sheets(res.chunk_ids[::-1], encoder_fingerprint=encoder.fingerprint)
     assert [tuple(s.shape) for s in sheets] == [(4, encoder.hidden_size)] * 3
     with pytest.raises(CheatSheetError, match="does not exist"):
-        filled.cheat_sheets([10**12])
+        shared_filled.cheat_sheets([10**12])
 
 
-def test_bad_arguments(filled):
+def test_bad_arguments(shared_filled):
     for k in (0, 1001, -1, 2.5, True):
         with pytest.raises(InputError, match="top_k"):
-            filled.retrieve("galaxy", group="g", top_k=k)
+            shared_filled.retrieve("galaxy", group="g", top_k=k)
     with pytest.raises(InputError, match="ef_search"):
-        filled.retrieve("galaxy", group="g", ef_search=0)
+        shared_filled.retrieve("galaxy", group="g", ef_search=0)
     with pytest.raises(InputError, match="mode"):
-        filled.retrieve("galaxy", group="g", mode="sparse")
+        shared_filled.retrieve("galaxy", group="g", mode="sparse")
     with pytest.raises(InputError, match="empty"):
-        filled.retrieve("  ", group="g")
+        shared_filled.retrieve("  ", group="g")
     with pytest.raises(NotFoundError, match="lloco groups list"):
-        filled.retrieve("galaxy", group="missing")
+        shared_filled.retrieve("galaxy", group="missing")
     with pytest.raises(NotFoundError):
-        filled.retrieve("galaxy", group="g", collection="missing")
+        shared_filled.retrieve("galaxy", group="g", collection="missing")
 
 
 def test_corrupted_cheat_sheet_bytes_raise_a_clear_error(filled):
