@@ -91,10 +91,24 @@ def make_adapter_bytes(host, encoder, *, seed: int) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def lc_lloco(tmp_path_factory, tiny_llama_factory):
+def lc_lloco(tmp_path_factory, default_tokenizer):
+    """Tiny random Llama (seed 1) with *untied* embeddings: a tied one just repeats the prompt's last token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
 
-    folder = tiny_llama_factory(tmp_path_factory.mktemp("lc-tiny"), seed=1, tie_word_embeddings=False)
+    tok = default_tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.eos_token_id, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096,
+                      tie_word_embeddings=False)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)
+    folder = tmp_path_factory.mktemp("lc-tiny")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
     host = load_model(folder, device="cpu", dtype="float32")
     return LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)))
 
