@@ -47,7 +47,7 @@ class AdapterArtifact:
         meta = {"format": FORMAT, "lora_config": json.dumps(self.lora_config, sort_keys=True),
                 "base_fingerprint": self.base_fingerprint,
                 "encoder_fingerprint": self.encoder_fingerprint or "",
-                "info": json.dumps(self.info, sort_keys=True, default=str)}
+                "info": json.dumps(self.info, sort_keys=True, default=str), "digest": self.digest}
         return st_save({k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}, metadata=meta)
 
     @classmethod
@@ -62,8 +62,13 @@ class AdapterArtifact:
             info = json.loads(meta.get("info") or "{}")
         except Exception as exc:  # safetensors raises its own error types
             raise AdapterError(f"corrupted adapter bytes: {exc}") from exc
-        return cls(tensors=tensors, lora_config=lora_config, base_fingerprint=meta.get("base_fingerprint", ""),
-                   encoder_fingerprint=meta.get("encoder_fingerprint") or None, info=info)
+        art = cls(tensors=tensors, lora_config=lora_config, base_fingerprint=meta.get("base_fingerprint", ""),
+                  encoder_fingerprint=meta.get("encoder_fingerprint") or None, info=info)
+        # safetensors has no checksum: the digest in the header catches damaged weights.
+        if "digest" not in meta or art.digest != meta["digest"]:
+            raise AdapterError("corrupted adapter bytes: the weights do not match the recorded digest; "
+                               "register the adapter again from its source")
+        return art
 
     @property
     def digest(self) -> str:
@@ -71,7 +76,8 @@ class AdapterArtifact:
         h = hashlib.sha256(json.dumps(self.lora_config, sort_keys=True).encode())
         for k in sorted(self.tensors):
             h.update(k.encode())
-            h.update(self.tensors[k].to(torch.float32).numpy().tobytes())
+            h.update(str(tuple(self.tensors[k].shape)).encode())
+            h.update(self.tensors[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()
 
     @classmethod
@@ -83,7 +89,9 @@ class AdapterArtifact:
         cfg = model.peft_config[adapter_name]
         lora = {k: _jsonable(getattr(cfg, k)) for k in _LORA_KEYS if hasattr(cfg, k)}
         state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-        return cls(tensors=dict(state), lora_config=lora, base_fingerprint=base_fingerprint,
+        # Copies, not views of the live parameters: training on must not change a captured artifact.
+        tensors = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        return cls(tensors=tensors, lora_config=lora, base_fingerprint=base_fingerprint,
                    encoder_fingerprint=encoder_fingerprint, info=info or {})
 
 
@@ -102,8 +110,10 @@ def read_safetensors_metadata(data: bytes) -> dict[str, str]:
         raise AdapterError("adapter bytes are corrupted (bad safetensors header length)")
     try:
         header = json.loads(bytes(data[8:8 + n]))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested garbage
         raise AdapterError(f"adapter bytes are corrupted (header is not JSON: {exc})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
+        raise AdapterError("adapter bytes are corrupted (safetensors header is not an object)")
     meta = header.get("__metadata__") or {}
     return {str(k): str(v) for k, v in meta.items()}
 

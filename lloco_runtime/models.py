@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,9 @@ class LoadedModel:
             if name in configs:
                 raise AdapterError(f"an adapter named {name!r} is already loaded; delete it first")
             try:
-                inject_adapter_in_model(lora_config, self.model, adapter_name=name)
+                with warnings.catch_warnings():  # several adapters on one model is the point here
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                    inject_adapter_in_model(lora_config, self.model, adapter_name=name)
             finally:
                 # peft's tuner replaces ``model.peft_config`` with a dict holding only the new adapter.
                 configs.update({k: v for k, v in (getattr(self.model, "peft_config", {}) or {}).items()
@@ -157,7 +160,9 @@ class LoadedModel:
             configs = dict(getattr(self.model, "peft_config", {}) or {})
             if name not in configs:
                 raise AdapterError(f"adapter {name!r} is not loaded (loaded: {list(configs)})")
-            delete_adapter(self.model, adapter_name=name, prefix="lora_")
+            with warnings.catch_warnings():  # peft picks another active adapter; resync() overrides it
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                delete_adapter(self.model, adapter_name=name, prefix="lora_")
             del configs[name]
             self.model.peft_config = configs
             self.resync()
