@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import OperationalError
@@ -220,13 +221,16 @@ class CheatSheetStore:
     def retrieve(self, query: str, *, group: str, collection: str = DEFAULT_COLLECTION, top_k: int = 4,
                  mode: RetrievalMode = "dense", filters: Filter | dict | list | None = None,
                  ef_search: int | None = None, load_cheat_sheets: bool = True,
-                 encoder_fingerprint: str | None = None, candidates: int | None = None) -> RetrievalResult:
+                 encoder_fingerprint: str | None = None, candidates: int | None = None,
+                 query_vector: Sequence[float] | np.ndarray | None = None) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
         ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any
         of the query's stemmed words, ranked by cover density) or ``hybrid`` (reciprocal-rank fusion of both, each taking ``candidates`` hits,
         default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or the RRF sum.
-        ``encoder_fingerprint``: refuse cheat sheets made by another encoder. With
+        ``query_vector``: a precomputed query embedding from the same embedder (skips embedding ``query``;
+        frameworks that embed queries themselves pass it). ``encoder_fingerprint``: refuse cheat sheets
+        made by another encoder. With
         ``load_cheat_sheets=False`` the tensors are None; fetch them later with :meth:`cheat_sheets`.
         """
         if not isinstance(query, str) or not query.strip():
@@ -244,7 +248,10 @@ class CheatSheetStore:
         where = compile_filter(flt, self.tables.chunks.c.meta)
         qvec = None
         if mode in ("dense", "hybrid"):
-            qvec = as_matrix(self.embedder.embed([query]), 1, self.embedder.dim, self.embedder.name)[0]
+            if query_vector is not None:
+                qvec = _check_query_vector(query_vector, self.embedder.dim)
+            else:
+                qvec = as_matrix(self.embedder.embed([query]), 1, self.embedder.dim, self.embedder.name)[0]
         t = self.tables
         with self.engine.begin() as conn:
             g = catalog.group_row(conn, t, group, collection)
@@ -354,3 +361,14 @@ class CheatSheetStore:
     def delete_adapter(self, adapter_id: int) -> None:
         with self.engine.begin() as conn:
             registry.remove(conn, self.tables, adapter_id)
+
+
+def _check_query_vector(vector: Sequence[float] | np.ndarray, dim: int) -> np.ndarray:
+    """A caller-supplied query embedding as a unit float32 vector of width ``dim`` (else InputError)."""
+    try:
+        arr = np.asarray(vector, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InputError(f"query_vector must be {dim} finite floats") from None
+    if arr.shape != (dim,) or not np.isfinite(arr).all() or not np.any(arr):
+        raise InputError(f"query_vector must be {dim} finite floats, not all zero; got shape {arr.shape}")
+    return arr / np.linalg.norm(arr)
