@@ -74,6 +74,34 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_encoder(args: argparse.Namespace) -> int:
+    from .encoder import ContextEncoder, EncoderConfig
+    from .models import load_model
+    from .training import EncoderTrainingConfig, train_encoder
+
+    cfg = EncoderTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                                continuation_length=args.continuation_length,
+                                continuation_weight=args.continuation_weight,
+                                reconstruction_weight=args.reconstruction_weight, eval_every=args.eval_every,
+                                eval_pairs=args.eval_pairs, checkpoint_every=args.checkpoint_every,
+                                seed=args.seed)
+    host = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.encoder:
+        encoder = ContextEncoder.load(args.encoder, host)
+    else:
+        encoder = ContextEncoder(host, EncoderConfig(segment_length=args.segment_length,
+                                                     summary_length=args.summary_length,
+                                                     summary_layer=args.summary_layer, lora_r=args.lora_r,
+                                                     lora_alpha=2 * args.lora_r if args.lora_r else 32))
+    history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume)
+    v = history["val"][-1]
+    print(f"done: {history['train'][-1]['step']} steps in {history['seconds'] / 60:.1f} min; held-out loss "
+          f"no-context {v['no_context']:.3f}, cheat sheet {v['cheat_sheet']:.3f}, wrong sheet "
+          f"{v['wrong_cheat_sheet']:.3f}, text {v['text_context']:.3f}")
+    print(f"encoder: {args.out}/encoder  loss curve: {args.out}/loss.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -114,6 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
     s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
     s.set_defaults(func=_cmd_ask)
+
+    s = sub.add_parser("train-encoder", parents=[common], help="pre-train the context encoder on a text corpus",
+                       description="Train the summary embeddings and an encoder LoRA so cheat sheets carry "
+                       "their segment's content: continuation (AutoCompressor) and reconstruction losses "
+                       "through the frozen decoder. Resumable; writes OUT/encoder, OUT/loss.png, "
+                       "OUT/history.json.")
+    s.add_argument("--corpus", required=True, help="folder of .txt/.md/.jsonl files")
+    s.add_argument("--out", default="lloco-encoder-run", help="output folder (checkpoints, artifact, plot)")
+    s.add_argument("--segment-length", type=int, default=128)
+    s.add_argument("--summary-length", type=int, default=16)
+    s.add_argument("--summary-layer", type=int, default=None, help="layer to read summaries from "
+                   "(default: final layer after norm)")
+    s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--warmup", type=int, default=50)
+    s.add_argument("--continuation-length", type=int, default=128)
+    s.add_argument("--continuation-weight", type=float, default=1.0)
+    s.add_argument("--reconstruction-weight", type=float, default=1.0)
+    s.add_argument("--eval-every", type=int, default=100)
+    s.add_argument("--eval-pairs", type=int, default=24)
+    s.add_argument("--checkpoint-every", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    s.set_defaults(func=_cmd_train_encoder)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register
