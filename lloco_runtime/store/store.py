@@ -105,7 +105,7 @@ class CheatSheetStore:
                                      "to upgrade it")
                 vector_schema = vector_extension_schema(conn)
                 settings = {r.key: r.value for r in conn.execute(select(self.tables.settings))}
-                self._sync_ann_index(conn, vector_schema)
+                self._sync_ann_index(conn, vector_schema, create)
         except OperationalError as exc:
             raise StoreError(f"cannot reach Postgres at {self.url}: {str(exc.orig).strip().splitlines()[0]}; "
                              "check LLOCO_DATABASE_URL or unset it to use the embedded server") from exc
@@ -120,9 +120,11 @@ class CheatSheetStore:
         if vector_schema is not None:
             install_search_path(self.engine, [vector_schema])
 
-    def _sync_ann_index(self, conn: Connection, vector_schema: str | None) -> None:
+    def _sync_ann_index(self, conn: Connection, vector_schema: str | None, create: bool) -> None:
+        """Create the HNSW index when wanted (only if ``create``: it can take long on a big table); drop it
+        where it is not wanted, always, because a pgvector build that cannot run it crashes the server."""
         if self.ann_index == "hnsw":
-            if vector_schema is not None and not has_hnsw_index(conn, self.tables):
+            if create and vector_schema is not None and not has_hnsw_index(conn, self.tables):
                 conn.execute(select(func.set_config("search_path", search_path_value([vector_schema]), True)))
                 ensure_hnsw_index(conn, self.tables)
         elif has_hnsw_index(conn, self.tables):
