@@ -135,6 +135,7 @@ def ingest_throughput(store: CheatSheetStore, encoder: Any, *, n_docs: int = 10,
                       batch_size: int = 8, collection: str = "bench") -> dict[str, Any]:
     """Chunks/s of full ingest (split, embed, write) without and with compression, on fresh groups."""
     out: dict[str, Any] = {"documents": n_docs, "words_per_doc": words_per_doc}
+    store.embedder.embed(["warm-up"])  # load the retrieval model outside the timed runs
     for label, compress in (("without_compression", False), ("with_compression", True)):
         group = f"ingest-{label}"
         try:
