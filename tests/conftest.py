@@ -6,7 +6,9 @@ Environment (set at import, before any lloco module reads it):
   gitignored), so the default SmolLM2 GGUF is dequantised once per machine (~30 s), not once per run.
 - ``LLOCO_HOME`` -> a fresh temporary directory per test session (embedded Postgres, artifacts).
 - Hub access off (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``): nothing is ever downloaded.
-- Two torch threads: CI machines have 2 cores shared with other jobs.
+- Two torch threads (CI machines have 2 cores) with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP's default busy-wait
+  makes every op ~10x slower when other processes compete for the cores (measured: SmolLM2 prefill 12 s
+  instead of 0.8 s on a shared 2-core machine); passive waiting costs nothing when the machine is idle.
 
 Models:
 
@@ -29,6 +31,7 @@ os.environ["LLOCO_HOME"] = tempfile.mkdtemp(prefix="lloco-test-home-")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads its OpenMP runtime
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
