@@ -5,12 +5,13 @@ Start with :class:`CheatSheetStore`; filters are :class:`MetadataFilter` / :clas
 
 from .filters import FilterGroup, FilterOp, MetadataFilter, parse_filter
 from .inputs import DocumentInput, read_paths
-from .records import (AdapterInfo, CollectionInfo, DocumentInfo, GroupInfo, IngestReport, RetrievalResult,
-                      RetrievedChunk, StoreStatus)
+from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
+                      IngestReport, RetrievalResult, RetrievedChunk, StoreStatus)
 from .store import CheatSheetStore
 
 __all__ = [
-    "AdapterInfo", "CheatSheetStore", "CollectionInfo", "DocumentInfo", "DocumentInput", "FilterGroup",
+    "AdapterInfo", "ChunkInfo", "CheatSheetStore", "CollectionInfo", "DocumentInfo", "DocumentInput",
+    "DocumentOutcome", "FilterGroup",
     "FilterOp", "GroupInfo", "IngestReport", "MetadataFilter", "RetrievalResult", "RetrievedChunk",
     "StoreStatus", "parse_filter", "read_paths",
 ]

@@ -61,7 +61,9 @@ def list_collections(conn: Connection, t: Tables) -> list[CollectionInfo]:
     return [CollectionInfo(int(r[0]), r[1], int(r[2]), r[3]) for r in conn.execute(stmt)]
 
 
-def list_groups(conn: Connection, t: Tables, collection: str | None = None) -> list[GroupInfo]:
+def list_groups(conn: Connection, t: Tables, collection: str | None = None, *,
+                name: str | None = None) -> list[GroupInfo]:
+    """Groups (of one collection, or all), with document and chunk counts; only ``name`` if given."""
     g, c, d = t.groups, t.collections, t.documents
     n_docs = (select(func.count()).select_from(d).where(d.c.group_id == g.c.id)).scalar_subquery()
     n_chunks = (select(func.coalesce(func.sum(d.c.n_chunks), 0)).where(d.c.group_id == g.c.id)).scalar_subquery()
@@ -69,7 +71,17 @@ def list_groups(conn: Connection, t: Tables, collection: str | None = None) -> l
             .select_from(g.join(c, g.c.collection_id == c.c.id)).order_by(c.c.name, g.c.name))
     if collection is not None:
         stmt = stmt.where(c.c.name == validate_name(collection, "collection"))
+    if name is not None:
+        stmt = stmt.where(g.c.name == validate_name(name, "group"))
     return [GroupInfo(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), r[6]) for r in conn.execute(stmt)]
+
+
+def get_group(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION) -> GroupInfo:
+    """``collection/group`` with its counts (NotFoundError if absent)."""
+    found = list_groups(conn, t, collection, name=group)
+    if not found:
+        group_row(conn, t, group, collection)  # raises NotFoundError with the usual hint
+    return found[0]
 
 
 def list_documents(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION, *,

@@ -127,6 +127,7 @@ def write_document(engine: Engine, t: Tables, group: str, collection: str, prep:
             meta=doc.metadata, n_chunks=len(prep.chunks),
             n_tokens=sum(len(ch.token_ids) for ch in prep.chunks), n_chars=len(doc.text),
         ).returning(d.c.id)).scalar_one()
+        chunk_ids: list[int] = []
         for start in range(0, len(prep.chunks), INSERT_BATCH):
             part = prep.chunks[start:start + INSERT_BATCH]
             rows = [{
@@ -136,6 +137,7 @@ def write_document(engine: Engine, t: Tables, group: str, collection: str, prep:
                 "embedding": prep.embeddings[start + i],
             } for i, ch in enumerate(part)]
             ids = conn.execute(insert(c).returning(c.c.id, sort_by_parameter_order=True), rows).scalars().all()
+            chunk_ids.extend(int(i) for i in ids)
             if prep.sheets is not None:
                 sheet_rows = []
                 for chunk_pk, tensor in zip(ids, prep.sheets[start:start + INSERT_BATCH], strict=True):
@@ -145,4 +147,5 @@ def write_document(engine: Engine, t: Tables, group: str, collection: str, prep:
                                        "dtype": dtype_name(stored.dtype), "shape": list(stored.shape),
                                        "n_bytes": len(blob), "data": blob})
                 conn.execute(insert(cs), sheet_rows)
-    return DocumentOutcome(doc.doc_id, "replaced" if old is not None else "added", len(prep.chunks))
+    return DocumentOutcome(doc.doc_id, "replaced" if old is not None else "added", len(prep.chunks),
+                           tuple(chunk_ids))

@@ -63,6 +63,21 @@ class AdapterInfo:
 
 
 @dataclass
+class ChunkInfo:
+    """A stored chunk: where it comes from, its text and span, and (on request) its retrieval embedding."""
+
+    chunk_id: int
+    doc_id: str
+    ordinal: int
+    text: str
+    n_tokens: int
+    char_start: int | None
+    char_end: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    embedding: list[float] | None = None
+
+
+@dataclass
 class RetrievedChunk:
     """One hit: where it comes from, its text and score, and (unless lazy) its decoded cheat sheet."""
 
@@ -104,9 +119,13 @@ class RetrievalResult:
 
 @dataclass(frozen=True)
 class DocumentOutcome:
+    """What ingest did with one document; ``chunk_ids`` are the ids of the chunks it wrote, in ordinal
+    order (empty for an unchanged document: list its chunks with ``CheatSheetStore.list_chunks``)."""
+
     doc_id: str
     status: Literal["added", "replaced", "unchanged"]
     n_chunks: int
+    chunk_ids: tuple[int, ...] = ()
 
 
 @dataclass

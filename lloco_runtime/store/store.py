@@ -21,14 +21,14 @@ from sqlalchemy.schema import DropSchema
 from .. import config
 from ..embeddings import Embedder, as_matrix, default_embedder
 from ..errors import ConfigError, InputError, StoreError
-from . import catalog, registry
+from . import catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
 from .ingest import EncoderLike, existing_state, is_unchanged, prepare, write_document
 from .inputs import DocumentInput, check_unique, read_paths
 from .names import validate_name, validate_schema
-from .records import (AdapterInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo, IngestReport,
-                      RetrievalMode, RetrievalResult, StoreStatus)
+from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
+                      IngestReport, RetrievalMode, RetrievalResult, StoreStatus)
 from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetch_cheat_sheets, fetch_chunks,
                        fulltext_hits, reciprocal_rank_fusion)
 from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
@@ -289,7 +289,12 @@ class CheatSheetStore:
         """Create ``collection/group`` if missing and return it."""
         with self.engine.begin() as conn:
             catalog.group_row(conn, self.tables, group, collection, create=True)
-        return next(g for g in self.list_groups(collection) if g.name == group)
+            return catalog.get_group(conn, self.tables, group, collection)
+
+    def get_group(self, group: str, collection: str = DEFAULT_COLLECTION) -> GroupInfo:
+        """``collection/group`` with its counts and active adapter (NotFoundError if absent)."""
+        with self.engine.begin() as conn:
+            return catalog.get_group(conn, self.tables, group, collection)
 
     def list_collections(self) -> list[CollectionInfo]:
         with self.engine.begin() as conn:
@@ -312,6 +317,37 @@ class CheatSheetStore:
         """Delete a document with its chunks and cheat sheets (NotFoundError if absent)."""
         with self.engine.begin() as conn:
             catalog.delete_document(conn, self.tables, doc_id, group, collection)
+
+    def list_chunks(self, group: str, collection: str = DEFAULT_COLLECTION, *, doc_ids: Sequence[str] | None = None,
+                    chunk_ids: Sequence[int] | None = None, filters: Filter | dict | list | None = None,
+                    with_embeddings: bool = False, limit: int = 100_000, offset: int = 0) -> list[ChunkInfo]:
+        """Stored chunks of one group, ordered by ``(doc_id, ordinal)`` (NotFoundError if the group is absent).
+
+        Narrow with ``doc_ids``, ``chunk_ids`` and/or ``filters`` (the metadata filters of :meth:`retrieve`);
+        page with ``limit`` (at most 100,000) and ``offset``. ``with_embeddings`` adds the retrieval vectors.
+        """
+        flt = None if filters is None else parse_filter(filters)
+        with self.engine.begin() as conn:
+            return chunks.list_chunks(conn, self.tables, group, collection, doc_ids=doc_ids, chunk_ids=chunk_ids,
+                                      where=flt, with_embeddings=with_embeddings, limit=limit, offset=offset)
+
+    def delete_chunks(self, group: str, collection: str = DEFAULT_COLLECTION, *,
+                      chunk_ids: Sequence[int] | None = None, filters: Filter | dict | list | None = None) -> int:
+        """Delete chunks (and their cheat sheets) of one group by id and/or metadata filter; returns how many.
+
+        At least one of ``chunk_ids`` and ``filters`` is required (InputError). Documents left without
+        chunks are deleted; the others keep their remaining chunks with updated counts, and re-ingesting
+        the full document restores the deleted ones. NotFoundError if the group is absent.
+        """
+        flt = None if filters is None else parse_filter(filters)
+        with self.engine.begin() as conn:
+            return chunks.delete_chunks(conn, self.tables, group, collection, chunk_ids=chunk_ids, where=flt)
+
+    def clear_group(self, group: str, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete every document of the group with its chunks and cheat sheets; the group and its adapters
+        stay (NotFoundError if the group is absent)."""
+        with self.engine.begin() as conn:
+            chunks.clear_group(conn, self.tables, group, collection)
 
     def delete_group(self, group: str, collection: str = DEFAULT_COLLECTION) -> None:
         """Delete a group with its documents, chunks, cheat sheets and adapters."""
