@@ -17,15 +17,14 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, Re
 
 from lloco_runtime.encoder import ContextEncoder
 from lloco_runtime.errors import InputError
-from lloco_runtime.store import CheatSheetStore, DocumentInput
+from lloco_runtime.store import CheatSheetStore, ChunkInfo, DocumentInput
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 from lloco_runtime.store.names import validate_name
 
 from . import keys
-from .store_ops import ChunkRow, list_chunks
 
 
-def chunk_to_node(row: ChunkRow, *, group: str, collection: str, adapter_id: int | None = None,
+def chunk_to_node(row: ChunkInfo, *, group: str, collection: str, adapter_id: int | None = None,
                   score_metadata: dict[str, Any] | None = None) -> TextNode:
     """A stored chunk as a TextNode with lloco's payload ids in (hidden) metadata."""
     meta = dict(row.metadata)
@@ -117,9 +116,10 @@ class LLoCONodeParser(NodeParser):
             return []
         self._store.ingest(docs, group=self.group, collection=self.collection, encoder=self._encoder,
                            batch_size=self.batch_size, progress=show_progress)
-        rows = list_chunks(self._store, self.group, self.collection, doc_ids=[d.doc_id for d in docs],
-                           with_embeddings=True)
-        by_doc: dict[str, list[ChunkRow]] = {}
+        # Read the chunks back (unchanged documents were skipped by ingest, and nodes carry the embeddings).
+        rows = self._store.list_chunks(self.group, self.collection, doc_ids=[d.doc_id for d in docs],
+                                       with_embeddings=True)
+        by_doc: dict[str, list[ChunkInfo]] = {}
         for r in rows:
             by_doc.setdefault(r.doc_id, []).append(r)
         out: list[BaseNode] = []

@@ -11,14 +11,13 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from lloco_runtime.errors import InputError
-from lloco_runtime.store import CheatSheetStore
+from lloco_runtime.store import CheatSheetStore, ChunkInfo
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 from lloco_runtime.store.filters import Filter
 from lloco_runtime.store.names import validate_name
 
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
-from .store_ops import ChunkRow
 
 MODES = ("dense", "fulltext", "hybrid")
 
@@ -52,8 +51,8 @@ class LLoCORetriever(BaseRetriever):
         adapter = result.adapter_id if self.use_adapter else None
         out = []
         for c in result.chunks:
-            node = chunk_to_node(ChunkRow(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
-                                          dict(c.metadata)),
+            node = chunk_to_node(ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
+                                           dict(c.metadata)),
                                  group=self.group, collection=self.collection, adapter_id=adapter)
             out.append(NodeWithScore(node=node, score=float(c.score)))
         return out

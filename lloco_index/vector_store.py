@@ -24,14 +24,13 @@ from llama_index.core.vector_stores.types import (
 )
 
 from lloco_runtime.errors import InputError, NotFoundError
-from lloco_runtime.store import CheatSheetStore
+from lloco_runtime.store import CheatSheetStore, ChunkInfo
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 from lloco_runtime.store.names import validate_name
 
 from . import keys
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
-from .store_ops import ChunkRow, clear_group, delete_chunks, delete_document_if_present, list_chunks
 
 _MODES = {VectorStoreQueryMode.DEFAULT: "dense", VectorStoreQueryMode.HYBRID: "hybrid",
           VectorStoreQueryMode.TEXT_SEARCH: "fulltext", VectorStoreQueryMode.SPARSE: "fulltext"}
@@ -88,8 +87,11 @@ class LLoCOVectorStore(BasePydanticVectorStore):
                 )
             wanted[int(cid)] = node.node_id
         if wanted:
-            found = {r.chunk_id for r in list_chunks(self._store, self.group, self.collection,
-                                                     chunk_ids=list(wanted))}
+            try:
+                found = {r.chunk_id for r in self._store.list_chunks(self.group, self.collection,
+                                                                     chunk_ids=list(wanted))}
+            except NotFoundError:  # the group is absent: none of the chunks is stored
+                found = set()
             missing = [c for c in wanted if c not in found]
             if missing:
                 raise NotFoundError(f"chunks {missing[:5]} are not in {self.collection}/{self.group} (deleted or "
@@ -98,7 +100,10 @@ class LLoCOVectorStore(BasePydanticVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete a document (all its chunks and cheat sheets); absent documents are ignored."""
-        delete_document_if_present(self._store, ref_doc_id, self.group, self.collection)
+        try:
+            self._store.delete_document(ref_doc_id, group=self.group, collection=self.collection)
+        except NotFoundError:  # LlamaIndex semantics: deleting an absent document (or group) is a no-op
+            pass
 
     def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
                      **delete_kwargs: Any) -> None:
@@ -111,11 +116,17 @@ class LLoCOVectorStore(BasePydanticVectorStore):
                 return
         if ids is None and flt is None:
             return
-        delete_chunks(self._store, self.group, self.collection, chunk_ids=ids, where=flt)
+        try:
+            self._store.delete_chunks(self.group, self.collection, chunk_ids=ids, filters=flt)
+        except NotFoundError:  # no group yet: nothing to delete
+            pass
 
     def clear(self) -> None:
         """Delete every document of the group (the group and its adapters stay)."""
-        clear_group(self._store, self.group, self.collection)
+        try:
+            self._store.clear_group(self.group, self.collection)
+        except NotFoundError:  # no group yet: already empty
+            pass
 
     def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
         """Stored chunks as nodes, by node id and/or filter (all of the group when neither is given)."""
@@ -124,14 +135,19 @@ class LLoCOVectorStore(BasePydanticVectorStore):
             ids = [c for c in (keys.chunk_id_from_node_id(n) for n in node_ids) if c is not None]
             if not ids:
                 return []
-        rows = list_chunks(self._store, self.group, self.collection, chunk_ids=ids, where=to_store_filter(filters),
-                           with_embeddings=True)
+        try:
+            rows = self._store.list_chunks(self.group, self.collection, chunk_ids=ids,
+                                           filters=to_store_filter(filters), with_embeddings=True)
+        except NotFoundError:  # no group yet: no nodes
+            return []
         adapter = self._adapter_id()
         return [chunk_to_node(r, group=self.group, collection=self.collection, adapter_id=adapter) for r in rows]
 
     def _adapter_id(self) -> int | None:
-        g = next((g for g in self._store.list_groups(self.collection) if g.name == self.group), None)
-        return None if g is None else g.active_adapter_id
+        try:
+            return self._store.get_group(self.group, self.collection).active_adapter_id
+        except NotFoundError:
+            return None
 
     # -- read ------------------------------------------------------------------------------------------
 
@@ -157,8 +173,8 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         if query.node_ids:
             allowed_ids = {keys.chunk_id_from_node_id(n) for n in query.node_ids}
             chunks = [c for c in chunks if c.chunk_id in allowed_ids]
-        nodes = [chunk_to_node(ChunkRow(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
-                                        dict(c.metadata)),
+        nodes = [chunk_to_node(ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
+                                         dict(c.metadata)),
                                group=self.group, collection=self.collection, adapter_id=result.adapter_id)
                  for c in chunks]
         return VectorStoreQueryResult(nodes=nodes, similarities=[float(c.score) for c in chunks],
