@@ -10,6 +10,9 @@ Environment (set at import, before any lloco module reads it):
   makes every op ~10x slower when other processes compete for the cores (measured: SmolLM2 prefill 12 s
   instead of 0.8 s on a shared 2-core machine); passive waiting costs nothing when the machine is idle.
 
+Database: ``pg_url``, ONE embedded Postgres per session (own short-lived data dir), shared by the store,
+LlamaIndex and LangChain suites; each test or module works in a schema of its own.
+
 Models:
 
 - ``default_host``: the real SmolLM2-135M-Instruct (``load_model()``), for behaviour that depends on it.
@@ -22,6 +25,7 @@ Models:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -44,6 +48,17 @@ torch.set_num_threads(2)
 TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=True,
                    initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of the session's embedded Postgres (its own data dir, removed at the end of the session)."""
+    from lloco_runtime.store.server import start_embedded, stop_embedded
+
+    root = Path(tempfile.mkdtemp(prefix="lloco-pg-"))  # short path: the Unix socket lives in it
+    yield start_embedded(root / "data")
+    stop_embedded(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Fixtures for the LlamaIndex integration: a private tiny LLoCO, a hashing embed model, the embedded store.
 
-The store runs on the embedded Postgres under the session's ``LLOCO_HOME`` (set in ``tests/conftest.py``),
-in a schema of its own, with a llama_index ``BaseEmbedding`` as retrieval embedder (so the wrapping is
-tested too). Models are tiny: a forward pass takes milliseconds.
+The store runs on the session's embedded Postgres (``pg_url`` from ``tests/conftest.py``), in a schema of
+its own, with a llama_index ``BaseEmbedding`` as retrieval embedder (so the wrapping is tested too). Models
+are tiny: a forward pass takes milliseconds.
 """
 
 from __future__ import annotations
@@ -83,13 +83,14 @@ def index_lloco(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def index_store(hash_embed):
-    """The embedded store in schema ``lloco_index_test`` with the hashing embed model as retrieval embedder."""
+def index_store(pg_url, hash_embed):
+    """The store in schema ``lloco_index_test`` with the hashing embed model as retrieval embedder."""
     from lloco_index import embedder_from_llama
     from lloco_runtime.store import CheatSheetStore
 
-    store = CheatSheetStore(schema=SCHEMA, embedder=embedder_from_llama(hash_embed))
+    store = CheatSheetStore(pg_url, schema=SCHEMA, embedder=embedder_from_llama(hash_embed))
     yield store
+    store.drop_schema()
     store.close()
 
 

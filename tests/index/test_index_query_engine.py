@@ -139,7 +139,9 @@ def test_llm_without_store_refuses_cheat_sheet_ids(index_lloco):
         LLoCOLLM(index_lloco).complete(QUESTION, cheat_sheet_ids=[1])
 
 
-def test_from_defaults_uses_settings_embed_model_without_writing_it(index_lloco, hash_embed, monkeypatch, ingested):
+def test_from_defaults_uses_settings_embed_model_without_writing_it(index_lloco, hash_embed, monkeypatch, ingested,
+                                                                   pg_url):
+    monkeypatch.setenv("LLOCO_DATABASE_URL", pg_url)  # the default store is the session's server
     monkeypatch.setenv("LLOCO_SCHEMA", "lloco_index_test")
     before = Settings._embed_model
     with monkeypatch.context() as m:

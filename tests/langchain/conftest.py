@@ -1,8 +1,9 @@
 """Fixtures for the LangChain integration: a tiny runtime over the embedded Postgres with two groups.
 
 - ``lc_service``: an ``LLoCOService`` on a private tiny Llama (untied embeddings, so greedy answers depend on
-  the context and the adapter) with a small encoder, over a ``CheatSheetStore`` in its own schema with a
-  fast hashing embedder. Two groups, ``alpha`` and ``beta``, each with documents and its own active LoRA.
+  the context and the adapter) with a small encoder, over a ``CheatSheetStore`` in its own schema of the
+  session's embedded Postgres (``pg_url``) with a fast hashing embedder. Two groups, ``alpha`` and ``beta``,
+  each with documents and its own active LoRA.
 """
 
 from __future__ import annotations
@@ -114,10 +115,10 @@ def lc_lloco(tmp_path_factory, default_tokenizer):
 
 
 @pytest.fixture(scope="session")
-def lc_store():
+def lc_store(pg_url):
     from lloco_runtime.store import CheatSheetStore
 
-    store = CheatSheetStore(schema="lloco_langchain_test", embedder=HashingEmbedder())
+    store = CheatSheetStore(pg_url, schema="lloco_langchain_test", embedder=HashingEmbedder())
     yield store
     store.drop_schema()
     store.close()

@@ -1,4 +1,5 @@
-"""Fixtures for the store tests: ONE embedded Postgres per session, a fresh schema per test.
+"""Fixtures for the store tests: a fresh schema per test on the session's embedded Postgres (``pg_url``
+from tests/conftest.py).
 
 The real retrieval embedder (all-MiniLM-L6-v2) and the real ``ContextEncoder`` on the session's tiny random
 Llama (``tiny_encoder`` from tests/conftest.py) are used throughout; test doubles only wrap the encoder to
@@ -9,42 +10,22 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
-from store_helpers import DOCS
-
-
-def _start_server(prefix: str):
-    from lloco_runtime.store.server import start_embedded
-
-    root = Path(tempfile.mkdtemp(prefix=prefix))  # short path: the Unix socket lives in it
-    return root, start_embedded(root / "data")
-
-
-def _stop_server(root: Path) -> None:
-    from lloco_runtime.store.server import stop_embedded
-
-    stop_embedded(root / "data")
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pg_url():
-    """URL of the session's embedded Postgres (its own data dir, removed at the end of the session)."""
-    root, url = _start_server("lloco-pg-")
-    yield url
-    _stop_server(root)
+from store_helpers import DOCS, new_schema, open_store
 
 
 @pytest.fixture
 def second_server():
-    """A second, separate embedded Postgres for one test: ``(url, root)``."""
-    root, url = _start_server("lloco-pg2-")
-    yield url
-    _stop_server(root)
+    """A second, separate embedded Postgres for one test (its own data dir, removed afterwards): its URL."""
+    from lloco_runtime.store.server import start_embedded, stop_embedded
+
+    root = Path(tempfile.mkdtemp(prefix="lloco-pg2-"))  # short path: the Unix socket lives in it
+    yield start_embedded(root / "data")
+    stop_embedded(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 class MemoEmbedder:
@@ -76,25 +57,15 @@ def encoder(tiny_encoder):
     return tiny_encoder
 
 
-def new_schema() -> str:
-    return "t_" + uuid.uuid4().hex[:10]
-
-
 @pytest.fixture
 def schema() -> str:
     return new_schema()
 
 
-def _open_store(url, schema, embedder):
-    from lloco_runtime.store import CheatSheetStore
-
-    return CheatSheetStore(url, schema=schema, embedder=embedder)
-
-
 @pytest.fixture
 def store(pg_url, schema, embedder):
     """A store in a fresh schema, dropped afterwards."""
-    s = _open_store(pg_url, schema, embedder)
+    s = open_store(pg_url, schema, embedder)
     yield s
     s.drop_schema()
     s.close()
@@ -122,7 +93,7 @@ def filled(store, docs, encoder):
 @pytest.fixture(scope="module")
 def shared_filled(pg_url, embedder, encoder):
     """Like ``filled`` but shared by a module's tests: READ-ONLY by convention."""
-    s = _open_store(pg_url, new_schema(), embedder)
+    s = open_store(pg_url, new_schema(), embedder)
     s.ingest(make_docs(), group="g", encoder=encoder)
     yield s
     s.drop_schema()

@@ -16,6 +16,19 @@ DOCS = {
 }
 
 
+def new_schema() -> str:
+    """A fresh schema name (each test or module gets its own on the session's server)."""
+    import uuid
+
+    return "t_" + uuid.uuid4().hex[:10]
+
+
+def open_store(url, schema, embedder):
+    from lloco_runtime.store import CheatSheetStore
+
+    return CheatSheetStore(url, schema=schema, embedder=embedder)
+
+
 def row_counts(store) -> dict[str, int]:
     """Rows per lloco table (for no-partial-write assertions)."""
     from sqlalchemy import func, select

@@ -20,9 +20,9 @@ META = {
 
 @pytest.fixture(scope="module")
 def fstore(pg_url, embedder, encoder):
-    from conftest import _open_store, new_schema
+    from store_helpers import new_schema, open_store
 
-    s = _open_store(pg_url, new_schema(), embedder)
+    s = open_store(pg_url, new_schema(), embedder)
     s.ingest([DocumentInput(k, f"Document {k} about regulations.", m) for k, m in META.items()], group="f",
              encoder=encoder, compress=False)
     yield s
