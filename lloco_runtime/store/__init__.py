@@ -10,8 +10,7 @@ from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, Docu
 from .store import CheatSheetStore
 
 __all__ = [
-    "AdapterInfo", "ChunkInfo", "CheatSheetStore", "CollectionInfo", "DocumentInfo", "DocumentInput",
-    "DocumentOutcome", "FilterGroup",
-    "FilterOp", "GroupInfo", "IngestReport", "MetadataFilter", "RetrievalResult", "RetrievedChunk",
-    "StoreStatus", "parse_filter", "read_paths",
+    "AdapterInfo", "CheatSheetStore", "ChunkInfo", "CollectionInfo", "DocumentInfo", "DocumentInput",
+    "DocumentOutcome", "FilterGroup", "FilterOp", "GroupInfo", "IngestReport", "MetadataFilter",
+    "RetrievalResult", "RetrievedChunk", "StoreStatus", "parse_filter", "read_paths",
 ]

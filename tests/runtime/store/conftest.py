@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from store_helpers import DOCS, new_schema, open_store
 
 
