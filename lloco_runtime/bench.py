@@ -117,15 +117,50 @@ def format_prefill(rows: list[PrefillRow]) -> str:
     return "\n".join(lines)
 
 
+def format_store(store_report: dict) -> str:
+    """Markdown lines for the storage section."""
+    lines = [f"Retrieval (dense, top 4, with cheat sheets; ANN index: {store_report.get('ann_index')})",
+             "| chunks | p50 (ms) | p95 (ms) |", "|---:|---:|---:|"]
+    for r in store_report.get("retrieval", []):
+        lines.append(f"| {r['chunks']:,} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} |")
+    ing = store_report.get("ingest")
+    if ing:
+        lines.append("")
+        lines.append(f"Ingest ({ing['documents']} documents of {ing['words_per_doc']} words): "
+                     f"{ing['without_compression']['chunks_per_s']:.2f} chunks/s without compression, "
+                     f"{ing['with_compression']['chunks_per_s']:.2f} chunks/s with compression")
+    return "\n".join(lines)
+
+
 def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None, reps: int | None = None,
-        json_path: str | Path | None = None) -> dict:
-    """Run the benchmark suite and return (and optionally write) the JSON report."""
+        json_path: str | Path | None = None, store: bool = True, store_sizes: tuple[int, ...] | None = None,
+        store_url: str | None = None) -> dict:
+    """Run the benchmark suite and return (and optionally write) the JSON report.
+
+    Sections: ``prefill`` (always) and, with ``store``, ``retrieval``/``ingest`` on a dedicated
+    ``lloco_bench`` schema (synthetic rows; the real schema is never touched).
+    """
     contexts = contexts or ([6000] if quick else [1000, 2000, 4000, 6000, 7000])
     reps = reps or (3 if quick else 5)
     rows = bench_prefill(lloco, contexts, reps=reps)
     report = {"prefill": [r.to_dict() for r in rows], "machine": machine_info(lloco),
               "settings": {"quick": quick, "reps": reps, "statistic": "median"}}
+    tables = [format_prefill(rows)]
+    if store:
+        from .store import bench as store_bench
+
+        sizes = store_sizes or ((10_000,) if quick else (10_000, 100_000))
+        st = store_bench.bench_store(store_url)
+        try:
+            res = store_bench.run(st, sizes=sizes, encoder=lloco.encoder)
+            st.drop_schema()
+        finally:
+            st.close()
+        report["retrieval"] = res["retrieval"]
+        report["ingest"] = res.get("ingest")
+        report["store"] = {"ann_index": res.get("ann_index"), "inserts": res.get("inserts")}
+        tables.append(format_store(res | {"ann_index": res.get("ann_index")}))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
-    report["_table"] = format_prefill(rows)
+    report["_table"] = "\n\n".join(tables)
     return report

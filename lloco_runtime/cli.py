@@ -7,6 +7,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from . import config
 
 from .errors import InputError, LLoCOError
 
@@ -36,7 +39,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if contexts and any(c < 1 for c in contexts):
         raise InputError("--contexts takes positive token counts, e.g. 1000,6000")
     lloco = _runtime(args)
-    report = bench.run(lloco, quick=args.quick, contexts=contexts, reps=args.reps, json_path=args.json)
+    sizes = tuple(int(x) for x in args.store_sizes.split(",")) if args.store_sizes else None
+    report = bench.run(lloco, quick=args.quick, contexts=contexts, reps=args.reps, json_path=args.json,
+                       store=not args.no_store, store_sizes=sizes, store_url=args.url)
     print(f"Prefill (time to first token), median of {report['settings']['reps']} runs, "
           f"{report['machine']['device']} {report['machine']['dtype']}, "
           f"{report['machine']['torch_threads']} threads, torch {report['machine']['torch']}")
@@ -102,6 +107,37 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .service import LLoCOService
+    from .store import CheatSheetStore
+    from .training.finetune import FinetuneConfig, build_pairs, finetune_group, read_qa
+
+    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
+                         lora_alpha=args.lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
+                         eval_every=args.eval_every, seed=args.seed,
+                         target_modules=tuple(args.target_modules.split(",")))
+    store = CheatSheetStore(args.url, schema=args.schema, create=False)
+    if args.qa:  # report bad QA lines before any model is loaded
+        docs = {d.doc_id for d in store.list_documents(args.group, args.collection, limit=1_000_000)}
+        rows, bad = read_qa(args.qa, docs)
+        for line, reason in bad:
+            print(f"{args.qa}:{line}: skipped: {reason}", file=sys.stderr)
+        print(f"{len(rows)} usable QA rows, {len(bad)} rejected")
+        if bad and args.strict:
+            raise InputError(f"{len(bad)} bad rows in {args.qa} (see above); fix them or drop --strict")
+    service = LLoCOService(_runtime(args), store)
+    out = args.out or str(Path(config.home_dir()) / "finetune" / f"{args.collection}-{args.group}")
+    history = finetune_group(service, args.group, collection=args.collection, qa_path=args.qa, cfg=cfg,
+                             out_dir=out, resume=not args.no_resume, activate=not args.no_activate)
+    v0, v1 = history["val"][0], history["val"][-1]
+    print(f"adapter {history['adapter_id']} for {args.collection}/{args.group}"
+          f"{' (active)' if not args.no_activate else ''}: {history['n_train']} {history['source']} pairs, "
+          f"{cfg.steps} steps in {history['seconds'] / 60:.1f} min; validation answer loss "
+          f"{v0['no_adapter']:.3f} without adapter -> {v1['adapter']:.3f} with it")
+    print(f"loss curve: {out}/loss.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -125,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--contexts", default=None, help="comma-separated context lengths in tokens")
     s.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    s.add_argument("--no-store", action="store_true", help="skip the storage section (retrieval, ingest)")
+    s.add_argument("--store-sizes", default=None, help="chunk counts for retrieval latency "
+                   "(default 10000,100000; --quick: 10000)")
+    s.add_argument("--url", default=None, help="Postgres URL for the storage section (schema lloco_bench)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("ask", parents=[common], help="answer a question over an ingested group",
@@ -168,6 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     s.set_defaults(func=_cmd_train_encoder)
+
+    s = sub.add_parser("finetune", parents=[common], help="train a LoRA adapter for a document group",
+                       description="Fine-tune one LoRA for a group on [retrieved cheat sheets | question] -> "
+                       "answer through the serving prompt template (loss on the answer only). Pairs come from "
+                       "--qa JSONL ({doc_id, question, answers}) or, without it, from the group's own chunks. "
+                       "The adapter is stored as a new version and activated atomically.")
+    s.add_argument("--group", required=True)
+    s.add_argument("--collection", default="default")
+    s.add_argument("--qa", default=None, help="QA JSONL; bad lines are reported and skipped")
+    s.add_argument("--strict", action="store_true", help="abort if the QA file has bad lines")
+    s.add_argument("--steps", type=int, default=300)
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--lr", type=float, default=5e-4)
+    s.add_argument("--lora-r", type=int, default=8)
+    s.add_argument("--lora-alpha", type=int, default=16)
+    s.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj")
+    s.add_argument("--top-k", type=int, default=2, help="chunks retrieved per question (as when serving)")
+    s.add_argument("--max-pairs", type=int, default=2000)
+    s.add_argument("--eval-every", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="checkpoints, history and loss.png (default under LLOCO_HOME)")
+    s.add_argument("--no-resume", action="store_true")
+    s.add_argument("--no-activate", action="store_true", help="register the adapter without activating it")
+    s.add_argument("--url", default=None)
+    s.add_argument("--schema", default=None)
+    s.set_defaults(func=_cmd_finetune)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register

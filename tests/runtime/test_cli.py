@@ -40,7 +40,7 @@ def test_bad_contexts_is_input_error(capsys, tiny_model_dir):
 def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--model", str(tiny_model_dir), "--contexts", "600,1100", "--reps", "2",
-                 "--json", str(out)])
+                 "--json", str(out), "--no-store"])
     assert code == 0
     report = json.loads(out.read_text())
     assert [r["context_tokens"] for r in report["prefill"]] == [600, 1100]

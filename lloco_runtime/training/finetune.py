@@ -1,0 +1,295 @@
+"""``lloco finetune``: one LoRA per document group, trained to answer from compressed contexts.
+
+Each training pair is ``[cheat sheets of the chunks serving would retrieve | question] -> answer`` rendered
+through the runtime's prompt template (the one serving uses), with the loss on the answer tokens only. Pairs
+come from a QA JSONL (``{"doc_id", "question", "answers"}``; bad lines are reported one by one and skipped)
+or, for groups without QA data, are built from the group's own chunks (quote the first sentence; continue a
+snippet). The result is registered in the store as a new adapter version and activated atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import AdapterArtifact
+from ..errors import ConfigError, InputError
+from ..runtime import LLoCO
+from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+
+log = logging.getLogger(__name__)
+TRAIN_ADAPTER = "lloco-finetune"
+
+
+@dataclass
+class FinetuneConfig:
+    """LoRA and optimisation settings (LLoCO's defaults: r=8, alpha=16 on q/k/v/o)."""
+
+    steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per step (gradient accumulation)"})
+    lr: float = 5e-4
+    warmup: int = 20
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    top_k: int = field(default=2, metadata={"help": "chunks retrieved per question, as at serving time"})
+    mode: str = "hybrid"
+    max_pairs: int = field(default=2000, metadata={"help": "cap on training pairs (sampled)"})
+    val_pairs: int = 32
+    eval_every: int = 50
+    checkpoint_every: int = 25
+    max_answer_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1 or self.top_k < 1:
+            raise ConfigError("steps, batch_size, lora_r and top_k must be >= 1")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class QARow:
+    line: int
+    doc_id: str
+    question: str
+    answers: list[str]
+
+
+@dataclass
+class Pair:
+    question: str
+    answer: str
+    chunk_ids: list[int]
+
+
+def read_qa(path: str | Path, known_docs: set[str]) -> tuple[list[QARow], list[tuple[int, str]]]:
+    """Valid rows and ``(line, reason)`` for every rejected line (malformed, unknown doc, empty answers)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"QA file {p} does not exist")
+    rows, bad = [], []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"QA file {p} is not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            bad.append((n, f"not valid JSON ({exc.msg})"))
+            continue
+        if not isinstance(obj, dict):
+            bad.append((n, "not a JSON object"))
+            continue
+        doc, q, answers = obj.get("doc_id"), obj.get("question"), obj.get("answers")
+        if not isinstance(doc, str) or not doc:
+            bad.append((n, "missing doc_id"))
+        elif doc not in known_docs:
+            bad.append((n, f"unknown doc_id {doc!r} (not ingested in this group)"))
+        elif not isinstance(q, str) or not q.strip():
+            bad.append((n, "missing or empty question"))
+        elif (not isinstance(answers, list) or not answers
+              or not all(isinstance(a, str) and a.strip() for a in answers)):
+            bad.append((n, "answers must be a non-empty list of non-empty strings"))
+        else:
+            rows.append(QARow(n, doc, q.strip(), [a.strip() for a in answers]))
+    return rows, bad
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+")
+
+
+def self_supervised_pairs(chunks, rng: random.Random, limit: int) -> list[Pair]:
+    """Questions about a chunk that only its content answers: its first sentence, and what follows a
+    snippet taken from its middle."""
+    pairs = []
+    for c in chunks:
+        text = " ".join(c.text.split())
+        sentences = [s for s in _SENT.split(text) if len(s.split()) >= 4]
+        if sentences:
+            pairs.append(Pair("Quote the first sentence of the context.", " ".join(sentences[0].split()[:30]),
+                              [c.chunk_id]))
+        words = text.split()
+        if len(words) >= 24:
+            i = rng.randrange(4, len(words) - 16)
+            snippet, follow = " ".join(words[i - 4:i]), " ".join(words[i:i + 8])
+            pairs.append(Pair(f'In the context, which words come right after "{snippet}"?', follow, [c.chunk_id]))
+    rng.shuffle(pairs)
+    return pairs[:limit]
+
+
+class _Batcher:
+    """Renders pairs through the serving template and computes the answer-only loss."""
+
+    def __init__(self, lloco: LLoCO, service, cfg: FinetuneConfig) -> None:
+        self.lloco, self.service, self.cfg = lloco, service, cfg
+        self._sheets: dict[int, torch.Tensor] = {}
+
+    def sheets(self, chunk_ids: list[int]) -> list[torch.Tensor]:
+        missing = [i for i in chunk_ids if i not in self._sheets]
+        if missing:
+            for i, t in zip(missing, self.service.cheat_sheets(missing), strict=True):
+                self._sheets[i] = t
+        return [self._sheets[i] for i in chunk_ids]
+
+    def loss(self, pair: Pair, adapter: str | None) -> torch.Tensor:
+        host = self.lloco.host
+        tok = host.tokenizer
+        prompt = self.lloco.prompt(pair.question, self.sheets(pair.chunk_ids))
+        embeds, _, _ = self.lloco.generator.embed(prompt)
+        ids = tok(pair.answer, add_special_tokens=False)["input_ids"][: self.cfg.max_answer_tokens]
+        eos = tok.eos_token_id
+        target = torch.tensor(ids + ([eos] if eos is not None else []), device=host.device)
+        embed = host.model.get_input_embeddings()
+        x = torch.cat([embeds[0], embed(target)], dim=0).unsqueeze(0)
+        p = embeds.shape[1]
+        with host.using(adapter) as model:
+            logits = model(inputs_embeds=x, use_cache=False).logits[0, p - 1:p - 1 + len(target)]
+        return F.cross_entropy(logits.float(), target)
+
+
+def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str | None,
+                cfg: FinetuneConfig, *, progress: bool = True) -> tuple[list[Pair], list[tuple[int, str]], str]:
+    """Training pairs and the rejected QA lines; ``source`` says where the pairs came from."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    docs = {d.doc_id for d in service.store.list_documents(group, collection, limit=1_000_000)}
+    if not docs:
+        raise InputError(f"group {group!r} has no documents; run `lloco ingest PATH --group {group}` first")
+    if qa_path:
+        rows, bad = read_qa(qa_path, docs)
+        if not rows:
+            raise InputError(f"no usable rows in {qa_path} ({len(bad)} rejected); see the report above")
+        rng.shuffle(rows)
+        rows = rows[: cfg.max_pairs]
+        pairs = []
+        for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q"):
+            res = service.retrieve(r.question, group=group, collection=collection, top_k=cfg.top_k,
+                                   mode=cfg.mode, load_cheat_sheets=False)
+            ids = [c.chunk_id for c in sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))]
+            if ids:
+                pairs.append(Pair(r.question, r.answers[0], ids))
+        return pairs, bad, "qa"
+    chunks = service.store.list_chunks(group, collection)
+    return self_supervised_pairs(chunks, rng, cfg.max_pairs), [], "self-supervised"
+
+
+def finetune_group(service, group: str, *, collection: str = "default", qa_path: str | None = None,
+                   cfg: FinetuneConfig | None = None, out_dir: str | Path | None = None, resume: bool = True,
+                   activate: bool = True, progress: bool = True) -> dict:
+    """Train a LoRA for ``group`` and register it as a new version (active when ``activate``)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    cfg = cfg or FinetuneConfig()
+    lloco: LLoCO = service.lloco
+    host = lloco.host
+    out = Path(out_dir) if out_dir else None
+    pairs, bad, source = build_pairs(lloco, service, group, collection, qa_path, cfg, progress=progress)
+    if len(pairs) < 2:
+        raise InputError(f"only {len(pairs)} training pair(s) for group {group!r}; add documents or QA rows")
+    rng = random.Random(cfg.seed)
+    rng.shuffle(pairs)
+    n_val = min(cfg.val_pairs, max(1, len(pairs) // 10))
+    val, train = pairs[:n_val], pairs[n_val:]
+
+    if TRAIN_ADAPTER in host.adapter_names():
+        host.delete_adapter(TRAIN_ADAPTER)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none")
+    host.add_adapter(TRAIN_ADAPTER, lora)
+    for p in host.model.parameters():
+        p.requires_grad_(False)
+    names = [n for n, p in host.model.named_parameters() if f".{TRAIN_ADAPTER}." in f"{n}."]
+    params = [p for n, p in host.model.named_parameters() if f".{TRAIN_ADAPTER}." in f"{n}."]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    batcher = _Batcher(lloco, service, cfg)
+    history: dict = {"config": asdict(cfg), "source": source, "n_train": len(train), "n_val": len(val),
+                     "rejected": len(bad), "train": [], "val": [], "seconds": 0.0}
+    start = 0
+    ckpt = out / "checkpoint" if out else None
+    if ckpt and resume and (ck := read_checkpoint(ckpt)) is not None:
+        saved, opt_t, meta = ck
+        if meta.get("group") != [collection, group] or meta["history"]["config"] != asdict(cfg):
+            raise ConfigError(f"checkpoint in {ckpt} belongs to another run; use another --out or --no-resume")
+        set_peft_model_state_dict(host.model, saved, adapter_name=TRAIN_ADAPTER)
+        load_optimizer(opt, names, opt_t)
+        history, start = meta["history"], int(meta["step"])
+        print(f"resuming from checkpoint at step {start}")
+
+    def val_loss(adapter: str | None) -> float:
+        with torch.no_grad():
+            return sum(batcher.loss(p, adapter).item() for p in val) / len(val)
+
+    try:
+        if start == 0:
+            history["val"].append({"step": 0, "adapter": val_loss(TRAIN_ADAPTER), "no_adapter": val_loss(None)})
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"finetune {group}",
+                   disable=not progress)
+        t_last = time.perf_counter()
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, base=cfg.lr, warmup=cfg.warmup, total=cfg.steps)
+            prng = random.Random(cfg.seed * 7919 + step)
+            batch = prng.sample(train, min(cfg.batch_size, len(train)))
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for pair in batch:
+                loss = batcher.loss(pair, TRAIN_ADAPTER) / len(batch)
+                loss.backward()
+                total += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            now = time.perf_counter()
+            history["seconds"] += now - t_last
+            t_last = now
+            history["train"].append({"step": step + 1, "loss": total})
+            bar.set_postfix(loss=f"{total:.3f}")
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                history["val"].append({"step": step + 1, "adapter": val_loss(TRAIN_ADAPTER)})
+                bar.write(f"step {step + 1}: validation answer loss {history['val'][-1]['adapter']:.3f} "
+                          f"(no adapter {history['val'][0]['no_adapter']:.3f})")
+            if ckpt and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                from peft import get_peft_model_state_dict
+
+                write_checkpoint(ckpt, params=get_peft_model_state_dict(host.model, adapter_name=TRAIN_ADAPTER),
+                                 opt_state=save_optimizer(opt, names),
+                                 meta={"step": step + 1, "group": [collection, group], "history": history})
+        bar.close()
+        metrics = {"val_loss": history["val"][-1]["adapter"], "val_loss_no_adapter": history["val"][0]["no_adapter"],
+                   "train_loss": history["train"][-1]["loss"] if history["train"] else None, "steps": cfg.steps,
+                   "pairs": len(train), "source": source, "seconds": round(history["seconds"], 1)}
+        art = AdapterArtifact.from_model(host.model, TRAIN_ADAPTER, base_fingerprint=host.fingerprint,
+                                         encoder_fingerprint=lloco.encoder.fingerprint, info=metrics)
+        info = service.store.register_adapter(
+            group, art.to_bytes(), base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint, config=art.lora_config, metrics=metrics,
+            collection=collection, activate=activate)
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+        if TRAIN_ADAPTER in host.adapter_names():
+            host.delete_adapter(TRAIN_ADAPTER)
+    history["adapter_id"] = info.id
+    history["adapter_version"] = getattr(info, "version", None)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_curves(out / "loss.png", [(r["step"], r["loss"]) for r in history["train"]],
+                    {"validation (adapter)": [(r["step"], r["adapter"]) for r in history["val"]]},
+                    f"lloco finetune {group}")
+    return history

@@ -1,0 +1,130 @@
+"""Encoder pre-training on a tiny model: it learns, checkpoints, resumes and writes its artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lloco_runtime import ContextEncoder, EncoderConfig, InputError
+from lloco_runtime.errors import ConfigError
+from lloco_runtime.training import EncoderTrainingConfig, evaluate_encoder, train_encoder
+from lloco_runtime.training.encoder_training import PairSampler, read_corpus
+
+WORDS = ("river town archive mill council boats looms wells merchants coast salt copper news frost harbour "
+         "ledger prices marriages floods ships keeper lamp storm granite").split()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(4):
+        idx = torch.randint(len(WORDS), (400,), generator=g).tolist()
+        (d / f"doc{i}.txt").write_text(" ".join(WORDS[j] for j in idx) + ".")
+    (d / "more.jsonl").write_text(json.dumps({"doc_id": "j", "text": " ".join(WORDS * 20)}) + "\n")
+    return d
+
+
+def _encoder(make_tiny_host, lora_r=4):
+    host = make_tiny_host()
+    torch.manual_seed(0)  # LoRA init is random: identical encoders for the resume comparison
+    return ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4, lora_r=lora_r))
+
+
+def _cfg(**kw):
+    base = dict(steps=6, batch_size=2, lr=5e-3, warmup=1, continuation_length=16, eval_every=3, eval_pairs=4,
+                checkpoint_every=2)
+    return EncoderTrainingConfig(**{**base, **kw})
+
+
+def test_read_corpus_reads_txt_and_jsonl(corpus):
+    names = {n for n, _ in read_corpus(corpus)}
+    assert {"doc0", "doc3", "j"} <= names
+
+
+def test_read_corpus_rejects_empty_folder(tmp_path):
+    with pytest.raises(InputError, match="no text"):
+        read_corpus(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        read_corpus(tmp_path / "missing")
+
+
+def test_pair_sampler_windows_are_consecutive_and_reproducible():
+    doc = list(range(500))
+    s = PairSampler([doc], 32, 16, seed=3)
+    a, b = s.batch(7, 4)
+    assert a == s.batch(7, 4)[0]
+    for x, y in zip(a, b, strict=True):
+        assert len(x) == 32 and len(y) == 16 and y[0] == x[-1] + 1
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError):
+        EncoderTrainingConfig(continuation_weight=0, reconstruction_weight=0)
+
+
+def test_evaluate_encoder_reports_four_finite_losses(make_tiny_host, corpus):
+    enc = _encoder(make_tiny_host, lora_r=0)
+    texts = [t for _, t in read_corpus(corpus)]
+    res = evaluate_encoder(enc, texts, n_pairs=4, b_len=16)
+    assert set(res) == {"no_context", "cheat_sheet", "wrong_cheat_sheet", "text_context"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in res.values())
+
+
+def test_training_lowers_loss_and_writes_artifacts(make_tiny_host, corpus, tmp_path):
+    enc = _encoder(make_tiny_host)
+    before = enc.fingerprint
+    summary_before = enc.embed_summary.weight.detach().clone()
+    out = tmp_path / "run"
+    hist = train_encoder(enc, corpus, out, _cfg(steps=12), progress=False)
+    assert len(hist["train"]) == 12
+    first = sum(r["loss"] for r in hist["train"][:3]) / 3
+    last = sum(r["loss"] for r in hist["train"][-3:]) / 3
+    assert last < first  # the objective is being optimised
+    assert not torch.equal(enc.embed_summary.weight, summary_before)
+    assert enc.fingerprint != before
+    assert (out / "loss.png").stat().st_size > 1000
+    assert [v["step"] for v in hist["val"]] == [0, 3, 6, 9, 12]
+    # the artifact loads on a host with the same base weights and reproduces the cheat sheets
+    loaded = ContextEncoder.load(out / "encoder", make_tiny_host())
+    assert loaded.fingerprint == enc.fingerprint
+    chunk = enc.split(" ".join(WORDS))[:1]
+    torch.testing.assert_close(loaded.compress_chunks(chunk)[0], enc.compress_chunks(chunk)[0])
+
+
+def test_interrupted_training_resumes_where_it_stopped(make_tiny_host, corpus, tmp_path, capsys, monkeypatch):
+    from lloco_runtime.training import encoder_training as et
+
+    cfg = _cfg(steps=6)
+    full = train_encoder(_encoder(make_tiny_host), corpus, tmp_path / "full", cfg, progress=False)
+
+    real, calls = et._objective, {"n": 0}
+
+    def crash_at_step_5(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # a killed run: last checkpoint is at step 4
+        return real(*a, **kw)
+
+    monkeypatch.setattr(et, "_objective", crash_at_step_5)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(_encoder(make_tiny_host), corpus, out, cfg, progress=False)
+    monkeypatch.setattr(et, "_objective", real)
+    resumed = train_encoder(_encoder(make_tiny_host), corpus, out, cfg, progress=False)
+    assert "resuming from checkpoint at step 4" in capsys.readouterr().out
+    assert [r["step"] for r in resumed["train"]] == list(range(1, 7))
+    # same data order, schedule and optimiser state: the resumed run matches the uninterrupted one
+    for a, b in zip(resumed["train"], full["train"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-3)
+
+
+def test_resume_refuses_a_different_encoder_config(make_tiny_host, corpus, tmp_path):
+    out = tmp_path / "run"
+    train_encoder(_encoder(make_tiny_host), corpus, out, _cfg(steps=2), progress=False)
+    other = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=32, summary_length=8, lora_r=4))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        train_encoder(other, corpus, out, _cfg(steps=4), progress=False)
