@@ -401,7 +401,7 @@ def _read_tensor(directory: Path, name: str) -> torch.Tensor:
                              "convert them to safetensors first)")
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            if name in st.keys():
+            if name in st.keys():  # noqa: SIM118 - safe_open has no __contains__
                 return st.get_tensor(name)
     raise ModelLoadError(f"no tensor {name!r} in {directory}; is this an AutoCompressor checkpoint?")
 

@@ -237,7 +237,11 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     fresh = type(loaded)(cfg)
-    fresh.load_state_dict(loaded.state_dict(), strict=False)
+    result = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", False) else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing:  # a silently random weight would make a cache that looks fine and answers garbage
+        raise ModelLoadError(f"GGUF {gguf.name} did not provide weights for {missing[:5]}; cannot use it")
     fresh.tie_weights()
     fingerprint = weights_fingerprint(fresh)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -37,17 +37,17 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads its OpenMP runtime
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(2)
 
 # Tiny random decoder: small enough that a forward pass takes milliseconds.
 # initializer_range 0.2 (not 0.02): with tied embeddings a near-identity random model keeps repeating its
 # last token; larger weights make greedy output vary with the context, as the generation tests need.
-TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=True,
-                   initializer_range=0.2)
+TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "intermediate_size": 128, "max_position_embeddings": 4096, "tie_word_embeddings": True,
+               "initializer_range": 0.2}
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +148,7 @@ def tiny_encoder(tiny_host):
 @pytest.fixture
 def tiny_lloco(make_tiny_host, tiny_config):
     """An ``LLoCO`` facade on a private tiny host (safe for adapter tests)."""
-    from lloco_runtime import LLoCO, ContextEncoder
+    from lloco_runtime import ContextEncoder, LLoCO
 
     host = make_tiny_host()
     return LLoCO(host, ContextEncoder(host, tiny_config))

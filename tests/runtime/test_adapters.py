@@ -161,9 +161,8 @@ def test_encoder_mismatch(host, scratch_host):
 def test_adapter_checked_again_when_loaded_from_a_source(host, scratch_host):
     wrong = make_artifact(scratch_host, 7, encoder_fp="f" * 64).to_bytes()
     m = AdapterManager(host, encoder_fingerprint=ENCODER_FP, source=lambda aid: wrong)
-    with pytest.raises(FingerprintMismatchError):
-        with m.acquire("from-store"):
-            pass
+    with pytest.raises(FingerprintMismatchError), m.acquire("from-store"):
+        pass
     assert host.adapter_names() == []
 
 
@@ -232,13 +231,11 @@ def test_reregistering_replaces_the_weights(manager, scratch_host):
 
 
 def test_unknown_adapter(manager, host):
-    with pytest.raises(NotFoundError, match="unknown adapter"):
-        with manager.acquire("nope"):
-            pass
+    with pytest.raises(NotFoundError, match="unknown adapter"), manager.acquire("nope"):
+        pass
     m = AdapterManager(host, encoder_fingerprint=ENCODER_FP, source=lambda aid: None)
-    with pytest.raises(NotFoundError):
-        with m.acquire("nope"):
-            pass
+    with pytest.raises(NotFoundError), m.acquire("nope"):
+        pass
     assert host.adapter_names() == []
 
 
@@ -265,9 +262,8 @@ def test_adapter_that_does_not_fit(host, scratch_host):
     m = AdapterManager(host, encoder_fingerprint=ENCODER_FP)
     for i, bad in enumerate((bad_shape, bad_target)):
         m.register(f"bad{i}", bad)
-        with pytest.raises(AdapterError):
-            with m.acquire(f"bad{i}"):
-                pass
+        with pytest.raises(AdapterError), m.acquire(f"bad{i}"):
+            pass
         assert host.adapter_names() == [], "a failed load left an adapter behind"
     assert m.loaded() == []
 
@@ -333,7 +329,7 @@ def test_concurrent_requests_see_only_their_own_adapter(host, artifacts, capacit
                 for i, p in enumerate(prompts):
                     with m.acquire(aid) as name:
                         results[aid, r, i] = run(host, name, p, cfg)
-        except Exception as exc:  # reported below, with the thread's adapter
+        except Exception as exc:  # noqa: BLE001 - reported below, with the thread's adapter
             errors.append((aid, exc))
             barrier.abort()
 
@@ -367,3 +363,22 @@ def test_concurrent_streams_interleave(host, artifacts):
                     live.remove(it)
     assert sa.token_ids == expected_a
     assert sb.token_ids == expected_base
+
+
+def test_bf16_host_with_encoder_and_adapter(make_tiny_host, artifacts):
+    """The GPU default dtype: bf16 cheat sheets, an fp32-trained adapter loaded into a bf16 decoder."""
+    from lloco_runtime import CheatSheetError, ContextEncoder, EncoderConfig, PromptTemplate
+
+    host = make_tiny_host("bfloat16")
+    enc = ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4))
+    sheets = enc.compress("The harbour closed at noon because of the storm. " * 3).tensors
+    assert all(t.dtype == torch.bfloat16 for t in sheets)
+    prompt = PromptTemplate().build(host.tokenizer, "When?", sheets)
+    m = AdapterManager(host, encoder_fingerprint=ENCODER_FP)
+    m.register("a", artifacts["a"])
+    base = run(host, None, prompt)
+    with m.acquire("a") as name:
+        tuned = run(host, name, prompt)
+    assert base != tuned
+    with pytest.raises(CheatSheetError, match="dtype"):
+        run(host, None, PromptTemplate().build(host.tokenizer, "When?", [t.float() for t in sheets]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -42,21 +43,21 @@ def max_diff(a, b):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(segment_length=0),
-    dict(segment_length=-4),
-    dict(segment_length=32.0),
-    dict(segment_length="32"),
-    dict(segment_length=True, summary_length=1),
-    dict(accumulate="yes"),
-    dict(summary_length=0),
-    dict(summary_length=2.5),
-    dict(segment_length=8, summary_length=16),
-    dict(summary_layer=-1),
-    dict(summary_layer="3"),
-    dict(lora_r=-1),
-    dict(lora_r=4, lora_alpha=0),
-    dict(lora_r=4, lora_target_modules=()),
-    dict(lora_r=4, lora_target_modules=["q_proj", 3]),
+    {"segment_length": 0},
+    {"segment_length": -4},
+    {"segment_length": 32.0},
+    {"segment_length": "32"},
+    {"segment_length": True, "summary_length": 1},
+    {"accumulate": "yes"},
+    {"summary_length": 0},
+    {"summary_length": 2.5},
+    {"segment_length": 8, "summary_length": 16},
+    {"summary_layer": -1},
+    {"summary_layer": "3"},
+    {"lora_r": -1},
+    {"lora_r": 4, "lora_alpha": 0},
+    {"lora_r": 4, "lora_target_modules": ()},
+    {"lora_r": 4, "lora_target_modules": ["q_proj", 3]},
 ])
 def test_config_validation(kwargs):
     with pytest.raises(ConfigError):
@@ -102,7 +103,7 @@ def check_split(encoder, text, chunks):
     assert all(c.n_tokens == n for c in chunks[:-1])
     assert 1 <= chunks[-1].n_tokens <= n
     assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert a.char_end == b.char_start
     for c in chunks:
         assert text[c.char_start:c.char_end] == c.text

@@ -295,8 +295,8 @@ def test_top_k_1_and_tiny_top_p_are_greedy(gen, free_run):
         assert gen.generate(prompt, cfg).token_ids == free.token_ids
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=0), dict(max_new_tokens=-1), dict(max_new_tokens=2.5),
-                                    dict(temperature=-0.1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1)])
+@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"max_new_tokens": -1}, {"max_new_tokens": 2.5},
+                                    {"temperature": -0.1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1}])
 def test_generation_config_validation(kwargs):
     with pytest.raises(InputError):
         GenerationConfig(**kwargs)

@@ -143,9 +143,8 @@ def test_fingerprint_sees_a_changed_weight(tiny_model_dir):
 
 
 def test_using_unknown_adapter(tiny_host):
-    with pytest.raises(AdapterError, match="not loaded"):
-        with tiny_host.using("nope"):
-            pass
+    with pytest.raises(AdapterError, match="not loaded"), tiny_host.using("nope"):
+        pass
 
 
 # -- the default model and its cache ---------------------------------------------------------------------------

@@ -91,18 +91,18 @@ def test_tokenizer_without_chat_template():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(user="Question: {question}"),
-    dict(user="{context} {context} {question}"),
-    dict(user="Context: {context}"),
-    dict(user="{context} {question} {other}"),
-    dict(user="{context} {question} {"),
-    dict(user="{context} {question} {0}"),
-    dict(user_no_context="Just text"),
-    dict(user_no_context="{context} {question}"),
-    dict(user_no_context="{question} {missing}"),
-    dict(user="{{context}} {question}"),
-    dict(user="{context!r} {question}"),
-    dict(user=None),
+    {"user": "Question: {question}"},
+    {"user": "{context} {context} {question}"},
+    {"user": "Context: {context}"},
+    {"user": "{context} {question} {other}"},
+    {"user": "{context} {question} {"},
+    {"user": "{context} {question} {0}"},
+    {"user_no_context": "Just text"},
+    {"user_no_context": "{context} {question}"},
+    {"user_no_context": "{question} {missing}"},
+    {"user": "{{context}} {question}"},
+    {"user": "{context!r} {question}"},
+    {"user": None},
 ])
 def test_invalid_templates(kwargs):
     with pytest.raises(ConfigError):

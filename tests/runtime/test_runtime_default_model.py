@@ -72,7 +72,7 @@ def test_round_trip_compress_then_answer(lloco, long_text, default_host):
     assert res.prompt_tokens * 10 < n_tokens, "the prompt should be far shorter than the text"
     # The plain-text baseline goes through the same path and is ~20x longer.
     full = lloco.prompt("What is this essay about?", long_text)
-    embeds, n_text, _ = lloco.generator.embed(full)
+    embeds, _n_text, _ = lloco.generator.embed(full)
     assert embeds.shape[1] > 10 * res.prompt_tokens
 
 
