@@ -224,7 +224,7 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
     ckpt = out / "checkpoint" if out else None
     if ckpt and resume and (ck := read_checkpoint(ckpt)) is not None:
         saved, opt_t, meta = ck
-        if meta.get("group") != [collection, group] or meta["history"]["config"] != asdict(cfg):
+        if meta.get("group") != [collection, group] or meta["history"]["config"] != json.loads(json.dumps(asdict(cfg))):
             raise ConfigError(f"checkpoint in {ckpt} belongs to another run; use another --out or --no-resume")
         set_peft_model_state_dict(host.model, saved, adapter_name=TRAIN_ADAPTER)
         load_optimizer(opt, names, opt_t)
