@@ -27,7 +27,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from lloco_runtime.errors import InputError, NotFoundError
-from lloco_runtime.generation import GenerationConfig, _Stream
+from lloco_runtime.generation import GenerationConfig, StreamStats
 from lloco_runtime.prompt import Prompt
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
@@ -110,11 +110,11 @@ class LLoCOLLM(CustomLLM):
         return GenerationConfig(**{k: tuple(v) if k == "stop" else v for k, v in opts.items()})
 
     @staticmethod
-    def _raw(st: _Stream, n_sheets: int) -> dict[str, Any]:
+    def _raw(st: StreamStats, n_sheets: int) -> dict[str, Any]:
         return {"prompt_tokens": st.prompt_tokens, "context_vectors": st.context_vectors, "cheat_sheets": n_sheets,
                 "finish_reason": st.finish_reason, "prefill_s": st.prefill_s, "total_s": st.total_s}
 
-    def _run(self, prompt: Prompt, adapter: str | None, cfg: GenerationConfig, st: _Stream) -> Iterator[str]:
+    def _run(self, prompt: Prompt, adapter: str | None, cfg: GenerationConfig, st: StreamStats) -> Iterator[str]:
         lloco = self._lloco
         with lloco.adapters.acquire(adapter) as name:
             yield from lloco.generator.stream(prompt, cfg, adapter=name, state=st)
@@ -151,7 +151,7 @@ class LLoCOLLM(CustomLLM):
         cfg = self._config(kwargs)
         sheets = self._sheets(cheat_sheet_ids)
         adapter = self._adapter(adapter_id)
-        st = _Stream()
+        st = StreamStats()
         for _ in self._run(self._completion_prompt(prompt, sheets), adapter, cfg, st):
             pass
         return CompletionResponse(text=st.text.strip(), raw=self._raw(st, len(sheets or ())))
@@ -167,7 +167,7 @@ class LLoCOLLM(CustomLLM):
         return self._stream_responses(self._completion_prompt(prompt, sheets), adapter, cfg, len(sheets or ()))
 
     def _stream_responses(self, prompt: Prompt, adapter, cfg, n_sheets: int) -> CompletionResponseGen:
-        st = _Stream()
+        st = StreamStats()
         text, pending = "", None
         for delta in self._run(prompt, adapter, cfg, st):
             if pending is not None:
@@ -189,7 +189,7 @@ class LLoCOLLM(CustomLLM):
         """Chat through the model's chat template, cheat sheets spliced into the last user message."""
         cfg = self._config(kwargs)
         sheets = self._sheets(cheat_sheet_ids)
-        st = _Stream()
+        st = StreamStats()
         for _ in self._run(self._chat_prompt(messages, sheets), self._adapter(adapter_id), cfg, st):
             pass
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=st.text.strip()),

@@ -23,7 +23,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from lloco_runtime.errors import ConfigError, InputError
-from lloco_runtime.generation import GenerationConfig, _Stream
+from lloco_runtime.generation import GenerationConfig, StreamStats
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 
@@ -120,7 +120,7 @@ class LLoCOLLM(LLM):
         stops = tuple(stop if stop is not None else (self.stop or ()))
         return list(ids or []), adapter, GenerationConfig(stop=stops, **gen)
 
-    def _tokens(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], state: _Stream) -> Iterator[str]:
+    def _tokens(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], state: StreamStats) -> Iterator[str]:
         """Text deltas of one answer; ``state`` receives token counts and timings when it ends."""
         ids, adapter, cfg = self._request(stop, kwargs)
         if ids and self._service is None:
@@ -130,14 +130,14 @@ class LLoCOLLM(LLM):
                                       config=cfg, state=state)
 
     @staticmethod
-    def _info(st: _Stream) -> dict[str, Any]:
+    def _info(st: StreamStats) -> dict[str, Any]:
         return {"finish_reason": st.finish_reason, "prompt_tokens": st.prompt_tokens,
                 "context_vectors": st.context_vectors, "completion_tokens": len(st.token_ids),
                 "prefill_s": st.prefill_s, "total_s": st.total_s}
 
     def _run(self, prompt: str, stop: list[str] | None, run_manager: CallbackManagerForLLMRun | None,
              kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        st = _Stream()
+        st = StreamStats()
         for _ in self._tokens(prompt, stop, kwargs, st):
             pass
         return st.text, self._info(st)
@@ -159,7 +159,7 @@ class LLoCOLLM(LLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        st = _Stream()
+        st = StreamStats()
         tokens = self._tokens(prompt, stop, kwargs, st)
         try:
             for text in tokens:
@@ -189,7 +189,7 @@ class LLoCOLLM(LLM):
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        st = _Stream()
+        st = StreamStats()
         tokens = self._tokens(prompt, stop, kwargs, st)
         pending: asyncio.Future | None = None
         try:

@@ -57,8 +57,10 @@ class GenerationResult:
 
 
 @dataclass
-class _Stream:
-    """Mutable state of one decoding run, exposed to the caller after the iterator ends."""
+class StreamStats:
+    """Numbers of one decoding run (tokens, text, finish reason, timings), filled in as the stream runs.
+
+    Pass one as ``state=`` to :meth:`Generator.stream` / :meth:`LLoCO.stream` to read them afterwards."""
 
     prompt_tokens: int = 0
     context_vectors: int = 0
@@ -141,10 +143,10 @@ class Generator:
         return min(idx, probs.numel() - 1)
 
     def stream(self, prompt: Prompt, config: GenerationConfig | None = None, *, adapter: str | None = None,
-               state: _Stream | None = None) -> Iterator[str]:
+               state: StreamStats | None = None) -> Iterator[str]:
         """Yield text deltas as they are decoded. ``state`` (optional) receives the final numbers."""
         cfg = config or GenerationConfig()
-        st = state if state is not None else _Stream()
+        st = state if state is not None else StreamStats()
         t0 = time.perf_counter()
         embeds, n_text, n_vec = self.embed(prompt)
         total = embeds.shape[1]
@@ -168,43 +170,46 @@ class Generator:
         cache = None
         emitted = 0
         hold = max((len(s) for s in cfg.stop), default=0)
-        with torch.inference_mode():
-            for step in range(cfg.max_new_tokens):
-                with self.host.using(adapter) as model:
-                    if step == 0 or not cfg.use_cache:
-                        out = model(inputs_embeds=embeds, use_cache=cfg.use_cache, logits_to_keep=1)
-                    else:
-                        out = model(input_ids=torch.tensor([[st.token_ids[-1]]], device=self.host.device),
-                                    use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-                if step == 0:
-                    st.prefill_s = time.perf_counter() - t0
-                cache = _output_cache(out) if cfg.use_cache else None
+        for step in range(cfg.max_new_tokens):
+            # Grad off per step, not around the loop: a suspended generator must not leak a grad mode
+            # into the caller's code between tokens.
+            with torch.no_grad(), self.host.using(adapter) as model:
+                if step == 0 or not cfg.use_cache:
+                    out = model(inputs_embeds=embeds, use_cache=cfg.use_cache, logits_to_keep=1)
+                else:
+                    out = model(input_ids=torch.tensor([[st.token_ids[-1]]], device=self.host.device),
+                                use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            if step == 0:
+                st.prefill_s = time.perf_counter() - t0
+            cache = _output_cache(out) if cfg.use_cache else None
+            with torch.no_grad():
                 nxt = self._pick(out.logits[0, -1], cfg, rng)
-                if nxt in eos:
-                    st.finish_reason = "eos"
-                    break
-                st.token_ids.append(nxt)
-                if not cfg.use_cache:
+            if nxt in eos:
+                st.finish_reason = "eos"
+                break
+            st.token_ids.append(nxt)
+            if not cfg.use_cache:
+                with torch.no_grad():
                     embeds = torch.cat([embeds, embed_tokens(torch.tensor([[nxt]], device=self.host.device))], 1)
-                text = tok.decode(st.token_ids, skip_special_tokens=True)
-                # Trailing U+FFFD may be an incomplete UTF-8 sequence that the next token completes: look for
-                # stop strings in the stable part now, emit the rest once it is complete.
-                stable = text.rstrip("\ufffd")
-                cut = _find_stop(stable, cfg.stop)
-                if cut >= 0:
-                    st.text = text[:cut]
-                    st.finish_reason = "stop"
-                    if cut > emitted:
-                        yield text[emitted:cut]
-                    emitted = cut
-                    break
-                if len(stable) < len(text):
-                    continue
-                st.text = text
-                safe = len(text) - _partial_stop(text, cfg.stop) if hold else len(text)
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
+            text = tok.decode(st.token_ids, skip_special_tokens=True)
+            # Trailing U+FFFD may be an incomplete UTF-8 sequence that the next token completes: look for
+            # stop strings in the stable part now, emit the rest once it is complete.
+            stable = text.rstrip("\ufffd")
+            cut = _find_stop(stable, cfg.stop)
+            if cut >= 0:
+                st.text = text[:cut]
+                st.finish_reason = "stop"
+                if cut > emitted:
+                    yield text[emitted:cut]
+                emitted = cut
+                break
+            if len(stable) < len(text):
+                continue
+            st.text = text
+            safe = len(text) - _partial_stop(text, cfg.stop) if hold else len(text)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
         if st.finish_reason != "stop":
             text = tok.decode(st.token_ids, skip_special_tokens=True)
             cut = _find_stop(text, cfg.stop)
@@ -218,7 +223,7 @@ class Generator:
     def generate(self, prompt: Prompt, config: GenerationConfig | None = None, *,
                  adapter: str | None = None) -> GenerationResult:
         """Decode to the end and return the text with token counts and timings."""
-        st = _Stream()
+        st = StreamStats()
         for _ in self.stream(prompt, config, adapter=adapter, state=st):
             pass
         return GenerationResult(text=st.text, token_ids=st.token_ids, prompt_tokens=st.prompt_tokens,

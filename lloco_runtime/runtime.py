@@ -18,7 +18,7 @@ import torch
 from .adapters import AdapterManager, AdapterSource
 from .encoder import CheatSheets, ContextEncoder, EncoderConfig
 from .errors import FingerprintMismatchError, InputError
-from .generation import GenerationConfig, GenerationResult, Generator, _Stream
+from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
 from .models import LoadedModel, load_model
 from .prompt import Prompt, PromptTemplate
 
@@ -103,7 +103,7 @@ class LLoCO:
             return self.generator.generate(prompt, cfg, adapter=name)
 
     def stream(self, question: str, context: Context = None, *, adapter_id: str | None = None,
-               config: GenerationConfig | None = None, state: _Stream | None = None, **gen) -> Iterator[str]:
+               config: GenerationConfig | None = None, state: StreamStats | None = None, **gen) -> Iterator[str]:
         """Like :meth:`answer` but yields text as it is generated."""
         cfg = config or GenerationConfig(**gen)
         prompt = self.prompt(question, context)

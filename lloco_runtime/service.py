@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
-from .generation import GenerationConfig, _Stream
+from .generation import GenerationConfig, StreamStats
 from .runtime import LLoCO
 from .store import CheatSheetStore
 from .store.records import RetrievalResult
@@ -106,7 +106,7 @@ class LLoCOService:
                mode: str = "hybrid", filters: Any = None, use_adapter: bool = True,
                config: GenerationConfig | None = None, **gen) -> Answer:
         """Retrieve, splice the cheat sheets, apply the group's active adapter, generate."""
-        st = _Stream()
+        st = StreamStats()
         result = self.retrieve(question, group=group, collection=collection, top_k=top_k, mode=mode,
                                filters=filters)
         for _ in self._stream(question, result, use_adapter, config, st, gen):
@@ -129,7 +129,7 @@ class LLoCOService:
         yield from self.lloco.stream(question, self._context(result), adapter_id=adapter, config=config,
                                      state=state, **gen)
 
-    def _answer(self, result: RetrievalResult, use_adapter: bool, st: _Stream) -> Answer:
+    def _answer(self, result: RetrievalResult, use_adapter: bool, st: StreamStats) -> Answer:
         return Answer(answer=st.text.strip(), sources=self._sources(result),
                       adapter_id=result.adapter_id if use_adapter else None,
                       context_tokens=result.context_tokens, raw_context_tokens=result.raw_context_tokens,

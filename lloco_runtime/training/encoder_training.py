@@ -174,6 +174,7 @@ def _trainable(encoder: ContextEncoder) -> tuple[list[str], list[torch.nn.Parame
     return names, params
 
 
+@torch.enable_grad()
 def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Path,
                   cfg: EncoderTrainingConfig | None = None, *, resume: bool = True, progress: bool = True,
                   val_texts: Sequence[str] | None = None) -> dict:

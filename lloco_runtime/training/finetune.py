@@ -186,6 +186,7 @@ def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str
     return self_supervised_pairs(chunks, rng, cfg.max_pairs), [], "self-supervised"
 
 
+@torch.enable_grad()
 def finetune_group(service, group: str, *, collection: str = "default", qa_path: str | None = None,
                    cfg: FinetuneConfig | None = None, out_dir: str | Path | None = None, resume: bool = True,
                    activate: bool = True, progress: bool = True) -> dict:

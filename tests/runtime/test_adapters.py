@@ -351,10 +351,10 @@ def test_concurrent_streams_interleave(host, artifacts):
     g = Generator(host)
     expected_a = run_with(m, "a")
     expected_base = run(host)
-    from lloco_runtime.generation import _Stream
+    from lloco_runtime.generation import StreamStats
 
     with m.acquire("a") as name:
-        sa, sb = _Stream(), _Stream()
+        sa, sb = StreamStats(), StreamStats()
         ia, ib = g.stream(PROMPT, CFG, adapter=name, state=sa), g.stream(PROMPT, CFG, adapter=None, state=sb)
         live = [ia, ib]
         while live:

@@ -127,7 +127,8 @@ def splitter(tiny_host):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(min_size=1, max_size=200))
 def test_split_property_random_text(splitter, text):
-    if not text.strip() or "\x00" in text:
+    no_tokens = not splitter.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not text.strip() or "\x00" in text or no_tokens:  # e.g. only control characters the tokenizer drops
         with pytest.raises(InputError):
             splitter.split(text)
         return

@@ -15,7 +15,7 @@ from lloco_runtime import (
     Prompt,
     PromptTemplate,
 )
-from lloco_runtime.generation import _partial_stop, _Stream
+from lloco_runtime.generation import _partial_stop, StreamStats
 
 PASSAGE = ("The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
            "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays.")
@@ -119,7 +119,7 @@ def test_eos_ends_generation(make_tiny_host):
 
 
 def collect(gen, prompt, cfg):
-    st = _Stream()
+    st = StreamStats()
     deltas = list(gen.stream(prompt, cfg, state=st))
     return deltas, st
 
@@ -353,3 +353,14 @@ def test_empty_prompt(gen):
 def test_unknown_adapter(gen):
     with pytest.raises(AdapterError):
         gen.generate(Prompt.from_text("Hi"), greedy(2), adapter="nope")
+
+
+def test_a_paused_stream_does_not_leak_grad_mode_into_the_caller(gen):
+    """Between tokens the caller's code runs with its own autograd state (training code, callbacks)."""
+    it = gen.stream(Prompt.from_text("Once upon a time"), GenerationConfig(max_new_tokens=6))
+    next(it)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    (x * 2).sum().backward()  # would fail inside a leaked no_grad/inference_mode
+    assert x.grad is not None
+    it.close()
