@@ -144,6 +144,25 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_encoder(args: argparse.Namespace) -> int:
+    from .encoder import EncoderConfig
+    from .runtime import LLoCO
+    from .training.encoder_training import evaluate_encoder, read_corpus
+
+    texts = [t for _, t in read_corpus(args.documents)]  # validated before any model loads
+    fresh = EncoderConfig(segment_length=args.segment_length, summary_length=args.summary_length) \
+        if args.segment_length else None
+    lloco = LLoCO.from_pretrained(args.model, encoder=args.encoder or fresh, device=args.device,
+                                  dtype=args.dtype)
+    res = evaluate_encoder(lloco.encoder, texts, n_pairs=args.pairs, b_len=args.continuation_length,
+                           seed=args.seed)
+    res |= {"pairs": args.pairs, "segment_length": lloco.encoder.config.segment_length,
+            "summary_length": lloco.encoder.config.summary_length, "continuation_length": args.continuation_length,
+            "encoder_fingerprint": lloco.encoder.fingerprint}
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -240,6 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None)
     s.add_argument("--schema", default=None)
     s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("eval-encoder", parents=[common], help="held-out LM loss with and without cheat sheets",
+                       description="Loss (nats/token) of a text window B given: nothing; the cheat sheet of the "
+                       "preceding window A; the cheat sheet of another window (control); A as plain text "
+                       "(ceiling).")
+    s.add_argument("documents", help="folder or .jsonl/.txt file of held-out documents")
+    s.add_argument("--pairs", type=int, default=64)
+    s.add_argument("--segment-length", type=int, default=None, help="without --encoder: evaluate a fresh "
+                   "(untrained) encoder with this segment length")
+    s.add_argument("--summary-length", type=int, default=16, help="with --segment-length")
+    s.add_argument("--continuation-length", type=int, default=64)
+    s.add_argument("--seed", type=int, default=1234)
+    s.set_defaults(func=_cmd_eval_encoder)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register

@@ -53,3 +53,33 @@ def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
         assert row["lloco_prompt_positions"] < row["full_prompt_tokens"]
     assert {"torch", "cpu_count", "torch_threads", "device"} <= set(report["machine"])
     assert "speedup" in capsys.readouterr().out
+
+
+def _corpus(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    words = "the keeper lit the lamp every night and wrote the weather in a ledger".split()
+    for i in range(3):
+        (d / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(300)))
+    return d
+
+
+def test_train_then_eval_encoder_cli(tmp_path, tiny_model_dir, capsys):
+    corpus, out = _corpus(tmp_path), tmp_path / "run"
+    code = main(["train-encoder", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(out),
+                 "--segment-length", "32", "--summary-length", "4", "--lora-r", "2", "--steps", "2",
+                 "--batch-size", "1", "--continuation-length", "16", "--eval-every", "2", "--eval-pairs", "2"])
+    assert code == 0
+    assert "held-out loss" in capsys.readouterr().out
+    assert (out / "encoder" / "encoder_config.json").exists() and (out / "loss.png").exists()
+    code = main(["eval-encoder", str(corpus), "--model", str(tiny_model_dir), "--encoder", str(out / "encoder"),
+                 "--pairs", "2", "--continuation-length", "16"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"no_context", "cheat_sheet", "wrong_cheat_sheet", "text_context"} <= set(res)
+    assert res["segment_length"] == 32
+
+
+def test_eval_encoder_checks_documents_before_loading_a_model(tmp_path, capsys):
+    assert main(["eval-encoder", str(tmp_path / "missing"), "--model", str(tmp_path / "no-model")]) == 2
+    assert "does not exist" in capsys.readouterr().err
