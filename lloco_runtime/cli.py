@@ -163,6 +163,12 @@ def _cmd_eval_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.cli import run
+
+    return run(args, _runtime)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -272,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--continuation-length", type=int, default=64)
     s.add_argument("--seed", type=int, default=1234)
     s.set_defaults(func=_cmd_eval_encoder)
+
+    from .evaluation import cli as eval_cli  # `lloco eval` (arguments live with the harness)
+
+    s = sub.add_parser("eval", parents=[common], help="score answers on a dataset folder in several context modes",
+                       description=eval_cli.DESCRIPTION)
+    eval_cli.add_arguments(s)
+    s.set_defaults(func=_cmd_eval)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register

@@ -1,0 +1,121 @@
+"""``lloco eval``: arguments and the command (the main CLI calls :func:`add_arguments` and :func:`run`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MODE_CHOICES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter")
+
+DESCRIPTION = (
+    "Answer a dataset folder's questions (documents.jsonl + questions.jsonl, the shared/eval format) with one "
+    "decoder and one prompt template, in one context mode or several (--compare), and score them: SQuAD F1/EM, "
+    "multiple-choice accuracy, substring accuracy or ROUGE. Modes: none (question only); full (the document "
+    "as text, head-truncated to the window); rag (top-k retrieved chunks as text); lloco (their cheat sheets, "
+    "no adapter); lloco-adapter (with the group's active adapter); lloco-doc[-adapter] (the document's own "
+    "cheat sheets in order). The documents are ingested into --group first (a no-op when unchanged)."
+)
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    """The options of ``lloco eval``."""
+    s.add_argument("dataset", help="folder with documents.jsonl and questions.jsonl")
+    s.add_argument("--mode", choices=MODE_CHOICES, default="lloco", help="context mode (default lloco)")
+    s.add_argument("--compare", nargs="?", const="none,full,rag,lloco,lloco-adapter", default=None,
+                   metavar="MODES", help="run several modes (comma-separated; default none,full,rag,lloco,"
+                   "lloco-adapter) and print a markdown table; adapter modes are skipped without an adapter")
+    s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
+    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--top-k", type=int, default=4, help="chunks retrieved per question (default 4)")
+    s.add_argument("--retrieval", choices=["dense", "fulltext", "hybrid"], default="hybrid",
+                   help="retrieval mode for rag/lloco (default hybrid)")
+    s.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer length limit (default: 32 for QA, 8 for multiple choice, 128 for ROUGE sets)")
+    s.add_argument("--max-context-tokens", type=int, default=None,
+                   help="cap the context of full / lloco-doc modes below the decoder's window")
+    s.add_argument("--metric", choices=["auto", "qa", "choice", "contains", "rouge"], default="auto",
+                   help="scoring (default auto: choice with options, rouge for qmsum, contains for niah and "
+                   "longeval_lines, else qa)")
+    s.add_argument("--only-needed-docs", action="store_true", help="ingest only the documents of the selected "
+                   "questions (faster with --limit; retrieval then sees fewer distractors)")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the report (one mode) or "
+                   "{dataset, runs: [...]} (--compare) as JSON")
+    s.add_argument("--plot", default=None, metavar="PATH", help="PNG of the main metric vs. mean context tokens")
+    s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
+    s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
+
+
+def _progress(mode: str) -> Callable[[int, int], None]:
+    def show(i: int, n: int) -> None:
+        print(f"\r{mode}: {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _summary_line(r: dict[str, Any]) -> str:
+    from .harness import main_score
+
+    name, val = main_score(r)
+    shown = "n/a" if val is None else f"{100 * val:.1f}"
+    return (f"{r['dataset']} {r['mode']}: n={r['n']} {name}={shown} context_tokens={r['context_tokens_mean']:.0f} "
+            f"latency={r['latency_s_mean']:.2f}s prefill={r['prefill_s_mean']:.3f}s")
+
+
+def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], Any]) -> int:
+    """Validate the dataset (before any model loads), ingest if needed, run the mode(s), report."""
+    from ..errors import InputError
+    from .datasets import load_dataset
+    from .harness import STORE_MODES, EvalSettings, Harness, finite, markdown_table, parse_modes, plot
+
+    dataset = load_dataset(args.dataset, metric=args.metric)
+    modes = parse_modes(args.compare) if args.compare is not None else [args.mode]
+    settings = EvalSettings(group=args.group or dataset.name, collection=args.collection, top_k=args.top_k,
+                            retrieval=args.retrieval, max_new_tokens=args.max_new_tokens,
+                            max_context_tokens=args.max_context_tokens, limit=args.limit,
+                            only_needed_docs=args.only_needed_docs)
+    from ..store.names import validate_name
+
+    validate_name(settings.group, "group")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise InputError("--plot writes a PNG; give a path ending in .png")
+    lloco = make_runtime(args)
+    store = None
+    if any(m in STORE_MODES for m in modes):
+        from ..store import CheatSheetStore
+
+        store = CheatSheetStore(args.url, schema=args.schema)
+    try:
+        h = Harness(lloco, dataset, settings, store=store)
+        if store is not None:
+            rep = h.ingest(progress=sys.stderr.isatty())
+            print(f"ingest: {rep.summary()}", file=sys.stderr)
+        reports, skipped = [], {}
+        for mode in modes:
+            if args.compare is not None and mode.endswith("-adapter") and h.active_adapter() is None:
+                skipped[mode] = "no active adapter"
+                continue
+            r = h.run(mode, progress=_progress(mode))
+            reports.append(finite(r))
+            print(_summary_line(r), file=sys.stderr)
+    finally:
+        if store is not None:
+            store.close()
+    if args.compare is not None:
+        print(markdown_table(reports, skipped))
+        out: Any = {"dataset": dataset.name, "runs": reports, "skipped": skipped}
+    else:
+        out = reports[0]
+        print(_summary_line(out))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot and reports:
+        plot(reports, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,383 @@
+"""Run an evaluation set through one decoder in several context modes and score the answers.
+
+Every mode uses the same decoder and the same prompt template (:class:`~lloco_runtime.prompt.PromptTemplate`);
+only the context differs:
+
+- ``none``: the question alone.
+- ``full``: the question's document as text. A document longer than the decoder's window is truncated to
+  its **head**: the window minus the prompt template with the question, minus ``max_new_tokens``, minus a
+  16-token margin (and at most ``max_context_tokens`` if set). Per question the JSON says ``truncated`` and
+  ``context_fraction`` (kept / total document tokens).
+- ``rag``: the top-k retrieved chunks of the group as text (document order).
+- ``lloco``: the cheat sheets of the same top-k chunks, no adapter.
+- ``lloco-adapter``: the same with the group's active adapter.
+- ``lloco-doc`` / ``lloco-doc-adapter``: the question's document's own cheat sheets in order (no
+  retrieval, as in the paper's QA experiments), head-truncated to the window like ``full``.
+
+Retrieval modes search the whole group (all documents of the set), so other documents act as distractors.
+The set's documents are ingested into the group once; re-ingesting unchanged documents with the same
+encoder is a no-op in the store (a different encoder replaces them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from . import metrics as M
+from .datasets import Dataset, Question
+
+log = logging.getLogger(__name__)
+
+MODES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter")
+COMPARE_DEFAULT = ("none", "full", "rag", "lloco", "lloco-adapter")
+STORE_MODES = frozenset(MODES) - {"none", "full"}
+ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter"})
+DEFAULT_MAX_NEW_TOKENS = {"qa": 32, "contains": 32, "choice": 8, "rouge": 128}
+MARGIN = 16  # tokens kept free when truncating: decode -> re-encode can shift a token or two
+MC_INSTRUCTION = "Answer with the letter of the correct option."
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How one evaluation runs (recorded in the JSON report)."""
+
+    group: str
+    collection: str = "default"
+    top_k: int = 4
+    retrieval: str = "hybrid"
+    max_new_tokens: int | None = None  # None: by metric (DEFAULT_MAX_NEW_TOKENS)
+    max_context_tokens: int | None = None  # cap for full / lloco-doc (None: the decoder's window)
+    limit: int | None = None
+    only_needed_docs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise InputError("--top-k must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise InputError("--limit must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError("--max-new-tokens must be >= 1")
+        if self.max_context_tokens is not None and self.max_context_tokens < 1:
+            raise InputError("--max-context-tokens must be >= 1")
+        if self.retrieval not in ("dense", "fulltext", "hybrid"):
+            raise InputError(f"unknown retrieval mode {self.retrieval!r}; use dense, fulltext or hybrid")
+
+
+def parse_modes(spec: str | Sequence[str] | None) -> list[str]:
+    """``"none,rag"`` -> ``["none", "rag"]`` (InputError naming the valid modes); None -> the default list."""
+    if spec is None:
+        return list(COMPARE_DEFAULT)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    modes = [m.strip() for m in items if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise InputError(f"unknown mode(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def question_text(q: Question) -> str:
+    """The question as the model sees it: with ``A) ... B) ...`` options and a letter instruction for MC."""
+    if q.options is None:
+        return q.question
+    return f"{q.question}\n\nOptions:\n{M.format_options(q.options)}\n\n{MC_INSTRUCTION}"
+
+
+def score(q: Question, prediction: str, metric: str) -> dict[str, Any]:
+    """Per-question scores; keys that do not apply to ``metric`` are None."""
+    out: dict[str, Any] = {"f1": None, "em": None, "correct": None, "choice": None, "rouge": None}
+    if metric == "choice":
+        out["choice"] = M.parse_choice(prediction, q.options or ())
+        out["correct"] = float(out["choice"] == q.gold_label)
+        return out
+    if metric == "rouge":
+        out["rouge"] = M.rouge(prediction, q.answers)
+        return out
+    out["f1"] = M.max_over_golds(M.token_f1, prediction, q.answers)
+    out["em"] = M.max_over_golds(M.exact_match, prediction, q.answers)
+    if metric == "contains":
+        out["correct"] = M.contains_answer(prediction, q.answers)
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(dataset: str, mode: str, metric: str, rows: list[dict[str, Any]],
+              settings: dict[str, Any]) -> dict[str, Any]:
+    """The report of one mode: means over ``rows`` (None where the metric does not apply)."""
+    rouge = None
+    if metric == "rouge":
+        rouge = {k: _mean([r["rouge"][k] for r in rows]) for k in ("rouge1", "rouge2", "rougeL")}
+    return {
+        "dataset": dataset, "mode": mode, "n": len(rows), "metric": metric,
+        "f1": _mean([r["f1"] for r in rows]), "em": _mean([r["em"] for r in rows]),
+        "accuracy": _mean([r["correct"] for r in rows]), "rouge": rouge,
+        "context_tokens_mean": _mean([r["context_tokens"] for r in rows]),
+        "latency_s_mean": _mean([r["latency_s"] for r in rows]),
+        "prefill_s_mean": _mean([r["prefill_s"] for r in rows]),
+        "settings": settings, "per_question": rows,
+    }
+
+
+def main_score(report: dict[str, Any]) -> tuple[str, float | None]:
+    """(name, value) of the set's headline metric: accuracy, ROUGE-L or F1."""
+    metric = report["metric"]
+    if metric in ("choice", "contains"):
+        return "accuracy", report["accuracy"]
+    if metric == "rouge":
+        return "ROUGE-L", (report["rouge"] or {}).get("rougeL")
+    return "F1", report["f1"]
+
+
+class Harness:
+    """One dataset, one runtime, optionally one store; :meth:`run` evaluates a mode.
+
+    ``lloco`` is a :class:`~lloco_runtime.runtime.LLoCO`; ``store`` a
+    :class:`~lloco_runtime.store.CheatSheetStore` (needed only for the retrieval and ``lloco-doc`` modes).
+    """
+
+    def __init__(self, lloco, dataset: Dataset, settings: EvalSettings, store=None) -> None:
+        self.lloco = lloco
+        self.dataset = dataset
+        self.settings = settings
+        self.store = store
+        self.service = None
+        if store is not None:
+            from ..service import LLoCOService
+
+            self.service = LLoCOService(lloco, store)
+        self.questions = dataset.questions[: settings.limit] if settings.limit else list(dataset.questions)
+        self.max_new_tokens = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[dataset.metric]
+        self._doc_ids: dict[str, list[int]] = {}
+        self._doc_sheets: dict[str, list[torch.Tensor]] = {}
+        self.ingest_report = None
+
+    # -- setup --------------------------------------------------------------------------------------------
+
+    def ingest(self, *, progress: bool = False):
+        """Ingest the set's documents (or only those the selected questions need) into the group."""
+        if self.store is None:
+            raise InputError("this mode needs a store (retrieval or cheat sheets); open a CheatSheetStore")
+        docs = self.dataset.documents_for(self.questions if self.settings.only_needed_docs else None)
+        self.ingest_report = self.store.ingest(docs, group=self.settings.group, collection=self.settings.collection,
+                                               encoder=self.lloco.encoder, progress=progress)
+        log.info("ingest: %s", self.ingest_report.summary())
+        return self.ingest_report
+
+    def active_adapter(self) -> int | None:
+        """The group's active adapter id (None if it has none)."""
+        return self.store.get_group(self.settings.group, self.settings.collection).active_adapter_id
+
+    # -- context ------------------------------------------------------------------------------------------
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.lloco.host.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def budget(self, qtext: str) -> int:
+        """Context tokens/vectors that fit: window - template with question - max_new_tokens - margin."""
+        prompt = self.lloco.prompt(qtext, "")
+        template = sum(len(self._tokens(p)) for p in prompt.pieces if isinstance(p, str))
+        room = self.lloco.host.context_window - template - self.max_new_tokens - MARGIN
+        if self.settings.max_context_tokens is not None:
+            room = min(room, self.settings.max_context_tokens)
+        if room < 1:
+            raise InputError(f"no room for context: the decoder's window is {self.lloco.host.context_window} "
+                             f"tokens and the prompt takes {template} plus {self.max_new_tokens} new tokens")
+        return room
+
+    def _doc_token_ids(self, doc_id: str) -> list[int]:
+        if doc_id not in self._doc_ids:
+            self._doc_ids[doc_id] = self._tokens(self.dataset.documents[doc_id].text)
+        return self._doc_ids[doc_id]
+
+    def full_context(self, q: Question, qtext: str) -> tuple[str, dict[str, Any]]:
+        """The document's head that fits the window (see the module docstring)."""
+        ids = self._doc_token_ids(q.doc_id)
+        room = self.budget(qtext)
+        if len(ids) <= room:
+            return self.dataset.documents[q.doc_id].text, {"truncated": False, "context_fraction": 1.0}
+        keep = room
+        text = self.lloco.host.tokenizer.decode(ids[:keep])
+        while len(self._tokens(text)) > room and keep > 1:  # re-encoding may merge/split a token
+            keep -= max(1, (len(self._tokens(text)) - room))
+            text = self.lloco.host.tokenizer.decode(ids[:keep])
+        return text, {"truncated": True, "context_fraction": keep / len(ids)}
+
+    def doc_sheets(self, q: Question, qtext: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """The document's own cheat sheets in order, head-truncated to the window."""
+        if q.doc_id not in self._doc_sheets:
+            chunks = self.store.list_chunks(self.settings.group, self.settings.collection, doc_ids=[q.doc_id])
+            if not chunks:
+                raise InputError(f"document {q.doc_id!r} has no chunks in group {self.settings.group!r}; "
+                                 "was it ingested?")
+            ids = [c.chunk_id for c in sorted(chunks, key=lambda c: c.ordinal)]
+            sheets: list[torch.Tensor] = []
+            for i in range(0, len(ids), 500):
+                sheets.extend(self.service.cheat_sheets(ids[i:i + 500]))
+            self._doc_sheets[q.doc_id] = sheets
+        sheets = self._doc_sheets[q.doc_id]
+        room, kept, used = self.budget(qtext), [], 0
+        for s in sheets:
+            if used + s.shape[0] > room:
+                break
+            kept.append(s)
+            used += int(s.shape[0])
+        if not kept:
+            raise InputError(f"the first cheat sheet of {q.doc_id!r} does not fit the window")
+        return kept, {"truncated": len(kept) < len(sheets), "context_fraction": len(kept) / len(sheets)}
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def answer(self, q: Question, mode: str, adapter_id: int | None) -> dict[str, Any]:
+        """Answer one question in ``mode``; the per-question record (without scores)."""
+        qtext = question_text(q)
+        start = time.perf_counter()
+        info: dict[str, Any] = {}
+        adapter = None
+        if mode == "none":
+            context, n_ctx = None, 0
+        elif mode == "full":
+            context, info = self.full_context(q, qtext)
+            n_ctx = len(self._tokens(context))
+        elif mode in ("rag", "lloco", "lloco-adapter"):
+            t0 = time.perf_counter()
+            res = self.service.retrieve(q.question, group=self.settings.group, collection=self.settings.collection,
+                                        top_k=self.settings.top_k, mode=self.settings.retrieval,
+                                        load_cheat_sheets=mode != "rag")
+            info["retrieval_s"] = time.perf_counter() - t0
+            if not res.chunks:
+                raise InputError(f"group {self.settings.group!r} returned no chunks; ingest the documents first")
+            ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
+            info["chunk_ids"] = [c.chunk_id for c in ordered]
+            info["gold_doc_retrieved"] = any(c.doc_id == q.doc_id for c in ordered)
+            if mode == "rag":
+                context = "\n\n".join(c.text for c in ordered)
+                n_ctx = len(self._tokens(context))
+            else:
+                context = [c.cheat_sheet.to(self.lloco.host.dtype) for c in ordered]
+                n_ctx = sum(int(s.shape[0]) for s in context)
+                info["raw_context_tokens"] = res.raw_context_tokens
+        else:  # lloco-doc, lloco-doc-adapter
+            context, info = self.doc_sheets(q, qtext)
+            n_ctx = sum(int(s.shape[0]) for s in context)
+        if mode in ADAPTER_MODES:
+            adapter = None if adapter_id is None else str(adapter_id)
+        result = self.lloco.answer(qtext, context, adapter_id=adapter, max_new_tokens=self.max_new_tokens)
+        latency = time.perf_counter() - start
+        return {"qid": q.qid, "doc_id": q.doc_id, "question": q.question, "prediction": result.text.strip(),
+                "answers": list(q.answers), "gold_label": q.gold_label, "context_tokens": n_ctx,
+                "prompt_tokens": result.prompt_tokens, "prefill_s": result.prefill_s,
+                "generate_s": result.total_s, "latency_s": latency, **info}
+
+    def run(self, mode: str, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Evaluate every selected question in ``mode``; the report dict (see :func:`summarise`)."""
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode in STORE_MODES and self.service is None:
+            raise InputError(f"mode {mode!r} needs a store (retrieval / cheat sheets)")
+        adapter_id = None
+        if mode in ADAPTER_MODES:
+            adapter_id = self.active_adapter()
+            if adapter_id is None:
+                raise InputError(f"group {self.settings.collection}/{self.settings.group} has no active adapter; "
+                                 f"train one with `lloco finetune --group {self.settings.group}` or use mode "
+                                 f"{mode.removesuffix('-adapter')!r}")
+        rows = []
+        for i, q in enumerate(self.questions):
+            row = self.answer(q, mode, adapter_id)
+            row.update(score(q, row["prediction"], self.dataset.metric))
+            rows.append(row)
+            if progress:
+                progress(i + 1, len(self.questions))
+        settings = asdict(self.settings) | {
+            "max_new_tokens": self.max_new_tokens, "adapter_id": adapter_id,
+            "context_window": self.lloco.host.context_window, "model": self.lloco.host.name,
+            "encoder_fingerprint": self.lloco.encoder.fingerprint,
+            "truncation": ("head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
+                           if mode in ("full", "lloco-doc", "lloco-doc-adapter") else None),
+            "retrieval_scope": "group" if mode in ("rag", "lloco", "lloco-adapter") else None,
+        }
+        return summarise(self.dataset.name, mode, self.dataset.metric, rows, settings)
+
+
+# -- reporting --------------------------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
+    """One row per mode: n, the set's metric(s), mean context tokens, mean latency (scores in %)."""
+    metric = reports[0]["metric"] if reports else "qa"
+    head = {"qa": "F1 | EM", "contains": "accuracy | F1", "choice": "accuracy", "rouge": "ROUGE-1 | ROUGE-2 | ROUGE-L"}
+    lines = [f"| mode | n | {head[metric]} | context tokens (mean) | latency s (mean) |"]
+    cols = head[metric].count("|") + 1
+    lines.append("|" + "---|" * (4 + cols))
+    for r in reports:
+        if metric == "qa":
+            vals = [_pct(r["f1"]), _pct(r["em"])]
+        elif metric == "contains":
+            vals = [_pct(r["accuracy"]), _pct(r["f1"])]
+        elif metric == "choice":
+            vals = [_pct(r["accuracy"])]
+        else:
+            rg = r["rouge"] or {}
+            vals = [_pct(rg.get("rouge1")), _pct(rg.get("rouge2")), _pct(rg.get("rougeL"))]
+        ctx = r["context_tokens_mean"]
+        lines.append(f"| {r['mode']} | {r['n']} | {' | '.join(vals)} | {0 if ctx is None else ctx:.0f} | "
+                     f"{r['latency_s_mean'] or 0:.2f} |")
+    for mode, why in (skipped or {}).items():
+        lines.append(f"| {mode} (skipped: {why}) | 0 | {' | '.join(['-'] * cols)} | - | - |")
+    return "\n".join(lines)
+
+
+def plot(reports: list[dict[str, Any]], path: str) -> str:
+    """PNG of the headline metric against mean context tokens per mode (log x; ``none`` drawn at 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    name = "score"
+    for r in reports:
+        name, val = main_score(r)
+        if val is None:
+            continue
+        x = max(1.0, r["context_tokens_mean"] or 0.0)
+        ax.scatter([x], [100 * val], s=40)
+        ax.annotate(r["mode"], (x, 100 * val), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean context tokens (text tokens or cheat-sheet vectors; log)")
+    ax.set_ylabel(f"{name} (%)")
+    title = reports[0]["dataset"] if reports else ""
+    ax.set_title(f"{title}: {name} vs. context size (n={reports[0]['n'] if reports else 0})")
+    ax.grid(True, which="both", alpha=0.3)
+    lo = min((max(1.0, r["context_tokens_mean"] or 0.0) for r in reports), default=1.0)
+    ax.set_xlim(left=max(0.5, lo / 2))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def finite(obj: Any) -> Any:
+    """Replace NaN/inf by None so the report is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
