@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
             if args.compare is not None and mode.endswith("-adapter") and h.active_adapter() is None:
                 skipped[mode] = "no active adapter"
                 continue
-            r = h.run(mode, progress=_progress(mode))
+            r = h.run(mode, progress=_progress(mode) if sys.stderr.isatty() else None)
             reports.append(finite(r))
             print(_summary_line(r), file=sys.stderr)
     finally:

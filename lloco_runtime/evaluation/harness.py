@@ -359,7 +359,7 @@ def plot(reports: list[dict[str, Any]], path: str) -> str:
         ax.scatter([x], [100 * val], s=40)
         ax.annotate(r["mode"], (x, 100 * val), textcoords="offset points", xytext=(5, 4), fontsize=9)
     ax.set_xscale("log")
-    ax.set_xlabel("mean context tokens (text tokens or cheat-sheet vectors; log)")
+    ax.set_xlabel("mean context tokens (text tokens or cheat-sheet vectors; log; 0 drawn at 1)")
     ax.set_ylabel(f"{name} (%)")
     title = reports[0]["dataset"] if reports else ""
     ax.set_title(f"{title}: {name} vs. context size (n={reports[0]['n'] if reports else 0})")
