@@ -366,8 +366,17 @@ class ContextEncoder(nn.Module):
             )
         tensors = load_file(str(d / WEIGHTS_FILE))
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        return cls(host, EncoderConfig.from_dict(meta["config"]), summary_weight=tensors["embed_summary.weight"],
-                   lora_state=lora or None)
+        enc = cls(host, EncoderConfig.from_dict(meta["config"]), summary_weight=tensors["embed_summary.weight"],
+                  lora_state=lora or None)
+        # Same dtype -> the recomputed identity must equal the saved one (else the files were altered or
+        # mixed up). A different dtype legitimately changes it: cheat sheets differ too.
+        if meta.get("dtype") == str(enc.dtype) and meta.get("fingerprint") not in (None, enc.fingerprint):
+            raise FingerprintMismatchError(
+                f"encoder {d}: its weights do not match the fingerprint in {CONFIG_FILE} "
+                f"({str(meta.get('fingerprint'))[:12]} saved, {enc.fingerprint[:12]} loaded); the folder was "
+                "modified or mixes files of two encoders: restore it or retrain"
+            )
+        return enc
 
     @classmethod
     def from_autocompressor(cls, directory: str | Path, host: LoadedModel | None = None, *,

@@ -414,3 +414,16 @@ def test_chunk_is_a_value():
     c = Chunk(ordinal=0, text="ab", token_ids=(1, 2), char_start=0, char_end=2)
     assert c.n_tokens == 2
     assert c == Chunk(0, "ab", (1, 2), 0, 2)
+
+
+def test_load_refuses_weights_that_do_not_match_the_saved_fingerprint(tiny_host, tiny_encoder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lloco_runtime import FingerprintMismatchError
+
+    d = tiny_encoder.save(tmp_path / "enc")
+    tensors = load_file(str(d / "encoder.safetensors"))
+    tensors["embed_summary.weight"] = tensors["embed_summary.weight"] + 0.5
+    save_file(tensors, str(d / "encoder.safetensors"))
+    with pytest.raises(FingerprintMismatchError, match="do not match the fingerprint"):
+        ContextEncoder.load(d, tiny_host)

@@ -93,3 +93,21 @@ def test_bad_inputs_with_the_default_model(lloco, default_host):
     foreign = CheatSheets(tensors=[torch.zeros(16, 576)], fingerprint="0" * 64)
     with pytest.raises(FingerprintMismatchError):
         lloco.answer("Q?", foreign, max_new_tokens=2)
+
+
+@pytest.mark.default_model
+def test_shipped_encoder_loads_with_its_fingerprint():
+    """The encoder shipped in the package stays loadable on the default model, with the saved identity."""
+    import json
+
+    from lloco_runtime import ContextEncoder, load_model
+    from lloco_runtime.runtime import shipped_encoder_dir
+
+    d = shipped_encoder_dir()
+    if d is None:
+        pytest.skip("no encoder shipped in this build")
+    host = load_model()  # private host: the encoder injects its LoRA
+    enc = ContextEncoder.load(d, host)
+    assert enc.fingerprint == json.loads((d / "encoder_config.json").read_text())["fingerprint"]
+    sheets = enc.compress("The lighthouse at Carrow Point was built in 1852. " * 20)
+    assert sheets.tensors[0].shape == (enc.config.summary_length, host.hidden_size)
