@@ -7,13 +7,12 @@ file and line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..store.inputs import DocumentInput, read_jsonl
+from ..store.inputs import DocumentInput, iter_jsonl, read_jsonl
 from .metrics import letters
 
 METRICS = ("auto", "qa", "choice", "contains", "rouge")
@@ -90,20 +89,9 @@ def _question(obj: Any, where: str) -> Question:
 
 def read_questions(path: Path) -> list[Question]:
     """Questions from JSON Lines (InputError naming the line for anything malformed or duplicated)."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: is not valid UTF-8 (byte {exc.start})") from None
     out: list[Question] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+    for lineno, where, obj in iter_jsonl(path):
         q = _question(obj, where)
         if q.qid in seen:
             raise InputError(f"{where}: duplicate qid {q.qid!r} (first on line {seen[q.qid]})")

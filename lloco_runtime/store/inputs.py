@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,12 @@ def _decode(path: Path) -> str:
         raise InputError(f"{path}: is not valid UTF-8 (byte {exc.start}); convert it to UTF-8 first") from None
 
 
-def read_jsonl(path: Path) -> list[DocumentInput]:
-    """Documents from JSON Lines: ``{"doc_id"|"id": ..., "text": ..., ...metadata}`` per line."""
-    docs = []
+def iter_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "path:line", parsed value)`` for each non-blank line of a UTF-8 JSON Lines file.
+
+    The one JSONL reader of the project (documents, evaluation sets, training corpora): a malformed line is
+    an :class:`InputError` naming the file and line.
+    """
     for lineno, line in enumerate(_decode(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -77,6 +80,13 @@ def read_jsonl(path: Path) -> list[DocumentInput]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+        yield lineno, where, obj
+
+
+def read_jsonl(path: Path) -> list[DocumentInput]:
+    """Documents from JSON Lines: ``{"doc_id"|"id": ..., "text": ..., ...metadata}`` per line."""
+    docs = []
+    for _, where, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise InputError(f"{where}: each line must be a JSON object")
         key = "doc_id" if "doc_id" in obj else "id" if "id" in obj else None

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from ..encoder import ENCODER_ADAPTER, ContextEncoder
 from ..errors import ConfigError, InputError
-from .common import (load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint)
+from ..store.inputs import iter_jsonl
+from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
 
 log = logging.getLogger(__name__)
 RECON_CUE = "\nRepeat the text above:\n"
@@ -69,12 +70,10 @@ def read_corpus(path: str | Path) -> list[tuple[str, str]]:
             text = f.read_text(encoding="utf-8", errors="strict")
             if text.strip():
                 docs.append((f.stem, text))
-        elif f.suffix == ".jsonl":
-            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
-                if line.strip():
-                    row = json.loads(line)
-                    if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
-                        docs.append((str(row.get("doc_id") or row.get("id") or f"{f.stem}:{i}"), row["text"]))
+        elif f.suffix == ".jsonl":  # rows without a "text" (e.g. QA pairs beside the texts) are skipped
+            for _, where, row in iter_jsonl(f):
+                if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
+                    docs.append((str(row.get("doc_id") or row.get("id") or where), row["text"]))
     if not docs:
         raise InputError(f"no text found under {root} (.txt, .md or .jsonl with a 'text' field)")
     return docs

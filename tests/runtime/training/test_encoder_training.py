@@ -128,3 +128,15 @@ def test_resume_refuses_a_different_encoder_config(make_tiny_host, corpus, tmp_p
     other = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=32, summary_length=8, lora_r=4))
     with pytest.raises(ConfigError, match="checkpoint"):
         train_encoder(other, corpus, out, _cfg(steps=4), progress=False)
+
+
+def test_read_corpus_names_a_malformed_jsonl_line(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n{broken\n')
+    with pytest.raises(InputError, match=r"c.jsonl:2: invalid JSON"):
+        read_corpus(tmp_path)
+
+
+def test_read_corpus_skips_jsonl_rows_without_text(tmp_path):
+    (tmp_path / "qa.jsonl").write_text('{"question": "q", "answers": ["a"]}\n')
+    (tmp_path / "a.txt").write_text("some text")
+    assert [n for n, _ in read_corpus(tmp_path)] == ["a"]
