@@ -121,6 +121,10 @@ def validate_text(text: object, what: str = "text") -> str:
         raise InputError(f"{what} is empty or whitespace only; there is nothing to compress")
     if "\x00" in text:
         raise InputError(f"{what} contains NUL bytes: it looks binary, not text")
+    from .store.inputs import check_size, check_unicode  # one limit for the API, the store and the CLI
+
+    check_size(text, what)
+    check_unicode(text, what)
     return text
 
 

@@ -46,3 +46,7 @@ class StoreError(LLoCOError, RuntimeError):
 
 class ContextTooLongError(InputError):
     """A prompt (text plus cheat sheets) does not fit the decoder's context window."""
+
+
+class ChunkNotFoundError(NotFoundError, CheatSheetError):
+    """A chunk id names no stored chunk (deleted, never ingested, or from another database)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, NotFoundError
 from .generation import GenerationConfig, StreamStats
 from .runtime import LLoCO
 from .store import CheatSheetStore
@@ -60,7 +60,16 @@ class LLoCOService:
     def __init__(self, lloco: LLoCO, store: CheatSheetStore) -> None:
         self.lloco = lloco
         self.store = store
-        lloco.adapters.source = lambda adapter_id: store.adapter_weights(int(adapter_id))
+        lloco.adapters.source = self._adapter_weights
+
+    def _adapter_weights(self, adapter_id: str) -> bytes:
+        """An adapter's bytes from the store; ids are the store's integers (anything else is unknown)."""
+        try:
+            key = int(adapter_id)
+        except (TypeError, ValueError):
+            raise NotFoundError(f"unknown adapter {adapter_id!r}: stored adapters have integer ids; list them "
+                                "with `lloco adapters list`") from None
+        return self.store.adapter_weights(key)
 
     @classmethod
     def from_defaults(cls, *, url: str | None = None, schema: str | None = None, **runtime_kwargs) -> LLoCOService:

@@ -109,17 +109,29 @@ def _is_scalar(v: object) -> bool:
     return isinstance(v, (str, int, bool))
 
 
+def _is_text(v: str) -> bool:
+    """A string a filter may bind: bounded, no NUL, and encodable (no lone surrogates)."""
+    if len(v) > MAX_STRING or "\x00" in v:
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_value(op: FilterOp, value: object, key: str) -> None:
     where = f"filter on {key!r} ({op.value})"
-    if isinstance(value, str) and (len(value) > MAX_STRING or "\x00" in value):
-        raise InputError(f"{where}: string values must be at most {MAX_STRING} characters without NUL")
+    if isinstance(value, str) and not _is_text(value):
+        raise InputError(f"{where}: string values must be valid Unicode, at most {MAX_STRING} characters, "
+                         "without NUL")
     if op in (FilterOp.IN, FilterOp.NIN):
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
             raise InputError(f"{where}: value must be a list of strings or numbers")
         if not 1 <= len(value) <= MAX_LIST_VALUES:
             raise InputError(f"{where}: value must hold 1 to {MAX_LIST_VALUES} items")
         for v in value:
-            if not _is_scalar(v) or (isinstance(v, str) and (len(v) > MAX_STRING or "\x00" in v)):
+            if not _is_scalar(v) or (isinstance(v, str) and not _is_text(v)):
                 raise InputError(f"{where}: list items must be strings, finite numbers or booleans")
         return
     if not _is_scalar(value):

@@ -51,7 +51,18 @@ def validate_doc_id(doc_id: object, source: str = "document") -> str:
         raise InputError(f"{source}: doc_id must be 1-{MAX_DOC_ID} characters, got {value[:40]!r}")
     if any(ord(ch) < 32 for ch in value):
         raise InputError(f"{source}: doc_id {value[:40]!r} contains control characters")
+    if not _is_utf8(value):
+        raise InputError(f"{source}: doc_id {value[:40]!r} holds an unpaired surrogate; it is not valid Unicode")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """Whether ``value`` encodes to UTF-8 (no lone surrogates, which Postgres cannot store)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_metadata_key(key: object) -> tuple[str, ...]:
@@ -77,6 +88,9 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise InputError(f"{where}: metadata strings cannot contain NUL characters")
+        if not _is_utf8(value):
+            raise InputError(f"{where}: metadata string {value[:40]!r} holds an unpaired surrogate; it is not "
+                             "valid Unicode")
         return
     if isinstance(value, (list, tuple)):
         for item in value:
@@ -84,8 +98,9 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
         return
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str) or "\x00" in k:
-                raise InputError(f"{where}: metadata keys must be strings without NUL characters")
+            if not isinstance(k, str) or "\x00" in k or not _is_utf8(k):
+                raise InputError(f"{where}: metadata keys must be strings without NUL characters or unpaired "
+                                 "surrogates")
             check_json_value(v, where, depth + 1)
         return
     raise InputError(f"{where}: metadata value of type {type(value).__name__} is not JSON")

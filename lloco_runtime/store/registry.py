@@ -15,10 +15,11 @@ from .records import AdapterInfo
 from .schema import Tables
 
 MAX_HEADER = 100 * 1024 * 1024
+ADAPTER_FORMAT = "lloco-adapter/1"  # lloco_runtime.adapters.FORMAT (not imported: the store stays torch-model free)
 
 
-def check_safetensors(blob: bytes) -> None:
-    """Cheap structural check that ``blob`` is a safetensors file (8-byte length + JSON header)."""
+def check_safetensors(blob: bytes) -> dict:
+    """Cheap structural check that ``blob`` is a safetensors file (8-byte length + JSON header); its header."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise AdapterError(f"adapter weights must be bytes (a safetensors file), got {type(blob).__name__}")
     data = bytes(blob[:8])
@@ -33,6 +34,21 @@ def check_safetensors(blob: bytes) -> None:
         raise AdapterError("adapter weights are not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise AdapterError("adapter weights are not a safetensors file (header is not an object)")
+    return header
+
+
+def check_declared_fingerprints(header: dict, base_fingerprint: str, encoder_fingerprint: str) -> None:
+    """A lloco adapter records the fingerprints it was trained with: the declared ones must be the same."""
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        return  # plain safetensors: checked when loaded
+    for name, declared in (("base_fingerprint", base_fingerprint), ("encoder_fingerprint", encoder_fingerprint)):
+        recorded = meta.get(name) or None
+        if recorded is not None and recorded != declared:
+            raise FingerprintMismatchError(
+                f"{name} {declared[:12]} given at registration, but the adapter's header records "
+                f"{str(recorded)[:12]}; register it with the fingerprints it was trained with (its own header)"
+            )
 
 
 def _info(r, active_id: int | None) -> AdapterInfo:
@@ -54,10 +70,11 @@ def register(conn: Connection, t: Tables, group: str, collection: str, weights: 
              base_fingerprint: str, encoder_fingerprint: str, config: dict[str, Any] | None,
              metrics: dict[str, Any] | None) -> int:
     """Insert the next version of the group's adapter; returns its id. Locks the group row for the version."""
-    check_safetensors(weights)
+    header = check_safetensors(weights)
     for name, fp in (("base_fingerprint", base_fingerprint), ("encoder_fingerprint", encoder_fingerprint)):
         if not isinstance(fp, str) or not fp.strip() or len(fp) > 256:
             raise AdapterError(f"{name} must be a non-empty string")
+    check_declared_fingerprints(header, base_fingerprint, encoder_fingerprint)
     config, metrics = dict(config or {}), dict(metrics or {})
     check_json_value(config, "adapter config")
     check_json_value(metrics, "adapter metrics")

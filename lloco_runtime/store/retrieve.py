@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, Text, cast, func, literal, sel
 from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from ..codec import decode_tensor
-from ..errors import CheatSheetError, FingerprintMismatchError, InputError
+from ..errors import CheatSheetError, ChunkNotFoundError, FingerprintMismatchError, InputError
 from .records import RetrievedChunk
 from .schema import TEXT_SEARCH_CONFIG, Tables
 
@@ -128,7 +128,8 @@ def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
     for cid in chunk_ids:
         r = rows.get(int(cid))
         if r is None:
-            raise CheatSheetError(f"chunk {cid} does not exist (deleted or never ingested)")
+            raise ChunkNotFoundError(f"chunk {cid} does not exist (deleted or never ingested); retrieve again "
+                                     "for current chunk ids")
         where = f"chunk {cid} (document {r.doc_id!r}, part {r.ordinal})"
         if r.data is None:
             raise CheatSheetError(f"{where} has no cheat sheet: it was ingested without compression; "

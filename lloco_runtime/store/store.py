@@ -25,7 +25,7 @@ from . import catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
 from .ingest import EncoderLike, existing_state, is_unchanged, prepare, write_document
-from .inputs import DocumentInput, check_unique, read_paths
+from .inputs import DocumentInput, check_unicode, check_unique, read_paths
 from .names import validate_name, validate_schema
 from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
                       IngestReport, RetrievalMode, RetrievalResult, StoreStatus)
@@ -239,6 +239,7 @@ class CheatSheetStore:
             raise InputError("the query is empty; ask a question")
         if "\x00" in query:
             raise InputError("the query contains NUL characters")
+        check_unicode(query, "the query")
         top_k = check_top_k(top_k)
         if mode not in MODES:
             raise InputError(f"unknown retrieval mode {mode!r}; use one of {MODES}")
