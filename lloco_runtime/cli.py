@@ -38,20 +38,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(value: str | None, flag: str, *, allow_empty: bool = False) -> list[int] | None:
+    """``"1000,7000"`` -> ``[1000, 7000]``; InputError naming ``flag`` for anything else."""
+    if value is None:
+        return None
+    parts = [x.strip() for x in value.split(",") if x.strip()]
+    try:
+        out = [int(x) for x in parts]
+    except ValueError:
+        out = []
+    if (not out and not allow_empty) or any(c < 1 for c in out) or len(out) != len(parts):
+        raise InputError(f"{flag} takes positive token counts, e.g. 1000,6000")
+    return out
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    contexts = [int(x) for x in args.contexts.split(",")] if args.contexts else None
-    if contexts and any(c < 1 for c in contexts):
-        raise InputError("--contexts takes positive token counts, e.g. 1000,6000")
+    contexts = _int_list(args.contexts, "--contexts")
+    beyond = _int_list(args.beyond, "--beyond", allow_empty=True)
+    sizes = _int_list(args.store_sizes, "--store-sizes")
+    for path in args.eval_json or []:
+        if not Path(path).is_file():
+            raise InputError(f"--eval-json: {path} is not a file (write one with `lloco eval --json PATH`)")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise InputError("--plot writes a PNG; give a path ending in .png")
     lloco = _runtime(args)
-    sizes = tuple(int(x) for x in args.store_sizes.split(",")) if args.store_sizes else None
     report = bench.run(lloco, quick=args.quick, contexts=contexts, reps=args.reps, json_path=args.json,
-                       store=not args.no_store, store_sizes=sizes, store_url=args.url)
-    print(f"Prefill (time to first token), median of {report['settings']['reps']} runs, "
-          f"{report['machine']['device']} {report['machine']['dtype']}, "
-          f"{report['machine']['torch_threads']} threads, torch {report['machine']['torch']}")
+                       store=not args.no_store, store_sizes=tuple(sizes) if sizes else None, store_url=args.url,
+                       beyond=beyond, plot_path=args.plot, eval_json=args.eval_json,
+                       progress=sys.stderr.isatty())
     print(report["_table"])
+    for path in report.get("plots", []):
+        print(f"wrote {path}")
     if args.json:
         print(f"wrote {args.json}")
     return 0
@@ -185,17 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[common], help="show the model, encoder and fingerprints")
     s.set_defaults(func=_cmd_info)
 
-    s = sub.add_parser("bench", parents=[common], help="measure prefill: full text vs. cheat sheets",
-                       description="Measure time to first token with the passage as text against the same "
-                       "passage as cheat sheets, side by side in one run (median of repetitions).")
-    s.add_argument("--quick", action="store_true", help="one context length (6,000 tokens), 3 repetitions")
-    s.add_argument("--contexts", default=None, help="comma-separated context lengths in tokens")
+    s = sub.add_parser("bench", parents=[common], help="measure what LLoCO promises, side by side",
+                       description="Measure, each against its baseline in the same run (median of interleaved "
+                       "repetitions): time to first token full text vs. cheat sheets (and cheat sheets alone "
+                       "past the window), end-to-end answer latency vs. full context and RAG-text, encoder "
+                       "throughput vs. the plain forward pass, retrieval latency, ingest rate, adapter "
+                       "load/switch/mixed batches, peak RSS and stored bytes per chunk. See BENCHMARKS.md.")
+    s.add_argument("--quick", action="store_true", help="fewer lengths (1k, 7k; 16k, 64k beyond the window), "
+                   "3 repetitions, a 2k-token end-to-end document: a few minutes on 2 cores")
+    s.add_argument("--contexts", default=None, help="comma-separated context lengths in tokens, within the "
+                   "decoder window (default 1000,2000,4000,7000)")
+    s.add_argument("--beyond", default=None, help="source lengths past the window, cheat sheets only "
+                   "(default 16000,32000,64000; '' for none)")
     s.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
     s.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    s.add_argument("--no-store", action="store_true", help="skip the storage section (retrieval, ingest)")
+    s.add_argument("--plot", default=None, metavar="PATH", help="write latency vs. context length as a PNG "
+                   "(and PATH-stem_f1.png with --eval-json)")
+    s.add_argument("--eval-json", nargs="+", default=None, metavar="PATH", help="`lloco eval --json` result "
+                   "files for the compression ratio vs. F1 plot")
+    s.add_argument("--no-store", action="store_true", help="skip the store sections (end to end, retrieval, "
+                   "ingest, bytes per chunk)")
     s.add_argument("--store-sizes", default=None, help="chunk counts for retrieval latency "
-                   "(default 10000,100000; --quick: 10000)")
-    s.add_argument("--url", default=None, help="Postgres URL for the storage section (schema lloco_bench)")
+                   "(default 10000,100000)")
+    s.add_argument("--url", default=None, help="Postgres URL for the store sections (schema lloco_bench, "
+                   "dropped afterwards)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("ask", parents=[common], help="answer a question over an ingested group",

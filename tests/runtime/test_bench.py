@@ -1,0 +1,165 @@
+"""``lloco bench`` on a tiny model: every section runs and the JSON report has every field.
+
+Benchmarks are not tests: nothing here asserts a wall-clock time, only that each figure is measured, has
+the documented shape and is consistent with the others (ratios, counts, recall bounds).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lloco_runtime import bench, bench_model, bench_plot
+from lloco_runtime.cli import main
+
+REQUIRED = {
+    "prefill": {"context_tokens", "full_s", "lloco_tokens", "lloco_s", "ratio"},
+    "compression": {"lloco_tokens_per_s", "forward_tokens_per_s", "efficiency"},
+    "retrieval": {"chunks", "p50_ms", "p95_ms"},
+    "ingest": {"chunks_per_s"},
+    "adapters": {"load_ms", "switch_ms", "mixed_batch_ratio"},
+    "memory": {"peak_rss_mb", "bytes_per_chunk"},
+    "machine": {"processor", "cpu_count", "torch_threads", "torch"},
+    "end_to_end": {"lloco_s", "rag_text_s", "full_context_s"},
+}
+
+
+def _eval_file(tmp_path):
+    """A `lloco eval --compare --json` result, as the harness writes it."""
+    runs = [{"dataset": "toy", "mode": "full", "n": 2, "metric": "f1", "f1": 0.5, "em": 0.5, "accuracy": None,
+             "rouge": None, "context_tokens_mean": 800.0, "per_question": [{"context_tokens": 800}]},
+            {"dataset": "toy", "mode": "lloco", "n": 2, "metric": "f1", "f1": 0.25, "em": 0.0, "accuracy": None,
+             "rouge": None, "context_tokens_mean": 32.0,
+             "per_question": [{"context_tokens": 32, "raw_context_tokens": 256},
+                              {"context_tokens": 32, "raw_context_tokens": 256}]}]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"dataset": "toy", "runs": runs, "skipped": {}}))
+    return path
+
+
+def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "latency.png"
+    report = bench.run(tiny_lloco, contexts=[300, 900], beyond=[6000], reps=2, store_url=pg_url,
+                       store_sizes=(60, 150), queries=3, e2e_tokens=300, compress_segments=4, json_path=out,
+                       plot_path=png, eval_json=[_eval_file(tmp_path)], progress=False)
+    data = json.loads(out.read_text())
+    for section, fields in REQUIRED.items():
+        rows = data[section] if isinstance(data[section], list) else [data[section]]
+        assert rows, section
+        for row in rows:
+            assert fields <= set(row), (section, fields - set(row))
+
+    seg, summ = data["settings"]["prefill_segment_length"], data["settings"]["prefill_summary_length"]
+    assert [r["context_tokens"] for r in data["prefill"]] == [300, 900]
+    for r in data["prefill"]:
+        assert r["lloco_tokens"] == summ * -(-r["context_tokens"] // seg)
+        assert r["ratio"] == pytest.approx(r["full_s"] / r["lloco_s"])
+        # the tiny runtime's own encoder (32 -> 4) differs from the 512 -> 16 sheets: measured as well
+        assert r["shipped_lloco_tokens"] == 4 * -(-r["context_tokens"] // 32) and r["shipped_lloco_s"] > 0
+    (far,) = data["prefill_beyond_window"]
+    assert far["context_tokens"] == 6000 and far["full_s"] is None and far["ratio"] is None
+    assert far["lloco_tokens"] == 16 * 12 and far["lloco_s"] > 0
+
+    e2e = data["end_to_end"]
+    assert e2e["prompt_positions"]["lloco"] < e2e["prompt_positions"]["rag"] < e2e["prompt_positions"]["full"]
+    assert e2e["speedup_vs_full"] == pytest.approx(e2e["full_context_s"] / e2e["lloco_s"], rel=0.01)
+
+    c = data["compression"]
+    assert c["efficiency"] == pytest.approx(c["lloco_tokens_per_s"] / c["forward_tokens_per_s"], rel=0.01)
+    assert c["tokens"] == 4 * 32
+
+    assert [r["chunks"] for r in data["retrieval"]] == [60, 150]
+    for r in data["retrieval"]:
+        assert 0 < r["p50_ms"] <= r["p95_ms"]
+        if r["ann_index"] == "hnsw":
+            assert 0.0 <= r["recall"] <= 1.0 and r["exact"]["p50_ms"] > 0
+    assert data["ingest"]["chunks_per_s"] > 0 and data["ingest"]["chunks"] >= 300 // 32
+
+    a = data["adapters"]
+    assert a["source"] == "store" and a["load_ms"] > 0 and a["switch_ms"] > 0 and a["mixed_batch_ratio"] > 0
+    assert a["adapter_bytes"] > 0 and a["lora_layers"] > 0
+
+    m = data["memory"]
+    assert 0 < m["peak_rss_mb"] <= m["bench_peak_rss_mb"]
+    # a cheat sheet of 4 vectors x 64 hidden in fp16 is 512 bytes of payload; the row holds more
+    assert m["cheat_sheet_payload_bytes"] >= 4 * 64 * 2 and m["bytes_per_chunk"] > 512
+
+    assert set(data["targets"]) == set(bench.TARGETS)
+    assert data["targets"]["adapter_switch_ms"]["value"] == a["switch_ms"]
+    assert {p["mode"]: p["ratio"] for p in data["eval_points"]} == {"full": 1.0, "lloco": 8.0}
+    plots = data["plots"]
+    assert plots[0] == str(png) and len(plots) == 2
+    for p in plots:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for heading in ("Prefill", "End to end", "Compression", "Retrieval", "Ingest", "Adapters", "Memory",
+                    "Targets"):
+        assert heading in report["_table"], heading
+
+    from sqlalchemy import create_engine, inspect
+
+    from lloco_runtime.store.server import sqlalchemy_url
+
+    engine = create_engine(sqlalchemy_url(pg_url))
+    try:
+        assert "lloco_bench" not in inspect(engine).get_schema_names()  # the bench cleans up after itself
+    finally:
+        engine.dispose()
+
+
+def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
+    """Row i of a mixed batch gets exactly what adapter_names[i] alone would give it."""
+    lloco = tiny_lloco
+    host = lloco.host
+    arts = {f"m{i}": bench_model.random_adapter(lloco, seed=i).to_bytes() for i in range(2)}
+    for aid, data in arts.items():
+        lloco.adapters.register(aid, data)
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    backbone = getattr(host.model, host.model.base_model_prefix)
+    with lloco.adapters.acquire("m0") as a, lloco.adapters.acquire("m1") as b, torch.inference_mode():
+        with host.using(a):
+            only_a = backbone(input_ids=ids).last_hidden_state
+        with host.using(b):
+            only_b = backbone(input_ids=ids).last_hidden_state
+        with host.using(a), bench_model.mixed_adapters(host.model, [a, b]):
+            mixed = backbone(input_ids=ids).last_hidden_state
+        with host.using(a):  # hooks removed on exit
+            again = backbone(input_ids=ids).last_hidden_state
+    assert not torch.allclose(only_a[1], only_b[1])
+    torch.testing.assert_close(mixed[0], only_a[0])
+    torch.testing.assert_close(mixed[1], only_b[1])
+    torch.testing.assert_close(again, only_a)
+
+
+def test_compression_ratio_of_eval_runs():
+    assert bench_plot.compression_ratio({"mode": "rag"}) == 1.0
+    run = {"mode": "lloco", "per_question": [{"context_tokens": 16, "raw_context_tokens": 128},
+                                             {"context_tokens": 48, "raw_context_tokens": 384}]}
+    assert bench_plot.compression_ratio(run) == 8.0
+    assert bench_plot.compression_ratio({"mode": "lloco-doc", "per_question": [{"context_tokens": 9}]},
+                                        default_ratio=8.0) == 8.0
+
+
+def test_targets_are_judged_from_the_report():
+    report = {"prefill": [{"ratio": 5.0}, {"ratio": 25.0}], "compression": {"efficiency": 0.7},
+              "retrieval": [{"chunks": 10_000, "p95_ms": 80.0}, {"chunks": 100_000, "p95_ms": 49.0}],
+              "adapters": {"switch_ms": 12.0}}
+    t = bench.check_targets(report)
+    assert t["ttft_ratio"]["met"] is True and t["ttft_ratio"]["value"] == 25.0
+    assert t["compression_efficiency"]["met"] is False
+    assert t["retrieval_p95_ms_100k"] == {**t["retrieval_p95_ms_100k"], "value": 49.0, "met": True}
+    assert t["adapter_switch_ms"]["met"] is False
+    assert bench.check_targets({"prefill": []})["retrieval_p95_ms_100k"]["met"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--beyond", "12k"], "--beyond"),
+    (["--store-sizes", "0"], "--store-sizes"),
+    (["--plot", "out.svg"], "PNG"),
+    (["--eval-json", "missing.json"], "is not a file"),
+])
+def test_bench_cli_input_errors(argv, message, capsys, tiny_model_dir):
+    assert main(["bench", "--model", str(tiny_model_dir), *argv]) == 2
+    assert message in capsys.readouterr().err
