@@ -110,3 +110,7 @@ def make_adapter_bytes(host, encoder_fingerprint: str | None, *, seed: int, r: i
                                      encoder_fingerprint=encoder_fingerprint)
     host.delete_adapter(name)
     return art.to_bytes()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a reliability test that runs subprocesses or servers (CI runs them)")
