@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,7 +246,8 @@ def format_report(report: dict) -> str:
     out = [(f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch "
             f"{m['torch']}, {m.get('device')} {m.get('dtype')}, model {m.get('model')} (window "
             f"{m.get('context_window')}); load average at start {m.get('load_average_at_start')}"),
-           f"Statistic: median of {st['reps']} interleaved repetitions", ""]
+           (f"Statistic: median of {st['reps']} interleaved repetitions; seconds per section: "
+            f"{st.get('section_seconds')}"), ""]
     pf = st["prefill_summary_length"], st["prefill_segment_length"]
     out += [f"Prefill / time to first token: full text vs. cheat sheets ({pf[0]} vectors per {pf[1]} tokens"
             + (f"; shipped encoder {m['summary_length']} per {m['segment_length']}" if m.get("segment_length")
@@ -266,6 +268,9 @@ def format_report(report: dict) -> str:
                    f"{c['forward_tokens_per_s']:.0f} tokens/s -> efficiency {100 * c['efficiency']:.0f}% "
                    f"({c['segments']} segments of {c['segment_length']} + {c['summary_length']} summary "
                    f"positions, batch {c['batch_size']}, encoder LoRA r{c['encoder_lora_r']})")
+        out.append(f"  gap split: forward with the summary positions {c['with_summary_tokens_per_s']:.0f} tokens/s "
+                   f"(ceiling {100 * c['positions_ceiling']:.0f}%), and with the encoder LoRA "
+                   f"{_f(c.get('with_summary_and_lora_tokens_per_s'), '.0f')} tokens/s")
         out.append("")
     if report.get("retrieval"):
         out.append(f"Retrieval (dense, top {report['retrieval'][0].get('top_k')}, chunk rows + cheat sheets; "
@@ -305,7 +310,7 @@ def format_report(report: dict) -> str:
     return "\n".join(out)
 
 
-QUICK = {"contexts": [1000, 7000], "beyond": [16_000, 64_000], "reps": 3, "store_sizes": (10_000, 100_000),
+QUICK = {"contexts": [1000, 7000], "beyond": [16_000, 64_000], "reps": 3, "store_sizes": (10_000,),
          "e2e_tokens": 2000, "compress_segments": 16}
 FULL = {"contexts": [1000, 2000, 4000, 7000], "beyond": [16_000, 32_000, 64_000], "reps": 5,
         "store_sizes": (10_000, 100_000), "e2e_tokens": 6000, "compress_segments": 32}
@@ -339,6 +344,14 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
     tok = lloco.host.tokenizer
     e2e_tokens = min(e2e_tokens or plan["e2e_tokens"], window - 200)
     st = None
+    clock = {"start": time.perf_counter()}
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - clock["start"], 1)
+        clock["start"] = now
+
     if store:
         from .store import bench as store_bench
 
@@ -359,6 +372,7 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
             report["memory"] = {"peak_rss_mb": bench_serving.peak_rss_mb(), "bytes_per_chunk": None}
             notes.append("--no-store: end to end, retrieval, ingest and bytes per chunk skipped; adapters "
                          "loaded from memory")
+        lap("end_to_end")
         # 2. adapters
         if st is not None:
             arts = [bench_model.random_adapter(lloco, seed=s) for s in (11, 12)]
@@ -369,17 +383,20 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
                 lloco, source=lambda aid: st.adapter_weights(int(aid)), adapter_ids=ids, reps=reps)
         else:
             report["adapters"] = bench_model.bench_adapters(lloco, reps=reps)
+        lap("adapters")
         # 3. prefill
         rows, beyond_rows = bench_prefill(lloco, contexts, reps=reps, beyond=[b for b in beyond if b],
                                           question=question, progress=progress)
         report["prefill"] = [r.to_dict() for r in rows]
         report["prefill_beyond_window"] = [r.to_dict() for r in beyond_rows]
         report["_prefill_table"] = format_prefill(rows, beyond_rows)
+        lap("prefill")
         # 4. compression throughput
         segs = compress_segments or plan["compress_segments"]
         ids_ = tok(synthetic_passage(tok, segs * lloco.encoder.config.segment_length),
                    add_special_tokens=False)["input_ids"]
         report["compression"] = bench_model.bench_compression(lloco, ids_, segments=segs, reps=reps)
+        lap("compression")
         # 5. retrieval and bulk insert
         if st is not None:
             from .store import bench as store_bench
@@ -397,6 +414,7 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
                 report["ingest"]["bulk_insert_rows_per_s"] = max(i["chunks_per_s"] for i in ins)
         else:
             report["retrieval"], report["store"] = [], {}
+        lap("retrieval")
     finally:
         if st is not None:
             try:
@@ -404,6 +422,7 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
             finally:
                 st.close()
     report["memory"]["bench_peak_rss_mb"] = bench_serving.peak_rss_mb()
+    report["settings"]["section_seconds"] = seconds
     report["targets"] = check_targets(report)
     if eval_json:
         from .bench_plot import load_eval_points

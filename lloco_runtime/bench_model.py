@@ -44,7 +44,9 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
     The baseline runs the decoder's transformer body (no LM head, no adapter) over exactly the same
     segments in the same batches: the physical ceiling for turning those tokens into hidden states.
     ``efficiency`` = encoder tokens/s / forward tokens/s. The encoder does more work per segment by design:
-    ``summary_length`` extra positions and, for a trained encoder, its LoRA.
+    ``summary_length`` extra positions and, for a trained encoder, its LoRA. Two more forwards over the
+    same batches split the gap: with the summary positions appended (``with_summary_tokens_per_s``) and,
+    for an encoder with a LoRA, with it active too (``with_summary_and_lora_tokens_per_s``).
     """
     enc = lloco.encoder
     seg = enc.config.segment_length
@@ -64,13 +66,32 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
             for ids in batches:
                 backbone(input_ids=ids, use_cache=False)
 
-    encode(), forward()  # warm-up
-    times = interleaved({"encode": encode, "forward": forward}, reps)
+    from .encoder import ENCODER_ADAPTER
+
+    def with_summary(adapter: str | None) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), host.using(adapter):
+                emb = host.model.get_input_embeddings()
+                for ids in batches:
+                    summ = enc.embed_summary.weight.expand(ids.shape[0], -1, -1)
+                    backbone(inputs_embeds=torch.cat([emb(ids), summ], dim=1), use_cache=False)
+        return run
+
+    fns = {"encode": encode, "forward": forward, "summary": with_summary(None)}
+    if enc.has_lora:
+        fns["summary_lora"] = with_summary(ENCODER_ADAPTER)
+    for fn in fns.values():  # warm-up
+        fn()
+    times = interleaved(fns, reps)
     n_tokens = segments * seg
-    enc_tps = n_tokens / statistics.median(times["encode"])
-    fwd_tps = n_tokens / statistics.median(times["forward"])
+    tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
+    enc_tps, fwd_tps = tps["encode"], tps["forward"]
     return {"lloco_tokens_per_s": round(enc_tps, 1), "forward_tokens_per_s": round(fwd_tps, 1),
-            "efficiency": round(enc_tps / fwd_tps, 4), "tokens": n_tokens, "segments": segments,
+            "efficiency": round(enc_tps / fwd_tps, 4),
+            "with_summary_tokens_per_s": round(tps["summary"], 1),
+            "with_summary_and_lora_tokens_per_s": round(tps["summary_lora"], 1) if "summary_lora" in tps else None,
+            "positions_ceiling": round(seg / (seg + enc.config.summary_length), 4),
+            "tokens": n_tokens, "segments": segments,
             "batch_size": batch_size, "segment_length": seg, "summary_length": enc.config.summary_length,
             "positions_per_segment": seg + enc.config.summary_length, "encoder_lora_r": enc.config.lora_r,
             "compression_ratio": enc.config.ratio, "reps": reps}
