@@ -115,7 +115,9 @@ def write_document(engine: Engine, t: Tables, group: str, collection: str, prep:
     doc = prep.doc
     d, c, cs = t.documents, t.chunks, t.cheat_sheets
     with engine.begin() as conn:
-        gid = int(group_row(conn, t, group, collection, lock=False).id)
+        # Lock the group row: concurrent writers of one group take turns, so two ingests of the same new
+        # document cannot both insert it (the loser then sees it and reports "unchanged").
+        gid = int(group_row(conn, t, group, collection, lock=True).id)
         old = conn.execute(select(d.c.id, d.c.sha256, d.c.encoder_fingerprint)
                            .where(d.c.group_id == gid, d.c.doc_id == doc.doc_id).with_for_update()).one_or_none()
         if old is not None and old.sha256 == doc.sha256 and old.encoder_fingerprint == prep.fingerprint:

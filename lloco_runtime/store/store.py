@@ -6,6 +6,7 @@ and a retrieval embedder. Opening it creates or upgrades the schema; every metho
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.schema import DropSchema
 
 from .. import config
@@ -411,3 +412,33 @@ def _check_query_vector(vector: Sequence[float] | np.ndarray, dim: int) -> np.nd
     if arr.shape != (dim,) or not np.isfinite(arr).all() or not np.any(arr):
         raise InputError(f"query_vector must be {dim} finite floats, not all zero; got shape {arr.shape}")
     return arr / np.linalg.norm(arr)
+
+
+def _database_errors(method):
+    """Turn a lost or refused database connection into a StoreError that says what to do (retrying is safe:
+    every method is one transaction, rolled back by the server when the connection drops)."""
+
+    @functools.wraps(method)
+    def wrapper(self: CheatSheetStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            raise _unavailable(self, exc) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _unavailable(self, exc) from exc
+            raise
+
+    return wrapper
+
+
+def _unavailable(store: CheatSheetStore, exc: DBAPIError) -> StoreError:
+    detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return StoreError(f"the database at {store.url} is unavailable ({detail[0] if detail else type(exc).__name__}); "
+                      "its unfinished transaction was rolled back: check that the server is running and retry "
+                      "(retrying is safe)")
+
+
+for _name, _member in list(vars(CheatSheetStore).items()):
+    if callable(_member) and not _name.startswith("_") and _name != "close":
+        setattr(CheatSheetStore, _name, _database_errors(_member))

@@ -14,12 +14,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import TEXTS, docs, make_adapter_bytes, snapshot
 
 from lloco_runtime.cli import main
-from lloco_runtime.errors import (AdapterError, CheatSheetError, ContextTooLongError, FingerprintMismatchError,
-                                  InputError, LLoCOError, NotFoundError)
+from lloco_runtime.errors import (
+    AdapterError,
+    CheatSheetError,
+    ContextTooLongError,
+    FingerprintMismatchError,
+    InputError,
+    LLoCOError,
+    NotFoundError,
+)
 from lloco_runtime.store import DocumentInput
 
 # -- files ----------------------------------------------------------------------------------------------------
