@@ -361,17 +361,42 @@ class ContextEncoder(nn.Module):
         d = Path(directory)
         if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
             raise ModelLoadError(f"{d} is not a lloco encoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
+        try:
+            meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{d / CONFIG_FILE} is not readable JSON ({exc}); restore the encoder folder or "
+                                 "retrain the encoder") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ModelLoadError(f"{d / CONFIG_FILE} has no encoder config; restore the folder or retrain")
         if meta.get("base_fingerprint") != host.fingerprint:
             raise FingerprintMismatchError(
                 f"encoder {d} was trained on base model {meta.get('base_model')!r} "
                 f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}), but the loaded decoder is "
                 f"{host.name!r} ({host.fingerprint[:12]}); load the matching decoder or retrain the encoder"
             )
-        tensors = load_file(str(d / WEIGHTS_FILE))
+        try:
+            config = EncoderConfig.from_dict(meta["config"])
+        except (ConfigError, TypeError) as exc:
+            raise ModelLoadError(f"{d / CONFIG_FILE}: invalid encoder config ({exc}); restore or retrain") from None
+        try:  # safetensors only: never unpickles, and fails cleanly on damaged files
+            tensors = load_file(str(d / WEIGHTS_FILE))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+            raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
+                                 "folder or retrain (pickled weights are never loaded)") from None
+        if "embed_summary.weight" not in tensors:
+            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        enc = cls(host, EncoderConfig.from_dict(meta["config"]), summary_weight=tensors["embed_summary.weight"],
-                  lora_state=lora or None)
+        try:
+            enc = cls(host, config, summary_weight=tensors["embed_summary.weight"], lora_state=lora or None)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"encoder {d}: {exc}") from None
+        except RuntimeError as exc:  # peft/torch: LoRA tensors of the wrong shape
+            with host.lock:
+                if ENCODER_ADAPTER in host.adapter_names():
+                    host.delete_adapter(ENCODER_ADAPTER)
+                host.resync()
+            raise ModelLoadError(f"encoder {d}: its LoRA weights do not fit the base model "
+                                 f"({str(exc).splitlines()[0][:200]}); load the matching decoder or retrain") from None
         # Same dtype -> the recomputed identity must equal the saved one (else the files were altered or
         # mixed up). A different dtype legitimately changes it: cheat sheets differ too.
         if meta.get("dtype") == str(enc.dtype) and meta.get("fingerprint") not in (None, enc.fingerprint):
