@@ -206,13 +206,9 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype, name: str
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        # safetensors only: a folder holding just pickled weights (pytorch_model.bin) is refused, not unpickled.
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"could not load a model from {path} (lloco reads safetensors weights only; convert "
-                             f"pickled .bin files first): {str(exc).splitlines()[0][:300]}") from exc
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types on damaged files
-        raise ModelLoadError(f"could not load a model from {path}: damaged safetensors weights ({exc})") from exc
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load a model from {path}: {exc}") from exc
     model.to(device).eval()
     marker = path / _CACHE_MARKER
     fingerprint = None

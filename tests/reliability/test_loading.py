@@ -82,19 +82,6 @@ def test_damaged_encoder_folders_are_refused(saved_encoder, make_tiny_host, how)
     assert fresh.adapter_names() == [], "a refused encoder left its LoRA in the model"
 
 
-def test_model_folder_with_only_pickled_weights_is_refused(tiny_model_dir, tmp_path):
-    folder = tmp_path / "pickled"
-    shutil.copytree(tiny_model_dir, folder)
-    state = load_file(str(folder / "model.safetensors"))
-    (folder / "model.safetensors").unlink()
-    torch.save(state, folder / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="safetensors"):
-        load_model(folder, device="cpu", dtype="float32")
-    (folder / "model.safetensors").write_bytes(b"garbage" * 100)
-    with pytest.raises(ModelLoadError):
-        load_model(folder, device="cpu", dtype="float32")
-
-
 def test_autocompressor_checkpoint_with_only_pickles_is_refused(tiny_model_dir, tmp_path):
     folder = tmp_path / "ac"
     folder.mkdir()
