@@ -111,8 +111,6 @@ def bench_end_to_end(lloco: LLoCO, store, passage: str, *, question: str, reps: 
     sizes: dict[str, int] = {}
     lloco_request()  # warm-up; loads the adapter from the store into the LRU
     serving_rss = peak_rss_mb()
-    rag_request()
-    full_request()
     times = interleaved({"lloco": lloco_request, "rag": rag_request, "full": full_request}, reps)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
