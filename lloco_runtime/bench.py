@@ -314,7 +314,8 @@ def format_report(report: dict) -> str:
 QUICK = {"contexts": [1000, 7000], "beyond": [16_000, 64_000], "reps": 3, "store_sizes": (10_000,),
          "e2e_tokens": 2000, "compress_segments": 8, "shipped_beyond": False}
 FULL = {"contexts": [1000, 2000, 4000, 7000], "beyond": [16_000, 32_000, 64_000], "reps": 5,
-        "store_sizes": (10_000, 100_000), "e2e_tokens": 6000, "compress_segments": 32}
+        "store_sizes": (10_000, 100_000), "e2e_tokens": 6000, "compress_segments": 32,
+        "shipped_beyond": True}
 
 
 def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None, reps: int | None = None,
