@@ -213,6 +213,12 @@ class AdapterManager:
             if unexpected:
                 self.host.delete_adapter(name)
                 raise AdapterError(f"adapter {adapter_id!r} has weights the model lacks: {unexpected[:3]}")
+            # Injected modules start in training mode: without this, an adapter trained with lora_dropout > 0
+            # (as `lloco finetune` does) would answer through random dropout, differently on every call.
+            for module in model.modules():
+                dropout = getattr(module, "lora_dropout", None)
+                if isinstance(dropout, torch.nn.ModuleDict) and name in dropout:
+                    dropout[name].eval()
             self.host.resync()
         self._loaded[adapter_id] = name
         log.info("loaded adapter %s as %s", adapter_id, name)

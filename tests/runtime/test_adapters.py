@@ -230,6 +230,19 @@ def test_reregistering_replaces_the_weights(manager, scratch_host):
     assert new != old
 
 
+def test_adapter_trained_with_dropout_serves_deterministically(host, scratch_host):
+    """`lloco finetune` trains with lora_dropout 0.05; serving must not apply it (same answer every call)."""
+    art = make_artifact(scratch_host, 9)
+    art = AdapterArtifact(tensors=art.tensors, lora_config=dict(art.lora_config, lora_dropout=0.5),
+                          base_fingerprint=art.base_fingerprint, encoder_fingerprint=ENCODER_FP)
+    m = AdapterManager(host, encoder_fingerprint=ENCODER_FP)
+    m.register("dropout", art.to_bytes())
+    assert len({tuple(run_with(m, "dropout")) for _ in range(4)}) == 1
+    with m.acquire("dropout"):
+        assert not [n for n, mod in host.model.named_modules()
+                    if isinstance(mod, torch.nn.Dropout) and mod.p > 0 and mod.training]
+
+
 def test_unknown_adapter(manager, host):
     with pytest.raises(NotFoundError, match="unknown adapter"), manager.acquire("nope"):
         pass
