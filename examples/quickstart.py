@@ -1,5 +1,5 @@
 """The whole LLoCO loop on the embedded defaults: ingest -> retrieve cheat sheets -> answer, next to the
-full-text baseline. Run: `make demo` (or `.venv/bin/python examples/quickstart.py`).
+full-text baseline. Run: `.venv/bin/python examples/quickstart.py` (`make demo` is the longer tour).
 
 Uses the bundled SmolLM2-135M on CPU and the embedded Postgres under $LLOCO_HOME; nothing is downloaded.
 Answer quality needs a trained encoder and a group adapter (`lloco finetune`); this shows the data flow,
@@ -14,7 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: much faster on busy machines
 
-from lloco_runtime import LLoCOService  # noqa: E402
+from lloco_runtime import LLoCOService
 
 DATA = Path(__file__).resolve().parent / "data"
 GROUP = "demo"
