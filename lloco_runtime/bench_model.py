@@ -38,15 +38,16 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[
 
 
 def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int = 16, batch_size: int = 8,
-                      reps: int = 3) -> dict[str, Any]:
+                      reps: int = 3, split: bool = True, warmup: bool = True) -> dict[str, Any]:
     """Encoder tokens/s (batched ``compress_chunks``) vs. the plain forward pass of the same backbone.
 
     The baseline runs the decoder's transformer body (no LM head, no adapter) over exactly the same
     segments in the same batches: the physical ceiling for turning those tokens into hidden states.
     ``efficiency`` = encoder tokens/s / forward tokens/s. The encoder does more work per segment by design:
     ``summary_length`` extra positions and, for a trained encoder, its LoRA. Two more forwards over the
-    same batches split the gap: with the summary positions appended (``with_summary_tokens_per_s``) and,
-    for an encoder with a LoRA, with it active too (``with_summary_and_lora_tokens_per_s``).
+    same batches split the gap (``split``): with the summary positions appended (``with_summary_tokens_per_s``)
+    and, for an encoder with a LoRA, with it active too (``with_summary_and_lora_tokens_per_s``).
+    ``warmup=False`` skips the untimed first round (the median of 3+ rounds absorbs a slow first one).
     """
     enc = lloco.encoder
     seg = enc.config.segment_length
@@ -77,10 +78,12 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
                     backbone(inputs_embeds=torch.cat([emb(ids), summ], dim=1), use_cache=False)
         return run
 
-    fns = {"encode": encode, "forward": forward, "summary": with_summary(None)}
-    if enc.has_lora:
-        fns["summary_lora"] = with_summary(ENCODER_ADAPTER)
-    for fn in fns.values():  # warm-up
+    fns = {"encode": encode, "forward": forward}
+    if split:
+        fns["summary"] = with_summary(None)
+        if enc.has_lora:
+            fns["summary_lora"] = with_summary(ENCODER_ADAPTER)
+    for fn in fns.values() if warmup else ():
         fn()
     times = interleaved(fns, reps)
     n_tokens = segments * seg
@@ -88,7 +91,7 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
     enc_tps, fwd_tps = tps["encode"], tps["forward"]
     return {"lloco_tokens_per_s": round(enc_tps, 1), "forward_tokens_per_s": round(fwd_tps, 1),
             "efficiency": round(enc_tps / fwd_tps, 4),
-            "with_summary_tokens_per_s": round(tps["summary"], 1),
+            "with_summary_tokens_per_s": round(tps["summary"], 1) if "summary" in tps else None,
             "with_summary_and_lora_tokens_per_s": round(tps["summary_lora"], 1) if "summary_lora" in tps else None,
             "positions_ceiling": round(seg / (seg + enc.config.summary_length), 4),
             "tokens": n_tokens, "segments": segments,
