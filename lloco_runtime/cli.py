@@ -188,6 +188,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run(args, _runtime)
 
 
+def _cmd_eval_report(args: argparse.Namespace) -> int:
+    from .evaluation.report import load_reports, markdown, summary_rows
+
+    reports = load_reports(args.paths)
+    datasets = list(dict.fromkeys(r.get("dataset") for r in reports))
+    tables = [markdown([r for r in reports if r.get("dataset") == d], args.baseline) for d in datasets]
+    print("\n\n".join(tables))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary_rows(reports, args.baseline), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     p = argparse.ArgumentParser(prog="lloco", description="LLoCO: answer over long documents with compressed "
@@ -317,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description=eval_cli.DESCRIPTION)
     eval_cli.add_arguments(s)
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("eval-report", help="tables with 95%% bootstrap intervals from saved `lloco eval --json` runs",
+                       description="Read `lloco eval --json` files (no model is loaded) and print, per dataset, each "
+                       "mode's headline score with a 95%% bootstrap confidence interval and, with --baseline, its "
+                       "paired difference to that mode over the same questions.")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="JSON files written by `lloco eval --json`")
+    s.add_argument("--baseline", default=None, metavar="MODE", help="mode to compare every other mode with "
+                   "(paired bootstrap over the questions both answered), e.g. none or rag")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    s.set_defaults(func=_cmd_eval_report)
 
     try:  # storage commands (db, ingest, ...) live with the store
         from .store.cli import register
