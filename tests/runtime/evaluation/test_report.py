@@ -8,8 +8,14 @@ import pytest
 
 from lloco_runtime.cli import main
 from lloco_runtime.errors import InputError
-from lloco_runtime.evaluation.report import (bootstrap_ci, load_reports, markdown, paired_delta,
-                                             question_scores, summary_rows)
+from lloco_runtime.evaluation.report import (
+    bootstrap_ci,
+    load_reports,
+    markdown,
+    paired_delta,
+    question_scores,
+    summary_rows,
+)
 
 
 def _report(mode, f1s, dataset="set", ctx=10.0):
