@@ -400,7 +400,7 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
         ids_ = tok(synthetic_passage(tok, segs * lloco.encoder.config.segment_length),
                    add_special_tokens=False)["input_ids"]
         report["compression"] = bench_model.bench_compression(lloco, ids_, segments=segs, reps=reps,
-                                                              split=not quick, warmup=not quick)
+                                                              split=not quick)
         lap("compression")
         # 5. retrieval and bulk insert
         if st is not None:
