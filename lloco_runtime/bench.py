@@ -410,8 +410,7 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
             res = store_bench.run(st, sizes=sizes, encoder=lloco.encoder if not quick else None,
                                   queries=queries or (50 if quick else 100), exact_baseline=True)
             report["retrieval"] = res["retrieval"]
-            report["store"] = {"ann_index": res.get("ann_index"), "inserts": res.get("inserts"),
-                               "index_builds": res.get("index_builds")}
+            report["store"] = {"ann_index": res.get("ann_index"), "inserts": res.get("inserts")}
             if res.get("ingest"):
                 report["ingest"]["without_compression"] = res["ingest"]["without_compression"]
             ins = [i for i in res.get("inserts", []) if i.get("chunks_per_s")]
