@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-TEXT_MODES = ("full", "rag", "none")
+TEXT_MODES = ("full", "rag")
 
 
 def _plt():
@@ -82,8 +82,11 @@ def load_eval_points(paths: list[str | Path], default_ratio: float | None = None
     return points
 
 
-def compression_ratio(run: dict[str, Any], default_ratio: float | None = None) -> float:
-    """Source text tokens per decoder context position for one eval run (1.0 for text modes)."""
+def compression_ratio(run: dict[str, Any], default_ratio: float | None = None) -> float | None:
+    """Source text tokens per decoder context position for one eval run (1.0 for text modes; None without
+    context)."""
+    if run.get("mode") == "none":
+        return None
     if run.get("mode") in TEXT_MODES:
         return 1.0
     rows = run.get("per_question") or []
@@ -97,20 +100,30 @@ def compression_ratio(run: dict[str, Any], default_ratio: float | None = None) -
 
 
 def plot_eval(points: list[dict[str, Any]], path: str | Path) -> Path:
-    """Compression ratio (log x) against the headline score, one marker per dataset, labelled by mode."""
+    """Compression ratio (log x) against the headline score, one marker per dataset, labelled by mode; the
+    no-context score (mode ``none``) as a dashed line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     datasets = sorted({str(p["dataset"]) for p in points})
     markers = "osD^v<>P*X"
     for i, ds in enumerate(datasets):
-        pts = [p for p in points if str(p["dataset"]) == ds and p["ratio"] == p["ratio"]]
+        for p in points:
+            if str(p["dataset"]) == ds and p["ratio"] is None:
+                ax.axhline(100 * p["score"], linestyle="--", linewidth=1, color=f"C{i}",
+                           label=f"{ds}: no context")
+        pts = [p for p in points if str(p["dataset"]) == ds and p["ratio"] is not None and p["ratio"] == p["ratio"]]
         ax.scatter([p["ratio"] for p in pts], [100 * p["score"] for p in pts], marker=markers[i % len(markers)],
-                   s=45, label=ds)
+                   s=45, label=ds, color=f"C{i}")
         for p in pts:
             ax.annotate(p["mode"], (p["ratio"], 100 * p["score"]), textcoords="offset points", xytext=(5, 3),
                         fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("compression ratio (source tokens per context position; text modes = 1)")
+    top = max([p["ratio"] for p in points if p["ratio"] is not None and p["ratio"] == p["ratio"]], default=1.0)
+    ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= 2 * top]
+    ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(0.8, 1.5 * top)
+    ax.set_xlabel("compression ratio (source tokens per context position; text modes = 1x)")
     metrics = sorted({p["metric"] for p in points})
     ax.set_ylabel(f"{' / '.join(metrics)} (%)")
     ax.set_title("quality against compression (lloco eval results)")

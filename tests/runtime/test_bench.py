@@ -135,6 +135,7 @@ def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
 
 def test_compression_ratio_of_eval_runs():
     assert bench_plot.compression_ratio({"mode": "rag"}) == 1.0
+    assert bench_plot.compression_ratio({"mode": "none"}) is None
     run = {"mode": "lloco", "per_question": [{"context_tokens": 16, "raw_context_tokens": 128},
                                              {"context_tokens": 48, "raw_context_tokens": 384}]}
     assert bench_plot.compression_ratio(run) == 8.0
