@@ -13,7 +13,9 @@ its rows with an ordinary query on its own table. A metadata filter restricts re
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -57,11 +59,13 @@ QUESTIONS = [
 
 def scratch_server() -> str:
     """A throwaway embedded Postgres standing in for the app's own database."""
-    from lloco_runtime.store.server import start_embedded
+    from lloco_runtime.store.server import start_embedded, stop_embedded
 
-    path = Path(tempfile.mkdtemp(prefix="app-pg-")) / "data"
-    print(f"No --url or LLOCO_DATABASE_URL: starting a scratch Postgres in {path} to stand in for yours.")
-    return start_embedded(path)
+    root = Path(tempfile.mkdtemp(prefix="app-pg-"))
+    print(f"No --url or LLOCO_DATABASE_URL: starting a scratch Postgres in {root} to stand in for yours.")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # runs last: after the server has stopped
+    atexit.register(stop_embedded, root / "data")
+    return start_embedded(root / "data")
 
 
 def app_tables(schema: str | None) -> tuple[MetaData, Table]:
