@@ -7,69 +7,8 @@ models built in milliseconds (``tiny_model_dir``, ``make_tiny_host``), and a det
 
 from __future__ import annotations
 
-import uuid
-import zlib
-
-import numpy as np
 import pytest
-from sqlalchemy import select
-
-TEXTS = {
-    "lighthouse": "The lighthouse at Carrow Point was built in 1852 after the schooner Margaret Ann was lost on "
-                  "the rocks. Its tower is forty-one metres tall and made from grey granite quarried on Skerra.",
-    "pump": "To reset the pump, switch off the mains supply and wait thirty seconds. Press the red reset "
-            "button until the green light flashes twice, then switch the supply back on.",
-    "bread": "To bake sourdough bread, feed the starter with flour and water the night before. Knead the dough, "
-             "let it rise slowly and bake it in a hot Dutch oven until the crust turns deep brown.",
-}
-
-
-class HashingEmbedder:
-    """Bag of words hashed into 64 dims: deterministic, instant, and good enough to rank chunks."""
-
-    name = "test/hashing-64"
-    dim = 64
-
-    def embed(self, texts):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            out[i, 0] = 1.0  # never a zero vector
-            for w in t.lower().split():
-                out[i, 1 + zlib.crc32(w.strip(".,?!").encode("utf-8", "replace")) % (self.dim - 1)] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def new_schema() -> str:
-    return "r_" + uuid.uuid4().hex[:10]
-
-
-def open_store(url: str, schema: str | None = None, **kw):
-    from lloco_runtime.store import CheatSheetStore
-
-    return CheatSheetStore(url, schema=schema or new_schema(), embedder=HashingEmbedder(), **kw)
-
-
-def snapshot(store) -> dict[str, list[tuple]]:
-    """Every row of every lloco table (key columns): equal snapshots mean the database was left as it was."""
-    t = store.tables
-    cols = {
-        "collections": (t.collections.c.id, t.collections.c.name),
-        "groups": (t.groups.c.id, t.groups.c.name, t.groups.c.active_adapter_id),
-        "documents": (t.documents.c.id, t.documents.c.doc_id, t.documents.c.sha256, t.documents.c.n_chunks,
-                      t.documents.c.encoder_fingerprint),
-        "chunks": (t.chunks.c.id, t.chunks.c.document_id, t.chunks.c.ordinal, t.chunks.c.text),
-        "cheat_sheets": (t.cheat_sheets.c.chunk_id, t.cheat_sheets.c.n_bytes, t.cheat_sheets.c.data),
-        "adapters": (t.adapters.c.id, t.adapters.c.version, t.adapters.c.n_bytes),
-        "settings": (t.settings.c.key, t.settings.c.value),
-    }
-    with store.engine.connect() as conn:
-        return {name: sorted(tuple(r) for r in conn.execute(select(*c).order_by(c[0]))) for name, c in cols.items()}
-
-
-def docs(prefix: str = "", meta: dict | None = None):
-    from lloco_runtime.store import DocumentInput
-
-    return [DocumentInput(prefix + k, v, dict(meta or {}, topic=k)) for k, v in TEXTS.items()]
+from reliability_helpers import docs, new_schema, open_store
 
 
 @pytest.fixture
@@ -90,26 +29,6 @@ def filled(store, tiny_encoder):
     """The store with the three texts ingested into default/g by the session's tiny encoder."""
     store.ingest(docs(), group="g", encoder=tiny_encoder)
     return store
-
-
-def make_adapter_bytes(host, encoder_fingerprint: str | None, *, seed: int, r: int = 4) -> bytes:
-    """A random LoRA (non-zero lora_B, so it changes outputs) as lloco adapter bytes; the host is left clean."""
-    import torch
-    from peft import LoraConfig
-
-    from lloco_runtime import AdapterArtifact
-
-    name = f"tmp_rel_{seed}"
-    host.add_adapter(name, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "o_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in host.model.named_parameters():
-            if "lora_B" in pname and name in pname:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder_fingerprint)
-    host.delete_adapter(name)
-    return art.to_bytes()
 
 
 def pytest_configure(config):

@@ -14,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import TEXTS, docs, make_adapter_bytes, snapshot
+from reliability_helpers import TEXTS, docs, make_adapter_bytes, snapshot
 
 from lloco_runtime.cli import main
 from lloco_runtime.errors import (
@@ -80,7 +80,7 @@ def test_bad_files_python_api(filled, tiny_encoder, tmp_path, name):
 @pytest.fixture(scope="module")
 def cli_filled(pg_url, tiny_encoder):
     """A store with the default embedder (the one the CLI opens), the three texts in default/g. Read-only."""
-    from conftest import new_schema
+    from reliability_helpers import new_schema
 
     from lloco_runtime.embeddings import default_embedder
     from lloco_runtime.store import CheatSheetStore

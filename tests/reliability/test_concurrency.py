@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import TEXTS, docs, make_adapter_bytes, new_schema, open_store
+from reliability_helpers import TEXTS, docs, make_adapter_bytes, new_schema, open_store
 from sqlalchemy import create_engine, func, select, text
 
 from lloco_runtime.errors import LLoCOError, StoreError

@@ -93,7 +93,7 @@ def _consistency(store) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_sigkill_during_ingest_then_rerun_stores_each_document_once(pg_url, tiny_model_dir, tmp_path):
-    from conftest import new_schema
+    from reliability_helpers import new_schema
 
     from lloco_runtime.embeddings import default_embedder
     from lloco_runtime.store import CheatSheetStore
@@ -133,7 +133,7 @@ def test_sigkill_during_ingest_then_rerun_stores_each_document_once(pg_url, tiny
 
 
 FINETUNE_CHILD = PAUSE_HOOK + textwrap.dedent("""
-    from conftest import open_store
+    from reliability_helpers import open_store
     from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
     from lloco_runtime.service import LLoCOService
     from lloco_runtime.training.finetune import FinetuneConfig, finetune_group
@@ -152,7 +152,7 @@ FINETUNE_CHILD = PAUSE_HOOK + textwrap.dedent("""
 @pytest.mark.parametrize("needle", ["INSERT INTO {schema}.adapters", "UPDATE {schema}.groups"],
                          ids=["insert-adapter", "activate"])
 def test_sigkill_while_registering_a_finetuned_adapter(pg_url, tiny_model_dir, tmp_path, needle):
-    from conftest import docs, make_adapter_bytes, new_schema, open_store, snapshot
+    from reliability_helpers import docs, make_adapter_bytes, new_schema, open_store, snapshot
 
     from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
     from lloco_runtime.service import LLoCOService

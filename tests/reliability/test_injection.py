@@ -9,7 +9,7 @@ test_store_filters.py (hostile filter values) to the CLI, both integrations and 
 from __future__ import annotations
 
 import pytest
-from conftest import TEXTS, docs, make_adapter_bytes, new_schema, open_store, snapshot
+from reliability_helpers import TEXTS, docs, make_adapter_bytes, new_schema, open_store, snapshot
 from sqlalchemy import create_engine, text
 
 from lloco_runtime.cli import main

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import docs, make_adapter_bytes
+from reliability_helpers import docs, make_adapter_bytes
 from safetensors.torch import load_file, save_file
 
 from lloco_runtime import ContextEncoder, EncoderConfig, load_model

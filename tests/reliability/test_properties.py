@@ -15,9 +15,9 @@ import zlib
 
 import pytest
 import torch
-from conftest import new_schema, open_store
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import new_schema, open_store
 
 from lloco_runtime.codec import MAGIC, VERSION, decode_tensor, encode_tensor
 from lloco_runtime.errors import CheatSheetError, InputError
