@@ -14,6 +14,8 @@ import logging
 import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,21 @@ def self_supervised_pairs(chunks, rng: random.Random, limit: int) -> list[Pair]:
     return pairs[:limit]
 
 
+@contextmanager
+def lora_dropout_off(model: torch.nn.Module, adapter: str) -> Iterator[None]:
+    """``adapter``'s LoRA dropout in eval mode for the block (peft injects modules in training mode, so
+    validation would otherwise see random dropout), back in training mode afterwards."""
+    dropouts = [m.lora_dropout[adapter] for m in model.modules()
+                if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) and adapter in m.lora_dropout]
+    for d in dropouts:
+        d.eval()
+    try:
+        yield
+    finally:
+        for d in dropouts:
+            d.train()
+
+
 class _Batcher:
     """Renders pairs through the serving template and computes the answer-only loss."""
 
@@ -233,7 +250,7 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
         print(f"resuming from checkpoint at step {start}")
 
     def val_loss(adapter: str | None) -> float:
-        with torch.no_grad():
+        with lora_dropout_off(host.model, TRAIN_ADAPTER), torch.no_grad():
             return sum(batcher.loss(p, adapter).item() for p in val) / len(val)
 
     try:

@@ -133,3 +133,29 @@ def test_finetune_resumes_from_its_checkpoint(service, tmp_path, capsys, monkeyp
     assert "resuming from checkpoint at step 2" in capsys.readouterr().out
     assert [r["step"] for r in hist["train"]] == [1, 2, 3, 4]
     assert len(service.store.list_adapters("g")) == 1
+
+
+
+def test_validation_runs_with_lora_dropout_off(make_tiny_host):
+    """With dropout on, the same input gives different logits on every call; inside ``lora_dropout_off`` it
+    does not, and afterwards the dropout trains again."""
+    from peft import LoraConfig
+
+    from lloco_runtime.training.finetune import lora_dropout_off
+
+    host = make_tiny_host()
+    host.add_adapter("t", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.9, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in host.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
+    ids = torch.arange(3, 19).unsqueeze(0)
+
+    def logits():
+        with host.using("t") as model, torch.no_grad():
+            return model(input_ids=ids).logits
+
+    assert not torch.equal(logits(), logits())
+    with lora_dropout_off(host.model, "t"):
+        assert torch.equal(logits(), logits())
+    assert not torch.equal(logits(), logits())
