@@ -180,3 +180,32 @@ def test_second_default_load_uses_the_cache(default_host, monkeypatch):
     by_path = load_model(default_gguf_path())
     assert by_path.path == default_host.path
     assert by_path.name == default_gguf_path().stem
+
+
+def test_adapter_switching_routes_without_touching_trainability(make_tiny_host):
+    """Injected adapters start frozen; ``using`` only routes (which adapter runs, or none) and leaves the
+    ``requires_grad`` flags a trainer set; outputs follow the routing."""
+    from peft import LoraConfig
+
+    host = make_tiny_host()
+    for name, seed in (("a", 1), ("b", 2)):
+        host.add_adapter(name, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for pname, p in host.model.named_parameters():
+                if "lora_B" in pname and f".{name}." in pname:
+                    p.copy_(torch.randn(p.shape, generator=gen))
+    lora = {n: p for n, p in host.model.named_parameters() if "lora_" in n}
+    assert lora and not any(p.requires_grad for p in lora.values())
+    for n, p in lora.items():  # a trainer marks adapter "a" trainable
+        p.requires_grad_(".a." in n)
+    ids = torch.arange(3, 15).unsqueeze(0)
+
+    def out(adapter):
+        with host.using(adapter) as model, torch.no_grad():
+            return model(input_ids=ids).logits
+
+    base, a, b = out(None), out("a"), out("b")
+    assert not torch.equal(base, a) and not torch.equal(a, b) and not torch.equal(base, b)
+    assert torch.equal(out("a"), a) and torch.equal(out(None), base) and torch.equal(out("b"), b)
+    assert {n for n, p in lora.items() if p.requires_grad} == {n for n in lora if ".a." in n}
