@@ -282,7 +282,9 @@ class ContextEncoder(nn.Module):
         for i, r in enumerate(rows):
             x[i, length - r.shape[0]:] = r
             mask[i, length - r.shape[0]:] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions: torch.Tensor | None = (mask.cumsum(-1) - 1).clamp(min=0)
+        if all(r.shape[0] == length for r in rows):  # no padding: the plain causal path (SDPA's fast kernel)
+            mask = positions = None
         backbone = getattr(model, model.base_model_prefix)
         layer = self.config.summary_layer
         out = backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions,
