@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MODE_CHOICES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter")
+MODE_CHOICES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter", "lloco-control",
+                "lloco-adapter-control")
 
 DESCRIPTION = (
     "Answer a dataset folder's questions (documents.jsonl + questions.jsonl, the shared/eval format) with one "
@@ -17,7 +18,9 @@ DESCRIPTION = (
     "multiple-choice accuracy, substring accuracy or ROUGE. Modes: none (question only); full (the document "
     "as text, head-truncated to the window); rag (top-k retrieved chunks as text); lloco (their cheat sheets, "
     "no adapter); lloco-adapter (with the group's active adapter); lloco-doc[-adapter] (the document's own "
-    "cheat sheets in order). The documents are ingested into --group first (a no-op when unchanged)."
+    "cheat sheets in order); lloco[-adapter]-control (the cheat sheets retrieved for another question: the "
+    "control that separates content read from the cheat sheets from a learned answer format). The documents "
+    "are ingested into --group first (a no-op when unchanged)."
 )
 
 

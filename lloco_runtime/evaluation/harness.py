@@ -13,6 +13,10 @@ only the context differs:
 - ``lloco-adapter``: the same with the group's active adapter.
 - ``lloco-doc`` / ``lloco-doc-adapter``: the question's document's own cheat sheets in order (no
   retrieval, as in the paper's QA experiments), head-truncated to the window like ``full``.
+- ``lloco-control`` / ``lloco-adapter-control``: the control every cheat-sheet claim needs: the cheat sheets
+  retrieved for *another* question (the next selected question about a different document), so the context
+  is real but unrelated. A trained adapter also learns the answer format, which helps whatever the context;
+  only the gap between ``lloco-adapter`` and ``lloco-adapter-control`` is knowledge read from cheat sheets.
 
 Retrieval modes search the whole group (all documents of the set), so other documents act as distractors.
 The set's documents are ingested into the group once; re-ingesting unchanged documents with the same
@@ -36,10 +40,13 @@ from .datasets import Dataset, Question
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter")
+MODES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter", "lloco-control",
+         "lloco-adapter-control")
+RETRIEVAL_MODES = frozenset({"rag", "lloco", "lloco-adapter", "lloco-control", "lloco-adapter-control"})
+CONTROL_MODES = frozenset({"lloco-control", "lloco-adapter-control"})
 COMPARE_DEFAULT = ("none", "full", "rag", "lloco", "lloco-adapter")
 STORE_MODES = frozenset(MODES) - {"none", "full"}
-ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter"})
+ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter", "lloco-adapter-control"})
 DEFAULT_MAX_NEW_TOKENS = {"qa": 32, "contains": 32, "choice": 8, "rouge": 128}
 MARGIN = 16  # tokens kept free when truncating: decode -> re-encode can shift a token or two
 MC_INSTRUCTION = "Answer with the letter of the correct option."
@@ -249,9 +256,13 @@ class Harness:
         elif mode == "full":
             context, info = self.full_context(q, qtext)
             n_ctx = len(self._tokens(context))
-        elif mode in ("rag", "lloco", "lloco-adapter"):
+        elif mode in RETRIEVAL_MODES:
+            query = q.question
+            if mode in CONTROL_MODES:
+                other = self.control_question(q)
+                query, info["control_qid"] = other.question, other.qid
             t0 = time.perf_counter()
-            res = self.service.retrieve(q.question, group=self.settings.group, collection=self.settings.collection,
+            res = self.service.retrieve(query, group=self.settings.group, collection=self.settings.collection,
                                         top_k=self.settings.top_k, mode=self.settings.retrieval,
                                         load_cheat_sheets=mode != "rag")
             info["retrieval_s"] = time.perf_counter() - t0
@@ -279,6 +290,17 @@ class Harness:
                 "prompt_tokens": result.prompt_tokens, "prefill_s": result.prefill_s,
                 "generate_s": result.total_s, "latency_s": latency, **info}
 
+    def control_question(self, q: Question) -> Question:
+        """The next selected question (cyclically) about a different document: whose retrieval is the
+        unrelated context of the control modes. With a single document, the next question."""
+        qs = self.questions
+        i = next(k for k, x in enumerate(qs) if x.qid == q.qid)
+        for step in range(1, len(qs)):
+            other = qs[(i + step) % len(qs)]
+            if other.doc_id != q.doc_id:
+                return other
+        return qs[(i + 1) % len(qs)]
+
     def run(self, mode: str, *, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Evaluate every selected question in ``mode``; the report dict (see :func:`summarise`)."""
         if mode not in MODES:
@@ -305,7 +327,7 @@ class Harness:
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
             "truncation": ("head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
                            if mode in ("full", "lloco-doc", "lloco-doc-adapter") else None),
-            "retrieval_scope": "group" if mode in ("rag", "lloco", "lloco-adapter") else None,
+            "retrieval_scope": "group" if mode in RETRIEVAL_MODES else None,
         }
         return summarise(self.dataset.name, mode, self.dataset.metric, rows, settings)
 

@@ -117,3 +117,17 @@ def test_prompt_shows_options_and_asks_for_a_letter():
     assert score(q, "(B)", "choice")["correct"] == 1.0
     r = score(Question("r", "d", "Sum?", ("the cat sat",)), "the cat", "rouge")
     assert r["rouge"]["rouge1"] == pytest.approx(0.8) and r["f1"] is None
+
+
+def test_control_mode_reads_the_cheat_sheets_retrieved_for_a_question_about_another_document(
+        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path):
+    out = tmp_path / "ctl.json"
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare", "lloco,lloco-control",
+                 "--top-k", "1", "--retrieval", "fulltext", "--json", str(out)) == 0
+    runs = {r["mode"]: r for r in json.loads(out.read_text())["runs"]}
+    own = {row["qid"]: row for row in runs["lloco"]["per_question"]}
+    doc_of = {qid: row["doc_id"] for qid, row in own.items()}
+    for row in runs["lloco-control"]["per_question"]:
+        other = row["control_qid"]
+        assert doc_of[other] != row["doc_id"]  # a question about another document
+        assert row["chunk_ids"] == own[other]["chunk_ids"] != own[row["qid"]]["chunk_ids"]
