@@ -83,6 +83,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if not args.question.strip():
         raise InputError("the question is empty")
     store = CheatSheetStore(args.url, schema=args.schema, create=False)
+    store.get_group(args.group, args.collection)  # an unknown group fails here, before the model loads
     service = LLoCOService(_runtime(args), store)
     gen = {"max_new_tokens": args.max_new_tokens}
     kwargs = dict(group=args.group, collection=args.collection, top_k=args.top_k, mode=args.mode,

@@ -276,6 +276,9 @@ def test_unknown_names_cli(cli_filled, pg_url, capsys, tiny_model_dir):
         assert "error: " in err and ("does not exist" in err or "lloco " in err), err
     code, err = _cli(["db", "status", "--url", pg_url, "--schema", "r_never_made"], capsys)
     assert code == 1 and "lloco db init" in err
+    # the group is checked before any model loads: a model path that does not exist is never reached
+    code, err = _cli(["ask", "q?", "--group", "nope", "--model", "/nonexistent/model", *db], capsys)
+    assert code == 1 and "nope" in err and "/nonexistent/model" not in err, err
     assert snapshot(filled) == before
 
 
