@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import config
 
-from .errors import InputError, LLoCOError
+from .errors import ConfigError, InputError, LLoCOError
 
 
 def _runtime(args: argparse.Namespace):
@@ -113,9 +113,13 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     cfg = EncoderTrainingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                                 continuation_length=args.continuation_length,
                                 continuation_weight=args.continuation_weight,
-                                reconstruction_weight=args.reconstruction_weight, eval_every=args.eval_every,
+                                reconstruction_weight=args.reconstruction_weight,
+                                distill_weight=args.distill_weight, qa_weight=args.qa_weight,
+                                max_minutes=args.minutes, eval_every=args.eval_every,
                                 eval_pairs=args.eval_pairs, checkpoint_every=args.checkpoint_every,
                                 seed=args.seed)
+    if args.qa and not args.qa_weight:
+        raise ConfigError("--qa needs a positive --qa-weight (the weight of the QA objective), e.g. --qa-weight 1")
     host = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.encoder:
         encoder = ContextEncoder.load(args.encoder, host)
@@ -123,8 +127,10 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         encoder = ContextEncoder(host, EncoderConfig(segment_length=args.segment_length,
                                                      summary_length=args.summary_length,
                                                      summary_layer=args.summary_layer, lora_r=args.lora_r,
-                                                     lora_alpha=2 * args.lora_r if args.lora_r else 32))
-    history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume)
+                                                     lora_alpha=2 * args.lora_r if args.lora_r else 32,
+                                                     lora_target_modules=tuple(args.lora_targets.split(","))))
+    history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume,
+                            qa_path=args.qa or None)
     v = history["val"][-1]
     print(f"done: {history['train'][-1]['step']} steps in {history['seconds'] / 60:.1f} min; held-out loss "
           f"no-context {v['no_context']:.3f}, cheat sheet {v['cheat_sheet']:.3f}, wrong sheet "
@@ -271,13 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary-layer", type=int, default=None, help="layer to read summaries from "
                    "(default: final layer after norm)")
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")
-    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj",
+                   help="modules of the encoder LoRA, comma-separated (add gate_proj,up_proj,down_proj for the MLPs)")
+    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (the most, with --minutes)")
+    s.add_argument("--minutes", type=float, default=None, help="train for about this long: the step count and "
+                   "learning-rate schedule are fitted to the pace of the first steps")
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--warmup", type=int, default=50)
     s.add_argument("--continuation-length", type=int, default=128)
     s.add_argument("--continuation-weight", type=float, default=1.0)
     s.add_argument("--reconstruction-weight", type=float, default=1.0)
+    s.add_argument("--distill-weight", type=float, default=0.0, help="KL from the decoder reading the segment as "
+                   "text to the decoder reading its cheat sheet (0: off)")
+    s.add_argument("--qa", default=None, help="QA JSONL ({doc_id, question, answers}, doc_id = a corpus file's "
+                   "stem) for the QA objective: cheat sheet of a window holding the answer + question -> answer")
+    s.add_argument("--qa-weight", type=float, default=0.0, help="weight of the QA objective (needs --qa)")
     s.add_argument("--eval-every", type=int, default=100)
     s.add_argument("--eval-pairs", type=int, default=24)
     s.add_argument("--checkpoint-every", type=int, default=50)

@@ -3,7 +3,12 @@
 Objectives, on pairs of consecutive windows ``(A, B)`` of a text corpus, through the frozen decoder:
 
 - **continuation** (AutoCompressor): language-model loss on ``B`` given only the cheat sheet of ``A``;
-- **reconstruction** (autoencoding, as in ICAE): loss on ``A`` itself given its cheat sheet and a cue.
+- **reconstruction** (autoencoding, as in ICAE): loss on ``A`` itself given its cheat sheet and a cue;
+- **distillation**: KL divergence from the decoder reading ``A`` as plain text to the decoder reading its
+  cheat sheet, on the tokens of ``B`` (the full-text model's whole next-token distribution is the target);
+- **qa** (optional, ``--qa FILE``): ``[cheat sheet of a window holding the answer | question] -> answer``
+  through the serving prompt template, for corpora with QA pairs (``{"doc_id", "question", "answers"}``,
+  ``doc_id`` naming a corpus file). It asks the sheet for the facts questions ask about.
 
 :func:`evaluate_encoder` is the held-out measurement the issue asks for: loss on ``B`` with no context, with
 the right cheat sheet, with a *wrong* cheat sheet (another segment's; the control that separates content
@@ -12,6 +17,7 @@ from a learned format prompt) and with ``A`` as plain text (the ceiling).
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import random
@@ -43,6 +49,11 @@ class EncoderTrainingConfig:
     continuation_length: int = field(default=128, metadata={"help": "tokens of B scored after A's sheet"})
     continuation_weight: float = 1.0
     reconstruction_weight: float = field(default=1.0, metadata={"help": "0 disables reconstruction"})
+    distill_weight: float = field(default=0.0, metadata={"help": "KL to the text-context decoder on B"})
+    qa_weight: float = field(default=0.0, metadata={"help": "answer loss on QA pairs (needs a QA file)"})
+    max_answer_tokens: int = 32
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "stop after about this many minutes; the learning-rate schedule is fitted to the steps that fit"})
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_pairs: int = 24
@@ -52,10 +63,13 @@ class EncoderTrainingConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.continuation_length < 2:
             raise ConfigError("steps and batch_size must be >= 1 and continuation_length >= 2")
-        if self.continuation_weight < 0 or self.reconstruction_weight < 0:
+        weights = (self.continuation_weight, self.reconstruction_weight, self.distill_weight, self.qa_weight)
+        if min(weights) < 0:
             raise ConfigError("objective weights must be >= 0")
-        if self.continuation_weight + self.reconstruction_weight == 0:
+        if sum(weights) == 0:
             raise ConfigError("at least one objective needs a positive weight")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
 
 def read_corpus(path: str | Path) -> list[tuple[str, str]]:
@@ -118,7 +132,126 @@ def _scored_loss(model, prefix: torch.Tensor | None, target: torch.Tensor, embed
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), gold.reshape(-1))
 
 
-def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConfig) -> dict[str, torch.Tensor]:
+@dataclass
+class QAItem:
+    """A QA pair located in a corpus document: the answer's token span and the answer's target ids."""
+
+    doc: int
+    start: int
+    end: int
+    question: str
+    target: list[int]
+
+
+def read_qa_items(encoder: ContextEncoder, path: str | Path, names: Sequence[str], token_docs: Sequence[list[int]],
+                  texts: Sequence[str], max_answer_tokens: int) -> tuple[list[QAItem], list[tuple[int, str]]]:
+    """QA rows whose answer occurs in their document, and ``(line, reason)`` for every row not used."""
+    tok = encoder.tokenizer
+    by_name = {n: i for i, n in enumerate(names)}
+    offsets: dict[int, list[int]] = {}
+    items: list[QAItem] = []
+    bad: list[tuple[int, str]] = []
+    eos = tok.eos_token_id
+    for line, _, row in iter_jsonl(Path(path)):
+        if not isinstance(row, dict):
+            bad.append((line, "not a JSON object"))
+            continue
+        doc_id, question, answers = row.get("doc_id"), row.get("question"), row.get("answers")
+        if not isinstance(question, str) or not question.strip():
+            bad.append((line, "no question"))
+            continue
+        if not isinstance(answers, list) or not any(isinstance(a, str) and a.strip() for a in answers):
+            bad.append((line, "no non-empty answer"))
+            continue
+        if doc_id not in by_name:
+            bad.append((line, f"doc_id {doc_id!r} is not a training document of the corpus"))
+            continue
+        d = by_name[doc_id]
+        text = texts[d]
+        found = next(((a, text.find(a)) for a in answers if isinstance(a, str) and a.strip() and a in text), None)
+        if found is None:
+            bad.append((line, "no answer occurs in the document's text"))
+            continue
+        if d not in offsets:
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets[d] = [o[0] for o in enc["offset_mapping"]]
+        starts = offsets[d]
+        answer, c0 = found
+        t0 = max(0, bisect.bisect_right(starts, c0) - 1)
+        t1 = max(t0 + 1, bisect.bisect_left(starts, c0 + len(answer)))
+        if t1 - t0 > encoder.config.segment_length or len(token_docs[d]) < encoder.config.segment_length:
+            bad.append((line, "answer longer than a segment, or document shorter than one"))
+            continue
+        ids = tok(answer.strip(), add_special_tokens=False)["input_ids"][:max_answer_tokens]
+        items.append(QAItem(d, t0, t1, question.strip(), ids + ([int(eos)] if eos is not None else [])))
+    return items, bad
+
+
+class QASampler:
+    """Batches of QA items with a random segment-sized window around each answer (reproducible per step)."""
+
+    def __init__(self, items: Sequence[QAItem], token_docs: Sequence[list[int]], seg_len: int, seed: int) -> None:
+        self.items, self.docs, self.seg_len, self.seed = list(items), token_docs, seg_len, seed
+
+    def batch(self, step: int, size: int) -> tuple[list[list[int]], list[QAItem]]:
+        rng = random.Random(self.seed * 1_000_033 + step)
+        picked = rng.choices(self.items, k=size)
+        windows = []
+        for it in picked:
+            doc = self.docs[it.doc]
+            lo = max(0, it.end - self.seg_len)
+            hi = min(it.start, len(doc) - self.seg_len)
+            s = rng.randint(lo, max(lo, hi))
+            windows.append(doc[s:s + self.seg_len])
+        return windows, picked
+
+
+def _qa_loss(encoder: ContextEncoder, soft: torch.Tensor, items: Sequence[QAItem]) -> torch.Tensor:
+    """Answer loss of ``[template prefix | sheet | question suffix] -> answer`` (right-padded batch)."""
+    from ..prompt import PromptTemplate
+
+    host, tok = encoder.host, encoder.tokenizer
+    model, embed, dev = host.model, host.model.get_input_embeddings(), host.device
+    rows, spans = [], []
+    for sheet, it in zip(soft, items, strict=True):
+        pieces = PromptTemplate().build(tok, it.question, sheet).pieces
+        parts = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                parts.append(embed(torch.tensor(tok(piece, add_special_tokens=False)["input_ids"], device=dev)))
+            else:
+                parts.append(piece)
+        n = sum(p.shape[0] for p in parts)
+        parts.append(embed(torch.tensor(it.target, device=dev)))
+        rows.append(torch.cat(parts, dim=0))
+        spans.append((n, len(it.target)))
+    length = max(r.shape[0] for r in rows)
+    x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    labels = torch.full((len(rows), length), -100, dtype=torch.long, device=dev)
+    for i, (r, (n, m)) in enumerate(zip(rows, spans, strict=True)):
+        x[i, :r.shape[0]] = r  # right padding: causal attention never looks ahead at it
+        labels[i, n:n + m] = torch.tensor(items[i].target, device=dev)
+    logits = model(inputs_embeds=x, use_cache=False).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=-100)
+
+
+def _distill_loss(model, soft: torch.Tensor, a: torch.Tensor, b: torch.Tensor, embed) -> torch.Tensor:
+    """KL(text-context decoder || cheat-sheet decoder) over the next-token distributions of ``B[1:]``."""
+    n = b.shape[1]
+    with torch.no_grad():
+        x = embed(torch.cat([a, b], dim=1))
+        teacher = model(inputs_embeds=x, use_cache=False).logits[:, a.shape[1]:a.shape[1] + n - 1].float()
+    x = torch.cat([soft, embed(b)], dim=1)
+    p = soft.shape[1]
+    student = model(inputs_embeds=x, use_cache=False).logits[:, p:p + n - 1].float()
+    return F.kl_div(F.log_softmax(student, -1).reshape(-1, student.shape[-1]),
+                    F.log_softmax(teacher, -1).reshape(-1, teacher.shape[-1]), log_target=True,
+                    reduction="batchmean")
+
+
+def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConfig,
+               qa: tuple[list[list[int]], list[QAItem]] | None = None) -> dict[str, torch.Tensor]:
     host = encoder.host
     model = host.model
     embed = model.get_input_embeddings()
@@ -126,17 +259,29 @@ def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConf
     adapter = ENCODER_ADAPTER if encoder.has_lora else None
     with host.using(adapter):
         soft = encoder.summarize(a_rows)  # [B, S, H], differentiable
+        qa_soft = encoder.summarize(qa[0]) if qa is not None else None
     losses: dict[str, torch.Tensor] = {}
     with host.using(None):
+        b = torch.tensor(b_rows, device=dev)
         if cfg.continuation_weight > 0:
-            b = torch.tensor(b_rows, device=dev)
             losses["continuation"] = _scored_loss(model, soft, b, embed)
         if cfg.reconstruction_weight > 0:
             cue = torch.tensor(encoder.tokenizer(RECON_CUE, add_special_tokens=False)["input_ids"], device=dev)
             prefix = torch.cat([soft, embed(cue).unsqueeze(0).expand(len(a_rows), -1, -1)], dim=1)
             a = torch.tensor(a_rows, device=dev)
             losses["reconstruction"] = _scored_loss(model, prefix, a, embed)
+        if cfg.distill_weight > 0:
+            losses["distill"] = _distill_loss(model, soft, torch.tensor(a_rows, device=dev), b, embed)
+        if qa_soft is not None:
+            losses["qa"] = _qa_loss(encoder, qa_soft, qa[1])
     return losses
+
+
+def _autocast(encoder: ContextEncoder):
+    """bf16 autocast for float32 models on CUDA (master weights stay float32); a no-op elsewhere."""
+    dev = encoder.host.device
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
+                          enabled=dev.type == "cuda" and encoder.dtype == torch.float32)
 
 
 @torch.no_grad()
@@ -176,10 +321,11 @@ def _trainable(encoder: ContextEncoder) -> tuple[list[str], list[torch.nn.Parame
 @torch.enable_grad()
 def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Path,
                   cfg: EncoderTrainingConfig | None = None, *, resume: bool = True, progress: bool = True,
-                  val_texts: Sequence[str] | None = None) -> dict:
+                  val_texts: Sequence[str] | None = None, qa_path: str | Path | None = None) -> dict:
     """Train ``encoder`` in place on ``corpus``; checkpoints, history, loss PNG and the artifact go to
     ``out_dir`` (``encoder/`` is loadable with :meth:`ContextEncoder.load`). Resumes from the last
-    checkpoint in ``out_dir`` when ``resume``. Returns the history dict."""
+    checkpoint in ``out_dir`` when ``resume``. ``qa_path`` (with ``cfg.qa_weight > 0``) adds the QA objective
+    on pairs whose ``doc_id`` names a training document of the corpus. Returns the history dict."""
     from peft import set_peft_model_state_dict
     from tqdm.auto import tqdm
 
@@ -193,8 +339,22 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
     n_val = 0 if val_texts is not None else max(1, len(docs) // 20)
     val = list(val_texts) if val_texts is not None else [docs[i][1] for i in order[:n_val]]
     train = [docs[i][1] for i in order[n_val:]]
-    sampler = PairSampler(_tokenize(encoder, train), encoder.config.segment_length, cfg.continuation_length,
-                          cfg.seed)
+    train_tokens = _tokenize(encoder, train)
+    sampler = PairSampler(train_tokens, encoder.config.segment_length, cfg.continuation_length, cfg.seed)
+    qa_sampler: QASampler | None = None
+    if (cfg.qa_weight > 0) != (qa_path is not None):
+        raise ConfigError("the QA objective needs both a QA file (--qa) and a positive --qa-weight")
+    if qa_path is not None:
+        items, bad = read_qa_items(encoder, qa_path, [docs[i][0] for i in order[n_val:]], train_tokens, train,
+                                   cfg.max_answer_tokens)
+        for line, reason in bad[:20]:
+            log.warning("%s:%d: not used: %s", qa_path, line, reason)
+        print(f"QA objective: {len(items)} pairs from {qa_path}, {len(bad)} rows not used"
+              + (" (first reasons in the log)" if bad else ""))
+        if not items:
+            raise InputError(f"no usable QA pair in {qa_path}: doc_id must name a corpus file (its stem) and an "
+                             "answer must occur in that document's text")
+        qa_sampler = QASampler(items, train_tokens, encoder.config.segment_length, cfg.seed)
 
     host = encoder.host
     for p in host.model.parameters():
@@ -225,7 +385,8 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
         print(f"resuming from checkpoint at step {start_step}")
 
     def evaluate(step: int) -> None:
-        res = evaluate_encoder(encoder, val, n_pairs=cfg.eval_pairs, b_len=cfg.continuation_length)
+        with _autocast(encoder):
+            res = evaluate_encoder(encoder, val, n_pairs=cfg.eval_pairs, b_len=cfg.continuation_length)
         history["val"].append({"step": step, **res})
 
     def checkpoint(step: int) -> None:
@@ -235,16 +396,27 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
 
     if start_step == 0 and not history["val"]:
         evaluate(0)
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-encoder",
-               disable=not progress)
-    t_last = time.perf_counter()
-    for step in bar:
+    weights = {"continuation": cfg.continuation_weight, "reconstruction": cfg.reconstruction_weight,
+               "distill": cfg.distill_weight, "qa": cfg.qa_weight}
+    total = int(history.get("planned_steps") or cfg.steps)
+    bar = tqdm(initial=start_step, total=total, desc="train-encoder", disable=not progress)
+    t_begin = t_last = time.perf_counter()
+    step = start_step
+    while step < total:
+        if cfg.max_minutes is not None and step - start_step >= 10:
+            # Fit the plan to the time budget: the steps the measured pace allows (evaluations included).
+            pace = (time.perf_counter() - t_begin) / (step - start_step)
+            left = cfg.max_minutes * 60 - (history["seconds"] + time.perf_counter() - t_last)
+            total = min(cfg.steps, max(step + 1, step + int(left / pace)))
+            history["planned_steps"] = total
+            bar.total = total
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, base=cfg.lr, warmup=cfg.warmup, total=cfg.steps)
+            g["lr"] = lr_at(step, base=cfg.lr, warmup=cfg.warmup, total=total)
         a_rows, b_rows = sampler.batch(step, cfg.batch_size)
-        losses = _objective(encoder, a_rows, b_rows, cfg)
-        loss = (cfg.continuation_weight * losses.get("continuation", torch.tensor(0.0))
-                + cfg.reconstruction_weight * losses.get("reconstruction", torch.tensor(0.0)))
+        qa = qa_sampler.batch(step, cfg.batch_size) if qa_sampler is not None else None
+        with _autocast(encoder):
+            losses = _objective(encoder, a_rows, b_rows, cfg, qa)
+        loss = sum(weights[k] * v for k, v in losses.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -254,16 +426,19 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
         t_last = now
         row = {"step": step + 1, "loss": loss.item()} | {k: v.item() for k, v in losses.items()}
         history["train"].append(row)
+        bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "step"})
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        last = step + 1 == total
+        if (step + 1) % cfg.eval_every == 0 or last:
             evaluate(step + 1)
             v = history["val"][-1]
             bar.write(f"step {step + 1}: held-out loss no-context {v['no_context']:.3f} | cheat sheet "
                       f"{v['cheat_sheet']:.3f} | wrong sheet {v['wrong_cheat_sheet']:.3f} | text "
                       f"{v['text_context']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
             checkpoint(step + 1)
             _write_outputs(encoder, out, history)
+        step += 1
     bar.close()
     for p in params:
         p.requires_grad_(False)

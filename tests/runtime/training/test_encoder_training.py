@@ -140,3 +140,96 @@ def test_read_corpus_skips_jsonl_rows_without_text(tmp_path):
     (tmp_path / "qa.jsonl").write_text('{"question": "q", "answers": ["a"]}\n')
     (tmp_path / "a.txt").write_text("some text")
     assert [n for n, _ in read_corpus(tmp_path)] == ["a"]
+
+
+def _qa_file(tmp_path, corpus):
+    text = (corpus / "doc1.txt").read_text()
+    answer = " ".join(text.split()[50:53])
+    rows = [
+        {"doc_id": "doc1", "question": "Which three words come here?", "answers": [answer]},
+        {"doc_id": "doc1", "question": "Absent?", "answers": ["zebra unicorn"]},
+        {"doc_id": "nope", "question": "Unknown doc?", "answers": [answer]},
+        {"doc_id": "doc1", "question": "Empty?", "answers": [""]},
+        ["not", "an", "object"],
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path, answer
+
+
+def test_qa_items_locate_answers_and_report_unusable_rows(make_tiny_host, corpus, tmp_path):
+    from lloco_runtime.training.encoder_training import QASampler, read_qa_items
+
+    enc = _encoder(make_tiny_host)
+    path, answer = _qa_file(tmp_path, corpus)
+    names, texts = zip(*read_corpus(corpus), strict=True)
+    tokens = [enc.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    items, bad = read_qa_items(enc, path, names, tokens, texts, max_answer_tokens=8)
+    assert len(items) == 1 and sorted(line for line, _ in bad) == [2, 3, 4, 5]
+    reasons = dict(bad)
+    assert "no answer occurs" in reasons[2] and "not a training document" in reasons[3]
+    assert "no non-empty answer" in reasons[4] and "not a JSON object" in reasons[5]
+    it = items[0]
+    span = items[0].start, items[0].end
+    doc = tokens[items[0].doc]
+    for seed_step in range(5):  # every sampled window holds the whole answer span
+        windows, picked = QASampler(items, tokens, 32, seed=seed_step).batch(seed_step, 3)
+        assert picked == [items[0]] * 3
+        for w in windows:
+            assert len(w) == 32
+            starts = [s for s in range(len(doc) - 31) if doc[s:s + 32] == w]
+            assert any(s <= span[0] and span[1] <= s + 32 for s in starts)
+    assert answer.split()[1] in enc.tokenizer.decode(doc[span[0]:span[1]])
+    assert it.target[-1] == enc.tokenizer.eos_token_id
+
+
+def test_qa_and_distill_objectives_train_under_bf16_autocast(make_tiny_host, corpus, tmp_path, monkeypatch):
+    """The CUDA path (float32 master weights, bf16 autocast) with every objective, run on CPU autocast."""
+    import lloco_runtime.training.encoder_training as et
+
+    monkeypatch.setattr(et, "_autocast", lambda enc: torch.autocast("cpu", dtype=torch.bfloat16))
+    enc = _encoder(make_tiny_host)
+    path, _ = _qa_file(tmp_path, corpus)
+    before = {k: v.detach().clone() for k, v in enc.trainable_state().items()}
+    hist = train_encoder(enc, corpus, tmp_path / "run", _cfg(steps=3, distill_weight=1.0, qa_weight=1.0),
+                         progress=False, qa_path=path)
+    row = hist["train"][-1]
+    assert {"continuation", "reconstruction", "distill", "qa"} <= set(row)
+    assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
+    after = enc.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert enc.embed_summary.weight.dtype == torch.float32
+
+
+def test_qa_objective_needs_file_and_weight(make_tiny_host, corpus, tmp_path):
+    enc = _encoder(make_tiny_host)
+    path, _ = _qa_file(tmp_path, corpus)
+    with pytest.raises(ConfigError, match="QA file"):
+        train_encoder(enc, corpus, tmp_path / "a", _cfg(qa_weight=1.0), progress=False)
+    with pytest.raises(ConfigError, match="qa-weight"):
+        train_encoder(enc, corpus, tmp_path / "b", _cfg(), progress=False, qa_path=path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"doc_id": "nope", "question": "q?", "answers": ["a"]}) + "\n")
+    with pytest.raises(InputError, match="no usable QA pair"):
+        train_encoder(enc, corpus, tmp_path / "c", _cfg(qa_weight=1.0), progress=False, qa_path=bad)
+
+
+def test_time_budget_fits_the_schedule_to_the_pace(make_tiny_host, corpus, tmp_path, monkeypatch):
+    """--minutes: after 10 steps the plan shrinks to what the budget allows, and the run ends with artifacts."""
+    import lloco_runtime.training.encoder_training as et
+
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 0.5  # every reading is half a second later: ~1 s per step
+        return clock["t"]
+
+    monkeypatch.setattr(et.time, "perf_counter", fake_clock)
+    enc = _encoder(make_tiny_host)
+    hist = train_encoder(enc, corpus, tmp_path / "run", _cfg(steps=1000, max_minutes=0.5, eval_every=1000,
+                                                             checkpoint_every=1000), progress=False)
+    assert 10 < len(hist["train"]) < 60
+    assert hist["planned_steps"] == len(hist["train"])
+    assert (tmp_path / "run" / "encoder" / "encoder.safetensors").exists()
+    with pytest.raises(ConfigError, match="max_minutes"):
+        EncoderTrainingConfig(max_minutes=0)
