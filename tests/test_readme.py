@@ -48,9 +48,9 @@ def block_id(heading: str) -> str:
 def shell_lines() -> list[str]:
     lines = []
     for _, body in blocks("bash"):
-        for raw in body.splitlines():
+        for raw in body.replace("\\\n", " ").splitlines():  # join backslash-continued lines
             if raw.strip():
-                lines.append(raw.strip())
+                lines.append(" ".join(raw.split()))
     return lines
 
 
