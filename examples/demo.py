@@ -317,9 +317,10 @@ def print_summary(questions: list[Question], started: float) -> None:
     print(f"  measured speedup over full-context prompting (median): {ttft:.0f}x to the first token, {total:.1f}x "
           "for the whole answer (decoding the answer itself costs the same either way)")
     print("  Reading: the context saving and the faster prefill are real; the answer quality is not there yet."
-          "\n  The decoder has 135M parameters and the shipped encoder had 75 CPU minutes of training, so its"
-          "\n  cheat sheets carry only a little of the text: expect cheat-sheet answers to be wrong where the full"
-          "\n  text is right. The paper's setup is a 7B decoder with the AutoCompressor encoder on a GPU (README).")
+          "\n  The decoder has 135M parameters and the shipped encoder had about 11 GPU minutes of training: its"
+          "\n  cheat sheets carry what a passage is about more than its exact words, so expect cheat-sheet answers"
+          "\n  to be wrong where the full text is right. The paper's setup is a 7B decoder with the AutoCompressor"
+          "\n  encoder on a GPU (README, EVALUATION.md).")
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s (after installation). Try it yourself:")
     print(f'  .venv/bin/lloco ask "Who was Elspeth Morrow?" --group {GROUP}')
     print(f"  .venv/bin/lloco adapters list --group {GROUP}")

@@ -145,32 +145,22 @@ class QAItem:
 
 def read_qa_items(encoder: ContextEncoder, path: str | Path, names: Sequence[str], token_docs: Sequence[list[int]],
                   texts: Sequence[str], max_answer_tokens: int) -> tuple[list[QAItem], list[tuple[int, str]]]:
-    """QA rows whose answer occurs in their document, and ``(line, reason)`` for every row not used."""
+    """QA rows (checked as ``lloco finetune`` checks them) whose answer occurs in their document, and
+    ``(line, reason)`` for every row not used."""
+    from .finetune import read_qa
+
     tok = encoder.tokenizer
     by_name = {n: i for i, n in enumerate(names)}
+    rows, bad = read_qa(path, set(by_name), unknown="not a training document of the corpus")
     offsets: dict[int, list[int]] = {}
     items: list[QAItem] = []
-    bad: list[tuple[int, str]] = []
     eos = tok.eos_token_id
-    for line, _, row in iter_jsonl(Path(path)):
-        if not isinstance(row, dict):
-            bad.append((line, "not a JSON object"))
-            continue
-        doc_id, question, answers = row.get("doc_id"), row.get("question"), row.get("answers")
-        if not isinstance(question, str) or not question.strip():
-            bad.append((line, "no question"))
-            continue
-        if not isinstance(answers, list) or not any(isinstance(a, str) and a.strip() for a in answers):
-            bad.append((line, "no non-empty answer"))
-            continue
-        if doc_id not in by_name:
-            bad.append((line, f"doc_id {doc_id!r} is not a training document of the corpus"))
-            continue
-        d = by_name[doc_id]
+    for row in rows:
+        d = by_name[row.doc_id]
         text = texts[d]
-        found = next(((a, text.find(a)) for a in answers if isinstance(a, str) and a.strip() and a in text), None)
+        found = next(((a, text.find(a)) for a in row.answers if a in text), None)
         if found is None:
-            bad.append((line, "no answer occurs in the document's text"))
+            bad.append((row.line, "no answer occurs in the document's text"))
             continue
         if d not in offsets:
             enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -180,11 +170,11 @@ def read_qa_items(encoder: ContextEncoder, path: str | Path, names: Sequence[str
         t0 = max(0, bisect.bisect_right(starts, c0) - 1)
         t1 = max(t0 + 1, bisect.bisect_left(starts, c0 + len(answer)))
         if t1 - t0 > encoder.config.segment_length or len(token_docs[d]) < encoder.config.segment_length:
-            bad.append((line, "answer longer than a segment, or document shorter than one"))
+            bad.append((row.line, "answer longer than a segment, or document shorter than one"))
             continue
-        ids = tok(answer.strip(), add_special_tokens=False)["input_ids"][:max_answer_tokens]
-        items.append(QAItem(d, t0, t1, question.strip(), ids + ([int(eos)] if eos is not None else [])))
-    return items, bad
+        ids = tok(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+        items.append(QAItem(d, t0, t1, row.question, ids + ([int(eos)] if eos is not None else [])))
+    return items, sorted(bad)
 
 
 class QASampler:

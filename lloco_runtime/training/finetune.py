@@ -73,8 +73,10 @@ class Pair:
     chunk_ids: list[int]
 
 
-def read_qa(path: str | Path, known_docs: set[str]) -> tuple[list[QARow], list[tuple[int, str]]]:
-    """Valid rows and ``(line, reason)`` for every rejected line (malformed, unknown doc, empty answers)."""
+def read_qa(path: str | Path, known_docs: set[str], *, unknown: str = "not ingested in this group"
+            ) -> tuple[list[QARow], list[tuple[int, str]]]:
+    """Valid rows and ``(line, reason)`` for every rejected line (malformed, unknown doc, empty answers);
+    ``unknown`` says where a known ``doc_id`` would have come from."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"QA file {p} does not exist")
@@ -98,7 +100,7 @@ def read_qa(path: str | Path, known_docs: set[str]) -> tuple[list[QARow], list[t
         if not isinstance(doc, str) or not doc:
             bad.append((n, "missing doc_id"))
         elif doc not in known_docs:
-            bad.append((n, f"unknown doc_id {doc!r} (not ingested in this group)"))
+            bad.append((n, f"unknown doc_id {doc!r} ({unknown})"))
         elif not isinstance(q, str) or not q.strip():
             bad.append((n, "missing or empty question"))
         elif (not isinstance(answers, list) or not answers
