@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import inspect
-import zlib
 
-import numpy as np
 import pytest
 import torch
+from lloco_test_support import HashingEmbedder, make_adapter_bytes
+
+LC_ADAPTER_MODULES = ("q_proj", "v_proj", "o_proj", "down_proj")
 
 GROUP_TEXTS = {
     "alpha": {
@@ -57,40 +58,6 @@ def pytest_pycollect_makeitem(collector, name, obj):
             node.add_marker(pytest.mark.asyncio)
 
 
-class HashingEmbedder:
-    """Bag of words hashed into 64 dims (deterministic, instant): enough to rank chunks in tests."""
-
-    name = "test/hashing-64"
-    dim = 64
-
-    def embed(self, texts):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            out[i, 0] = 1.0  # never a zero vector
-            for w in t.lower().split():
-                out[i, 1 + zlib.crc32(w.strip(".,?!").encode()) % (self.dim - 1)] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def make_adapter_bytes(host, encoder, *, seed: int) -> bytes:
-    """A random LoRA (non-zero lora_B so it changes outputs) as lloco adapter bytes; the model is left clean."""
-    from peft import LoraConfig
-
-    from lloco_runtime import AdapterArtifact
-
-    name = f"tmp_lc_{seed}"
-    host.add_adapter(name, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in host.model.named_parameters():
-            if "lora_B" in pname and name in pname:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder.fingerprint)
-    host.delete_adapter(name)
-    return art.to_bytes()
-
-
 @pytest.fixture(scope="session")
 def lc_lloco(tmp_path_factory, default_tokenizer):
     """Tiny random Llama (seed 1) with *untied* embeddings: a tied one just repeats the prompt's last token."""
@@ -132,7 +99,8 @@ def lc_service(lc_lloco, lc_store):
     for i, (group, docs) in enumerate(GROUP_TEXTS.items()):
         lc_store.ingest([DocumentInput(doc_id, text, {"topic": group}) for doc_id, text in docs.items()],
                         group=group, encoder=lc_lloco.encoder)
-        lc_store.register_adapter(group, make_adapter_bytes(lc_lloco.host, lc_lloco.encoder, seed=10 + i),
+        lc_store.register_adapter(group, make_adapter_bytes(lc_lloco.host, lc_lloco.encoder.fingerprint, seed=10 + i,
+                                              target_modules=LC_ADAPTER_MODULES),
                                   base_fingerprint=lc_lloco.host.fingerprint,
                                   encoder_fingerprint=lc_lloco.encoder.fingerprint, activate=True)
     return LLoCOService(lc_lloco, lc_store)

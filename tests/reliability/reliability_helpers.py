@@ -7,9 +7,8 @@ import ...`` inside a test resolves to whichever was imported last; subprocess c
 from __future__ import annotations
 
 import uuid
-import zlib
 
-import numpy as np
+from lloco_test_support import HashingEmbedder, make_adapter_bytes  # noqa: F401 - re-exported
 from sqlalchemy import select
 
 TEXTS = {
@@ -20,21 +19,6 @@ TEXTS = {
     "bread": "To bake sourdough bread, feed the starter with flour and water the night before. Knead the dough, "
              "let it rise slowly and bake it in a hot Dutch oven until the crust turns deep brown.",
 }
-
-
-class HashingEmbedder:
-    """Bag of words hashed into 64 dims: deterministic, instant, and good enough to rank chunks."""
-
-    name = "test/hashing-64"
-    dim = 64
-
-    def embed(self, texts):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            out[i, 0] = 1.0  # never a zero vector
-            for w in t.lower().split():
-                out[i, 1 + zlib.crc32(w.strip(".,?!").encode("utf-8", "replace")) % (self.dim - 1)] += 1.0
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def new_schema() -> str:
@@ -68,23 +52,3 @@ def docs(prefix: str = "", meta: dict | None = None):
     from lloco_runtime.store import DocumentInput
 
     return [DocumentInput(prefix + k, v, dict(meta or {}, topic=k)) for k, v in TEXTS.items()]
-
-
-def make_adapter_bytes(host, encoder_fingerprint: str | None, *, seed: int, r: int = 4) -> bytes:
-    """A random LoRA (non-zero lora_B, so it changes outputs) as lloco adapter bytes; the host is left clean."""
-    import torch
-    from peft import LoraConfig
-
-    from lloco_runtime import AdapterArtifact
-
-    name = f"tmp_rel_{seed}"
-    host.add_adapter(name, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "o_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in host.model.named_parameters():
-            if "lora_B" in pname and name in pname:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder_fingerprint)
-    host.delete_adapter(name)
-    return art.to_bytes()

@@ -51,7 +51,7 @@ INGEST_CHILD = PAUSE_HOOK + textwrap.dedent("""
 
 def _env(marker: Path, needle: str, nth: int) -> dict[str, str]:
     return {**os.environ, "PAUSE_MARKER": str(marker), "PAUSE_NEEDLE": needle, "PAUSE_NTH": str(nth),
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
 
 
 def _run_until_marker(code: str, argv: list[str], env: dict[str, str], marker: Path, timeout: float = 240):
