@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config
-
 from .errors import ConfigError, InputError, LLoCOError
 
 
@@ -86,8 +85,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     store.get_group(args.group, args.collection)  # an unknown group fails here, before the model loads
     service = LLoCOService(_runtime(args), store)
     gen = {"max_new_tokens": args.max_new_tokens}
-    kwargs = dict(group=args.group, collection=args.collection, top_k=args.top_k, mode=args.mode,
-                  use_adapter=not args.no_adapter)
+    kwargs = {"group": args.group, "collection": args.collection, "top_k": args.top_k, "mode": args.mode,
+                  "use_adapter": not args.no_adapter}
     if args.json:
         answer = service.answer(args.question, **kwargs, **gen)
         print(json.dumps(answer.to_dict(), indent=2))
@@ -117,7 +116,21 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                                 distill_weight=args.distill_weight, qa_weight=args.qa_weight,
                                 max_minutes=args.minutes, eval_every=args.eval_every,
                                 eval_pairs=args.eval_pairs, checkpoint_every=args.checkpoint_every,
-                                seed=args.seed)
+                                seed=args.seed, reader_lora_r=args.reader_lora_r,
+                                reader_lora_alpha=2 * args.reader_lora_r if args.reader_lora_r else 32,
+                                reading_weight=args.reading_weight, reading_kl_weight=args.reading_kl_weight,
+                                reading_batch_size=args.reading_batch_size, reading_max_tokens=args.reading_max_tokens,
+                                reading_val=args.reading_val)
+    teacher = args.teacher
+    if cfg.reading_kl_weight > 0 and teacher is None:
+        from .runtime import shipped_teacher_adapter
+
+        teacher = shipped_teacher_adapter()
+        if teacher is None:
+            raise ConfigError("--reading-kl-weight needs a teacher adapter: pass --teacher FILE (from "
+                              "`lloco train-teacher`); no shipped teacher was found")
+    if args.reading and not cfg.reading:
+        raise ConfigError("--reading needs a positive --reading-weight and/or --reading-kl-weight")
     if args.qa and not args.qa_weight:
         raise ConfigError("--qa needs a positive --qa-weight (the weight of the QA objective), e.g. --qa-weight 1")
     host = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -128,13 +141,20 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                                                      summary_length=args.summary_length,
                                                      summary_layer=args.summary_layer, lora_r=args.lora_r,
                                                      lora_alpha=2 * args.lora_r if args.lora_r else 32,
-                                                     lora_target_modules=tuple(args.lora_targets.split(","))))
+                                                     lora_target_modules=tuple(args.lora_targets.split(",")),
+                                                     pooling=args.pooling, connector=args.connector))
     history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume,
-                            qa_path=args.qa or None)
+                            qa_path=args.qa or None, reading_path=args.reading, teacher_path=teacher,
+                            reader_init=args.reader_init)
     v = history["val"][-1]
     print(f"done: {history['train'][-1]['step']} steps in {history['seconds'] / 60:.1f} min; held-out loss "
           f"no-context {v['no_context']:.3f}, cheat sheet {v['cheat_sheet']:.3f}, wrong sheet "
           f"{v['wrong_cheat_sheet']:.3f}, text {v['text_context']:.3f}")
+    if "reading_f1_right" in v:
+        u = "n/a" if v["reading_U"] is None else f"{v['reading_U']:.2f}"
+        print(f"held-out reading F1: right sheets {100 * v['reading_f1_right']:.1f}, wrong sheets "
+              f"{100 * v['reading_f1_wrong']:.1f}, text {100 * v['reading_f1_text']:.1f}, none "
+              f"{100 * v['reading_f1_none']:.1f}; U = {u}")
     print(f"encoder: {args.out}/encoder  loss curve: {args.out}/loss.png")
     return 0
 
@@ -142,7 +162,7 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .service import LLoCOService
     from .store import CheatSheetStore
-    from .training.finetune import FinetuneConfig, build_pairs, finetune_group, read_qa
+    from .training.finetune import FinetuneConfig, finetune_group, read_qa
 
     cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
                          lora_alpha=args.lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
@@ -276,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary-length", type=int, default=16)
     s.add_argument("--summary-layer", type=int, default=None, help="layer to read summaries from "
                    "(default: final layer after norm)")
+    s.add_argument("--pooling", choices=["summary", "mean"], default="summary", help="summary: learned summary "
+                   "tokens (AutoCompressor); mean: average the hidden states over --summary-length groups of "
+                   "tokens (a fresh encoder only)")
+    s.add_argument("--connector", choices=["none", "linear", "mlp"], default="none",
+                   help="trainable map from encoder states to decoder embeddings (a fresh encoder only)")
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")
     s.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj",
                    help="modules of the encoder LoRA, comma-separated (add gate_proj,up_proj,down_proj for the MLPs)")
@@ -293,6 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qa", default=None, help="QA JSONL ({doc_id, question, answers}, doc_id = a corpus file's "
                    "stem) for the QA objective: cheat sheet of a window holding the answer + question -> answer")
     s.add_argument("--qa-weight", type=float, default=0.0, help="weight of the QA objective (needs --qa)")
+    s.add_argument("--reader-lora-r", type=int, default=0, help="rank of a reader LoRA on the decoder trained "
+                   "jointly with the encoder, written as OUT/encoder/reader.safetensors (0: frozen decoder)")
+    s.add_argument("--reader-init", default=None, help="start the reader LoRA from this adapter file")
+    s.add_argument("--reading", default=None, metavar="DIR", help="SQuAD-layout folder (paragraphs.jsonl + "
+                   "qa.jsonl, e.g. shared/corpus/squad_train) for the answer objectives: question about a "
+                   "paragraph read from its cheat sheets -> gold answer")
+    s.add_argument("--reading-weight", type=float, default=0.0, help="answer cross-entropy weight (needs --reading)")
+    s.add_argument("--reading-kl-weight", type=float, default=0.0, help="KL to the text-reading teacher on the "
+                   "answer tokens (needs --reading; teacher from --teacher or the shipped one)")
+    s.add_argument("--teacher", default=None, help="teacher adapter file (`lloco train-teacher`)")
+    s.add_argument("--reading-batch-size", type=int, default=8)
+    s.add_argument("--reading-max-tokens", type=int, default=256, help="leave out longer paragraphs")
+    s.add_argument("--reading-val", type=int, default=32, help="held-out reading questions (greedy F1 and U at "
+                   "each evaluation)")
     s.add_argument("--eval-every", type=int, default=100)
     s.add_argument("--eval-pairs", type=int, default=24)
     s.add_argument("--checkpoint-every", type=int, default=50)

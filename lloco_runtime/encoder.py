@@ -31,6 +31,8 @@ ENCODER_ADAPTER = "lloco-encoder"
 FORMAT_VERSION = 1
 CONFIG_FILE = "encoder_config.json"
 WEIGHTS_FILE = "encoder.safetensors"
+POOLINGS = ("summary", "mean")
+CONNECTORS = ("none", "linear", "mlp")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ class EncoderConfig:
     lora_r: int = field(default=0, metadata={"help": "rank of the encoder's own LoRA; 0 = none"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of the encoder's LoRA"})
     lora_target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
+    pooling: str = field(default="summary", metadata={
+        "help": "summary: learned summary tokens after the segment (AutoCompressor); mean: average the "
+                "segment's hidden states over summary_length groups of consecutive tokens"})
+    connector: str = field(default="none", metadata={
+        "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
+                "identity)"})
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -74,6 +82,10 @@ class EncoderConfig:
         if self.lora_r > 0 and not modules:
             raise ConfigError("lora_target_modules is empty: name the modules the encoder LoRA adapts")
         object.__setattr__(self, "lora_target_modules", modules)
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.connector not in CONNECTORS:
+            raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
 
     @property
     def ratio(self) -> float:
@@ -81,8 +93,13 @@ class EncoderConfig:
         return self.segment_length / self.summary_length
 
     def to_dict(self) -> dict:
+        """The config as JSON-ready values. Fields added after the first release are left out while they
+        hold their defaults, so existing encoders keep their fingerprints."""
         d = asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
+        for name in ("pooling", "connector"):
+            if d[name] == type(self).__dataclass_fields__[name].default:
+                del d[name]
         return d
 
     @classmethod
@@ -133,13 +150,21 @@ class ContextEncoder(nn.Module):
 
     def __init__(self, host: LoadedModel, config: EncoderConfig | None = None,
                  summary_weight: torch.Tensor | None = None,
-                 lora_state: dict[str, torch.Tensor] | None = None) -> None:
+                 lora_state: dict[str, torch.Tensor] | None = None,
+                 connector_state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.host = host
         self.config = config or EncoderConfig()
         model = host.model
         hidden = host.hidden_size
         self.embed_summary = nn.Embedding(self.config.summary_length, hidden)
+        self.connector = Connector(self.config.connector, hidden)
+        if connector_state:
+            try:
+                self.connector.load_state_dict(connector_state)
+            except RuntimeError as exc:
+                raise ModelLoadError(f"connector weights do not fit ({str(exc).splitlines()[0][:160]})") from None
+        self.connector.to(host.device, host.dtype)
         with torch.no_grad():
             if summary_weight is not None:
                 if tuple(summary_weight.shape) != (self.config.summary_length, hidden):
@@ -227,9 +252,15 @@ class ContextEncoder(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Everything the encoder owns beyond the base model, as named tensors."""
-        state = {"embed_summary.weight": self.embed_summary.weight}
+        state = {"embed_summary.weight": self.embed_summary.weight} if self.uses_summary_tokens else {}
+        state.update({f"connector.{k}": v for k, v in self.connector.named_parameters()})
         state.update({f"lora.{k}": v for k, v in self.lora_state().items()})
         return state
+
+    @property
+    def uses_summary_tokens(self) -> bool:
+        """True for AutoCompressor-style summary tokens; False for mean pooling (no summary embeddings)."""
+        return self.config.pooling == "summary"
 
     # -- segmentation -------------------------------------------------------------------------------------
 
@@ -260,21 +291,39 @@ class ContextEncoder(nn.Module):
 
     def summarize(self, token_lists: Sequence[Sequence[int]],
                   soft_prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
-        """Differentiable core: summary vectors ``[batch, summary_length, hidden]`` for a batch of segments.
-
-        Rows are left-padded so the summary tokens sit at the same final positions in every row; position
-        ids restart at 0 after the padding, so a row's result does not depend on its batch-mates.
+        """Differentiable core: cheat sheets ``[batch, n_vectors, hidden]`` for a batch of segments that all
+        give the same number of vectors (full segments do); see :meth:`summarize_list` for mixed lengths.
         The caller holds ``host.using(...)`` (see :meth:`compress_chunks`).
+        """
+        rows = self.summarize_list(token_lists, soft_prompts)
+        if len({int(r.shape[0]) for r in rows}) > 1:
+            raise InputError("these segments give different numbers of vectors; use summarize_list()")
+        return torch.stack(rows)
+
+    def summarize_list(self, token_lists: Sequence[Sequence[int]],
+                       soft_prompts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """One cheat sheet ``[n_vectors, hidden]`` per segment, differentiable.
+
+        Summary pooling gives ``summary_length`` vectors per segment. Mean pooling averages the hidden
+        states over ``summary_length`` groups of consecutive tokens (``min(summary_length, n_tokens)``
+        for a short segment). Rows are left-padded; position ids restart at 0 after the padding, so a row's
+        result does not depend on its batch-mates.
         """
         model = self.host.model
         embed = model.get_input_embeddings()
         device = self.host.device
         soft_prompts = soft_prompts or [None] * len(token_lists)
+        summary = self.uses_summary_tokens
+        token_embeds = [embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists]
+        layer = self.config.summary_layer
+        if not summary and layer == 0:  # pooled input embeddings: no forward pass needed
+            return [self.connector(_mean_groups(t, self.config.summary_length)) for t in token_embeds]
         rows = []
-        for ids, soft in zip(token_lists, soft_prompts, strict=True):
+        for tokens, soft in zip(token_embeds, soft_prompts, strict=True):
             parts = [] if soft is None else [soft.to(device, self.dtype)]
-            parts.append(embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)))
-            parts.append(self.embed_summary.weight)
+            parts.append(tokens)
+            if summary:
+                parts.append(self.embed_summary.weight)
             rows.append(torch.cat(parts, dim=0))
         length = max(r.shape[0] for r in rows)
         x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
@@ -286,11 +335,13 @@ class ContextEncoder(nn.Module):
         if all(r.shape[0] == length for r in rows):  # no padding: the plain causal path (SDPA's fast kernel)
             mask = positions = None
         backbone = getattr(model, model.base_model_prefix)
-        layer = self.config.summary_layer
         out = backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions,
                        output_hidden_states=layer is not None, use_cache=False)
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
-        return hidden[:, -self.config.summary_length:]
+        if summary:
+            return list(self.connector(hidden[:, -self.config.summary_length:]))
+        return [self.connector(_mean_groups(hidden[i, length - t.shape[0]:], self.config.summary_length))
+                for i, t in enumerate(token_embeds)]
 
     def compress_chunks(self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8,
                         progress: bool = False) -> list[torch.Tensor]:
@@ -321,7 +372,7 @@ class ContextEncoder(nn.Module):
                 soft: torch.Tensor | None = None
                 for t in ids:
                     with self.host.using(adapter):
-                        s = self.summarize([t], [soft])[0]
+                        s = self.summarize_list([t], [soft])[0]
                     out.append(s.to("cpu"))
                     soft = s if soft is None else torch.cat([soft, s], dim=0)
                     bar.update(1)
@@ -329,7 +380,7 @@ class ContextEncoder(nn.Module):
                 for b in range(0, len(ids), batch_size):
                     batch = ids[b:b + batch_size]
                     with self.host.using(adapter):
-                        s = self.summarize(batch)
+                        s = self.summarize_list(batch)
                     out.extend(x.to("cpu") for x in s)
                     bar.update(len(batch))
         bar.close()
@@ -385,11 +436,16 @@ class ContextEncoder(nn.Module):
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
             raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
                                  "folder or retrain (pickled weights are never loaded)") from None
-        if "embed_summary.weight" not in tensors:
+        if config.pooling == "summary" and "embed_summary.weight" not in tensors:
             raise ModelLoadError(f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+        connector = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
+        if config.connector != "none" and not connector:
+            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no connector weights but its config names a "
+                                 f"{config.connector!r} connector; restore the encoder folder or retrain")
         try:
-            enc = cls(host, config, summary_weight=tensors["embed_summary.weight"], lora_state=lora or None)
+            enc = cls(host, config, summary_weight=tensors.get("embed_summary.weight"), lora_state=lora or None,
+                      connector_state=connector or None)
         except ModelLoadError as exc:
             raise ModelLoadError(f"encoder {d}: {exc}") from None
         except RuntimeError as exc:  # peft/torch: LoRA tensors of the wrong shape
@@ -429,6 +485,46 @@ class ContextEncoder(nn.Module):
                                summary_length=int(cfg.get("summary_length", summary.shape[0])),
                                accumulate=bool(cfg.get("accumulate_summary", False)))
         return cls(host, config, summary_weight=summary)
+
+
+class Connector(nn.Module):
+    """The map from pooled encoder states to decoder input embeddings: ``none`` (identity), ``linear`` or
+    ``mlp`` (``x + W2 gelu(W1 x)``). Trainable ones start as the identity, so a fresh connector changes
+    nothing."""
+
+    def __init__(self, kind: str, hidden: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "linear":
+            self.proj = nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(hidden))
+                self.proj.bias.zero_()
+        elif kind == "mlp":
+            self.up = nn.Linear(hidden, hidden)
+            self.down = nn.Linear(hidden, hidden)
+            with torch.no_grad():
+                self.down.weight.zero_()
+                self.down.bias.zero_()
+        elif kind != "none":
+            raise ConfigError(f"unknown connector {kind!r}; use one of {', '.join(CONNECTORS)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return self.proj(x)
+        if self.kind == "mlp":
+            return x + self.down(torch.nn.functional.gelu(self.up(x)))
+        return x
+
+
+def _mean_groups(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[n, H]`` -> ``[min(groups, n), H]``: means over consecutive, nearly equal groups of rows."""
+    n = states.shape[0]
+    g = min(groups, n)
+    bounds = torch.div(torch.arange(g + 1, device=states.device) * n, g, rounding_mode="floor")
+    csum = torch.cat([states.new_zeros(1, states.shape[1]), states.float().cumsum(0)], dim=0)
+    sums = csum[bounds[1:]] - csum[bounds[:-1]]
+    return (sums / (bounds[1:] - bounds[:-1]).unsqueeze(1).to(sums.dtype)).to(states.dtype)
 
 
 def _read_tensor(directory: Path, name: str) -> torch.Tensor:

@@ -34,6 +34,17 @@ def shipped_encoder_dir() -> Path | None:
     return path if (path / "encoder_config.json").exists() else None
 
 
+def shipped_teacher_adapter() -> Path | None:
+    """The text-reading teacher adapter shipped for SmolLM2-135M (``lloco train-teacher``), if present.
+
+    A decoder LoRA trained on SQuAD-style (paragraph as text, question) -> short answer: the fair text
+    baseline of every evaluation and the distillation target of reader training.
+    """
+    d = resources.files("lloco_runtime") / "assets" / "teacher-smollm2-135m" / "adapter.safetensors"
+    path = Path(str(d))
+    return path if path.is_file() else None
+
+
 class LLoCO:
     """Compress offline, answer online: the core API every integration wraps."""
 

@@ -33,9 +33,18 @@ from ..encoder import ENCODER_ADAPTER, ContextEncoder
 from ..errors import ConfigError, InputError
 from ..store.inputs import iter_jsonl
 from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+from .reading import (
+    READER_ADAPTER,
+    TEACHER_ADAPTER,
+    ReadingSampler,
+    prepare_items,
+    reading_losses,
+    reading_validation,
+)
 
 log = logging.getLogger(__name__)
 RECON_CUE = "\nRepeat the text above:\n"
+READER_FILE = "reader.safetensors"
 
 
 @dataclass
@@ -52,6 +61,18 @@ class EncoderTrainingConfig:
     distill_weight: float = field(default=0.0, metadata={"help": "KL to the text-context decoder on B"})
     qa_weight: float = field(default=0.0, metadata={"help": "answer loss on QA pairs (needs a QA file)"})
     max_answer_tokens: int = 32
+    reader_lora_r: int = field(default=0, metadata={
+        "help": "rank of a reader LoRA on the decoder trained jointly with the encoder (0: frozen decoder)"})
+    reader_lora_alpha: int = 32
+    reader_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    reading_weight: float = field(default=0.0, metadata={
+        "help": "answer cross-entropy on SQuAD-style items read from cheat sheets (needs a reading folder)"})
+    reading_kl_weight: float = field(default=0.0, metadata={
+        "help": "KL to the text-reading teacher on the answer tokens (needs a reading folder and a teacher)"})
+    reading_batch_size: int = field(default=8, metadata={"help": "reading items per step"})
+    reading_max_tokens: int = field(default=256, metadata={"help": "paragraphs longer than this are left out"})
+    reading_val: int = field(default=32, metadata={"help": "held-out reading questions for greedy F1 and U"})
+    reading_val_articles: int = 8
     max_minutes: float | None = field(default=None, metadata={
         "help": "stop after about this many minutes; the learning-rate schedule is fitted to the steps that fit"})
     grad_clip: float = 1.0
@@ -63,13 +84,27 @@ class EncoderTrainingConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.continuation_length < 2:
             raise ConfigError("steps and batch_size must be >= 1 and continuation_length >= 2")
-        weights = (self.continuation_weight, self.reconstruction_weight, self.distill_weight, self.qa_weight)
+        weights = (self.continuation_weight, self.reconstruction_weight, self.distill_weight, self.qa_weight,
+                   self.reading_weight, self.reading_kl_weight)
         if min(weights) < 0:
             raise ConfigError("objective weights must be >= 0")
         if sum(weights) == 0:
             raise ConfigError("at least one objective needs a positive weight")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes!r}")
+        if self.reader_lora_r < 0 or self.reading_batch_size < 1 or self.reading_val < 2:
+            raise ConfigError("reader_lora_r must be >= 0, reading_batch_size >= 1 and reading_val >= 2")
+        self.reader_targets = tuple(self.reader_targets)
+
+    @property
+    def corpus_objectives(self) -> bool:
+        """Whether any objective on corpus windows (continuation, reconstruction, distillation, qa) is on."""
+        return any(w > 0 for w in (self.continuation_weight, self.reconstruction_weight, self.distill_weight,
+                                   self.qa_weight))
+
+    @property
+    def reading(self) -> bool:
+        return self.reading_weight > 0 or self.reading_kl_weight > 0
 
 
 def read_corpus(path: str | Path) -> list[tuple[str, str]]:
@@ -241,7 +276,9 @@ def _distill_loss(model, soft: torch.Tensor, a: torch.Tensor, b: torch.Tensor, e
 
 
 def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConfig,
-               qa: tuple[list[list[int]], list[QAItem]] | None = None) -> dict[str, torch.Tensor]:
+               qa: tuple[list[list[int]], list[QAItem]] | None = None, decoder: str | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Corpus-window losses; the decoder side runs with adapter ``decoder`` (the reader LoRA, or None)."""
     host = encoder.host
     model = host.model
     embed = model.get_input_embeddings()
@@ -251,7 +288,7 @@ def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConf
         soft = encoder.summarize(a_rows)  # [B, S, H], differentiable
         qa_soft = encoder.summarize(qa[0]) if qa is not None else None
     losses: dict[str, torch.Tensor] = {}
-    with host.using(None):
+    with host.using(decoder):
         b = torch.tensor(b_rows, device=dev)
         if cfg.continuation_weight > 0:
             losses["continuation"] = _scored_loss(model, soft, b, embed)
@@ -276,8 +313,9 @@ def _autocast(encoder: ContextEncoder):
 
 @torch.no_grad()
 def evaluate_encoder(encoder: ContextEncoder, texts: Sequence[str], *, n_pairs: int = 24, b_len: int = 128,
-                     seed: int = 1234, batch_size: int = 4) -> dict[str, float]:
-    """Held-out LM loss of ``B`` (tokens 2..L, nats/token) under four contexts; see the module docstring."""
+                     seed: int = 1234, batch_size: int = 4, decoder: str | None = None) -> dict[str, float]:
+    """Held-out LM loss of ``B`` (tokens 2..L, nats/token) under four contexts; see the module docstring.
+    ``decoder``: the decoder adapter the cheat-sheet contexts are read with (a reader LoRA; None: base)."""
     a_len = encoder.config.segment_length
     sampler = PairSampler(_tokenize(encoder, texts), a_len, b_len, seed)
     a_rows, b_rows = sampler.batch(0, n_pairs)
@@ -292,30 +330,93 @@ def evaluate_encoder(encoder: ContextEncoder, texts: Sequence[str], *, n_pairs: 
         wrong = soft.roll(1, dims=0) if len(a) > 1 else encoder.summarize(a_rows[i - 1:i])
         with host.using(None):
             sums["no_context"] += _scored_loss(model, None, b, embed).item() * len(a)
+        with host.using(decoder):
             sums["cheat_sheet"] += _scored_loss(model, soft, b, embed, skip_first=True).item() * len(a)
             sums["wrong_cheat_sheet"] += _scored_loss(model, wrong, b, embed, skip_first=True).item() * len(a)
+        with host.using(None):
             text = embed(torch.tensor(a, device=dev))
             sums["text_context"] += _scored_loss(model, text, b, embed, skip_first=True).item() * len(a)
     return {k: v / n_pairs for k, v in sums.items()}
 
 
-def _trainable(encoder: ContextEncoder) -> tuple[list[str], list[torch.nn.Parameter]]:
-    names, params = ["embed_summary.weight"], [encoder.embed_summary.weight]
+def _trainable(encoder: ContextEncoder, reader: str | None = None) -> tuple[list[str], list[torch.nn.Parameter]]:
+    """The parameters train-encoder updates: the encoder's own (summary embeddings, connector, encoder LoRA)
+    and, with ``reader``, that decoder LoRA's."""
+    names, params = [], []
+    if encoder.uses_summary_tokens:
+        names.append("embed_summary.weight")
+        params.append(encoder.embed_summary.weight)
+    for n, p in encoder.connector.named_parameters():
+        names.append(f"connector.{n}")
+        params.append(p)
+    adapters = [ENCODER_ADAPTER] + ([reader] if reader else [])
     for n, p in encoder.host.model.named_parameters():
-        if "lora_" in n and f".{ENCODER_ADAPTER}." in f"{n}.":
+        if "lora_" in n and any(f".{a}." in f"{n}." for a in adapters):
             names.append(n)
             params.append(p)
     return names, params
 
 
+def _add_reader(encoder: ContextEncoder, cfg: EncoderTrainingConfig, init: str | Path | None) -> str:
+    """Inject the reader LoRA on the decoder (fresh, or from an adapter file made by an earlier run)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    from ..adapters import AdapterArtifact, lora_config_from_dict
+
+    host = encoder.host
+    if READER_ADAPTER in host.adapter_names():
+        host.delete_adapter(READER_ADAPTER)
+    if init is not None:
+        art = AdapterArtifact.from_bytes(Path(init).read_bytes())
+        if art.base_fingerprint != host.fingerprint:
+            raise ConfigError(f"reader adapter {init} was trained on another base model; start a fresh reader")
+        host.add_adapter(READER_ADAPTER, lora_config_from_dict(art.lora_config))
+        set_peft_model_state_dict(host.model, art.tensors, adapter_name=READER_ADAPTER)
+    else:
+        host.add_adapter(READER_ADAPTER, LoraConfig(r=cfg.reader_lora_r, lora_alpha=cfg.reader_lora_alpha,
+                                                    lora_dropout=0.0, target_modules=list(cfg.reader_targets),
+                                                    bias="none"))
+    host.resync()
+    return READER_ADAPTER
+
+
+def load_teacher(host, path: str | Path) -> str:
+    """Inject the frozen text-reading teacher (an adapter file of ``lloco train-teacher``)."""
+    from peft import set_peft_model_state_dict
+
+    from ..adapters import AdapterArtifact, lora_config_from_dict
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"teacher adapter {p} does not exist; train one with `lloco train-teacher` or drop "
+                         "--reading-kl-weight")
+    art = AdapterArtifact.from_bytes(p.read_bytes())
+    if art.base_fingerprint != host.fingerprint:
+        raise ConfigError(f"teacher adapter {p} was trained on another base model ({art.base_fingerprint[:12]}, "
+                          f"loaded {host.fingerprint[:12]}); train a teacher for this model")
+    if TEACHER_ADAPTER in host.adapter_names():
+        host.delete_adapter(TEACHER_ADAPTER)
+    host.add_adapter(TEACHER_ADAPTER, lora_config_from_dict(art.lora_config))
+    set_peft_model_state_dict(host.model, art.tensors, adapter_name=TEACHER_ADAPTER)
+    host.resync()
+    return TEACHER_ADAPTER
+
+
 @torch.enable_grad()
 def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Path,
                   cfg: EncoderTrainingConfig | None = None, *, resume: bool = True, progress: bool = True,
-                  val_texts: Sequence[str] | None = None, qa_path: str | Path | None = None) -> dict:
+                  val_texts: Sequence[str] | None = None, qa_path: str | Path | None = None,
+                  reading_path: str | Path | None = None, teacher_path: str | Path | None = None,
+                  reader_init: str | Path | None = None) -> dict:
     """Train ``encoder`` in place on ``corpus``; checkpoints, history, loss PNG and the artifact go to
     ``out_dir`` (``encoder/`` is loadable with :meth:`ContextEncoder.load`). Resumes from the last
     checkpoint in ``out_dir`` when ``resume``. ``qa_path`` (with ``cfg.qa_weight > 0``) adds the QA objective
-    on pairs whose ``doc_id`` names a training document of the corpus. Returns the history dict."""
+    on pairs whose ``doc_id`` names a training document of the corpus.
+
+    With ``cfg.reader_lora_r > 0`` a reader LoRA on the decoder trains jointly (``reader_init``: start it from
+    an adapter file) and is written as ``encoder/reader.safetensors``. ``reading_path`` (a SQuAD-layout
+    folder, with ``cfg.reading_weight`` / ``cfg.reading_kl_weight``) adds the answer objectives of
+    :mod:`.reading`, the KL one against the teacher adapter at ``teacher_path``. Returns the history dict."""
     from peft import set_peft_model_state_dict
     from tqdm.auto import tqdm
 
@@ -345,11 +446,35 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
             raise InputError(f"no usable QA pair in {qa_path}: doc_id must name a corpus file (its stem) and an "
                              "answer must occur in that document's text")
         qa_sampler = QASampler(items, train_tokens, encoder.config.segment_length, cfg.seed)
+    if cfg.reading != (reading_path is not None):
+        raise ConfigError("the reading objectives need both a reading folder (--reading) and a positive "
+                          "--reading-weight or --reading-kl-weight")
+    if cfg.reading_kl_weight > 0 and teacher_path is None:
+        raise ConfigError("--reading-kl-weight needs a teacher adapter (--teacher, from `lloco train-teacher`)")
+    reading_sampler: ReadingSampler | None = None
+    reading_val: list = []
+    if reading_path is not None:
+        from .squad import read_reading_items, split_by_article
+
+        train_items, val_items = split_by_article(read_reading_items(reading_path),
+                                                  val_articles=cfg.reading_val_articles, seed=cfg.seed)
+        prep = {"max_context_tokens": cfg.reading_max_tokens, "max_answer_tokens": cfg.max_answer_tokens}
+        prepared = prepare_items(encoder, train_items, **prep)
+        val_rng = random.Random(cfg.seed)
+        reading_val = prepare_items(encoder, val_rng.sample(val_items, min(len(val_items), 4 * cfg.reading_val)),
+                                    **prep)[:cfg.reading_val]
+        print(f"reading objective: {len(prepared)} training questions ({len(train_items) - len(prepared)} with "
+              f"paragraphs over {cfg.reading_max_tokens} tokens left out), {len(reading_val)} held-out")
+        if not prepared or len(reading_val) < 2:
+            raise InputError(f"too few usable reading questions in {reading_path}")
+        reading_sampler = ReadingSampler(prepared, cfg.seed)
 
     host = encoder.host
+    reader = _add_reader(encoder, cfg, reader_init) if cfg.reader_lora_r > 0 or reader_init else None
+    teacher = load_teacher(host, teacher_path) if teacher_path is not None else None
     for p in host.model.parameters():
         p.requires_grad_(False)
-    names, params = _trainable(encoder)
+    names, params = _trainable(encoder, reader)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -364,10 +489,16 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
             raise ConfigError(f"checkpoint in {ckpt_dir} is for encoder config {meta.get('encoder')}; "
                               "use another --out folder or the same settings")
         with torch.no_grad():
-            encoder.embed_summary.weight.copy_(saved["embed_summary.weight"])
+            if encoder.uses_summary_tokens:
+                encoder.embed_summary.weight.copy_(saved["embed_summary.weight"])
+            encoder.connector.load_state_dict({k[len("connector."):]: v for k, v in saved.items()
+                                               if k.startswith("connector.")})
         lora = {k[len("lora."):]: v for k, v in saved.items() if k.startswith("lora.")}
         if lora:
             set_peft_model_state_dict(host.model, lora, adapter_name=ENCODER_ADAPTER)
+        reader_state = {k[len("reader."):]: v for k, v in saved.items() if k.startswith("reader.")}
+        if reader is not None and reader_state:
+            set_peft_model_state_dict(host.model, reader_state, adapter_name=reader)
         load_optimizer(opt, names, opt_tensors)
         history = meta["history"]
         start_step = int(meta["step"])
@@ -376,18 +507,30 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
 
     def evaluate(step: int) -> None:
         with _autocast(encoder):
-            res = evaluate_encoder(encoder, val, n_pairs=cfg.eval_pairs, b_len=cfg.continuation_length)
+            res = evaluate_encoder(encoder, val, n_pairs=cfg.eval_pairs, b_len=cfg.continuation_length,
+                                   decoder=reader)
+            if reading_val:
+                r = reading_validation(encoder, reading_val, reader=reader, teacher=teacher,
+                                       baselines=history.get("reading_baselines"))
+                history["reading_baselines"] = {k: r[k] for k in ("f1_text", "f1_none")}
+                res |= {f"reading_{k}": v for k, v in r.items()}
         history["val"].append({"step": step, **res})
 
     def checkpoint(step: int) -> None:
         state = {k: v for k, v in encoder.trainable_state().items()}
+        if reader is not None:
+            from peft import get_peft_model_state_dict
+
+            state |= {f"reader.{k}": v for k, v in
+                      get_peft_model_state_dict(host.model, adapter_name=reader).items()}
         write_checkpoint(ckpt_dir, params=state, opt_state=save_optimizer(opt, names),
                          meta={"step": step, "encoder": encoder.config.to_dict(), "history": history})
 
     if start_step == 0 and not history["val"]:
         evaluate(0)
     weights = {"continuation": cfg.continuation_weight, "reconstruction": cfg.reconstruction_weight,
-               "distill": cfg.distill_weight, "qa": cfg.qa_weight}
+               "distill": cfg.distill_weight, "qa": cfg.qa_weight, "reading": cfg.reading_weight,
+               "reading_kl": cfg.reading_kl_weight}
     total = int(history.get("planned_steps") or cfg.steps)
     bar = tqdm(initial=start_step, total=total, desc="train-encoder", disable=not progress)
     t_begin = t_last = time.perf_counter()
@@ -402,10 +545,15 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
             bar.total = total
         for g in opt.param_groups:
             g["lr"] = lr_at(step, base=cfg.lr, warmup=cfg.warmup, total=total)
-        a_rows, b_rows = sampler.batch(step, cfg.batch_size)
-        qa = qa_sampler.batch(step, cfg.batch_size) if qa_sampler is not None else None
+        losses: dict[str, torch.Tensor] = {}
         with _autocast(encoder):
-            losses = _objective(encoder, a_rows, b_rows, cfg, qa)
+            if cfg.corpus_objectives:
+                a_rows, b_rows = sampler.batch(step, cfg.batch_size)
+                qa = qa_sampler.batch(step, cfg.batch_size) if qa_sampler is not None else None
+                losses |= _objective(encoder, a_rows, b_rows, cfg, qa, decoder=reader)
+            if reading_sampler is not None:
+                losses |= reading_losses(encoder, reading_sampler.batch(step, cfg.reading_batch_size),
+                                         reader=reader, teacher=teacher, kl=cfg.reading_kl_weight > 0)
         loss = sum(weights[k] * v for k, v in losses.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -425,21 +573,42 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
             bar.write(f"step {step + 1}: held-out loss no-context {v['no_context']:.3f} | cheat sheet "
                       f"{v['cheat_sheet']:.3f} | wrong sheet {v['wrong_cheat_sheet']:.3f} | text "
                       f"{v['text_context']:.3f}")
+            if "reading_f1_right" in v:
+                bar.write(f"step {step + 1}: held-out reading F1 right sheets {100 * v['reading_f1_right']:.1f} | "
+                          f"wrong sheets {100 * v['reading_f1_wrong']:.1f} | text {100 * v['reading_f1_text']:.1f} "
+                          f"| none {100 * v['reading_f1_none']:.1f} | U {_fmt(v['reading_U'])} | answer loss "
+                          f"{v['reading_answer_loss_right']:.3f} right / {v['reading_answer_loss_wrong']:.3f} wrong")
         if (step + 1) % cfg.checkpoint_every == 0 or last:
             checkpoint(step + 1)
-            _write_outputs(encoder, out, history)
+            _write_outputs(encoder, out, history, reader)
         step += 1
     bar.close()
     for p in params:
         p.requires_grad_(False)
     encoder.invalidate_fingerprint()
-    _write_outputs(encoder, out, history)
+    _write_outputs(encoder, out, history, reader)
+    if teacher is not None:
+        host.delete_adapter(teacher)
     return history
 
 
-def _write_outputs(encoder: ContextEncoder, out: Path, history: dict) -> None:
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _write_outputs(encoder: ContextEncoder, out: Path, history: dict, reader: str | None = None) -> None:
     encoder.invalidate_fingerprint()
     encoder.save(out / "encoder")
+    if reader is not None:
+        from ..adapters import AdapterArtifact
+
+        last = history["val"][-1] if history["val"] else {}
+        info = {"kind": "reader", "step": last.get("step"),
+                "reading_U": last.get("reading_U"), "reading_f1_right": last.get("reading_f1_right"),
+                "reading_f1_wrong": last.get("reading_f1_wrong")}
+        art = AdapterArtifact.from_model(encoder.host.model, reader, base_fingerprint=encoder.host.fingerprint,
+                                         encoder_fingerprint=encoder.fingerprint, info=info)
+        (out / "encoder" / READER_FILE).write_bytes(art.to_bytes())
     (out / "history.json").write_text(json.dumps(history, indent=1))
     train = [(r["step"], r["loss"]) for r in history["train"]]
     val = {name: [(r["step"], r[key]) for r in history["val"]]
