@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.lloco-installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean gpu-pack gpu-smoke
 
 # Runs a command and prints the elapsed time every 15 s, so a long quiet pip install never looks stuck.
 HEARTBEAT = sh -c 't0=$$(date +%s); (while sleep 15; do echo "      ... $$(( $$(date +%s) - t0 )) s"; done) & hb=$$!; \
@@ -50,6 +50,15 @@ lint: install
 
 bench: install
 	$(VENV)/bin/lloco bench --quick
+
+# Training on a lent GPU machine: build the bundle it needs once (scripts/gpu/README.md), and test the device
+# script here on CPU with a tiny budget first, so no GPU minute goes to plumbing.
+gpu-pack: install
+	bash scripts/gpu/pack.sh
+
+gpu-smoke: install
+	rm -rf /tmp/lloco-gpu-smoke
+	SMOKE=1 PY=$(PY) OUT=/tmp/lloco-gpu-smoke/out WORK=/tmp/lloco-gpu-smoke bash scripts/gpu/train.sh
 
 clean:
 	rm -rf $(VENV) .lloco-test .pytest_cache

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..encoder import ENCODER_ADAPTER, ContextEncoder
+from ..prompt import _SLOT as _SLOT_TEXT
 from ..prompt import PromptTemplate
 from .squad import ReadingItem
 
@@ -46,31 +47,55 @@ class PreparedItem:
 def prepare_items(encoder: ContextEncoder, items: Sequence[ReadingItem], *, max_context_tokens: int,
                   max_answer_tokens: int, template: PromptTemplate | None = None) -> list[PreparedItem]:
     """Tokenise items the way serving does (:meth:`PromptTemplate.build` + the generator's per-piece
-    tokenisation); paragraphs longer than ``max_context_tokens`` are left out."""
+    tokenisation); paragraphs longer than ``max_context_tokens`` are left out.
+
+    The chat template is rendered once with a marker for the question, and each item's suffix is that
+    rendering with its question put in (checked against a full rendering for the first items; any
+    difference falls back to rendering every item). Texts are tokenised in batches."""
     tok = encoder.tokenizer
     template = template or PromptTemplate()
     seg = encoder.config.segment_length
     eos = tok.eos_token_id
     eos = eos[0] if isinstance(eos, (list, tuple)) else eos
     marker = torch.zeros(1, 1)
-    paragraph_ids: dict[str, list[int]] = {}
+    qmark = "\ue000QUESTION\ue000"
+    prefix, suffix_form = _pieces(template, tok, qmark, marker)
+
+    def render(question: str) -> tuple[str, str]:
+        return prefix, suffix_form.replace(qmark, question.replace(_SLOT_TEXT, ""))
+
+    if any(render(it.question) != _pieces(template, tok, it.question, marker) for it in items[:20]):
+        def render(question: str) -> tuple[str, str]:  # noqa: F811 - the exact, slower path
+            return _pieces(template, tok, question, marker)
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    contexts = sorted({it.context for it in items})
+    paragraph_ids = dict(zip(contexts, ids(contexts), strict=True))
+    keep = [it for it in items if 0 < len(paragraph_ids[it.context]) <= max_context_tokens]
+    rendered = [render(it.question) for it in keep]
+    distinct = sorted({r[0] for r in rendered})
+    prefixes = dict(zip(distinct, ids(distinct), strict=True))
+    suffixes = ids([r[1] for r in rendered])
+    answers = ids([it.answers[0] for it in keep])
+    tail = (int(eos),) if eos is not None else ()
     out = []
-    for it in items:
-        ids = paragraph_ids.get(it.context)
-        if ids is None:
-            ids = paragraph_ids[it.context] = tok(it.context, add_special_tokens=False)["input_ids"]
-        if not ids or len(ids) > max_context_tokens:
+    for it, (pre, _), suf, ans in zip(keep, rendered, suffixes, answers, strict=True):
+        if not ans:
             continue
-        prefix, _, suffix = template.build(tok, it.question, marker).pieces
-        answer = tok(it.answers[0], add_special_tokens=False)["input_ids"][:max_answer_tokens]
-        if not answer:
-            continue
-        out.append(PreparedItem(
-            it, tuple(tok(prefix, add_special_tokens=False)["input_ids"]),
-            tuple(tok(suffix, add_special_tokens=False)["input_ids"]), tuple(ids),
-            tuple(tuple(ids[i:i + seg]) for i in range(0, len(ids), seg)),
-            tuple(answer) + ((int(eos),) if eos is not None else ())))
+        para = paragraph_ids[it.context]
+        out.append(PreparedItem(it, tuple(prefixes[pre]), tuple(suf), tuple(para),
+                                tuple(tuple(para[i:i + seg]) for i in range(0, len(para), seg)),
+                                tuple(ans[:max_answer_tokens]) + tail))
     return out
+
+
+def _pieces(template: PromptTemplate, tok, question: str, marker: torch.Tensor) -> tuple[str, str]:
+    """The template's text before and after the context slot for ``question``."""
+    pieces = template.build(tok, question, marker).pieces
+    at = next(i for i, p in enumerate(pieces) if p is marker)
+    return "".join(pieces[:at]), "".join(pieces[at + 1:])
 
 
 def paragraph_sheets(encoder: ContextEncoder, items: Sequence[PreparedItem]) -> list[torch.Tensor]:

@@ -189,3 +189,22 @@ def test_reading_config_errors(make_tiny_host, corpus, squad_dir, tmp_path):
                       progress=False, reading_path=squad_dir)
     with pytest.raises(ConfigError, match="reader_lora_r"):
         EncoderTrainingConfig(reader_lora_r=-1)
+
+
+def test_prepared_items_match_the_serving_prompt(make_tiny_host, squad_dir):
+    """The fast path (template rendered once) gives the token ids the generator would embed at serving time."""
+    from lloco_runtime.prompt import PromptTemplate
+
+    host = make_tiny_host()
+    enc = ContextEncoder(host, EncoderConfig(segment_length=8, summary_length=4))
+    items = read_reading_items(squad_dir)[:30]
+    prepared = prepare_items(enc, items, max_context_tokens=256, max_answer_tokens=8)
+    tok = host.tokenizer
+    for p in prepared[-3:]:  # beyond the 20 items the fast path is checked on
+        pieces = PromptTemplate().build(tok, p.item.question, torch.zeros(2, host.hidden_size)).pieces
+        assert p.prefix == tuple(tok(pieces[0], add_special_tokens=False)["input_ids"])
+        assert p.suffix == tuple(tok(pieces[-1], add_special_tokens=False)["input_ids"])
+        assert p.text == tuple(tok(p.item.context, add_special_tokens=False)["input_ids"])
+        assert sum(p.segments, ()) == p.text and all(len(s) <= 8 for s in p.segments)
+        assert p.answer[:-1] == tuple(tok(p.item.answers[0], add_special_tokens=False)["input_ids"][:8])
+    assert len(prepare_items(enc, items, max_context_tokens=5, max_answer_tokens=8)) == 0  # all too long
