@@ -65,7 +65,7 @@ def prepare_items(encoder: ContextEncoder, items: Sequence[ReadingItem], *, max_
         return prefix, suffix_form.replace(qmark, question.replace(_SLOT_TEXT, ""))
 
     if any(render(it.question) != _pieces(template, tok, it.question, marker) for it in items[:20]):
-        def render(question: str) -> tuple[str, str]:  # noqa: F811 - the exact, slower path
+        def render(question: str) -> tuple[str, str]:
             return _pieces(template, tok, question, marker)
 
     def ids(texts: list[str]) -> list[list[int]]:
