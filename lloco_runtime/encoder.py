@@ -185,6 +185,22 @@ class ContextEncoder(nn.Module):
         if self.has_lora:
             self._inject_lora(lora_state)
         self._fingerprint: str | None = None
+        if self.config.connector != "none" and not connector_state:
+            self._calibrate_connector()
+
+    @torch.no_grad()
+    def _calibrate_connector(self) -> None:
+        """Scale a fresh connector so its vectors have the RMS of the decoder's input embeddings."""
+        probe = self.tokenizer("The history of the city begins with a small settlement on the river, where "
+                               "merchants traded salt, copper and grain with the towns of the coast.",
+                               add_special_tokens=False)["input_ids"][: self.config.segment_length]
+        with self.host.using(ENCODER_ADAPTER if self.has_lora else None):
+            raw = torch.cat(self.summarize_list([probe])).float()
+        emb = self.host.model.get_input_embeddings().weight.float()
+        target = emb.pow(2).mean(-1).sqrt().mean()
+        got = raw.pow(2).mean(-1).sqrt().mean()
+        if got > 0:
+            self.connector.set_scale(float(target / got))
 
     # -- identity ---------------------------------------------------------------------------------------
 
@@ -488,9 +504,10 @@ class ContextEncoder(nn.Module):
 
 
 class Connector(nn.Module):
-    """The map from pooled encoder states to decoder input embeddings: ``none`` (identity), ``linear`` or
-    ``mlp`` (``x + W2 gelu(W1 x)``). Trainable ones start as the identity, so a fresh connector changes
-    nothing."""
+    """The map from pooled encoder states to decoder input embeddings: ``none`` (identity), ``linear``
+    (``W x + b``) or ``mlp`` (``y + W2 gelu(W1 y)`` with ``y = s x``). Trainable ones start as a scaled
+    identity; :meth:`ContextEncoder._calibrate_connector` sets the scale so that fresh vectors have the
+    size of the decoder's input embeddings (final-layer states are ~16x larger for SmolLM2)."""
 
     def __init__(self, kind: str, hidden: int) -> None:
         super().__init__()
@@ -501,6 +518,7 @@ class Connector(nn.Module):
                 self.proj.weight.copy_(torch.eye(hidden))
                 self.proj.bias.zero_()
         elif kind == "mlp":
+            self.scale = nn.Parameter(torch.ones(()))
             self.up = nn.Linear(hidden, hidden)
             self.down = nn.Linear(hidden, hidden)
             with torch.no_grad():
@@ -509,11 +527,20 @@ class Connector(nn.Module):
         elif kind != "none":
             raise ConfigError(f"unknown connector {kind!r}; use one of {', '.join(CONNECTORS)}")
 
+    @torch.no_grad()
+    def set_scale(self, scale: float) -> None:
+        """Make the (fresh) connector start as ``scale`` times the identity."""
+        if self.kind == "linear":
+            self.proj.weight.copy_(torch.eye(self.proj.weight.shape[0]) * scale)
+        elif self.kind == "mlp":
+            self.scale.fill_(scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "linear":
             return self.proj(x)
         if self.kind == "mlp":
-            return x + self.down(torch.nn.functional.gelu(self.up(x)))
+            y = x * self.scale
+            return y + self.down(torch.nn.functional.gelu(self.up(y)))
         return x
 
 

@@ -208,3 +208,14 @@ def test_prepared_items_match_the_serving_prompt(make_tiny_host, squad_dir):
         assert sum(p.segments, ()) == p.text and all(len(s) <= 8 for s in p.segments)
         assert p.answer[:-1] == tuple(tok(p.item.answers[0], add_special_tokens=False)["input_ids"][:8])
     assert len(prepare_items(enc, items, max_context_tokens=5, max_answer_tokens=8)) == 0  # all too long
+
+
+def test_fresh_connector_is_calibrated_to_the_embedding_scale(make_tiny_host):
+    host = make_tiny_host()
+    enc = ContextEncoder(host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean", connector="mlp"))
+    emb_rms = host.model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean()
+    out = torch.cat(enc.compress_chunks([list(range(40, 56))])).float()
+    assert 0.5 < float(out.pow(2).mean(-1).sqrt().mean() / emb_rms) < 2.0
+    assert enc.connector.scale.item() != 1.0
+    plain = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4, pooling="mean"))
+    assert plain.connector.kind == "none" and not list(plain.connector.parameters())
