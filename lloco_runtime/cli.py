@@ -216,14 +216,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_report(args: argparse.Namespace) -> int:
-    from .evaluation.report import load_reports, markdown, summary_rows
+    from .evaluation.report import (
+        load_reports,
+        markdown,
+        summary_rows,
+        utilisation_markdown,
+        utilisation_rows,
+    )
 
     reports = load_reports(args.paths)
+    u_rows = utilisation_rows(reports, args.u_modes) if args.u or args.u_modes else None
     datasets = list(dict.fromkeys(r.get("dataset") for r in reports))
     tables = [markdown([r for r in reports if r.get("dataset") == d], args.baseline) for d in datasets]
+    if u_rows is not None:
+        tables.append(utilisation_markdown(u_rows))
     print("\n\n".join(tables))
     if args.json:
-        Path(args.json).write_text(json.dumps(summary_rows(reports, args.baseline), indent=2))
+        rows = summary_rows(reports, args.baseline)
+        out = rows if u_rows is None else {"rows": rows, "utilisation": u_rows}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
@@ -392,7 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", metavar="PATH", help="JSON files written by `lloco eval --json`")
     s.add_argument("--baseline", default=None, metavar="MODE", help="mode to compare every other mode with "
                    "(paired bootstrap over the questions both answered), e.g. none or rag")
-    s.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    s.add_argument("--u", action="store_true", help="also print the reading utilisation U = (F1 right sheets - "
+                   "F1 wrong sheets) / (F1 text - F1 none) with paired bootstrap 95%% intervals (default modes "
+                   "lloco-doc-adapter, lloco-doc-control, full-adapter, none)")
+    s.add_argument("--u-modes", default=None, metavar="RIGHT,WRONG,TEXT,NONE", help="the four modes of U "
+                   "(implies --u), e.g. lloco-adapter,lloco-adapter-control,rag-adapter,none")
+    s.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON (with --u: "
+                   "{rows, utilisation})")
     s.set_defaults(func=_cmd_eval_report)
 
     try:  # storage commands (db, ingest, ...) live with the store

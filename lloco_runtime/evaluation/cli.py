@@ -9,28 +9,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MODE_CHOICES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter", "lloco-control",
-                "lloco-adapter-control")
+
+def _mode(value: str) -> str:
+    """``--mode`` checked against the one list of modes (``harness.MODES``), imported only when ``lloco eval``
+    parses: importing the harness at module level would load torch while any command's parser is built."""
+    from .harness import MODES
+
+    if value not in MODES:
+        raise argparse.ArgumentTypeError(f"unknown mode {value!r}; choose from {', '.join(MODES)}")
+    return value
+
 
 DESCRIPTION = (
     "Answer a dataset folder's questions (documents.jsonl + questions.jsonl, the shared/eval format) with one "
     "decoder and one prompt template, in one context mode or several (--compare), and score them: SQuAD F1/EM, "
     "multiple-choice accuracy, substring accuracy or ROUGE. Modes: none (question only); full (the document "
-    "as text, head-truncated to the window); rag (top-k retrieved chunks as text); lloco (their cheat sheets, "
-    "no adapter); lloco-adapter (with the group's active adapter); lloco-doc[-adapter] (the document's own "
-    "cheat sheets in order); lloco[-adapter]-control (the cheat sheets retrieved for another question: the "
-    "control that separates content read from the cheat sheets from a learned answer format). The documents "
-    "are ingested into --group first (a no-op when unchanged)."
+    "as text, head-truncated to the window); rag (top-k retrieved chunks as text); full-adapter / rag-adapter "
+    "(the same, answered with the text adapter: a LoRA trained to answer from text, --text-adapter or the "
+    "shipped teacher; the fair text baselines); lloco (the retrieved chunks' cheat sheets, no adapter); "
+    "lloco-adapter (with the adapter); lloco-doc[-adapter] (the document's own cheat sheets in order); "
+    "lloco[-adapter]-control (the cheat sheets retrieved for another question) and lloco-doc-control (another "
+    "document's cheat sheets, with the adapter): the controls that separate content read from the cheat "
+    "sheets from a learned answer format. Cheat-sheet adapter modes use --adapter-file if given, else the "
+    "group's active adapter. Reading utilisation U = (lloco-doc-adapter - lloco-doc-control) / "
+    "(full-adapter - none): run those four modes with --json, then `lloco eval-report PATH --u`. The "
+    "documents are ingested into --group first (a no-op when unchanged)."
 )
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """The options of ``lloco eval``."""
     s.add_argument("dataset", help="folder with documents.jsonl and questions.jsonl")
-    s.add_argument("--mode", choices=MODE_CHOICES, default="lloco", help="context mode (default lloco)")
-    s.add_argument("--compare", nargs="?", const="none,full,rag,lloco,lloco-adapter", default=None,
-                   metavar="MODES", help="run several modes (comma-separated; default none,full,rag,lloco,"
-                   "lloco-adapter) and print a markdown table; adapter modes are skipped without an adapter")
+    s.add_argument("--mode", type=_mode, default="lloco", metavar="MODE", help="context mode, one of those "
+                   "above (default lloco)")
+    s.add_argument("--compare", nargs="?", const="default", default=None, metavar="MODES",
+                   help="run several modes (comma-separated; default none,full,rag,lloco,lloco-adapter) and "
+                   "print a markdown table; cheat-sheet adapter modes are skipped when the group has no active "
+                   "adapter and no --adapter-file is given")
+    s.add_argument("--text-adapter", default=None, metavar="PATH", help="adapter file (`lloco train-teacher`) "
+                   "of full-adapter and rag-adapter (default: the shipped teacher)")
+    s.add_argument("--adapter-file", default=None, metavar="PATH", help="adapter file used by the cheat-sheet "
+                   "adapter modes (lloco-adapter, lloco-doc-adapter, lloco-adapter-control, lloco-doc-control) "
+                   "instead of the group's active adapter, e.g. the reader.safetensors of `lloco train-encoder`")
     s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
     s.add_argument("--collection", default="default", help="collection of the group (default: default)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
@@ -73,10 +93,26 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
     """Validate the dataset (before any model loads), ingest if needed, run the mode(s), report."""
     from ..errors import InputError
     from .datasets import load_dataset
-    from .harness import STORE_MODES, EvalSettings, Harness, finite, markdown_table, parse_modes, plot
+    from .harness import (
+        SHEET_ADAPTER_MODES,
+        STORE_MODES,
+        EvalSettings,
+        Harness,
+        finite,
+        markdown_table,
+        parse_modes,
+        plot,
+        resolve_text_adapter,
+    )
 
     dataset = load_dataset(args.dataset, metric=args.metric)
-    modes = parse_modes(args.compare) if args.compare is not None else [args.mode]
+    if args.compare is None:
+        modes = parse_modes([args.mode])
+    else:
+        modes = parse_modes(None if args.compare == "default" else args.compare)
+    text_adapter = resolve_text_adapter(args.text_adapter, modes)  # before any model loads
+    if args.adapter_file is not None and not Path(args.adapter_file).is_file():
+        raise InputError(f"--adapter-file {args.adapter_file} is not a file")
     settings = EvalSettings(group=args.group or dataset.name, collection=args.collection, top_k=args.top_k,
                             retrieval=args.retrieval, max_new_tokens=args.max_new_tokens,
                             max_context_tokens=args.max_context_tokens, limit=args.limit,
@@ -93,13 +129,14 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
 
         store = CheatSheetStore(args.url, schema=args.schema)
     try:
-        h = Harness(lloco, dataset, settings, store=store)
+        h = Harness(lloco, dataset, settings, store=store, text_adapter=text_adapter,
+                    adapter_file=args.adapter_file)
         if store is not None:
             rep = h.ingest(progress=sys.stderr.isatty())
             print(f"ingest: {rep.summary()}", file=sys.stderr)
         reports, skipped = [], {}
         for mode in modes:
-            if args.compare is not None and mode.endswith("-adapter") and h.active_adapter() is None:
+            if args.compare is not None and mode in SHEET_ADAPTER_MODES and not h.has_adapter(mode):
                 skipped[mode] = "no active adapter"
                 continue
             r = h.run(mode, progress=_progress(mode) if sys.stderr.isatty() else None)

@@ -17,6 +17,20 @@ only the context differs:
   retrieved for *another* question (the next selected question about a different document), so the context
   is real but unrelated. A trained adapter also learns the answer format, which helps whatever the context;
   only the gap between ``lloco-adapter`` and ``lloco-adapter-control`` is knowledge read from cheat sheets.
+- ``lloco-doc-control``: the same control for ``lloco-doc-adapter``: the cheat sheets (in order, truncated
+  alike) of *another* document, that of the next selected question whose document differs, with the same
+  adapter. Per question the JSON names it (``control_qid``, ``control_doc_id``).
+- ``full-adapter`` / ``rag-adapter``: ``full`` / ``rag`` answered with the **text adapter** (a LoRA trained
+  to answer from text, ``lloco train-teacher``; the shipped teacher unless another file is given): the fair
+  text baselines of an adapter that reads cheat sheets.
+
+Adapters: the text-adapter modes need an adapter file (``text_adapter``). The cheat-sheet adapter modes
+(``lloco-adapter``, ``lloco-doc-adapter``, ``lloco-adapter-control``, ``lloco-doc-control``) use
+``adapter_file`` when given (e.g. the reader LoRA of ``lloco train-encoder``), else the group's active
+adapter. File adapters are registered on the runtime as ``file:text`` / ``file:reader`` (fingerprints are
+checked then, before any question runs); each mode's report says which adapter it used
+(``settings.adapter``). Reading utilisation, ``(lloco-doc-adapter - lloco-doc-control) / (full-adapter -
+none)``, is computed from saved runs by ``lloco eval-report --u``.
 
 Retrieval modes search the whole group (all documents of the set), so other documents act as distractors.
 The set's documents are ingested into the group once; re-ingesting unchanged documents with the same
@@ -29,7 +43,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,13 +55,20 @@ from .datasets import Dataset, Question
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "full", "rag", "lloco", "lloco-adapter", "lloco-doc", "lloco-doc-adapter", "lloco-control",
-         "lloco-adapter-control")
-RETRIEVAL_MODES = frozenset({"rag", "lloco", "lloco-adapter", "lloco-control", "lloco-adapter-control"})
-CONTROL_MODES = frozenset({"lloco-control", "lloco-adapter-control"})
+MODES = ("none", "full", "full-adapter", "rag", "rag-adapter", "lloco", "lloco-adapter", "lloco-doc",
+         "lloco-doc-adapter", "lloco-control", "lloco-adapter-control", "lloco-doc-control")
+FULL_MODES = frozenset({"full", "full-adapter"})  # the document as text
+RAG_TEXT_MODES = frozenset({"rag", "rag-adapter"})  # the retrieved chunks as text
+RETRIEVAL_MODES = frozenset({"rag", "rag-adapter", "lloco", "lloco-adapter", "lloco-control", "lloco-adapter-control"})
+DOC_MODES = frozenset({"lloco-doc", "lloco-doc-adapter", "lloco-doc-control"})  # the document's cheat sheets
+CONTROL_MODES = frozenset({"lloco-control", "lloco-adapter-control", "lloco-doc-control"})
 COMPARE_DEFAULT = ("none", "full", "rag", "lloco", "lloco-adapter")
-STORE_MODES = frozenset(MODES) - {"none", "full"}
-ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter", "lloco-adapter-control"})
+STORE_MODES = frozenset(MODES) - {"none"} - FULL_MODES
+TEXT_ADAPTER_MODES = frozenset({"full-adapter", "rag-adapter"})  # with the text adapter (the teacher)
+SHEET_ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter", "lloco-adapter-control", "lloco-doc-control"})
+ADAPTER_MODES = TEXT_ADAPTER_MODES | SHEET_ADAPTER_MODES
+TEXT_ADAPTER_ID = "file:text"  # runtime ids of adapters registered from files
+READER_ADAPTER_ID = "file:reader"
 DEFAULT_MAX_NEW_TOKENS = {"qa": 32, "contains": 32, "choice": 8, "rouge": 128}
 MARGIN = 16  # tokens kept free when truncating: decode -> re-encode can shift a token or two
 MC_INSTRUCTION = "Answer with the letter of the correct option."
@@ -88,6 +110,27 @@ def parse_modes(spec: str | Sequence[str] | None) -> list[str]:
     if bad or not modes:
         raise InputError(f"unknown mode(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
     return list(dict.fromkeys(modes))
+
+
+def resolve_text_adapter(path: str | Path | None, modes: Sequence[str]) -> Path | None:
+    """The text adapter file for ``modes``: ``path`` if given, else the shipped teacher when a text-adapter
+    mode is asked for. Checked before any model loads: InputError if it is needed and there is none."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--text-adapter {p} is not a file; train a text adapter with `lloco train-teacher`")
+        return p
+    needing = [m for m in modes if m in TEXT_ADAPTER_MODES]
+    if not needing:
+        return None
+    from .. import runtime
+
+    shipped = runtime.shipped_teacher_adapter()
+    if shipped is None:
+        raise InputError(f"mode(s) {', '.join(needing)} answer with the text adapter (a LoRA trained to answer "
+                         "from text), but none was given and no shipped teacher was found: pass --text-adapter "
+                         "FILE, or train one with `lloco train-teacher`")
+    return Path(shipped)
 
 
 def question_text(q: Question) -> str:
@@ -151,9 +194,13 @@ class Harness:
 
     ``lloco`` is a :class:`~lloco_runtime.runtime.LLoCO`; ``store`` a
     :class:`~lloco_runtime.store.CheatSheetStore` (needed only for the retrieval and ``lloco-doc`` modes).
+    ``text_adapter``: adapter file of the text-adapter modes; ``adapter_file``: adapter file of the
+    cheat-sheet adapter modes (instead of the group's active adapter). Both are registered on the runtime
+    here, so a fingerprint mismatch is refused before anything runs.
     """
 
-    def __init__(self, lloco, dataset: Dataset, settings: EvalSettings, store=None) -> None:
+    def __init__(self, lloco, dataset: Dataset, settings: EvalSettings, store=None, *,
+                 text_adapter: str | Path | None = None, adapter_file: str | Path | None = None) -> None:
         self.lloco = lloco
         self.dataset = dataset
         self.settings = settings
@@ -168,6 +215,31 @@ class Harness:
         self._doc_ids: dict[str, list[int]] = {}
         self._doc_sheets: dict[str, list[torch.Tensor]] = {}
         self.ingest_report = None
+        self.text_adapter = None if text_adapter is None else self._register_file(
+            TEXT_ADAPTER_ID, text_adapter, "--text-adapter", text_only=True)
+        self.adapter_file = None if adapter_file is None else self._register_file(
+            READER_ADAPTER_ID, adapter_file, "--adapter-file", text_only=False)
+
+    def _register_file(self, adapter_id: str, path: str | Path, flag: str, *, text_only: bool) -> Path:
+        """Register an adapter file on the runtime as ``adapter_id`` (AdapterManager checks fingerprints)."""
+        from ..adapters import AdapterArtifact
+        from ..errors import AdapterError, FingerprintMismatchError
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{flag} {p} is not a file")
+        try:
+            data = p.read_bytes()
+            if text_only:
+                # A text adapter reads text, never cheat sheets: only its base model has to match, so an
+                # encoder it may record (e.g. the one current when it was trained) is not held against it.
+                data = replace(AdapterArtifact.from_bytes(data), encoder_fingerprint=None).to_bytes()
+            self.lloco.adapters.register(adapter_id, data)
+        except FingerprintMismatchError as exc:
+            raise FingerprintMismatchError(f"{flag} {p}: {exc}") from None
+        except AdapterError as exc:
+            raise AdapterError(f"{flag} {p}: {exc}") from None
+        return p
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -184,6 +256,34 @@ class Harness:
     def active_adapter(self) -> int | None:
         """The group's active adapter id (None if it has none)."""
         return self.store.get_group(self.settings.group, self.settings.collection).active_adapter_id
+
+    def has_adapter(self, mode: str) -> bool:
+        """Whether ``mode`` can run as far as adapters go (True for modes without one)."""
+        if mode in TEXT_ADAPTER_MODES:
+            return self.text_adapter is not None
+        if mode in SHEET_ADAPTER_MODES:
+            return self.adapter_file is not None or self.active_adapter() is not None
+        return True
+
+    def adapter_for(self, mode: str) -> tuple[int | str | None, dict[str, Any] | None]:
+        """(id passed to the runtime, description for the report) of the adapter ``mode`` answers with."""
+        if mode in TEXT_ADAPTER_MODES:
+            if self.text_adapter is None:
+                raise InputError(f"mode {mode!r} answers with the text adapter, but none was given: pass "
+                                 "--text-adapter FILE, or train one with `lloco train-teacher`")
+            return TEXT_ADAPTER_ID, {"source": "file", "id": TEXT_ADAPTER_ID, "path": str(self.text_adapter)}
+        if mode not in SHEET_ADAPTER_MODES:
+            return None, None
+        if self.adapter_file is not None:
+            return READER_ADAPTER_ID, {"source": "file", "id": READER_ADAPTER_ID, "path": str(self.adapter_file)}
+        adapter_id = self.active_adapter()
+        if adapter_id is None:
+            plain = {"lloco-adapter": "lloco", "lloco-doc-adapter": "lloco-doc",
+                     "lloco-adapter-control": "lloco-control"}.get(mode)
+            raise InputError(f"group {self.settings.collection}/{self.settings.group} has no active adapter; "
+                             f"train one with `lloco finetune --group {self.settings.group}`, pass --adapter-file "
+                             "FILE" + (f", or use mode {plain!r}" if plain else ""))
+        return adapter_id, {"source": "group", "id": adapter_id, "path": None}
 
     # -- context ------------------------------------------------------------------------------------------
 
@@ -220,19 +320,21 @@ class Harness:
             text = self.lloco.host.tokenizer.decode(ids[:keep])
         return text, {"truncated": True, "context_fraction": keep / len(ids)}
 
-    def doc_sheets(self, q: Question, qtext: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
-        """The document's own cheat sheets in order, head-truncated to the window."""
-        if q.doc_id not in self._doc_sheets:
-            chunks = self.store.list_chunks(self.settings.group, self.settings.collection, doc_ids=[q.doc_id])
+    def doc_sheets(self, q: Question, qtext: str,
+                   doc_id: str | None = None) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """The document's own cheat sheets in order (``doc_id``'s if given), head-truncated to the window."""
+        doc_id = q.doc_id if doc_id is None else doc_id
+        if doc_id not in self._doc_sheets:
+            chunks = self.store.list_chunks(self.settings.group, self.settings.collection, doc_ids=[doc_id])
             if not chunks:
-                raise InputError(f"document {q.doc_id!r} has no chunks in group {self.settings.group!r}; "
+                raise InputError(f"document {doc_id!r} has no chunks in group {self.settings.group!r}; "
                                  "was it ingested?")
             ids = [c.chunk_id for c in sorted(chunks, key=lambda c: c.ordinal)]
             sheets: list[torch.Tensor] = []
             for i in range(0, len(ids), 500):
                 sheets.extend(self.service.cheat_sheets(ids[i:i + 500]))
-            self._doc_sheets[q.doc_id] = sheets
-        sheets = self._doc_sheets[q.doc_id]
+            self._doc_sheets[doc_id] = sheets
+        sheets = self._doc_sheets[doc_id]
         room, kept, used = self.budget(qtext), [], 0
         for s in sheets:
             if used + s.shape[0] > room:
@@ -240,20 +342,21 @@ class Harness:
             kept.append(s)
             used += int(s.shape[0])
         if not kept:
-            raise InputError(f"the first cheat sheet of {q.doc_id!r} does not fit the window")
+            raise InputError(f"the first cheat sheet of {doc_id!r} does not fit the window")
         return kept, {"truncated": len(kept) < len(sheets), "context_fraction": len(kept) / len(sheets)}
 
     # -- running ------------------------------------------------------------------------------------------
 
-    def answer(self, q: Question, mode: str, adapter_id: int | None) -> dict[str, Any]:
-        """Answer one question in ``mode``; the per-question record (without scores)."""
+    def answer(self, q: Question, mode: str, adapter_id: int | str | None) -> dict[str, Any]:
+        """Answer one question in ``mode`` (with ``adapter_id`` in adapter modes); the per-question record
+        (without scores)."""
         qtext = question_text(q)
         start = time.perf_counter()
         info: dict[str, Any] = {}
         adapter = None
         if mode == "none":
             context, n_ctx = None, 0
-        elif mode == "full":
+        elif mode in FULL_MODES:
             context, info = self.full_context(q, qtext)
             n_ctx = len(self._tokens(context))
         elif mode in RETRIEVAL_MODES:
@@ -264,20 +367,26 @@ class Harness:
             t0 = time.perf_counter()
             res = self.service.retrieve(query, group=self.settings.group, collection=self.settings.collection,
                                         top_k=self.settings.top_k, mode=self.settings.retrieval,
-                                        load_cheat_sheets=mode != "rag")
+                                        load_cheat_sheets=mode not in RAG_TEXT_MODES)
             info["retrieval_s"] = time.perf_counter() - t0
             if not res.chunks:
                 raise InputError(f"group {self.settings.group!r} returned no chunks; ingest the documents first")
             ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
             info["chunk_ids"] = [c.chunk_id for c in ordered]
             info["gold_doc_retrieved"] = any(c.doc_id == q.doc_id for c in ordered)
-            if mode == "rag":
+            if mode in RAG_TEXT_MODES:
                 context = "\n\n".join(c.text for c in ordered)
                 n_ctx = len(self._tokens(context))
             else:
                 context = [c.cheat_sheet.to(self.lloco.host.dtype) for c in ordered]
                 n_ctx = sum(int(s.shape[0]) for s in context)
                 info["raw_context_tokens"] = res.raw_context_tokens
+        elif mode == "lloco-doc-control":  # another document's cheat sheets, truncated alike
+            other = self.control_question(q)
+            info["control_qid"], info["control_doc_id"] = other.qid, other.doc_id
+            context, more = self.doc_sheets(q, qtext, doc_id=other.doc_id)
+            info.update(more)
+            n_ctx = sum(int(s.shape[0]) for s in context)
         else:  # lloco-doc, lloco-doc-adapter
             context, info = self.doc_sheets(q, qtext)
             n_ctx = sum(int(s.shape[0]) for s in context)
@@ -307,13 +416,10 @@ class Harness:
             raise InputError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         if mode in STORE_MODES and self.service is None:
             raise InputError(f"mode {mode!r} needs a store (retrieval / cheat sheets)")
-        adapter_id = None
-        if mode in ADAPTER_MODES:
-            adapter_id = self.active_adapter()
-            if adapter_id is None:
-                raise InputError(f"group {self.settings.collection}/{self.settings.group} has no active adapter; "
-                                 f"train one with `lloco finetune --group {self.settings.group}` or use mode "
-                                 f"{mode.removesuffix('-adapter')!r}")
+        adapter_id, adapter_info = self.adapter_for(mode)
+        if mode in CONTROL_MODES and len({q.doc_id for q in self.questions}) < 2:
+            log.warning("%s: the selected questions are about one document, so the control reads the "
+                        "question's own document", mode)
         rows = []
         for i, q in enumerate(self.questions):
             row = self.answer(q, mode, adapter_id)
@@ -322,11 +428,11 @@ class Harness:
             if progress:
                 progress(i + 1, len(self.questions))
         settings = asdict(self.settings) | {
-            "max_new_tokens": self.max_new_tokens, "adapter_id": adapter_id,
+            "max_new_tokens": self.max_new_tokens, "adapter_id": adapter_id, "adapter": adapter_info,
             "context_window": self.lloco.host.context_window, "model": self.lloco.host.name,
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
             "truncation": ("head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
-                           if mode in ("full", "lloco-doc", "lloco-doc-adapter") else None),
+                           if mode in FULL_MODES | DOC_MODES else None),
             "retrieval_scope": "group" if mode in RETRIEVAL_MODES else None,
         }
         return summarise(self.dataset.name, mode, self.dataset.metric, rows, settings)

@@ -5,13 +5,20 @@ between two modes can be noise. This module reads saved reports and prints, per 
 with a 95% bootstrap confidence interval, and for each mode its **paired** difference to a baseline mode
 (the same questions answered both ways, resampled together), which is what "mode A beats mode B" needs.
 No model is loaded: the numbers come from the ``per_question`` records of the JSON files.
+
+With ``--u`` it also prints the **reading utilisation**
+``U = (F1 right sheets - F1 wrong sheets) / (F1 text - F1 none)`` (by default right = ``lloco-doc-adapter``,
+wrong = ``lloco-doc-control``, text = ``full-adapter``, none = ``none``) over the questions all four modes
+answered, with a paired bootstrap 95% interval (questions resampled jointly, U computed per resample) and the
+paired interval of right - wrong. U near 0: the cheat sheets carry nothing the decoder uses; U near 1: as
+much as the text. U is undefined when the text does not beat no context (denominator <= 0).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +132,135 @@ def markdown(reports: list[dict[str, Any]], baseline: str | None = None) -> str:
         lines.append(f"| {r['dataset']} | {r['mode']} | {r['n']} | {_pct(r['score'])}{_ci(r['ci95'])}{delta} | "
                      f"{'-' if ctx is None else f'{ctx:.0f}'} | {'-' if lat is None else f'{lat:.2f}'} |")
     return "\n".join(lines)
+
+
+# -- reading utilisation ------------------------------------------------------------------------------------
+
+#: (right, wrong, text, none) modes of U by default
+U_MODES = ("lloco-doc-adapter", "lloco-doc-control", "full-adapter", "none")
+U_ROLES = ("right", "wrong", "text", "none")
+
+
+def parse_u_modes(spec: str | Sequence[str] | None) -> tuple[str, str, str, str]:
+    """``"right,wrong,text,none"`` -> the four mode names (None: :data:`U_MODES`); InputError otherwise."""
+    if spec is None:
+        return U_MODES
+    modes = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec)]
+    if len(modes) != 4 or not all(modes):
+        raise InputError("--u-modes takes four comma-separated modes, right,wrong,text,none (default "
+                         f"{','.join(U_MODES)})")
+    return modes[0], modes[1], modes[2], modes[3]
+
+
+def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Mapping[str, float],
+                none: Mapping[str, float], *, resamples: int = 2000, seed: int = 0,
+                level: float = 0.95) -> dict[str, Any]:
+    """U = (right - wrong) / (text - none) over the questions in all four ``qid -> score`` maps.
+
+    Returns the four means, ``reading`` (right - wrong) and ``text_gain`` (text - none) with their paired
+    bootstrap intervals, ``u`` and ``u_ci95``: a paired bootstrap (the same resampled questions in all four
+    modes, U computed per resample). ``u`` is None with a reason in ``undefined`` when text - none <= 0;
+    resamples whose denominator is <= 0 are counted in ``u_undefined_resamples`` and left out of the
+    interval, which is None (with a reason in ``u_ci_undefined``) when they exceed the interval's tail.
+    """
+    common = sorted(set(right) & set(wrong) & set(text) & set(none))
+    n = len(common)
+    out: dict[str, Any] = {"n": n, **{role: None for role in U_ROLES}, "reading": None, "reading_ci95": None,
+                           "text_gain": None, "text_gain_ci95": None, "u": None, "u_ci95": None,
+                           "u_undefined_resamples": None, "undefined": None, "u_ci_undefined": None}
+    if not n:
+        out["undefined"] = "no question was answered in all four modes"
+        return out
+    cols = [[float(d[q]) for q in common] for d in (right, wrong, text, none)]
+    means = [sum(c) / n for c in cols]
+    out.update(dict(zip(U_ROLES, means, strict=True)))
+    reading = [a - b for a, b in zip(cols[0], cols[1], strict=True)]
+    gain = [a - b for a, b in zip(cols[2], cols[3], strict=True)]
+    kw = {"resamples": resamples, "seed": seed, "level": level}
+    out["reading"], out["reading_ci95"] = means[0] - means[1], bootstrap_ci(reading, **kw)
+    out["text_gain"], out["text_gain_ci95"] = means[2] - means[3], bootstrap_ci(gain, **kw)
+    if out["text_gain"] <= 0:
+        out["undefined"] = (f"the text does not beat no context on these questions (text {100 * means[2]:.1f} - "
+                            f"none {100 * means[3]:.1f} = {100 * out['text_gain']:+.1f} <= 0), so there is "
+                            "nothing for the cheat sheets to recover")
+        return out
+    out["u"] = out["reading"] / out["text_gain"]
+    if n < 2:
+        out["u_ci_undefined"] = "a single question"
+        return out
+    rng = random.Random(seed)
+    us: list[float] = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        den = sum(gain[i] for i in idx)
+        if den > 0:
+            us.append(sum(reading[i] for i in idx) / den)
+    out["u_undefined_resamples"] = resamples - len(us)
+    if resamples - len(us) > (1 - level) / 2 * resamples:
+        out["u_ci_undefined"] = (f"text - none <= 0 in {resamples - len(us)} of {resamples} resamples: the "
+                                 "denominator is too uncertain for an interval (more questions needed)")
+        return out
+    us.sort()
+    m = len(us)
+    out["u_ci95"] = (us[int((1 - level) / 2 * m)], us[min(m - 1, int((1 + level) / 2 * m))])
+    return out
+
+
+def utilisation_rows(reports: list[dict[str, Any]], modes: Sequence[str] = U_MODES,
+                     **kw: Any) -> list[dict[str, Any]]:
+    """U per dataset of ``reports`` (``modes`` = right, wrong, text, none). A dataset without a run of one of
+    the modes gets ``missing``; InputError if no dataset has all four."""
+    modes = parse_u_modes(modes)
+    rows = []
+    for dataset in dict.fromkeys(r.get("dataset") for r in reports):
+        by_mode = {r["mode"]: r for r in reports if r.get("dataset") == dataset}
+        row: dict[str, Any] = {"dataset": dataset, "modes": dict(zip(U_ROLES, modes, strict=True)),
+                               "metric": next(iter(by_mode.values())).get("metric", "qa")}
+        missing = [m for m in dict.fromkeys(modes) if m not in by_mode]
+        if missing:
+            row["missing"] = missing
+        else:
+            row.update(utilisation(*(question_scores(by_mode[m]) for m in modes), **kw))
+        rows.append(row)
+    if all("missing" in r for r in rows):
+        lacking = sorted({m for r in rows for m in r["missing"]})
+        raise InputError(f"U needs runs of the modes {', '.join(modes)} (right, wrong, text, none); missing: "
+                         f"{', '.join(lacking)}. Run them with `lloco eval DATASET --compare {','.join(modes)} "
+                         "--json PATH` (see `lloco eval --help` for the adapters they need)")
+    return rows
+
+
+def _num(v: float | None, ci: tuple[float, float] | None = None, *, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f}{_ci(ci)}" if signed else f"{100 * v:.1f}{_ci(ci)}"
+
+
+def utilisation_markdown(rows: list[dict[str, Any]]) -> str:
+    """A table of U per dataset and one plain line each saying what U is (or why it is undefined)."""
+    modes = rows[0]["modes"]
+    name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(rows[0]["metric"],
+                                                                                              "score")
+    lines = [f"Reading utilisation U = ({name} right - {name} wrong) / ({name} text - {name} none); "
+             + ", ".join(f"{role} = {mode}" for role, mode in modes.items())
+             + "; over the questions all four answered, paired bootstrap 95% intervals.", "",
+             "| set | n | right | wrong | text | none | right - wrong [95% CI] | text - none [95% CI] | U [95% CI] |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for r in rows:
+        if "missing" in r:
+            notes.append(f"{r['dataset']}: U not computed, no run of {', '.join(r['missing'])}")
+            continue
+        u = "undefined" if r["u"] is None else f"{r['u']:.2f}"
+        if r["u_ci95"] is not None:
+            u += f" [{r['u_ci95'][0]:.2f}, {r['u_ci95'][1]:.2f}]"
+        lines.append(f"| {r['dataset']} | {r['n']} | {_num(r['right'])} | {_num(r['wrong'])} | {_num(r['text'])} | "
+                     f"{_num(r['none'])} | {_num(r['reading'], r['reading_ci95'], signed=True)} | "
+                     f"{_num(r['text_gain'], r['text_gain_ci95'], signed=True)} | {u} |")
+        if r["u"] is None:
+            notes.append(f"{r['dataset']}: U is undefined: {r['undefined']}")
+        else:
+            ci = (f"95% CI [{r['u_ci95'][0]:.2f}, {r['u_ci95'][1]:.2f}]" if r["u_ci95"] is not None
+                  else f"no interval: {r['u_ci_undefined']}")
+            notes.append(f"{r['dataset']}: U = {r['u']:.2f} ({ci}) over {r['n']} questions")
+    return "\n".join(lines + [""] + notes)

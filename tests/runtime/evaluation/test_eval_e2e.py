@@ -131,3 +131,154 @@ def test_control_mode_reads_the_cheat_sheets_retrieved_for_a_question_about_anot
         other = row["control_qid"]
         assert doc_of[other] != row["doc_id"]  # a question about another document
         assert row["chunk_ids"] == own[other]["chunk_ids"] != own[row["qid"]]["chunk_ids"]
+
+
+# -- text-adapter modes, adapter files and the lloco-doc-control mode ------------------------------------------
+
+
+@pytest.fixture
+def adapter_files(tiny_lloco, tmp_path):
+    """Adapter files for the CLI's runtime (same tiny model and encoder): a text adapter, a reader adapter,
+    and two that do not fit (another encoder; another base model)."""
+    from dataclasses import replace
+
+    from lloco_test_support import make_adapter_bytes
+
+    from lloco_runtime.adapters import AdapterArtifact
+
+    host, enc_fp = tiny_lloco.host, tiny_lloco.encoder.fingerprint
+    paths = {"text": tmp_path / "text.safetensors", "reader": tmp_path / "reader.safetensors",
+             "other_encoder": tmp_path / "other_encoder.safetensors", "other_base": tmp_path / "other_base.safetensors"}
+    paths["text"].write_bytes(make_adapter_bytes(host, None, seed=1))
+    paths["reader"].write_bytes(make_adapter_bytes(host, enc_fp, seed=2))
+    paths["other_encoder"].write_bytes(make_adapter_bytes(host, "f" * 64, seed=3))
+    art = AdapterArtifact.from_bytes(paths["text"].read_bytes())
+    paths["other_base"].write_bytes(replace(art, base_fingerprint="0" * 64).to_bytes())
+    return paths
+
+
+def test_text_adapter_modes_and_the_document_control_with_adapter_files(
+        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, tmp_path, capsys):
+    out = tmp_path / "fair.json"
+    modes = "none,full,full-adapter,rag,rag-adapter,lloco-doc-adapter,lloco-doc-control,lloco-adapter-control"
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare", modes, "--top-k", "2",
+                 "--max-context-tokens", "12", "--text-adapter", str(adapter_files["text"]),
+                 "--adapter-file", str(adapter_files["reader"]), "--json", str(out)) == 0
+    res = json.loads(out.read_text())
+    runs = {r["mode"]: r for r in res["runs"]}
+    assert list(runs) == modes.split(",") and res["skipped"] == {}  # no group adapter, but an adapter file
+    for mode in ("full-adapter", "rag-adapter"):
+        assert runs[mode]["settings"]["adapter"] == {"source": "file", "id": "file:text",
+                                                     "path": str(adapter_files["text"])}
+        assert runs[mode]["settings"]["adapter_id"] == "file:text"
+    for mode in ("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"):
+        assert runs[mode]["settings"]["adapter"]["path"] == str(adapter_files["reader"])
+        assert runs[mode]["settings"]["adapter_id"] == "file:reader"
+    assert runs["full"]["settings"]["adapter"] is None and runs["none"]["settings"]["adapter_id"] is None
+    # full-adapter reads the same text as full (same truncation), rag-adapter the same chunks as rag
+    full, fulla = runs["full"]["per_question"], runs["full-adapter"]["per_question"]
+    assert [r["context_tokens"] for r in full] == [r["context_tokens"] for r in fulla]
+    assert [r["chunk_ids"] for r in runs["rag"]["per_question"]] == [
+        r["chunk_ids"] for r in runs["rag-adapter"]["per_question"]]
+    # ... and the adapter is applied: the random LoRA changes some answer
+    assert [r["prediction"] for r in full] != [r["prediction"] for r in fulla]
+    # lloco-doc-control: another document's cheat sheets, truncated like lloco-doc-adapter
+    doc_of = {row["qid"]: row["doc_id"] for row in runs["none"]["per_question"]}
+    ctl = runs["lloco-doc-control"]
+    assert ctl["settings"]["truncation"].startswith("head")
+    for row in ctl["per_question"]:
+        assert row["control_doc_id"] != row["doc_id"] and row["control_doc_id"] == doc_of[row["control_qid"]]
+        assert row["context_tokens"] == 12 and row["truncated"]
+    assert {r["qid"]: r["control_doc_id"] for r in ctl["per_question"]} == {
+        "q1": "orchard", "q2": "orchard", "q3": "lighthouse"}
+
+
+def test_document_control_feeds_the_other_documents_cheat_sheets(qa_dir, tiny_lloco, pg_url, schema, adapter_files):
+    import torch
+
+    from lloco_runtime.evaluation.datasets import load_dataset
+    from lloco_runtime.evaluation.harness import EvalSettings, Harness, question_text
+    from lloco_runtime.store import CheatSheetStore
+
+    dataset = load_dataset(qa_dir)
+    with CheatSheetStore(pg_url, schema=schema) as store:
+        h = Harness(tiny_lloco, dataset, EvalSettings(group="tinyqa"), store=store,
+                    adapter_file=adapter_files["reader"])
+        h.ingest()
+        seen = []
+        real = tiny_lloco.answer
+
+        def spy(question, context=None, **kw):
+            seen.append((question, context, kw.get("adapter_id")))
+            return real(question, context, **kw)
+
+        tiny_lloco.answer = spy
+        report = h.run("lloco-doc-control")
+        by_qid = {q.qid: q for q in dataset.questions}
+        for row, (question, context, adapter_id) in zip(report["per_question"], seen, strict=True):
+            q = by_qid[row["qid"]]
+            assert question == question_text(q) and adapter_id == "file:reader"
+            other = next(x for x in dataset.questions if x.doc_id == row["control_doc_id"])
+            expected, _ = h.doc_sheets(other, question_text(q))
+            own, _ = h.doc_sheets(q, question_text(q))
+            assert len(context) == len(expected)
+            assert all(torch.equal(a, b) for a, b in zip(context, expected, strict=True))
+            assert not all(torch.equal(a, b) for a, b in zip(context, own, strict=False))
+
+
+def test_missing_text_adapter_is_a_clear_error_before_anything_loads(qa_dir, monkeypatch, capsys, tmp_path):
+    from lloco_runtime import cli, runtime
+
+    monkeypatch.setattr(runtime, "shipped_teacher_adapter", lambda: None)
+    monkeypatch.setattr(cli, "_runtime", lambda a: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    for args in (["--mode", "full-adapter"], ["--compare", "none,rag-adapter,lloco-doc-control"]):
+        assert main(["eval", str(qa_dir), *args]) == 2
+        err = capsys.readouterr().err
+        assert "lloco train-teacher" in err and "--text-adapter" in err
+    assert main(["eval", str(qa_dir), "--mode", "full-adapter", "--text-adapter", str(tmp_path / "nope")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert main(["eval", str(qa_dir), "--mode", "lloco-doc-control", "--adapter-file", str(tmp_path / "no")]) == 2
+    assert "--adapter-file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and the valid modes
+        main(["eval", str(qa_dir), "--mode", "full-adapterz"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown mode 'full-adapterz'" in err and "lloco-doc-control" in err
+
+
+def test_shipped_teacher_is_the_default_text_adapter_and_mismatched_files_are_refused(
+        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, monkeypatch, tmp_path, capsys):
+    from lloco_runtime import runtime
+
+    monkeypatch.setattr(runtime, "shipped_teacher_adapter", lambda: adapter_files["text"])
+    out = tmp_path / "fa.json"
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "full-adapter", "--limit", "1",
+                 "--json", str(out)) == 0
+    assert json.loads(out.read_text())["settings"]["adapter"]["path"] == str(adapter_files["text"])
+    capsys.readouterr()
+    # a reader adapter of another encoder, a text adapter of another base model: refused before any question
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control",
+                 "--adapter-file", str(adapter_files["other_encoder"])) == 1
+    err = capsys.readouterr().err
+    assert f"--adapter-file {adapter_files['other_encoder']}" in err and "encoder ffffffffffff" in err
+    assert "ingest:" not in err
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "rag-adapter",
+                 "--text-adapter", str(adapter_files["other_base"])) == 1
+    err = capsys.readouterr().err
+    assert f"--text-adapter {adapter_files['other_base']}" in err and "base model 000000000000" in err
+    assert "ingest:" not in err
+
+
+def test_compare_skips_every_cheat_sheet_adapter_mode_without_an_adapter(
+        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys):
+    out = tmp_path / "skip.json"
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare",
+                 "none,lloco-doc-adapter,lloco-doc-control,lloco-adapter-control", "--limit", "1",
+                 "--json", str(out)) == 0
+    res = json.loads(out.read_text())
+    assert [r["mode"] for r in res["runs"]] == ["none"]
+    assert res["skipped"] == dict.fromkeys(("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"),
+                                           "no active adapter")
+    # a single mode is an error naming the ways out
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control") == 2
+    err = capsys.readouterr().err
+    assert "no active adapter" in err and "--adapter-file" in err

@@ -85,3 +85,109 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(InputError, match="no mode / per_question"):
         load_reports([other])
     assert main(["eval-report", str(other)]) != 0
+
+
+# -- reading utilisation U = (right - wrong) / (text - none) --------------------------------------------------
+
+
+def _u_runs(right, wrong, text, none, dataset="set"):
+    return [_report("lloco-doc-adapter", right, dataset), _report("lloco-doc-control", wrong, dataset),
+            _report("full-adapter", text, dataset), _report("none", none, dataset)]
+
+
+def test_u_by_hand():
+    from lloco_runtime.evaluation.report import utilisation
+
+    right, wrong = [1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 0.5]  # means 0.625, 0.25: reading 0.375
+    text, none = [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]  # means 1.0, 0.25: text gain 0.75
+    as_map = lambda vals: {f"q{i}": v for i, v in enumerate(vals)}
+    u = utilisation(as_map(right), as_map(wrong), as_map(text), as_map(none))
+    assert u["n"] == 4 and (u["right"], u["wrong"], u["text"], u["none"]) == (0.625, 0.25, 1.0, 0.25)
+    assert u["reading"] == pytest.approx(0.375) and u["text_gain"] == pytest.approx(0.75)
+    assert u["u"] == pytest.approx(0.5) and u["undefined"] is None
+    lo, hi = u["u_ci95"]
+    assert lo <= 0.5 <= hi
+    assert u["reading_ci95"] == bootstrap_ci([1.0, 0.0, 0.0, 0.5])  # the paired interval of right - wrong
+
+
+def test_u_interval_collapses_when_every_question_gains_alike_and_only_common_questions_count():
+    from lloco_runtime.evaluation.report import utilisation
+
+    n = 30
+    none = {f"q{i}": (i % 5) / 10 for i in range(n)}
+    text = {q: v + 0.4 for q, v in none.items()}
+    wrong = {q: v + 0.1 for q, v in none.items()}
+    right = {q: v + 0.3 for q, v in none.items()}  # U = 0.2 / 0.4 on every question and every resample
+    right["extra"] = 1.0  # answered in one mode only: ignored
+    u = utilisation(right, wrong, text, none)
+    assert u["n"] == n and u["u"] == pytest.approx(0.5)
+    assert u["u_ci95"] == (pytest.approx(0.5), pytest.approx(0.5)) and u["u_undefined_resamples"] == 0
+    assert u["reading_ci95"] == (pytest.approx(0.2), pytest.approx(0.2))
+
+
+@pytest.mark.parametrize("gain", [0.0, -0.2])
+def test_u_is_undefined_when_the_text_does_not_beat_no_context(gain):
+    from lloco_runtime.evaluation.report import utilisation
+
+    none = {"a": 0.5, "b": 0.3}
+    text = {q: v + gain for q, v in none.items()}
+    u = utilisation({"a": 1.0, "b": 1.0}, {"a": 0.0, "b": 0.0}, text, none)
+    assert u["u"] is None and u["u_ci95"] is None
+    assert "does not beat no context" in u["undefined"] and u["reading"] == pytest.approx(1.0)
+    assert utilisation({"a": 1.0}, {"b": 1.0}, {"a": 1.0}, {"a": 0.0})["undefined"].startswith("no question")
+
+
+def test_u_interval_is_withheld_when_the_denominator_often_flips_sign():
+    from lloco_runtime.evaluation.report import utilisation
+
+    gain = [0.5, 0.5, 0.5, -0.5, -0.5]  # text - none: mean 0.1 > 0, but <= 0 in many resamples
+    none = {f"q{i}": 0.5 for i in range(5)}
+    text = {f"q{i}": 0.5 + g for i, g in enumerate(gain)}
+    right = {f"q{i}": 0.55 for i in range(5)}  # right - wrong: 0.05
+    u = utilisation(right, none, text, none)
+    assert u["u"] == pytest.approx(0.05 / 0.1)
+    assert u["u_ci95"] is None and u["u_undefined_resamples"] > 50 and "too uncertain" in u["u_ci_undefined"]
+
+
+def test_cli_prints_u_and_writes_it_to_json(tmp_path, capsys):
+    path = tmp_path / "u.json"
+    runs = _u_runs([1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 0.5], [1.0] * 4, [0.0, 0.0, 0.5, 0.5])
+    path.write_text(json.dumps({"dataset": "set", "runs": runs}))
+    out_json = tmp_path / "out.json"
+    assert main(["eval-report", str(path), "--u", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| set | lloco-doc-control | 4 |" in out  # the usual table first
+    assert "right = lloco-doc-adapter, wrong = lloco-doc-control, text = full-adapter, none = none" in out
+    assert "| set | 4 | 62.5 | 25.0 | 100.0 | 25.0 | +37.5 [" in out
+    assert "set: U = 0.50 (95% CI [" in out
+    res = json.loads(out_json.read_text())
+    assert [r["mode"] for r in res["rows"]] == ["lloco-doc-adapter", "lloco-doc-control", "full-adapter", "none"]
+    (u,) = res["utilisation"]
+    assert u["u"] == pytest.approx(0.5) and u["n"] == 4 and u["modes"]["text"] == "full-adapter"
+
+
+def test_cli_u_with_other_modes_missing_modes_and_an_undefined_u(tmp_path, capsys):
+    path = tmp_path / "u.json"
+    runs = [_report("lloco-adapter", [1.0, 1.0]), _report("lloco-adapter-control", [0.0, 1.0]),
+            _report("rag-adapter", [0.5, 0.5]), _report("none", [0.5, 0.5])]
+    path.write_text(json.dumps({"dataset": "set", "runs": runs}))
+    assert main(["eval-report", str(path), "--u-modes", "lloco-adapter,lloco-adapter-control,rag-adapter,none"]) == 0
+    out = capsys.readouterr().out
+    assert "| set | 2 | 100.0 | 50.0 | 50.0 | 50.0 | +50.0" in out and "| undefined |" in out
+    assert "set: U is undefined: the text does not beat no context" in out
+    # the default modes are not all there: a clear error naming the missing ones
+    assert main(["eval-report", str(path), "--u"]) == 2
+    err = capsys.readouterr().err
+    assert "missing: full-adapter, lloco-doc-adapter, lloco-doc-control" in err and "--compare" in err
+    assert main(["eval-report", str(path), "--u-modes", "a,b,c"]) == 2
+    assert "four comma-separated modes" in capsys.readouterr().err
+
+
+def test_u_skips_a_dataset_without_the_modes_but_computes_the_others(tmp_path):
+    from lloco_runtime.evaluation.report import utilisation_markdown, utilisation_rows
+
+    reports = _u_runs([1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], dataset="a") + [_report("none", [0.0], "b")]
+    rows = utilisation_rows(reports)
+    assert rows[0]["u"] == pytest.approx(0.5) and rows[1]["missing"] == [
+        "lloco-doc-adapter", "lloco-doc-control", "full-adapter"]
+    assert "b: U not computed, no run of lloco-doc-adapter" in utilisation_markdown(rows)
