@@ -190,6 +190,37 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .training.squad import read_reading_items
+    from .training.teacher import TeacherConfig, train_teacher
+
+    if args.encoder:
+        raise InputError("train-teacher trains a decoder adapter that reads the paragraph as text; --encoder "
+                         "is not used (drop it)")
+    try:
+        cfg = TeacherConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                            lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
+                            lora_dropout=args.lora_dropout,
+                            target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip()),
+                            max_answer_tokens=args.max_answer_tokens, max_context_tokens=args.max_context_tokens,
+                            val_articles=args.val_articles, val_questions=args.val_questions,
+                            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                            max_minutes=args.minutes, seed=args.seed)
+    except ConfigError as exc:  # bad command-line values: user input
+        raise InputError(str(exc)) from None
+    read_reading_items(args.data, limit=1)  # a wrong --data folder fails here, before the model loads
+    host = load_model(args.model, device=args.device, dtype=args.dtype)
+    history = train_teacher(host, args.data, args.out, cfg, resume=not args.no_resume,
+                            progress=sys.stderr.isatty())
+    v, b = history["val"][-1], history["baseline"]
+    print(f"done: {v['step']} steps in {history['seconds'] / 60:.1f} min; held-out answer loss {b['loss']:.3f} "
+          f"without the adapter -> {v['loss']:.3f} with it; greedy F1 {100 * b['f1']:.1f} -> {100 * v['f1']:.1f}, "
+          f"EM {100 * b['em']:.1f} -> {100 * v['em']:.1f} ({history['n_val']} held-out questions)")
+    print(f"adapter: {history['adapter']}  loss curve: {args.out}/loss.png")
+    return 0
+
+
 def _cmd_eval_encoder(args: argparse.Namespace) -> int:
     from .encoder import EncoderConfig
     from .runtime import LLoCO
@@ -375,6 +406,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None)
     s.add_argument("--schema", default=None)
     s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("train-teacher", parents=[common], help="train the text-reading teacher adapter on SQuAD",
+                       description="Train a LoRA on the decoder to answer SQuAD-style questions from the paragraph "
+                       "as text (serving prompt template, loss on the short gold answer only): the fair text "
+                       "baseline of `lloco eval` (--text-adapter) and the teacher of `lloco train-encoder "
+                       "--reading-kl-weight`. Resumable; writes OUT/adapter.safetensors, OUT/history.json, "
+                       "OUT/loss.png and OUT/checkpoint/. Validation on held-out articles: answer loss and greedy "
+                       "F1/EM, with and without the adapter.")
+    s.add_argument("--data", required=True, metavar="DIR", help="SQuAD-layout folder (paragraphs.jsonl + qa.jsonl, "
+                   "e.g. shared/corpus/squad_train)")
+    s.add_argument("--out", default="lloco-teacher-run", metavar="DIR", help="output folder (adapter, history, "
+                   "loss plot, checkpoint; default lloco-teacher-run)")
+    s.add_argument("--steps", type=int, default=2000, help="optimizer steps (the most, with --minutes; default 2000)")
+    s.add_argument("--minutes", type=float, default=None, help="train for about this long: the step count and "
+                   "learning-rate schedule are fitted to the pace of the first steps")
+    s.add_argument("--batch-size", type=int, default=8, help="questions per step (default 8)")
+    s.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    s.add_argument("--warmup", type=int, default=20, help="warm-up steps (default 20)")
+    s.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    s.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
+    s.add_argument("--lora-dropout", type=float, default=0.0)
+    s.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj", help="decoder modules with a LoRA, "
+                   "comma-separated")
+    s.add_argument("--max-answer-tokens", type=int, default=24, help="gold answers are cut to this many tokens")
+    s.add_argument("--max-context-tokens", type=int, default=384, help="leave out paragraphs longer than this "
+                   "(about 1%% of SQuAD at 384)")
+    s.add_argument("--val-articles", type=int, default=8, help="whole articles held out for validation")
+    s.add_argument("--val-questions", type=int, default=64, help="held-out questions scored at each validation "
+                   "(greedy decoding: about 1 s each on 2 CPU cores)")
+    s.add_argument("--eval-every", type=int, default=100, help="validate every N steps (and at the end)")
+    s.add_argument("--checkpoint-every", type=int, default=25, help="checkpoint and rewrite the adapter every N "
+                   "steps")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    s.set_defaults(func=_cmd_train_teacher)
 
     s = sub.add_parser("eval-encoder", parents=[common], help="held-out LM loss with and without cheat sheets",
                        description="Loss (nats/token) of a text window B given: nothing; the cheat sheet of the "
