@@ -1,10 +1,12 @@
 """``LLoCOVectorStore``: a LlamaIndex vector store over one group of the lloco store.
 
 Nodes are written by :class:`~lloco_index.LLoCONodeParser` (which must run first: cheat sheets are made
-at ingest), so :meth:`add` only checks that they are stored in this group. Queries run in the store with
-its own retrieval embedder (``is_embedding_query = False``: the index does not embed the query, the
-store does, with the same model that embedded the chunks). Results carry the payload ids the
-:class:`~lloco_index.LLoCOLLM` needs.
+at ingest), so :meth:`add` only checks that they are stored in this group. Queries are embedded with the
+model that made the stored keys: give the index ``embed_model=vector_store.embed_model`` (an
+:class:`~lloco_index.LLoCOEmbedding` over the store's own embedder; LlamaIndex's default would be OpenAI).
+A query vector from any other model (another width, or the same width but another model) is refused with
+a :class:`~lloco_runtime.errors.ConfigError`, never scored. Queries without a vector are embedded by the
+store. Results carry the payload ids the :class:`~lloco_index.LLoCOLLM` needs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import (
@@ -23,12 +26,14 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from lloco_runtime.errors import InputError, NotFoundError
+from lloco_runtime.embeddings import as_matrix
+from lloco_runtime.errors import ConfigError, InputError, NotFoundError
 from lloco_runtime.store import CheatSheetStore, ChunkInfo
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 from lloco_runtime.store.names import validate_name
 
 from . import keys
+from .embeddings import ISSUED, LLoCOEmbedding
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
 
@@ -40,13 +45,14 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     """One ``collection/group`` of a :class:`~lloco_runtime.store.CheatSheetStore` as a vector store."""
 
     stores_text: bool = True
-    is_embedding_query: bool = False
+    is_embedding_query: bool = True
     flat_metadata: bool = False
     group: str = Field(description="store group this vector store reads and writes")
     collection: str = Field(default=DEFAULT_COLLECTION)
     default_mode: str = Field(default="dense", description="store retrieval mode for VectorStoreQueryMode.DEFAULT")
 
     _store: CheatSheetStore = PrivateAttr()
+    _embed_model: LLoCOEmbedding | None = PrivateAttr(default=None)
 
     def __init__(self, store: CheatSheetStore, *, group: str, collection: str = DEFAULT_COLLECTION,
                  default_mode: str = "dense", **kwargs: Any) -> None:
@@ -65,6 +71,14 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     def client(self) -> CheatSheetStore:
         """The underlying :class:`CheatSheetStore`."""
         return self._store
+
+    @property
+    def embed_model(self) -> LLoCOEmbedding:
+        """The store's own retrieval embedder as a LlamaIndex embedding model, for the index:
+        ``VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)``."""
+        if self._embed_model is None:
+            self._embed_model = LLoCOEmbedding(self._store.embedder)
+        return self._embed_model
 
     # -- write -----------------------------------------------------------------------------------------
 
@@ -164,8 +178,11 @@ class LLoCOVectorStore(BasePydanticVectorStore):
                              "queries are not supported)")
         flt = to_store_filter(query.filters)
         top_k = int(query.hybrid_top_k or query.similarity_top_k) if mode == "hybrid" else int(query.similarity_top_k)
+        qvec = None
+        if mode != "fulltext" and query.query_embedding is not None:
+            qvec = self._query_vector(query.query_embedding, query.query_str)
         result = self._store.retrieve(query.query_str, group=self.group, collection=self.collection, top_k=top_k,
-                                      mode=mode, filters=flt, load_cheat_sheets=False, **kwargs)
+                                      mode=mode, filters=flt, load_cheat_sheets=False, query_vector=qvec, **kwargs)
         chunks = result.chunks
         if query.doc_ids:
             allowed = set(query.doc_ids)
@@ -179,6 +196,34 @@ class LLoCOVectorStore(BasePydanticVectorStore):
                  for c in chunks]
         return VectorStoreQueryResult(nodes=nodes, similarities=[float(c.score) for c in chunks],
                                       ids=[n.node_id for n in nodes])
+
+    def _query_vector(self, vector: list[float], query_str: str) -> np.ndarray:
+        """``vector`` if it was made by the store's embedder, else ConfigError (it would be scored against keys
+        of another model). Vectors an LLoCOEmbedding made are known; others are compared with the store's own
+        embedding of ``query_str`` (cosine >= 0.98: the same model, up to numerics)."""
+        emb = self._store.embedder
+        fix = ("build the index with VectorStoreIndex.from_vector_store(vector_store, embed_model=vector_store."
+               "embed_model) (an LLoCOEmbedding over the store's embedder), or set Settings.embed_model = "
+               "LLoCOEmbedding(store) in your app")
+        arr = np.asarray(vector, dtype=np.float32)
+        if arr.shape != (emb.dim,):
+            raise ConfigError(f"the query embedding has {arr.size} dims but {self.collection}/{self.group} is keyed "
+                              f"by {emb.dim}-dim embeddings of {emb.name!r}: the index embeds queries with "
+                              f"another model; {fix}")
+        maker = ISSUED.maker(arr)
+        if maker == emb.name:
+            return arr
+        if maker is not None:
+            raise ConfigError(f"the query was embedded by {maker!r} but {self.collection}/{self.group} is keyed by "
+                              f"embeddings of {emb.name!r}; {fix}")
+        own = as_matrix(emb.embed([query_str]), 1, emb.dim, emb.name)[0]
+        norm = float(np.linalg.norm(arr) * np.linalg.norm(own))
+        cosine = float(own @ arr) / norm if norm > 0 and np.isfinite(norm) else 0.0
+        if cosine < 0.98:
+            raise ConfigError(f"the query embedding was not made by {emb.name!r}, the model that made the keys of "
+                              f"{self.collection}/{self.group} (cosine {cosine:.2f} with its embedding of the same "
+                              f"query; the index embeds queries with another model); {fix}")
+        return own
 
     # -- async (the store is synchronous: run in a worker thread) ---------------------------------------
 

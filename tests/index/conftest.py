@@ -69,6 +69,12 @@ def documents() -> list[Document]:
 
 
 @pytest.fixture(scope="session")
+def make_docs():
+    """``make_docs()`` -> fresh Documents of the three test texts (for fixtures wider than one test)."""
+    return make_documents
+
+
+@pytest.fixture(scope="session")
 def hash_embed() -> HashEmbedding:
     return HashEmbedding(model_name="hash-64")
 
