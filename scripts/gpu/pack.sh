@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Build the bundle the GPU machine needs (it reaches no network and gets only the repository plus carried,
 # git-ignored paths of at most 64 MiB per call): the bundled model's GGUF, the training data, and wheels for
-# the few packages its image lacks. Written to .gpu/p1 .gpu/p2 .gpu/p3 (one part per device call) with a
+# the few packages its image lacks. Written to .gpu/p1 ... .gpu/p4 (one part per device call) with a
 # checksum that train.sh verifies. Run once here: `make gpu-pack`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED:-../shared}
-PARTS=${PARTS:-3}
+PARTS=${PARTS:-4}
 rm -rf .gpu && mkdir -p .gpu/stage/model .gpu/stage/data .gpu/stage/wheels
 gguf=$($PY -c "from lloco_runtime.models import default_gguf_path; print(default_gguf_path())")
 ln "$gguf" .gpu/stage/model/ 2>/dev/null || cp "$gguf" .gpu/stage/model/

@@ -22,11 +22,15 @@ log() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 mkdir -p "$WORK" "$OUT"
 
 if [ "$SMOKE" = 1 ]; then
-    log "smoke mode: data from ../shared, model from this machine"
-    DATA=${DATA:-../shared/corpus}
+    log "smoke mode: a slice of ../shared's data, the model from this machine"
+    DATA=$WORK/smoke-data
+    mkdir -p "$DATA/squad_train"
+    cp -r ../shared/corpus/wiki "$DATA/"
+    head -n 1200 ../shared/corpus/squad_train/paragraphs.jsonl > "$DATA/squad_train/paragraphs.jsonl"
+    head -n 6000 ../shared/corpus/squad_train/qa.jsonl > "$DATA/squad_train/qa.jsonl"
     DEVICE=cpu; T_TEACHER=0.3; T_VARIANT=0.3; VAL=4; BATCH=2
     EXTRA_TEACHER="--steps 2 --val-questions 4"
-    EXTRA_VARIANT="--steps 2 --eval-pairs 2 --reading-val 4"
+    EXTRA_VARIANT="--steps 2 --eval-pairs 2 --reading-val 4 --reading-max-tokens 200"
 else
     DATA=$WORK/bundle/data
     EXTRA_TEACHER=""; EXTRA_VARIANT=""
