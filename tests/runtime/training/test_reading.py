@@ -213,7 +213,7 @@ def test_prepared_items_match_the_serving_prompt(make_tiny_host, squad_dir):
 def test_fresh_connector_is_calibrated_to_the_embedding_scale(make_tiny_host):
     host = make_tiny_host()
     enc = ContextEncoder(host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean", connector="mlp"))
-    emb_rms = host.model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean()
+    emb_rms = host.model.get_input_embeddings().weight.detach().pow(2).mean(-1).sqrt().mean()
     out = torch.cat(enc.compress_chunks([list(range(40, 56))])).float()
     assert 0.5 < float(out.pow(2).mean(-1).sqrt().mean() / emb_rms) < 2.0
     assert enc.connector.scale.item() != 1.0
