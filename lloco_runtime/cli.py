@@ -142,7 +142,8 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                                                      summary_layer=args.summary_layer, lora_r=args.lora_r,
                                                      lora_alpha=2 * args.lora_r if args.lora_r else 32,
                                                      lora_target_modules=tuple(args.lora_targets.split(",")),
-                                                     pooling=args.pooling, connector=args.connector))
+                                                     pooling=args.pooling, connector=args.connector,
+                                                     keep_ratio=args.keep_ratio))
     history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume,
                             qa_path=args.qa or None, reading_path=args.reading, teacher_path=teacher,
                             reader_init=args.reader_init)
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pooling", choices=["summary", "mean"], default="summary", help="summary: learned summary "
                    "tokens (AutoCompressor); mean: average the hidden states over --summary-length groups of "
                    "tokens (a fresh encoder only)")
+    s.add_argument("--keep-ratio", action="store_true", help="mean pooling: short segments (a document's tail) "
+                   "get ceil(tokens / ratio) vectors instead of up to --summary-length (a fresh encoder only)")
     s.add_argument("--connector", choices=["none", "linear", "mlp"], default="none",
                    help="trainable map from encoder states to decoder embeddings (a fresh encoder only)")
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")

@@ -51,6 +51,9 @@ class EncoderConfig:
     pooling: str = field(default="summary", metadata={
         "help": "summary: learned summary tokens after the segment (AutoCompressor); mean: average the "
                 "segment's hidden states over summary_length groups of consecutive tokens"})
+    keep_ratio: bool = field(default=False, metadata={
+        "help": "mean pooling: a segment shorter than segment_length gets ceil(n / ratio) vectors, so the tail of "
+                "a document is compressed as much as the rest (default: up to summary_length vectors)"})
     connector: str = field(default="none", metadata={
         "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
                 "identity)"})
@@ -84,6 +87,8 @@ class EncoderConfig:
         object.__setattr__(self, "lora_target_modules", modules)
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not isinstance(self.keep_ratio, bool):
+            raise ConfigError(f"keep_ratio must be True or False, got {self.keep_ratio!r}")
         if self.connector not in CONNECTORS:
             raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
 
@@ -97,7 +102,7 @@ class EncoderConfig:
         hold their defaults, so existing encoders keep their fingerprints."""
         d = asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
-        for name in ("pooling", "connector"):
+        for name in ("pooling", "connector", "keep_ratio"):
             if d[name] == type(self).__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -333,7 +338,7 @@ class ContextEncoder(nn.Module):
         token_embeds = [embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists]
         layer = self.config.summary_layer
         if not summary and layer == 0:  # pooled input embeddings: no forward pass needed
-            return [self.connector(_mean_groups(t, self.config.summary_length)) for t in token_embeds]
+            return [self.connector(_mean_groups(t, self._groups(t.shape[0]))) for t in token_embeds]
         rows = []
         for tokens, soft in zip(token_embeds, soft_prompts, strict=True):
             parts = [] if soft is None else [soft.to(device, self.dtype)]
@@ -356,8 +361,16 @@ class ContextEncoder(nn.Module):
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         if summary:
             return list(self.connector(hidden[:, -self.config.summary_length:]))
-        return [self.connector(_mean_groups(hidden[i, length - t.shape[0]:], self.config.summary_length))
+        return [self.connector(_mean_groups(hidden[i, length - t.shape[0]:], self._groups(t.shape[0])))
                 for i, t in enumerate(token_embeds)]
+
+    def _groups(self, n_tokens: int) -> int:
+        """Mean-pooling groups for a segment of ``n_tokens``: ``summary_length``, or with ``keep_ratio`` the
+        share of it that a short segment's length warrants (at least one)."""
+        s = self.config.summary_length
+        if not self.config.keep_ratio:
+            return s
+        return max(1, min(s, -(-n_tokens * s // self.config.segment_length)))
 
     def compress_chunks(self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8,
                         progress: bool = False) -> list[torch.Tensor]:

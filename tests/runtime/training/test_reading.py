@@ -219,3 +219,12 @@ def test_fresh_connector_is_calibrated_to_the_embedding_scale(make_tiny_host):
     assert enc.connector.scale.item() != 1.0
     plain = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4, pooling="mean"))
     assert plain.connector.kind == "none" and not list(plain.connector.parameters())
+
+
+def test_keep_ratio_compresses_short_segments_as_much_as_full_ones(make_tiny_host):
+    host = make_tiny_host()
+    cfg = EncoderConfig(segment_length=16, summary_length=4, pooling="mean", summary_layer=0, keep_ratio=True)
+    enc = ContextEncoder(host, cfg)
+    sheets = enc.compress_chunks([list(range(5, 21)), list(range(30, 35)), [40]])
+    assert [s.shape[0] for s in sheets] == [4, 2, 1]  # 16 -> 4, 5 -> ceil(5 / 4) = 2, 1 -> 1
+    assert cfg.to_dict()["keep_ratio"] is True and "keep_ratio" not in EncoderConfig().to_dict()
