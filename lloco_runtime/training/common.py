@@ -57,6 +57,19 @@ def read_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
     return params, opt, meta
 
 
+def fit_steps(step: int, *, first: int, planned: int, max_steps: int, max_minutes: float | None,
+              seconds_done: float, elapsed: float, since_last: float) -> int:
+    """The step count a time budget allows: after 10 steps of this run (``step - first``), the measured pace
+    (``elapsed`` seconds since ``first``, evaluations included) is projected over the minutes left
+    (``seconds_done`` recorded plus ``since_last`` not yet recorded); at most ``max_steps``, at least one more.
+    Without a budget, or before the pace is known, ``planned`` is kept."""
+    if max_minutes is None or step - first < 10:
+        return planned
+    pace = elapsed / (step - first)
+    left = max_minutes * 60 - (seconds_done + since_last)
+    return min(max_steps, max(step + 1, step + int(left / pace)))
+
+
 def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     """Linear warm-up then cosine decay to 10% of ``base``."""
     if step < warmup:

@@ -32,7 +32,15 @@ import torch.nn.functional as F
 from ..encoder import ENCODER_ADAPTER, ContextEncoder
 from ..errors import ConfigError, InputError
 from ..store.inputs import iter_jsonl
-from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+from .common import (
+    fit_steps,
+    load_optimizer,
+    lr_at,
+    plot_curves,
+    read_checkpoint,
+    save_optimizer,
+    write_checkpoint,
+)
 from .reading import (
     READER_ADAPTER,
     TEACHER_ADAPTER,
@@ -536,11 +544,10 @@ def train_encoder(encoder: ContextEncoder, corpus: str | Path, out_dir: str | Pa
     t_begin = t_last = time.perf_counter()
     step = start_step
     while step < total:
-        if cfg.max_minutes is not None and step - start_step >= 10:
-            # Fit the plan to the time budget: the steps the measured pace allows (evaluations included).
-            pace = (time.perf_counter() - t_begin) / (step - start_step)
-            left = cfg.max_minutes * 60 - (history["seconds"] + time.perf_counter() - t_last)
-            total = min(cfg.steps, max(step + 1, step + int(left / pace)))
+        if cfg.max_minutes is not None:  # fit the plan to the time budget (the pace measured so far)
+            now = time.perf_counter()
+            total = fit_steps(step, first=start_step, planned=total, max_steps=cfg.steps, max_minutes=cfg.max_minutes,
+                              seconds_done=history["seconds"], elapsed=now - t_begin, since_last=now - t_last)
             history["planned_steps"] = total
             bar.total = total
         for g in opt.param_groups:

@@ -8,13 +8,13 @@ training and held-out sets whole, so validation never sees a paragraph of a trai
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..store.inputs import iter_jsonl
 
 PARAGRAPHS = "paragraphs.jsonl"
 QUESTIONS = "qa.jsonl"
@@ -32,22 +32,13 @@ class ReadingItem:
     qid: str = ""
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
+def _rows(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (the project's one reader: a malformed line names file and line)."""
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    for _, where, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
-            raise InputError(f"{path}:{n}: not a JSON object")
-        out.append((n, obj))
+            raise InputError(f"{where}: not a JSON object")
+        out.append(obj)
     return out
 
 
@@ -64,12 +55,12 @@ def read_reading_items(folder: str | Path, *, limit: int | None = None) -> list[
                          ' ({"doc_id", "paragraph_index", "question", "answers"} per line), as in '
                          "shared/corpus/squad_train")
     paragraphs: dict[tuple[str, int], str] = {}
-    for _, row in _rows(root / PARAGRAPHS):
+    for row in _rows(root / PARAGRAPHS):
         doc, idx, ctx = row.get("doc_id"), row.get("paragraph_index"), row.get("context")
         if isinstance(doc, str) and isinstance(idx, int) and isinstance(ctx, str) and ctx.strip():
             paragraphs[(doc, idx)] = ctx
     items: list[ReadingItem] = []
-    for _, row in _rows(root / QUESTIONS):
+    for row in _rows(root / QUESTIONS):
         key = (row.get("doc_id"), row.get("paragraph_index"))
         ctx = paragraphs.get(key)  # type: ignore[arg-type]
         q, answers = row.get("question"), row.get("answers")

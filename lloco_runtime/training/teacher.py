@@ -32,7 +32,15 @@ import torch.nn.functional as F
 
 from ..adapters import AdapterArtifact
 from ..errors import ConfigError, InputError
-from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+from .common import (
+    fit_steps,
+    load_optimizer,
+    lr_at,
+    plot_curves,
+    read_checkpoint,
+    save_optimizer,
+    write_checkpoint,
+)
 from .finetune import lora_dropout_off
 from .reading import PreparedItem, answer_logits, answer_targets, prepare_items
 from .squad import read_reading_items, split_by_article
@@ -293,11 +301,10 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
         t_begin = t_last = time.perf_counter()
         step = start
         while step < total:
-            if cfg.max_minutes is not None and step - start >= 10:
-                # Fit the plan to the time budget: the steps the measured pace allows (evaluations included).
-                pace = (time.perf_counter() - t_begin) / (step - start)
-                left = cfg.max_minutes * 60 - (history["seconds"] + time.perf_counter() - t_last)
-                total = min(cfg.steps, max(step + 1, step + int(left / pace)))
+            if cfg.max_minutes is not None:  # fit the plan to the time budget (the pace measured so far)
+                now = time.perf_counter()
+                total = fit_steps(step, first=start, planned=total, max_steps=cfg.steps, max_minutes=cfg.max_minutes,
+                                  seconds_done=history["seconds"], elapsed=now - t_begin, since_last=now - t_last)
                 history["planned_steps"] = total
                 bar.total = total
             for g in opt.param_groups:
