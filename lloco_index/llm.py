@@ -116,7 +116,7 @@ class LLoCOLLM(CustomLLM):
 
     def _run(self, prompt: Prompt, adapter: str | None, cfg: GenerationConfig, st: StreamStats) -> Iterator[str]:
         lloco = self._lloco
-        with lloco.adapters.acquire(adapter) as name:
+        with lloco.adapters.acquire(lloco.adapter_for(prompt, adapter)) as name:
             yield from lloco.generator.stream(prompt, cfg, adapter=name, state=st)
 
     def _completion_prompt(self, prompt: str, sheets: list[torch.Tensor] | None) -> Prompt:

@@ -136,6 +136,11 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     host = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.encoder:
         encoder = ContextEncoder.load(args.encoder, host)
+        if args.keep_ratio and not encoder.config.keep_ratio:
+            if encoder.config.pooling != "mean":
+                raise ConfigError(f"--keep-ratio applies to mean pooling; {args.encoder} uses "
+                                  f"{encoder.config.pooling!r} pooling")
+            encoder.set_keep_ratio(True)  # same weights, a new fingerprint: stored sheets must be rebuilt
     else:
         encoder = ContextEncoder(host, EncoderConfig(segment_length=args.segment_length,
                                                      summary_length=args.summary_length,
@@ -168,7 +173,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
                          lora_alpha=args.lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
                          eval_every=args.eval_every, seed=args.seed,
-                         target_modules=tuple(args.target_modules.split(",")))
+                         target_modules=tuple(args.target_modules.split(",")),
+                         from_reader=not args.no_reader_init, kl_weight=args.kl_weight, teacher=args.teacher)
+    if args.teacher is not None and not Path(args.teacher).is_file():
+        raise InputError(f"--teacher {args.teacher} is not a file; train one with `lloco train-teacher`")
     store = CheatSheetStore(args.url, schema=args.schema, create=False)
     if args.qa:  # report bad QA lines before any model is loaded
         docs = {d.doc_id for d in store.list_documents(args.group, args.collection, limit=1_000_000)}
@@ -186,7 +194,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"adapter {history['adapter_id']} for {args.collection}/{args.group}"
           f"{' (active)' if not args.no_activate else ''}: {history['n_train']} {history['source']} pairs, "
           f"{cfg.steps} steps in {history['seconds'] / 60:.1f} min; validation answer loss "
-          f"{v0['no_adapter']:.3f} without adapter -> {v1['adapter']:.3f} with it")
+          f"{v0['no_adapter']:.3f} without adapter -> {v1['adapter']:.3f} with it"
+          + (f" (started from the reader: {v0['adapter']:.3f})" if history["init"] == "reader" else "")
+          + ("; distilled from the text teacher" if history["teacher"] else ""))
     print(f"loss curve: {out}/loss.png")
     return 0
 
@@ -343,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "tokens (AutoCompressor); mean: average the hidden states over --summary-length groups of "
                    "tokens (a fresh encoder only)")
     s.add_argument("--keep-ratio", action="store_true", help="mean pooling: short segments (a document's tail) "
-                   "get ceil(tokens / ratio) vectors instead of up to --summary-length (a fresh encoder only)")
+                   "get ceil(tokens / ratio) vectors instead of up to --summary-length (also turns it on for a "
+                   "mean-pooling --encoder)")
     s.add_argument("--connector", choices=["none", "linear", "mlp"], default="none",
                    help="trainable map from encoder states to decoder embeddings (a fresh encoder only)")
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")
@@ -396,9 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--lr", type=float, default=5e-4)
-    s.add_argument("--lora-r", type=int, default=8)
+    s.add_argument("--lora-r", type=int, default=8, help="LoRA rank of a fresh adapter (default 8; an adapter "
+                   "started from the encoder's reader keeps the reader's rank and targets)")
     s.add_argument("--lora-alpha", type=int, default=16)
     s.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj")
+    s.add_argument("--no-reader-init", action="store_true", help="start from a fresh LoRA even when the encoder "
+                   "has a reader adapter (default: start from the reader, which already reads cheat sheets)")
+    s.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL to the text-reading teacher on "
+                   "the answer tokens, the teacher reading the same chunks as text (default 1; 0: off; used "
+                   "only where a teacher exists for the decoder)")
+    s.add_argument("--teacher", default=None, metavar="FILE", help="teacher adapter file (default: the shipped "
+                   "teacher when it fits the decoder; `lloco train-teacher` makes one)")
     s.add_argument("--top-k", type=int, default=2, help="chunks retrieved per question (as when serving)")
     s.add_argument("--max-pairs", type=int, default=2000)
     s.add_argument("--eval-every", type=int, default=50)

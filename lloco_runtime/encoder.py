@@ -15,14 +15,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConfigError, FingerprintMismatchError, InputError, ModelLoadError
+from .errors import AdapterError, ConfigError, FingerprintMismatchError, InputError, ModelLoadError
 from .models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ ENCODER_ADAPTER = "lloco-encoder"
 FORMAT_VERSION = 1
 CONFIG_FILE = "encoder_config.json"
 WEIGHTS_FILE = "encoder.safetensors"
+READER_FILE = "reader.safetensors"  # optional: the decoder's reader LoRA trained with this encoder
 POOLINGS = ("summary", "mean")
 CONNECTORS = ("none", "linear", "mlp")
 
@@ -190,6 +191,9 @@ class ContextEncoder(nn.Module):
         if self.has_lora:
             self._inject_lora(lora_state)
         self._fingerprint: str | None = None
+        # The decoder LoRA trained with this encoder to read its cheat sheets (``lloco train-encoder
+        # --reader-lora-r``), as lloco adapter-file bytes tied to this encoder's fingerprint; None if none.
+        self.reader: bytes | None = None
         if self.config.connector != "none" and not connector_state:
             self._calibrate_connector()
 
@@ -238,6 +242,19 @@ class ContextEncoder(nn.Module):
     def invalidate_fingerprint(self) -> None:
         """Call after changing weights (training) so the fingerprint is recomputed."""
         self._fingerprint = None
+
+    def set_keep_ratio(self, keep: bool) -> None:
+        """Turn :attr:`EncoderConfig.keep_ratio` on or off for a mean-pooling encoder. The weights stay; the
+        fingerprint changes, because short segments now get a different number of vectors."""
+        if self.config.pooling != "mean":
+            raise ConfigError(f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}")
+        if bool(keep) == self.config.keep_ratio:
+            return
+        self.config = replace(self.config, keep_ratio=bool(keep))
+        self.invalidate_fingerprint()
+        if self.reader is not None:
+            log.warning("keep_ratio changed: the reader adapter was tied to the old fingerprint and is dropped")
+            self.reader = None
 
     # -- encoder LoRA --------------------------------------------------------------------------------------
 
@@ -425,9 +442,14 @@ class ContextEncoder(nn.Module):
     # -- persistence ----------------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``encoder_config.json`` and ``encoder.safetensors`` (summary embeddings + encoder LoRA)."""
+        """Write ``encoder_config.json`` and ``encoder.safetensors`` (summary embeddings + encoder LoRA), and
+        ``reader.safetensors`` when the encoder has a reader adapter."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        if self.reader is not None:
+            (d / READER_FILE).write_bytes(self.reader)
+        elif (d / READER_FILE).exists():
+            (d / READER_FILE).unlink()  # a reader of an earlier encoder in this folder would not fit
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state().items()}
         save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format": "lloco-encoder"})
         (d / CONFIG_FILE).write_text(json.dumps({
@@ -492,7 +514,27 @@ class ContextEncoder(nn.Module):
                 f"({str(meta.get('fingerprint'))[:12]} saved, {enc.fingerprint[:12]} loaded); the folder was "
                 "modified or mixes files of two encoders: restore it or retrain"
             )
+        if (d / READER_FILE).exists():
+            enc.reader = enc._read_reader(d / READER_FILE)
         return enc
+
+    def _read_reader(self, path: Path) -> bytes:
+        """The reader adapter file's bytes, checked against this encoder and its base model."""
+        from .adapters import AdapterArtifact
+
+        data = path.read_bytes()
+        try:
+            art = AdapterArtifact.from_bytes(data)
+        except AdapterError as exc:
+            raise ModelLoadError(f"{path} is not a lloco adapter file ({exc}); restore it from the encoder's "
+                                 f"training run, or delete it to use the encoder without a reader") from None
+        if art.base_fingerprint != self.host.fingerprint or art.encoder_fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"{path} was trained for encoder {str(art.encoder_fingerprint)[:12]} on base model "
+                f"{str(art.base_fingerprint)[:12]}, but this encoder is {self.fingerprint[:12]} on "
+                f"{self.host.fingerprint[:12]}; copy the reader from the same training run as the encoder, or "
+                "delete it to use the encoder without a reader")
+        return data
 
     @classmethod
     def from_autocompressor(cls, directory: str | Path, host: LoadedModel | None = None, *,

@@ -24,6 +24,7 @@ from .prompt import Prompt, PromptTemplate
 
 log = logging.getLogger(__name__)
 
+READER_ADAPTER_ID = "reader"  # runtime id of the encoder's reader adapter (store adapter ids are integers)
 Context = str | CheatSheets | torch.Tensor | Sequence[torch.Tensor] | None
 
 
@@ -58,6 +59,11 @@ class LLoCO:
         self.generator = Generator(host)
         self.adapters = AdapterManager(host, encoder_fingerprint=encoder.fingerprint,
                                        capacity=adapter_capacity, source=adapter_source)
+        #: runtime id of the encoder's reader adapter (see :meth:`adapter_for`), None if it has none
+        self.reader_id: str | None = None
+        if encoder.reader is not None:
+            self.adapters.register(READER_ADAPTER_ID, encoder.reader)
+            self.reader_id = READER_ADAPTER_ID
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, *, encoder: str | Path | EncoderConfig | None = None,
@@ -105,20 +111,33 @@ class LLoCO:
         """The prompt the decoder sees: template prefix | context (text or cheat sheets) | question."""
         return self.template.build(self.host.tokenizer, question, self._context(context))
 
+    def adapter_for(self, prompt: Prompt, adapter_id: str | None = None, *, use_reader: bool = True) -> str | None:
+        """The adapter a prompt is answered with: ``adapter_id`` if given (a group adapter; those trained by
+        ``lloco finetune`` start from the reader, so they read cheat sheets too); else, when the prompt
+        carries cheat sheets and the encoder has a reader adapter, the reader (``use_reader=False`` turns
+        this off: the plain decoder); else None."""
+        if adapter_id is not None:
+            return adapter_id
+        if use_reader and self.reader_id is not None and prompt.context_vectors > 0:
+            return self.reader_id
+        return None
+
     def answer(self, question: str, context: Context = None, *, adapter_id: str | None = None,
-               config: GenerationConfig | None = None, **gen) -> GenerationResult:
-        """Answer ``question`` over ``context`` (text, cheat sheets, or None) with an optional adapter."""
+               use_reader: bool = True, config: GenerationConfig | None = None, **gen) -> GenerationResult:
+        """Answer ``question`` over ``context`` (text, cheat sheets, or None) with an optional adapter (see
+        :meth:`adapter_for` for the encoder's reader adapter, used with cheat sheets when none is given)."""
         cfg = config or GenerationConfig(**gen)
         prompt = self.prompt(question, context)
-        with self.adapters.acquire(adapter_id) as name:
+        with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             return self.generator.generate(prompt, cfg, adapter=name)
 
     def stream(self, question: str, context: Context = None, *, adapter_id: str | None = None,
-               config: GenerationConfig | None = None, state: StreamStats | None = None, **gen) -> Iterator[str]:
+               use_reader: bool = True, config: GenerationConfig | None = None, state: StreamStats | None = None,
+               **gen) -> Iterator[str]:
         """Like :meth:`answer` but yields text as it is generated."""
         cfg = config or GenerationConfig(**gen)
         prompt = self.prompt(question, context)
-        with self.adapters.acquire(adapter_id) as name:
+        with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             yield from self.generator.stream(prompt, cfg, adapter=name, state=state)
 
     def complete(self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None,

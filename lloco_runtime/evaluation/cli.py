@@ -31,7 +31,7 @@ DESCRIPTION = (
     "lloco[-adapter]-control (the cheat sheets retrieved for another question) and lloco-doc-control (another "
     "document's cheat sheets, with the adapter): the controls that separate content read from the cheat "
     "sheets from a learned answer format. Cheat-sheet adapter modes use --adapter-file if given, else the "
-    "group's active adapter. Reading utilisation U = (lloco-doc-adapter - lloco-doc-control) / "
+    "group's active adapter, else the encoder's reader adapter. Reading utilisation U = (lloco-doc-adapter - lloco-doc-control) / "
     "(full-adapter - none): run those four modes with --json, then `lloco eval-report PATH --u`. The "
     "documents are ingested into --group first (a no-op when unchanged)."
 )
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
         reports, skipped = [], {}
         for mode in modes:
             if args.compare is not None and mode in SHEET_ADAPTER_MODES and not h.has_adapter(mode):
-                skipped[mode] = "no active adapter"
+                skipped[mode] = "no active adapter and no reader adapter"
                 continue
             r = h.run(mode, progress=_progress(mode) if sys.stderr.isatty() else None)
             reports.append(finite(r))

@@ -27,7 +27,8 @@ only the context differs:
 Adapters: the text-adapter modes need an adapter file (``text_adapter``). The cheat-sheet adapter modes
 (``lloco-adapter``, ``lloco-doc-adapter``, ``lloco-adapter-control``, ``lloco-doc-control``) use
 ``adapter_file`` when given (e.g. the reader LoRA of ``lloco train-encoder``), else the group's active
-adapter. File adapters are registered on the runtime as ``file:text`` / ``file:reader`` (fingerprints are
+adapter, else the encoder's own reader adapter (``reader.safetensors`` in its folder). The modes without
+"adapter" in their name run the plain decoder. File adapters are registered on the runtime as ``file:text`` / ``file:reader`` (fingerprints are
 checked then, before any question runs); each mode's report says which adapter it used
 (``settings.adapter``). Reading utilisation, ``(lloco-doc-adapter - lloco-doc-control) / (full-adapter -
 none)``, is computed from saved runs by ``lloco eval-report --u``.
@@ -262,7 +263,8 @@ class Harness:
         if mode in TEXT_ADAPTER_MODES:
             return self.text_adapter is not None
         if mode in SHEET_ADAPTER_MODES:
-            return self.adapter_file is not None or self.active_adapter() is not None
+            return (self.adapter_file is not None or self.active_adapter() is not None
+                    or self.lloco.reader_id is not None)
         return True
 
     def adapter_for(self, mode: str) -> tuple[int | str | None, dict[str, Any] | None]:
@@ -277,6 +279,8 @@ class Harness:
         if self.adapter_file is not None:
             return READER_ADAPTER_ID, {"source": "file", "id": READER_ADAPTER_ID, "path": str(self.adapter_file)}
         adapter_id = self.active_adapter()
+        if adapter_id is None and self.lloco.reader_id is not None:
+            return self.lloco.reader_id, {"source": "encoder", "id": self.lloco.reader_id, "path": None}
         if adapter_id is None:
             plain = {"lloco-adapter": "lloco", "lloco-doc-adapter": "lloco-doc",
                      "lloco-adapter-control": "lloco-control"}.get(mode)
@@ -392,7 +396,9 @@ class Harness:
             n_ctx = sum(int(s.shape[0]) for s in context)
         if mode in ADAPTER_MODES:
             adapter = None if adapter_id is None else str(adapter_id)
-        result = self.lloco.answer(qtext, context, adapter_id=adapter, max_new_tokens=self.max_new_tokens)
+        # adapters are explicit here (adapter_for): modes without one run the plain decoder, not the reader
+        result = self.lloco.answer(qtext, context, adapter_id=adapter, use_reader=False,
+                                   max_new_tokens=self.max_new_tokens)
         latency = time.perf_counter() - start
         return {"qid": q.qid, "doc_id": q.doc_id, "question": q.question, "prediction": result.text.strip(),
                 "answers": list(q.answers), "gold_label": q.gold_label, "context_tokens": n_ctx,

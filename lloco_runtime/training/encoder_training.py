@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..encoder import ENCODER_ADAPTER, ContextEncoder
+from ..encoder import ENCODER_ADAPTER, READER_FILE, ContextEncoder  # noqa: F401 - READER_FILE re-exported
 from ..errors import ConfigError, InputError
 from ..store.inputs import iter_jsonl
 from .common import (
@@ -52,7 +52,6 @@ from .reading import (
 
 log = logging.getLogger(__name__)
 RECON_CUE = "\nRepeat the text above:\n"
-READER_FILE = "reader.safetensors"
 
 
 @dataclass
@@ -605,7 +604,7 @@ def _fmt(v: float | None) -> str:
 
 def _write_outputs(encoder: ContextEncoder, out: Path, history: dict, reader: str | None = None) -> None:
     encoder.invalidate_fingerprint()
-    encoder.save(out / "encoder")
+    encoder.reader = None  # a reader loaded with the encoder was made for its old weights
     if reader is not None:
         from ..adapters import AdapterArtifact
 
@@ -615,7 +614,8 @@ def _write_outputs(encoder: ContextEncoder, out: Path, history: dict, reader: st
                 "reading_f1_wrong": last.get("reading_f1_wrong")}
         art = AdapterArtifact.from_model(encoder.host.model, reader, base_fingerprint=encoder.host.fingerprint,
                                          encoder_fingerprint=encoder.fingerprint, info=info)
-        (out / "encoder" / READER_FILE).write_bytes(art.to_bytes())
+        encoder.reader = art.to_bytes()
+    encoder.save(out / "encoder")  # encoder files + reader.safetensors (READER_FILE) when trained
     (out / "history.json").write_text(json.dumps(history, indent=1))
     train = [(r["step"], r["loss"]) for r in history["train"]]
     val = {name: [(r["step"], r[key]) for r in history["val"]]

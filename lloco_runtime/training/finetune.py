@@ -5,6 +5,12 @@ through the runtime's prompt template (the one serving uses), with the loss on t
 come from a QA JSONL (``{"doc_id", "question", "answers"}``; bad lines are reported one by one and skipped)
 or, for groups without QA data, are built from the group's own chunks (quote the first sentence; continue a
 snippet). The result is registered in the store as a new adapter version and activated atomically.
+
+Where the encoder has a reader adapter (``reader.safetensors``, trained with it to read its cheat sheets),
+the group's LoRA starts from the reader (its rank and target modules), so the group adapter keeps the reading
+skill and adds the group's knowledge and answer format. Where a text-reading teacher exists for the decoder
+(``lloco train-teacher``; one ships for the default model), the loss adds token-level KL(teacher || student)
+on the answer tokens, the teacher reading the same chunks as text (Feldman & Artzi 2025; PISCO).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..adapters import AdapterArtifact
+from ..adapters import AdapterArtifact, lora_config_from_dict
 from ..errors import ConfigError, InputError
 from ..runtime import LLoCO
 from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+from .encoder_training import load_teacher
 
 log = logging.getLogger(__name__)
 TRAIN_ADAPTER = "lloco-finetune"
@@ -51,10 +58,19 @@ class FinetuneConfig:
     checkpoint_every: int = 25
     max_answer_tokens: int = 32
     seed: int = 0
+    from_reader: bool = field(default=True, metadata={
+        "help": "start from the encoder's reader adapter when it has one (its LoRA rank/targets replace lora_r, "
+                "lora_alpha and target_modules)"})
+    kl_weight: float = field(default=1.0, metadata={
+        "help": "weight of the KL to the text-reading teacher (0: off; used only where a teacher exists)"})
+    teacher: str | None = field(default=None, metadata={
+        "help": "teacher adapter file (default: the shipped teacher when it fits the decoder)"})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1 or self.top_k < 1:
             raise ConfigError("steps, batch_size, lora_r and top_k must be >= 1")
+        if not isinstance(self.kl_weight, (int, float)) or self.kl_weight < 0:
+            raise ConfigError(f"kl_weight must be a number >= 0, got {self.kl_weight!r}")
         self.target_modules = tuple(self.target_modules)
 
 
@@ -71,6 +87,7 @@ class Pair:
     question: str
     answer: str
     chunk_ids: list[int]
+    text: str = ""  # the same chunks as text, in the same order (what the teacher reads)
 
 
 def read_qa(path: str | Path, known_docs: set[str], *, unknown: str = "not ingested in this group"
@@ -123,12 +140,13 @@ def self_supervised_pairs(chunks, rng: random.Random, limit: int) -> list[Pair]:
         sentences = [s for s in _SENT.split(text) if len(s.split()) >= 4]
         if sentences:
             pairs.append(Pair("Quote the first sentence of the context.", " ".join(sentences[0].split()[:30]),
-                              [c.chunk_id]))
+                              [c.chunk_id], c.text))
         words = text.split()
         if len(words) >= 24:
             i = rng.randrange(4, len(words) - 16)
             snippet, follow = " ".join(words[i - 4:i]), " ".join(words[i:i + 8])
-            pairs.append(Pair(f'In the context, which words come right after "{snippet}"?', follow, [c.chunk_id]))
+            pairs.append(Pair(f'In the context, which words come right after "{snippet}"?', follow, [c.chunk_id],
+                              c.text))
     rng.shuffle(pairs)
     return pairs[:limit]
 
@@ -149,10 +167,11 @@ def lora_dropout_off(model: torch.nn.Module, adapter: str) -> Iterator[None]:
 
 
 class _Batcher:
-    """Renders pairs through the serving template and computes the answer-only loss."""
+    """Renders pairs through the serving template and computes the answer-only loss (plus, with a teacher,
+    the KL to the teacher reading the same chunks as text)."""
 
-    def __init__(self, lloco: LLoCO, service, cfg: FinetuneConfig) -> None:
-        self.lloco, self.service, self.cfg = lloco, service, cfg
+    def __init__(self, lloco: LLoCO, service, cfg: FinetuneConfig, teacher: str | None = None) -> None:
+        self.lloco, self.service, self.cfg, self.teacher = lloco, service, cfg, teacher
         self._sheets: dict[int, torch.Tensor] = {}
 
     def sheets(self, chunk_ids: list[int]) -> list[torch.Tensor]:
@@ -162,20 +181,53 @@ class _Batcher:
                 self._sheets[i] = t
         return [self._sheets[i] for i in chunk_ids]
 
-    def loss(self, pair: Pair, adapter: str | None) -> torch.Tensor:
-        host = self.lloco.host
-        tok = host.tokenizer
-        prompt = self.lloco.prompt(pair.question, self.sheets(pair.chunk_ids))
-        embeds, _, _ = self.lloco.generator.embed(prompt)
+    def _target(self, pair: Pair) -> torch.Tensor:
+        tok = self.lloco.host.tokenizer
         ids = tok(pair.answer, add_special_tokens=False)["input_ids"][: self.cfg.max_answer_tokens]
         eos = tok.eos_token_id
-        target = torch.tensor(ids + ([eos] if eos is not None else []), device=host.device)
-        embed = host.model.get_input_embeddings()
-        x = torch.cat([embeds[0], embed(target)], dim=0).unsqueeze(0)
+        return torch.tensor(ids + ([eos] if eos is not None else []), device=self.lloco.host.device)
+
+    def _logits(self, context, pair: Pair, target: torch.Tensor, adapter: str | None) -> torch.Tensor:
+        """Logits predicting each answer token, the answer teacher-forced after the prompt."""
+        host = self.lloco.host
+        embeds, _, _ = self.lloco.generator.embed(self.lloco.prompt(pair.question, context))
+        x = torch.cat([embeds[0], host.model.get_input_embeddings()(target)], dim=0).unsqueeze(0)
         p = embeds.shape[1]
         with host.using(adapter) as model:
-            logits = model(inputs_embeds=x, use_cache=False).logits[0, p - 1:p - 1 + len(target)]
-        return F.cross_entropy(logits.float(), target)
+            return model(inputs_embeds=x, use_cache=False).logits[0, p - 1:p - 1 + len(target)].float()
+
+    def loss(self, pair: Pair, adapter: str | None, *, kl: bool = True) -> torch.Tensor:
+        target = self._target(pair)
+        logits = self._logits(self.sheets(pair.chunk_ids), pair, target, adapter)
+        loss = F.cross_entropy(logits, target)
+        if kl and self.teacher is not None and self.cfg.kl_weight > 0 and pair.text.strip():
+            with torch.no_grad():
+                teacher = self._logits(pair.text, pair, target, self.teacher)
+            loss = loss + self.cfg.kl_weight * F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1),
+                                                        log_target=True, reduction="batchmean")
+        return loss
+
+
+def _teacher_path(lloco: LLoCO, cfg: FinetuneConfig) -> Path | None:
+    """The teacher adapter file to distil from: ``cfg.teacher``, else the shipped one when it fits."""
+    if cfg.kl_weight <= 0:
+        return None
+    if cfg.teacher is not None:
+        return Path(cfg.teacher)
+    from ..runtime import shipped_teacher_adapter
+
+    path = shipped_teacher_adapter()
+    if path is None:
+        return None
+    try:
+        art = AdapterArtifact.from_bytes(path.read_bytes())
+    except Exception:  # noqa: BLE001 - a damaged shipped file: train without the teacher, and say so
+        log.warning("the shipped teacher adapter %s is unreadable; fine-tuning without distillation", path)
+        return None
+    if art.base_fingerprint != lloco.host.fingerprint:
+        log.info("no teacher for this decoder (the shipped one is for another base model): no distillation")
+        return None
+    return path
 
 
 def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str | None,
@@ -197,9 +249,10 @@ def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str
         for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q"):
             res = service.retrieve(r.question, group=group, collection=collection, top_k=cfg.top_k,
                                    mode=cfg.mode, load_cheat_sheets=False)
-            ids = [c.chunk_id for c in sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))]
-            if ids:
-                pairs.append(Pair(r.question, r.answers[0], ids))
+            ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
+            if ordered:
+                pairs.append(Pair(r.question, r.answers[0], [c.chunk_id for c in ordered],
+                                  "\n\n".join(c.text for c in ordered)))
         return pairs, bad, "qa"
     chunks = service.store.list_chunks(group, collection)
     return self_supervised_pairs(chunks, rng, cfg.max_pairs), [], "self-supervised"
@@ -227,9 +280,17 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
 
     if TRAIN_ADAPTER in host.adapter_names():
         host.delete_adapter(TRAIN_ADAPTER)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none")
+    reader = AdapterArtifact.from_bytes(lloco.encoder.reader) if (cfg.from_reader and lloco.encoder.reader) else None
+    if reader is not None:  # the group adapter starts as the reader: its rank and targets
+        lora = lora_config_from_dict({**reader.lora_config, "lora_dropout": cfg.lora_dropout})
+    else:
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.target_modules), bias="none")
     host.add_adapter(TRAIN_ADAPTER, lora)
+    if reader is not None:
+        set_peft_model_state_dict(host.model, reader.tensors, adapter_name=TRAIN_ADAPTER)
+    teacher_file = _teacher_path(lloco, cfg)
+    teacher = load_teacher(host, teacher_file) if teacher_file is not None else None
     for p in host.model.parameters():
         p.requires_grad_(False)
     names = [n for n, p in host.model.named_parameters() if f".{TRAIN_ADAPTER}." in f"{n}."]
@@ -237,9 +298,11 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    batcher = _Batcher(lloco, service, cfg)
+    batcher = _Batcher(lloco, service, cfg, teacher)
     history: dict = {"config": asdict(cfg), "source": source, "n_train": len(train), "n_val": len(val),
-                     "rejected": len(bad), "train": [], "val": [], "seconds": 0.0}
+                     "rejected": len(bad), "train": [], "val": [], "seconds": 0.0,
+                     "init": "reader" if reader is not None else "fresh",
+                     "teacher": None if teacher_file is None else str(teacher_file)}
     start = 0
     ckpt = out / "checkpoint" if out else None
     if ckpt and resume and (ck := read_checkpoint(ckpt)) is not None:
@@ -253,7 +316,7 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
 
     def val_loss(adapter: str | None) -> float:
         with lora_dropout_off(host.model, TRAIN_ADAPTER), torch.no_grad():
-            return sum(batcher.loss(p, adapter).item() for p in val) / len(val)
+            return sum(batcher.loss(p, adapter, kl=False).item() for p in val) / len(val)
 
     try:
         if start == 0:
@@ -292,7 +355,8 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
         bar.close()
         metrics = {"val_loss": history["val"][-1]["adapter"], "val_loss_no_adapter": history["val"][0]["no_adapter"],
                    "train_loss": history["train"][-1]["loss"] if history["train"] else None, "steps": cfg.steps,
-                   "pairs": len(train), "source": source, "seconds": round(history["seconds"], 1)}
+                   "pairs": len(train), "source": source, "seconds": round(history["seconds"], 1),
+                   "init": history["init"], "distilled": teacher is not None}
         art = AdapterArtifact.from_model(host.model, TRAIN_ADAPTER, base_fingerprint=host.fingerprint,
                                          encoder_fingerprint=lloco.encoder.fingerprint, info=metrics)
         info = service.store.register_adapter(
@@ -302,8 +366,9 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
     finally:
         for p in params:
             p.requires_grad_(False)
-        if TRAIN_ADAPTER in host.adapter_names():
-            host.delete_adapter(TRAIN_ADAPTER)
+        for name in (TRAIN_ADAPTER, teacher):
+            if name is not None and name in host.adapter_names():
+                host.delete_adapter(name)
     history["adapter_id"] = info.id
     history["adapter_version"] = getattr(info, "version", None)
     if out:

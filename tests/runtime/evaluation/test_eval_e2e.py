@@ -65,11 +65,11 @@ def test_compare_table_plot_and_truncation(qa_dir, tiny_model_dir, encoder_dir, 
     assert table.startswith("| mode | n | F1 | EM | context tokens (mean) | latency s (mean) |")
     for mode in ("none", "full", "rag", "lloco", "lloco-doc"):
         assert f"| {mode} | 2 |" in table
-    assert "| lloco-adapter (skipped: no active adapter) |" in table
+    assert "| lloco-adapter (skipped: no active adapter and no reader adapter) |" in table
     res = json.loads(out.read_text())
     runs = {r["mode"]: r for r in res["runs"]}
     assert set(runs) == {"none", "full", "rag", "lloco", "lloco-doc"} and res["skipped"] == {
-        "lloco-adapter": "no active adapter"}
+        "lloco-adapter": "no active adapter and no reader adapter"}
     assert runs["none"]["context_tokens_mean"] == 0
     full = runs["full"]
     assert all(row["truncated"] and row["context_tokens"] <= 12 for row in full["per_question"])
@@ -277,7 +277,7 @@ def test_compare_skips_every_cheat_sheet_adapter_mode_without_an_adapter(
     res = json.loads(out.read_text())
     assert [r["mode"] for r in res["runs"]] == ["none"]
     assert res["skipped"] == dict.fromkeys(("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"),
-                                           "no active adapter")
+                                           "no active adapter and no reader adapter")
     # a single mode is an error naming the ways out
     assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control") == 2
     err = capsys.readouterr().err

@@ -117,12 +117,12 @@ def test_finetune_resumes_from_its_checkpoint(service, tmp_path, capsys, monkeyp
     out = tmp_path / "ft"
     real, calls = ft._Batcher.loss, {"n": 0}
 
-    def crash(self, pair, adapter):
+    def crash(self, pair, adapter, **kw):
         if adapter is not None and torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] == 2 * 2 + 1:  # first pair of step 3: the checkpoint is at step 2
                 raise KeyboardInterrupt
-        return real(self, pair, adapter)
+        return real(self, pair, adapter, **kw)
 
     monkeypatch.setattr(ft._Batcher, "loss", crash)
     with pytest.raises(KeyboardInterrupt):
