@@ -3,7 +3,8 @@
 Run: `.venv/bin/python examples/build_demo_adapter.py` (about 15-25 min on a 2-core CPU; resumable).
 
 It ingests examples/data into the group ``demo`` of a scratch store, fine-tunes one LoRA with
-``lloco finetune``'s trainer on examples/demo/qa_train.jsonl (questions written for these documents; the
+``lloco finetune``'s trainer (starting from the default encoder's reader adapter, with KL to the shipped
+text teacher) on examples/demo/qa_train.jsonl (questions written for these documents; the
 demo's own questions in examples/demo/questions.jsonl are held out), and writes the adapter artifact with
 the base-model and encoder fingerprints it was trained against in its header. `make demo` registers it
 into the user's store when those fingerprints match the runtime (else it fine-tunes a short one itself).
@@ -61,13 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     data = service.store.adapter_weights(history["adapter_id"])
     ADAPTER.write_bytes(data)
+    from lloco_runtime.adapters import AdapterArtifact
+
+    lora = AdapterArtifact.from_bytes(data).lora_config
     v0, v1 = history["val"][0], history["val"][-1]
     info = {
         "what": "LoRA adapter for the demo group (examples/data), built by examples/build_demo_adapter.py",
         "base_fingerprint": service.lloco.host.fingerprint,
         "encoder_fingerprint": service.lloco.encoder.fingerprint,
         "device": str(service.lloco.host.device), "dtype": str(service.lloco.host.dtype),
-        "config": history["config"], "train_pairs": history["n_train"], "val_pairs": history["n_val"],
+        "config": history["config"], "init": history["init"],
+        "teacher": None if history["teacher"] is None else Path(history["teacher"]).parent.name,
+        "lora": {k: lora[k] for k in ("r", "lora_alpha", "target_modules") if k in lora},
+        "train_pairs": history["n_train"], "val_pairs": history["n_val"],
         "val_answer_loss_without_adapter": round(v0["no_adapter"], 4),
         "val_answer_loss_with_adapter": round(v1["adapter"], 4),
         "training_seconds": round(history["seconds"], 1), "wall_seconds": round(wall, 1),

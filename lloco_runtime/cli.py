@@ -134,6 +134,8 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     if args.qa and not args.qa_weight:
         raise ConfigError("--qa needs a positive --qa-weight (the weight of the QA objective), e.g. --qa-weight 1")
     host = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.encoder and (args.literal_tokens or args.connector_init):
+        raise ConfigError("--literal-tokens and --connector-init make a fresh encoder; drop --encoder")
     if args.encoder:
         encoder = ContextEncoder.load(args.encoder, host)
         if args.keep_ratio and not encoder.config.keep_ratio:
@@ -148,7 +150,10 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                                                      lora_alpha=2 * args.lora_r if args.lora_r else 32,
                                                      lora_target_modules=tuple(args.lora_targets.split(",")),
                                                      pooling=args.pooling, connector=args.connector,
-                                                     keep_ratio=args.keep_ratio))
+                                                     keep_ratio=args.keep_ratio,
+                                                     literal_tokens=args.literal_tokens))
+        if args.connector_init:
+            encoder.init_connector_from(args.connector_init)
     history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume,
                             qa_path=args.qa or None, reading_path=args.reading, teacher_path=teacher,
                             reader_init=args.reader_init)
@@ -355,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-ratio", action="store_true", help="mean pooling: short segments (a document's tail) "
                    "get ceil(tokens / ratio) vectors instead of up to --summary-length (also turns it on for a "
                    "mean-pooling --encoder)")
+    s.add_argument("--literal-tokens", type=int, default=0, metavar="N", help="mean pooling: keep N of a segment's "
+                   "tokens as themselves beside the pooled vectors (names and numbers first; they count as context "
+                   "positions: 128 tokens -> 16 vectors + 16 literal tokens is 4x)")
+    s.add_argument("--connector-init", default=None, metavar="ENC", help="start the connector from this encoder "
+                   "folder's connector (same decoder), e.g. to change the ratio of a trained encoder")
     s.add_argument("--connector", choices=["none", "linear", "mlp"], default="none",
                    help="trainable map from encoder states to decoder embeddings (a fresh encoder only)")
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")

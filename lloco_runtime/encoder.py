@@ -55,6 +55,11 @@ class EncoderConfig:
     keep_ratio: bool = field(default=False, metadata={
         "help": "mean pooling: a segment shorter than segment_length gets ceil(n / ratio) vectors, so the tail of "
                 "a document is compressed as much as the rest (default: up to summary_length vectors)"})
+    literal_tokens: int = field(default=0, metadata={
+        "help": "mean pooling: keep up to this many of a full segment's tokens as themselves (their input "
+                "embeddings), each right after its group's pooled vector: the tokens of numbers and of "
+                "capitalised words inside sentences, which soft compression loses first. They are context "
+                "positions too: a segment gives summary_length + literal_tokens vectors at most"})
     connector: str = field(default="none", metadata={
         "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
                 "identity)"})
@@ -90,20 +95,27 @@ class EncoderConfig:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if not isinstance(self.keep_ratio, bool):
             raise ConfigError(f"keep_ratio must be True or False, got {self.keep_ratio!r}")
+        if not is_int(self.literal_tokens) or self.literal_tokens < 0:
+            raise ConfigError(f"literal_tokens must be an integer >= 0, got {self.literal_tokens!r}")
+        if self.literal_tokens and self.pooling != "mean":
+            raise ConfigError("literal_tokens needs mean pooling (summary tokens have no per-token positions)")
+        if self.summary_length + self.literal_tokens > self.segment_length:
+            raise ConfigError("summary_length + literal_tokens must not exceed segment_length (that would expand, "
+                              "not compress)")
         if self.connector not in CONNECTORS:
             raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
 
     @property
     def ratio(self) -> float:
-        """Compression ratio: source tokens per summary vector for a full segment."""
-        return self.segment_length / self.summary_length
+        """Compression ratio: source tokens per context position (vector) for a full segment."""
+        return self.segment_length / (self.summary_length + self.literal_tokens)
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values. Fields added after the first release are left out while they
         hold their defaults, so existing encoders keep their fingerprints."""
         d = asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
-        for name in ("pooling", "connector", "keep_ratio"):
+        for name in ("pooling", "connector", "keep_ratio", "literal_tokens"):
             if d[name] == type(self).__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -194,6 +206,7 @@ class ContextEncoder(nn.Module):
         # The decoder LoRA trained with this encoder to read its cheat sheets (``lloco train-encoder
         # --reader-lora-r``), as lloco adapter-file bytes tied to this encoder's fingerprint; None if none.
         self.reader: bytes | None = None
+        self._token_texts: dict[int, str] = {}  # token id -> its text (literal-token selection)
         if self.config.connector != "none" and not connector_state:
             self._calibrate_connector()
 
@@ -242,6 +255,31 @@ class ContextEncoder(nn.Module):
     def invalidate_fingerprint(self) -> None:
         """Call after changing weights (training) so the fingerprint is recomputed."""
         self._fingerprint = None
+
+    def init_connector_from(self, directory: str | Path) -> None:
+        """Copy the connector weights of the encoder saved in ``directory`` (same decoder, same connector
+        kind), e.g. to start an encoder of another ratio from a trained one."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+            tensors = load_file(str(d / WEIGHTS_FILE))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{d} is not a readable lloco encoder folder ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+            raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
+        if meta.get("base_fingerprint") != self.host.fingerprint:
+            raise FingerprintMismatchError(f"encoder {d} was trained on another base model; its connector does not "
+                                           "fit this decoder")
+        state = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
+        if not state:
+            raise ModelLoadError(f"encoder {d} has no connector weights")
+        try:
+            self.connector.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"the connector of {d} does not fit this encoder's {self.config.connector!r} "
+                                 f"connector ({str(exc).splitlines()[0][:160]})") from None
+        self.connector.to(self.host.device, self.host.dtype)
+        self.invalidate_fingerprint()
 
     def set_keep_ratio(self, keep: bool) -> None:
         """Turn :attr:`EncoderConfig.keep_ratio` on or off for a mean-pooling encoder. The weights stay; the
@@ -355,7 +393,7 @@ class ContextEncoder(nn.Module):
         token_embeds = [embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists]
         layer = self.config.summary_layer
         if not summary and layer == 0:  # pooled input embeddings: no forward pass needed
-            return [self.connector(_mean_groups(t, self._groups(t.shape[0]))) for t in token_embeds]
+            return [self._pooled(t, t, ids) for t, ids in zip(token_embeds, token_lists, strict=True)]
         rows = []
         for tokens, soft in zip(token_embeds, soft_prompts, strict=True):
             parts = [] if soft is None else [soft.to(device, self.dtype)]
@@ -378,8 +416,85 @@ class ContextEncoder(nn.Module):
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         if summary:
             return list(self.connector(hidden[:, -self.config.summary_length:]))
-        return [self.connector(_mean_groups(hidden[i, length - t.shape[0]:], self._groups(t.shape[0])))
-                for i, t in enumerate(token_embeds)]
+        return [self._pooled(hidden[i, length - t.shape[0]:], t, ids)
+                for i, (t, ids) in enumerate(zip(token_embeds, token_lists, strict=True))]
+
+    def _pooled(self, states: torch.Tensor, token_embeds: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+        """Mean pooling of one segment's ``states`` through the connector, with its literal tokens (their
+        input embeddings, no connector) each placed right after the pooled vector of its group."""
+        n = states.shape[0]
+        groups = min(self._groups(n), n)
+        pooled = self.connector(_mean_groups(states, groups))
+        keep = self.literal_positions(ids)
+        if not keep:
+            return pooled
+        bounds = [(g * n) // groups for g in range(groups + 1)]
+        rows, k = [], 0
+        for g in range(groups):
+            rows.append(pooled[g:g + 1])
+            start = k
+            while k < len(keep) and keep[k] < bounds[g + 1]:
+                k += 1
+            if k > start:
+                rows.append(token_embeds[keep[start:k]].to(pooled.dtype))
+        return torch.cat(rows, dim=0)
+
+    def literal_budget(self, n_tokens: int) -> int:
+        """Literal tokens a segment of ``n_tokens`` may keep: ``literal_tokens``, or with ``keep_ratio`` the
+        share a short segment's length warrants."""
+        k = self.config.literal_tokens
+        if not k or not self.config.keep_ratio:
+            return k
+        return min(k, -(-n_tokens * k // self.config.segment_length))
+
+    def literal_positions(self, ids: Sequence[int]) -> list[int]:
+        """Positions (ascending) of the tokens kept as themselves, exactly ``min(budget, len(ids))`` of them
+        (:meth:`literal_budget`), so every full segment gives the same number of vectors. First whole words
+        holding a digit or starting with a capital letter inside a sentence (names, numbers, dates), each
+        once, in text order; then the longest other words; then single tokens, in text order."""
+        budget = min(self.literal_budget(len(ids)), len(ids))
+        if not budget:
+            return []
+        pieces = [self._token_text(int(i)) for i in ids]
+        words: list[list[int]] = []
+        for pos, piece in enumerate(pieces):
+            if pos == 0 or piece[:1].isspace() or not words:
+                words.append([pos])
+            else:
+                words[-1].append(pos)
+        keep: set[int] = set()
+        seen: set[str] = set()  # a name kept once is not kept again in the same segment
+        before = ""  # text before the current word (to tell sentence starts)
+        texts = []
+        for word in words:
+            text = "".join(pieces[p] for p in word)
+            stripped = text.strip()
+            texts.append(stripped)
+            tail = before.rstrip()
+            sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
+            word_start = stripped.lstrip("\"'([\u201c\u2018")
+            salient = any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start)
+            key = stripped.strip(".,;:!?\"'()[]\u201c\u201d\u2018\u2019").lower()
+            if salient and key not in seen and len(keep) + len(word) <= budget:
+                keep.update(word)
+                seen.add(key)
+            before += text
+        by_length = sorted(range(len(words)), key=lambda w: (-len(texts[w]), w))
+        for w in by_length:
+            if len(keep) >= budget:
+                break
+            if not keep.intersection(words[w]) and len(keep) + len(words[w]) <= budget:
+                keep.update(words[w])
+        for pos in range(len(ids)):
+            if len(keep) >= budget:
+                break
+            keep.add(pos)
+        return sorted(keep)
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id not in self._token_texts:
+            self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return self._token_texts[token_id]
 
     def _groups(self, n_tokens: int) -> int:
         """Mean-pooling groups for a segment of ``n_tokens``: ``summary_length``, or with ``keep_ratio`` the

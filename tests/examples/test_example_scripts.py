@@ -119,5 +119,7 @@ def test_shipped_demo_adapter_fits_the_default_runtime():
     art = AdapterArtifact.from_bytes(data)
     info = json.loads(demo.ADAPTER_INFO.read_text())
     assert info["encoder_fingerprint"] == lloco.encoder.fingerprint
-    assert art.lora_config["r"] == info["config"]["lora_r"]
+    assert art.lora_config["r"] == info["lora"]["r"]
+    if lloco.encoder.reader is not None:  # group adapters start from the encoder's reader
+        assert info["init"] == "reader"
     assert info["val_answer_loss_with_adapter"] < info["val_answer_loss_without_adapter"]

@@ -96,18 +96,29 @@ def test_bad_inputs_with_the_default_model(lloco, default_host):
 
 
 @pytest.mark.default_model
-def test_shipped_encoder_loads_with_its_fingerprint():
-    """The encoder shipped in the package stays loadable on the default model, with the saved identity."""
+@pytest.mark.parametrize("folder", ["encoder-smollm2-135m", "encoder-summary-smollm2-135m"])
+def test_shipped_encoders_load_with_their_fingerprints(folder):
+    """The encoders shipped in the package stay loadable on the default model, with the saved identity: the
+    default (pooled embeddings, 4x, with its reader adapter) and the summary-token one (8x, AutoCompressor
+    style), which stays a choice."""
     import json
+    from pathlib import Path
 
-    from lloco_runtime import ContextEncoder, load_model
+    import lloco_runtime
+    from lloco_runtime import ContextEncoder, LLoCO, load_model
     from lloco_runtime.runtime import shipped_encoder_dir
 
-    d = shipped_encoder_dir()
-    if d is None:
+    d = Path(lloco_runtime.__file__).parent / "assets" / folder
+    if not (d / "encoder_config.json").exists():
         pytest.skip("no encoder shipped in this build")
-    host = load_model()  # private host: the encoder injects its LoRA
+    host = load_model()  # private host: an encoder may inject its LoRA
     enc = ContextEncoder.load(d, host)
     assert enc.fingerprint == json.loads((d / "encoder_config.json").read_text())["fingerprint"]
     sheets = enc.compress("The lighthouse at Carrow Point was built in 1852. " * 20)
     assert sheets.tensors[0].shape == (enc.config.summary_length, host.hidden_size)
+    if folder == "encoder-smollm2-135m":
+        assert shipped_encoder_dir() == d
+        assert enc.config.ratio >= 4 and enc.reader is not None  # the default reads its sheets with its reader
+        assert LLoCO(host, enc).reader_id is not None
+    else:
+        assert enc.config.pooling == "summary" and enc.reader is None
