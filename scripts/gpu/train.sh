@@ -80,6 +80,7 @@ VARIANTS=(
   "emb8x-mlp|--segment-length 128 --summary-length 16 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 --continuation-weight 0 --reconstruction-weight 0"
   "emb4x-mlp-ce|--segment-length 128 --summary-length 32 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 --continuation-weight 0 --reconstruction-weight 0 --reading-kl-weight 0"
   "mean4x-mlp|--segment-length 128 --summary-length 32 --pooling mean --keep-ratio --connector mlp --lora-r 16 --continuation-weight 0 --reconstruction-weight 0"
+  "lit8x16-mlp|--segment-length 128 --summary-length 16 --literal-tokens 16 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 --continuation-weight 0 --reconstruction-weight 0"
   "summary4x-mlp|--segment-length 128 --summary-length 32 --pooling summary --connector mlp --lora-r 16 --continuation-weight 0 --reconstruction-weight 0"
 )
 pids=()

@@ -44,7 +44,16 @@ def test_hostile_doc_ids_and_metadata_are_stored_verbatim(store, encoder):
 
 
 def test_hostile_query_text_is_bound(shared_filled):
+    before = {d.doc_id for d in shared_filled.list_documents("g")}
+    n_chunks = len(shared_filled.list_chunks("g"))
     for q in ["'; DROP TABLE chunks; --", "a & | ! <-> :*", "\\", "' OR 1=1 --", '"quoted" -minus or']:
         for mode in ("dense", "fulltext", "hybrid"):
-            shared_filled.retrieve(q, group="g", mode=mode)
+            res = shared_filled.retrieve(q, group="g", mode=mode)
+            # bound as text: dense always ranks the group's chunks; "OR 1=1" cannot widen a search past top_k
+            assert len(res.chunks) <= 4 and all(c.doc_id in before for c in res.chunks)
+            if mode == "dense":
+                assert res.chunks
+    # nothing was dropped or altered
+    assert {d.doc_id for d in shared_filled.list_documents("g")} == before
+    assert len(shared_filled.list_chunks("g")) == n_chunks
     assert shared_filled.retrieve("galaxy", group="g").chunks
