@@ -158,7 +158,7 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                             qa_path=args.qa or None, reading_path=args.reading, teacher_path=teacher,
                             reader_init=args.reader_init)
     v = history["val"][-1]
-    print(f"done: {history['train'][-1]['step']} steps in {history['seconds'] / 60:.1f} min; held-out loss "
+    print(f"done: {history['train'][-1]['step'] if history['train'] else 0} steps in {history['seconds'] / 60:.1f} min; held-out loss "
           f"no-context {v['no_context']:.3f}, cheat sheet {v['cheat_sheet']:.3f}, wrong sheet "
           f"{v['wrong_cheat_sheet']:.3f}, text {v['text_context']:.3f}")
     if "reading_f1_right" in v:
@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora-r", type=int, default=16, help="encoder LoRA rank (0: summary embeddings only)")
     s.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj",
                    help="modules of the encoder LoRA, comma-separated (add gate_proj,up_proj,down_proj for the MLPs)")
-    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (the most, with --minutes)")
+    s.add_argument("--steps", type=int, default=1000, help="optimizer steps (the most, with --minutes); 0 "
+                   "evaluates and writes the encoder as it starts, e.g. a new ratio built with --connector-init "
+                   "and --reader-init")
     s.add_argument("--minutes", type=float, default=None, help="train for about this long: the step count and "
                    "learning-rate schedule are fitted to the pace of the first steps")
     s.add_argument("--batch-size", type=int, default=4)

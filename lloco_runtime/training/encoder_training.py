@@ -89,8 +89,9 @@ class EncoderTrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.continuation_length < 2:
-            raise ConfigError("steps and batch_size must be >= 1 and continuation_length >= 2")
+        if self.steps < 0 or self.batch_size < 1 or self.continuation_length < 2:
+            raise ConfigError("steps must be >= 0 (0: evaluate and write the encoder as it starts), batch_size "
+                              ">= 1 and continuation_length >= 2")
         weights = (self.continuation_weight, self.reconstruction_weight, self.distill_weight, self.qa_weight,
                    self.reading_weight, self.reading_kl_weight)
         if min(weights) < 0:

@@ -84,3 +84,36 @@ def test_connector_init_copies_a_trained_connector(make_tiny_host, tmp_path):
     dst.init_connector_from(tmp_path / "src")
     for (n, a), b in zip(src.connector.state_dict().items(), dst.connector.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
+
+
+def test_zero_steps_writes_a_derived_encoder_with_its_reader(make_tiny_host, tmp_path):
+    """``--steps 0``: a new configuration built from a trained connector and reader, evaluated and written
+    with the reader re-tied to the new encoder's fingerprint."""
+    from lloco_runtime.adapters import AdapterArtifact
+    from lloco_runtime.training import EncoderTrainingConfig, train_encoder
+
+    host = make_tiny_host()
+    src = _enc(host, literal_tokens=0, summary_length=16)
+    src.save(tmp_path / "src")
+    from peft import LoraConfig
+
+    host.add_adapter("r", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
+    reader = tmp_path / "reader.safetensors"
+    reader.write_bytes(AdapterArtifact.from_model(host.model, "r", base_fingerprint=host.fingerprint,
+                                                  encoder_fingerprint=src.fingerprint).to_bytes())
+    host.delete_adapter("r")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"d{i}.txt").write_text(f"Part {i}. " + TEXT * 4)
+    enc = _enc(host)
+    enc.init_connector_from(tmp_path / "src")
+    cfg = EncoderTrainingConfig(steps=0, batch_size=1, continuation_length=8, eval_pairs=2, reader_lora_r=0)
+    hist = train_encoder(enc, corpus, tmp_path / "run", cfg, progress=False, reader_init=reader)
+    assert hist["train"] == [] and [v["step"] for v in hist["val"]] == [0]
+    loaded = ContextEncoder.load(tmp_path / "run" / "encoder", make_tiny_host())
+    assert loaded.config.literal_tokens == 8 and loaded.reader is not None
+    art = AdapterArtifact.from_bytes(loaded.reader)
+    assert art.encoder_fingerprint == loaded.fingerprint != src.fingerprint
+    assert torch.equal(art.tensors[next(iter(art.tensors))],
+                       AdapterArtifact.from_bytes(reader.read_bytes()).tensors[next(iter(art.tensors))])
