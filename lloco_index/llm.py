@@ -49,7 +49,8 @@ class LLoCOLLM(CustomLLM):
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy")
     max_cheat_sheets: int = Field(default=4, ge=0,
                                   description="cheat sheets reserved in metadata.context_window (top_k)")
-    summary_length: int = Field(default=16, ge=1, description="vectors per cheat sheet (from the encoder)")
+    summary_length: int = Field(default=16, ge=1, description="vectors per full cheat sheet (from the encoder: "
+                                "summary vectors plus literal tokens)")
     decoder_window: int = Field(default=2048, ge=1, description="the decoder's context window")
 
     _lloco: LLoCO = PrivateAttr()
@@ -57,7 +58,7 @@ class LLoCOLLM(CustomLLM):
 
     def __init__(self, lloco: LLoCO, *, store: CheatSheetStore | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("model_name", lloco.host.name)
-        super().__init__(summary_length=lloco.encoder.config.summary_length,
+        super().__init__(summary_length=lloco.encoder.config.positions,
                          decoder_window=lloco.host.context_window, **kwargs)
         self._lloco = lloco
         self._service = LLoCOService(lloco, store) if store is not None else None

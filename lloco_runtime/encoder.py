@@ -106,9 +106,15 @@ class EncoderConfig:
             raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
 
     @property
+    def positions(self) -> int:
+        """Context positions (vectors) of a full segment's cheat sheet: pooled or summary vectors plus literal
+        tokens."""
+        return self.summary_length + self.literal_tokens
+
+    @property
     def ratio(self) -> float:
         """Compression ratio: source tokens per context position (vector) for a full segment."""
-        return self.segment_length / (self.summary_length + self.literal_tokens)
+        return self.segment_length / self.positions
 
     def to_dict(self) -> dict:
         """The config as JSON-ready values. Fields added after the first release are left out while they

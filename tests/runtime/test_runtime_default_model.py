@@ -115,7 +115,7 @@ def test_shipped_encoders_load_with_their_fingerprints(folder):
     enc = ContextEncoder.load(d, host)
     assert enc.fingerprint == json.loads((d / "encoder_config.json").read_text())["fingerprint"]
     sheets = enc.compress("The lighthouse at Carrow Point was built in 1852. " * 20)
-    assert sheets.tensors[0].shape == (enc.config.summary_length, host.hidden_size)
+    assert sheets.tensors[0].shape == (enc.config.summary_length + enc.config.literal_tokens, host.hidden_size)
     if folder == "encoder-smollm2-135m":
         assert shipped_encoder_dir() == d
         assert enc.config.ratio >= 4 and enc.reader is not None  # the default reads its sheets with its reader
