@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 SHARED=${SHARED:-../shared}
-PARTS=${PARTS:-4}
+PARTS=${PARTS:-5}
 rm -rf .gpu && mkdir -p .gpu/stage/model .gpu/stage/data .gpu/stage/wheels
 gguf=$($PY -c "from lloco_runtime.models import default_gguf_path; print(default_gguf_path())")
 ln "$gguf" .gpu/stage/model/ 2>/dev/null || cp "$gguf" .gpu/stage/model/
