@@ -138,11 +138,8 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         raise ConfigError("--literal-tokens and --connector-init make a fresh encoder; drop --encoder")
     if args.encoder:
         encoder = ContextEncoder.load(args.encoder, host)
-        if args.keep_ratio and not encoder.config.keep_ratio:
-            if encoder.config.pooling != "mean":
-                raise ConfigError(f"--keep-ratio applies to mean pooling; {args.encoder} uses "
-                                  f"{encoder.config.pooling!r} pooling")
-            encoder.set_keep_ratio(True)  # same weights, a new fingerprint: stored sheets must be rebuilt
+        if args.keep_ratio:  # same weights, a new fingerprint: stored sheets must be rebuilt
+            encoder.set_keep_ratio(True)
     else:
         encoder = ContextEncoder(host, EncoderConfig(segment_length=args.segment_length,
                                                      summary_length=args.summary_length,

@@ -266,16 +266,7 @@ class ContextEncoder(nn.Module):
         """Copy the connector weights of the encoder saved in ``directory`` (same decoder, same connector
         kind), e.g. to start an encoder of another ratio from a trained one."""
         d = Path(directory)
-        try:
-            meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
-            tensors = load_file(str(d / WEIGHTS_FILE))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{d} is not a readable lloco encoder folder ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
-            raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc})") from None
-        if meta.get("base_fingerprint") != self.host.fingerprint:
-            raise FingerprintMismatchError(f"encoder {d} was trained on another base model; its connector does not "
-                                           "fit this decoder")
+        _, _, tensors = _read_encoder_folder(d, self.host)
         state = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
         if not state:
             raise ModelLoadError(f"encoder {d} has no connector weights")
@@ -290,10 +281,10 @@ class ContextEncoder(nn.Module):
     def set_keep_ratio(self, keep: bool) -> None:
         """Turn :attr:`EncoderConfig.keep_ratio` on or off for a mean-pooling encoder. The weights stay; the
         fingerprint changes, because short segments now get a different number of vectors."""
-        if self.config.pooling != "mean":
-            raise ConfigError(f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}")
         if bool(keep) == self.config.keep_ratio:
             return
+        if self.config.pooling != "mean":
+            raise ConfigError(f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}")
         self.config = replace(self.config, keep_ratio=bool(keep))
         self.invalidate_fingerprint()
         if self.reader is not None:
@@ -584,30 +575,7 @@ class ContextEncoder(nn.Module):
     def load(cls, directory: str | Path, host: LoadedModel) -> ContextEncoder:
         """Load an encoder saved by :meth:`save` onto ``host``; refuses a different base model."""
         d = Path(directory)
-        if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
-            raise ModelLoadError(f"{d} is not a lloco encoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        try:
-            meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"{d / CONFIG_FILE} is not readable JSON ({exc}); restore the encoder folder or "
-                                 "retrain the encoder") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-            raise ModelLoadError(f"{d / CONFIG_FILE} has no encoder config; restore the folder or retrain")
-        if meta.get("base_fingerprint") != host.fingerprint:
-            raise FingerprintMismatchError(
-                f"encoder {d} was trained on base model {meta.get('base_model')!r} "
-                f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}), but the loaded decoder is "
-                f"{host.name!r} ({host.fingerprint[:12]}); load the matching decoder or retrain the encoder"
-            )
-        try:
-            config = EncoderConfig.from_dict(meta["config"])
-        except (ConfigError, TypeError) as exc:
-            raise ModelLoadError(f"{d / CONFIG_FILE}: invalid encoder config ({exc}); restore or retrain") from None
-        try:  # safetensors only: never unpickles, and fails cleanly on damaged files
-            tensors = load_file(str(d / WEIGHTS_FILE))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
-            raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
-                                 "folder or retrain (pickled weights are never loaded)") from None
+        meta, config, tensors = _read_encoder_folder(d, host)
         if config.pooling == "summary" and "embed_summary.weight" not in tensors:
             raise ModelLoadError(f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
@@ -718,6 +686,35 @@ class Connector(nn.Module):
             y = x * self.scale
             return y + self.down(torch.nn.functional.gelu(self.up(y)))
         return x
+
+
+def _read_encoder_folder(d: Path, host: LoadedModel) -> tuple[dict, EncoderConfig, dict[str, torch.Tensor]]:
+    """(metadata, config, tensors) of the encoder saved in ``d``, checked against ``host``'s base model."""
+    if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
+        raise ModelLoadError(f"{d} is not a lloco encoder folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{d / CONFIG_FILE} is not readable JSON ({exc}); restore the encoder folder or "
+                             "retrain the encoder") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ModelLoadError(f"{d / CONFIG_FILE} has no encoder config; restore the folder or retrain")
+    if meta.get("base_fingerprint") != host.fingerprint:
+        raise FingerprintMismatchError(
+            f"encoder {d} was trained on base model {meta.get('base_model')!r} "
+            f"(fingerprint {str(meta.get('base_fingerprint'))[:12]}), but the loaded decoder is "
+            f"{host.name!r} ({host.fingerprint[:12]}); load the matching decoder or retrain the encoder"
+        )
+    try:
+        config = EncoderConfig.from_dict(meta["config"])
+    except (ConfigError, TypeError) as exc:
+        raise ModelLoadError(f"{d / CONFIG_FILE}: invalid encoder config ({exc}); restore or retrain") from None
+    try:  # safetensors only: never unpickles, and fails cleanly on damaged files
+        tensors = load_file(str(d / WEIGHTS_FILE))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+        raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
+                             "folder or retrain (pickled weights are never loaded)") from None
+    return meta, config, tensors
 
 
 def _mean_groups(states: torch.Tensor, groups: int) -> torch.Tensor:

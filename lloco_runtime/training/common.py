@@ -105,3 +105,12 @@ def plot_curves(path: Path, train: list[tuple[int, float]], val: dict[str, list[
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def token_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per token position, averaged over positions: logits ``[..., vocab]``."""
+    import torch.nn.functional as F
+
+    v = student.shape[-1]
+    return F.kl_div(F.log_softmax(student, -1).reshape(-1, v), F.log_softmax(teacher, -1).reshape(-1, v),
+                    log_target=True, reduction="batchmean")

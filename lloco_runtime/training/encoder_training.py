@@ -39,6 +39,7 @@ from .common import (
     plot_curves,
     read_checkpoint,
     save_optimizer,
+    token_kl,
     write_checkpoint,
 )
 from .reading import (
@@ -278,9 +279,7 @@ def _distill_loss(model, soft: torch.Tensor, a: torch.Tensor, b: torch.Tensor, e
     x = torch.cat([soft, embed(b)], dim=1)
     p = soft.shape[1]
     student = model(inputs_embeds=x, use_cache=False).logits[:, p:p + n - 1].float()
-    return F.kl_div(F.log_softmax(student, -1).reshape(-1, student.shape[-1]),
-                    F.log_softmax(teacher, -1).reshape(-1, teacher.shape[-1]), log_target=True,
-                    reduction="batchmean")
+    return token_kl(student, teacher)
 
 
 def _objective(encoder: ContextEncoder, a_rows, b_rows, cfg: EncoderTrainingConfig,

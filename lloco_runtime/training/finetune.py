@@ -29,9 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import AdapterArtifact, lora_config_from_dict
-from ..errors import ConfigError, InputError
+from ..errors import AdapterError, ConfigError, InputError
 from ..runtime import LLoCO
-from .common import load_optimizer, lr_at, plot_curves, read_checkpoint, save_optimizer, write_checkpoint
+from .common import (
+    load_optimizer,
+    lr_at,
+    plot_curves,
+    read_checkpoint,
+    save_optimizer,
+    token_kl,
+    write_checkpoint,
+)
 from .encoder_training import load_teacher
 
 log = logging.getLogger(__name__)
@@ -203,31 +211,29 @@ class _Batcher:
         if kl and self.teacher is not None and self.cfg.kl_weight > 0 and pair.text.strip():
             with torch.no_grad():
                 teacher = self._logits(pair.text, pair, target, self.teacher)
-            loss = loss + self.cfg.kl_weight * F.kl_div(F.log_softmax(logits, -1), F.log_softmax(teacher, -1),
-                                                        log_target=True, reduction="batchmean")
+            loss = loss + self.cfg.kl_weight * token_kl(logits, teacher)
         return loss
 
 
-def _teacher_path(lloco: LLoCO, cfg: FinetuneConfig) -> Path | None:
-    """The teacher adapter file to distil from: ``cfg.teacher``, else the shipped one when it fits."""
+def _load_teacher(lloco: LLoCO, cfg: FinetuneConfig) -> tuple[str | None, Path | None]:
+    """Inject the teacher to distil from: ``cfg.teacher``, else the shipped one when it fits the decoder (else
+    none, said in the log). Returns (adapter name, file)."""
     if cfg.kl_weight <= 0:
-        return None
+        return None, None
     if cfg.teacher is not None:
-        return Path(cfg.teacher)
+        return load_teacher(lloco.host, cfg.teacher), Path(cfg.teacher)
     from ..runtime import shipped_teacher_adapter
 
     path = shipped_teacher_adapter()
     if path is None:
-        return None
+        return None, None
     try:
-        art = AdapterArtifact.from_bytes(path.read_bytes())
-    except Exception:  # noqa: BLE001 - a damaged shipped file: train without the teacher, and say so
-        log.warning("the shipped teacher adapter %s is unreadable; fine-tuning without distillation", path)
-        return None
-    if art.base_fingerprint != lloco.host.fingerprint:
+        return load_teacher(lloco.host, path), path
+    except ConfigError:  # the shipped teacher is for another base model
         log.info("no teacher for this decoder (the shipped one is for another base model): no distillation")
-        return None
-    return path
+    except AdapterError as exc:
+        log.warning("the shipped teacher adapter %s is unreadable (%s); fine-tuning without distillation", path, exc)
+    return None, None
 
 
 def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str | None,
@@ -289,8 +295,7 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
     host.add_adapter(TRAIN_ADAPTER, lora)
     if reader is not None:
         set_peft_model_state_dict(host.model, reader.tensors, adapter_name=TRAIN_ADAPTER)
-    teacher_file = _teacher_path(lloco, cfg)
-    teacher = load_teacher(host, teacher_file) if teacher_file is not None else None
+    teacher, teacher_file = _load_teacher(lloco, cfg)
     for p in host.model.parameters():
         p.requires_grad_(False)
     names = [n for n, p in host.model.named_parameters() if f".{TRAIN_ADAPTER}." in f"{n}."]

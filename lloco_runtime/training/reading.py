@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..encoder import ENCODER_ADAPTER, ContextEncoder
 from ..prompt import _SLOT as _SLOT_TEXT
 from ..prompt import PromptTemplate
+from .common import token_kl
 from .squad import ReadingItem
 
 READER_ADAPTER = "lloco-reader"
@@ -154,8 +155,7 @@ def reading_losses(encoder: ContextEncoder, items: Sequence[PreparedItem], *, re
     if kl and teacher is not None:
         with torch.no_grad():
             target = answer_logits(encoder, items, [None] * len(items), teacher)
-        losses["reading_kl"] = F.kl_div(F.log_softmax(student, -1), F.log_softmax(target, -1), log_target=True,
-                                        reduction="batchmean")
+        losses["reading_kl"] = token_kl(student, target)
     return losses
 
 
