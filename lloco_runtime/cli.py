@@ -129,8 +129,13 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         if teacher is None:
             raise ConfigError("--reading-kl-weight needs a teacher adapter: pass --teacher FILE (from "
                               "`lloco train-teacher`); no shipped teacher was found")
-    if args.reading and not cfg.reading:
-        raise ConfigError("--reading needs a positive --reading-weight and/or --reading-kl-weight")
+    learned = args.literal_selector == "learned"
+    if args.reading and not cfg.reading and not learned:
+        raise ConfigError("--reading needs a positive --reading-weight and/or --reading-kl-weight, or "
+                          "--literal-selector learned")
+    if learned and not args.reading:
+        raise ConfigError("--literal-selector learned is fitted on a SQuAD-layout folder: pass --reading DIR "
+                          "(e.g. shared/corpus/squad_train)")
     if args.qa and not args.qa_weight:
         raise ConfigError("--qa needs a positive --qa-weight (the weight of the QA objective), e.g. --qa-weight 1")
     host = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -140,6 +145,11 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
         encoder = ContextEncoder.load(args.encoder, host)
         if args.keep_ratio:  # same weights, a new fingerprint: stored sheets must be rebuilt
             encoder.set_keep_ratio(True)
+        changes = {"strict_ratio": True} if args.strict_ratio else {}
+        if args.literal_selector:
+            changes.update(literal_selector=args.literal_selector,
+                           selector_layer=args.selector_layer if learned else 0)
+        encoder.reconfigure(**changes)
     else:
         encoder = ContextEncoder(host, EncoderConfig(segment_length=args.segment_length,
                                                      summary_length=args.summary_length,
@@ -148,11 +158,26 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
                                                      lora_target_modules=tuple(args.lora_targets.split(",")),
                                                      pooling=args.pooling, connector=args.connector,
                                                      keep_ratio=args.keep_ratio,
-                                                     literal_tokens=args.literal_tokens))
+                                                     strict_ratio=args.strict_ratio,
+                                                     literal_tokens=args.literal_tokens,
+                                                     literal_selector=args.literal_selector or "rules",
+                                                     selector_layer=args.selector_layer if learned else 0))
         if args.connector_init:
             encoder.init_connector_from(args.connector_init)
+    if learned:
+        from .training.selector import SelectorConfig, train_selector
+
+        m = train_selector(encoder, args.reading, SelectorConfig(paragraphs=args.selector_paragraphs,
+                                                                 seed=args.seed))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "selector.json").write_text(json.dumps(m, indent=2))
+        print(f"literal selector (layer {m['layer']}, {m['tokens']} tokens of {m['paragraphs']} paragraphs): "
+              f"held-out loss {m['held_out_bce']:.4f} vs {m['held_out_bce_constant']:.4f} constant; answers kept "
+              f"whole on {m['val_questions']} held-out questions: {100 * m['kept_whole_learned']:.1f}% vs "
+              f"{100 * m['kept_whole_rules']:.1f}% by rules")
     history = train_encoder(encoder, args.corpus, args.out, cfg, resume=not args.no_resume,
-                            qa_path=args.qa or None, reading_path=args.reading, teacher_path=teacher,
+                            qa_path=args.qa or None, reading_path=args.reading if cfg.reading else None,
+                            teacher_path=teacher,
                             reader_init=args.reader_init)
     v = history["val"][-1]
     print(f"done: {history['train'][-1]['step'] if history['train'] else 0} steps in {history['seconds'] / 60:.1f} min; held-out loss "
@@ -360,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--literal-tokens", type=int, default=0, metavar="N", help="mean pooling: keep N of a segment's "
                    "tokens as themselves beside the pooled vectors (names and numbers first; they count as context "
                    "positions: 128 tokens -> 16 vectors + 16 literal tokens is 4x)")
+    s.add_argument("--literal-selector", choices=["rules", "learned"], default=None, help="how literal tokens are "
+                   "chosen: rules (numbers, capitalised words) or learned (a linear scorer on the hidden states "
+                   "after --selector-layer, fitted on --reading's answer spans before training; also for an "
+                   "--encoder)")
+    s.add_argument("--selector-layer", type=int, default=6, metavar="L", help="learned selector: decoder layer "
+                   "whose hidden states it scores (compression then runs the first L layers)")
+    s.add_argument("--selector-paragraphs", type=int, default=800, metavar="N", help="learned selector: training "
+                   "paragraphs from --reading")
+    s.add_argument("--strict-ratio", action="store_true", help="with --keep-ratio: a short segment gets at most "
+                   "floor(tokens / ratio) positions, so every document keeps the ratio (also for an --encoder)")
     s.add_argument("--connector-init", default=None, metavar="ENC", help="start the connector from this encoder "
                    "folder's connector (same decoder), e.g. to change the ratio of a trained encoder")
     s.add_argument("--connector", choices=["none", "linear", "mlp"], default="none",

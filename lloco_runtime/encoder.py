@@ -34,6 +34,12 @@ WEIGHTS_FILE = "encoder.safetensors"
 READER_FILE = "reader.safetensors"  # optional: the decoder's reader LoRA trained with this encoder
 POOLINGS = ("summary", "mean")
 CONNECTORS = ("none", "linear", "mlp")
+LITERAL_SELECTORS = ("rules", "learned")
+_PUNCT = ".,;:!?\"'()[]\u201c\u201d\u2018\u2019"
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to end a forward pass at the layer whose states are needed."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,15 @@ class EncoderConfig:
     connector: str = field(default="none", metadata={
         "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
                 "identity)"})
+    literal_selector: str = field(default="rules", metadata={
+        "help": "how literal tokens are chosen: rules (numbers and capitalised words inside sentences, then "
+                "the longest words) or learned (a linear scorer on the hidden states after selector_layer, "
+                "trained on which tokens questions ask about; see lloco.training.selector)"})
+    selector_layer: int = field(default=0, metadata={
+        "help": "learned selector: score the hidden states after this decoder layer (>= 1)"})
+    strict_ratio: bool = field(default=False, metadata={
+        "help": "with keep_ratio: a short segment gets at most floor(n / ratio) positions (pooled vectors "
+                "first, literal tokens fill the rest), so every document keeps at least the encoder's ratio"})
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -104,6 +119,18 @@ class EncoderConfig:
                               "not compress)")
         if self.connector not in CONNECTORS:
             raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
+        if self.literal_selector not in LITERAL_SELECTORS:
+            raise ConfigError(f"literal_selector must be one of {', '.join(LITERAL_SELECTORS)}, got "
+                              f"{self.literal_selector!r}")
+        if not is_int(self.selector_layer) or self.selector_layer < 0:
+            raise ConfigError(f"selector_layer must be an integer >= 0, got {self.selector_layer!r}")
+        if self.literal_selector == "learned" and (not self.literal_tokens or self.selector_layer < 1):
+            raise ConfigError("a learned literal selector needs literal_tokens > 0 and selector_layer >= 1 (the "
+                              "decoder layer whose hidden states it scores)")
+        if not isinstance(self.strict_ratio, bool):
+            raise ConfigError(f"strict_ratio must be True or False, got {self.strict_ratio!r}")
+        if self.strict_ratio and not self.keep_ratio:
+            raise ConfigError("strict_ratio refines keep_ratio: set keep_ratio too")
 
     @property
     def positions(self) -> int:
@@ -121,7 +148,8 @@ class EncoderConfig:
         hold their defaults, so existing encoders keep their fingerprints."""
         d = asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
-        for name in ("pooling", "connector", "keep_ratio", "literal_tokens"):
+        for name in ("pooling", "connector", "keep_ratio", "literal_tokens", "literal_selector", "selector_layer",
+                     "strict_ratio"):
             if d[name] == type(self).__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -175,7 +203,8 @@ class ContextEncoder(nn.Module):
     def __init__(self, host: LoadedModel, config: EncoderConfig | None = None,
                  summary_weight: torch.Tensor | None = None,
                  lora_state: dict[str, torch.Tensor] | None = None,
-                 connector_state: dict[str, torch.Tensor] | None = None) -> None:
+                 connector_state: dict[str, torch.Tensor] | None = None,
+                 selector_state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.host = host
         self.config = config or EncoderConfig()
@@ -189,6 +218,14 @@ class ContextEncoder(nn.Module):
             except RuntimeError as exc:
                 raise ModelLoadError(f"connector weights do not fit ({str(exc).splitlines()[0][:160]})") from None
         self.connector.to(host.device, host.dtype)
+        # Learned literal-token selector: one linear score per token on the hidden states after
+        # ``selector_layer`` (kept in float32: it only ranks tokens). Zero weights rank by text order.
+        self.selector = _zero_selector(hidden, host.device) if self.config.literal_selector == "learned" else None
+        if self.selector is not None and selector_state:
+            try:
+                self.selector.load_state_dict(selector_state)
+            except RuntimeError as exc:
+                raise ModelLoadError(f"selector weights do not fit ({str(exc).splitlines()[0][:160]})") from None
         with torch.no_grad():
             if summary_weight is not None:
                 if tuple(summary_weight.shape) != (self.config.summary_length, hidden):
@@ -205,6 +242,8 @@ class ContextEncoder(nn.Module):
         n_layers = int(model.config.num_hidden_layers)
         if self.config.summary_layer is not None and self.config.summary_layer > n_layers:
             raise ConfigError(f"summary_layer {self.config.summary_layer} > number of layers {n_layers}")
+        if self.selector is not None and self.config.selector_layer > n_layers:
+            raise ConfigError(f"selector_layer {self.config.selector_layer} > number of layers {n_layers}")
         self.has_lora = self.config.lora_r > 0
         if self.has_lora:
             self._inject_lora(lora_state)
@@ -285,10 +324,32 @@ class ContextEncoder(nn.Module):
             return
         if self.config.pooling != "mean":
             raise ConfigError(f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}")
-        self.config = replace(self.config, keep_ratio=bool(keep))
+        self.reconfigure(keep_ratio=bool(keep), strict_ratio=self.config.strict_ratio and bool(keep))
+
+    def reconfigure(self, **changes: object) -> None:
+        """Change how a loaded encoder segments and selects (``keep_ratio``, ``strict_ratio``,
+        ``literal_selector``, ``selector_layer``): the trained weights stay, the fingerprint changes (stored
+        sheets must be rebuilt) and a reader adapter tied to the old fingerprint is dropped. A new learned
+        selector starts untrained (text order); fit it with :func:`lloco_runtime.training.selector.train_selector`."""
+        allowed = {"keep_ratio", "strict_ratio", "literal_selector", "selector_layer"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ConfigError(f"cannot change {', '.join(sorted(unknown))} of a trained encoder (only "
+                              f"{', '.join(sorted(allowed))}); train a new encoder instead")
+        config = replace(self.config, **changes)  # validates
+        if config == self.config:
+            return
+        n_layers = int(self.host.model.config.num_hidden_layers)
+        if config.literal_selector == "learned" and config.selector_layer > n_layers:
+            raise ConfigError(f"selector_layer {config.selector_layer} > number of layers {n_layers}")
+        if config.literal_selector != self.config.literal_selector or config.selector_layer != \
+                self.config.selector_layer:
+            self.selector = (_zero_selector(self.hidden_size, self.host.device)
+                             if config.literal_selector == "learned" else None)
+        self.config = config
         self.invalidate_fingerprint()
         if self.reader is not None:
-            log.warning("keep_ratio changed: the reader adapter was tied to the old fingerprint and is dropped")
+            log.warning("encoder reconfigured: the reader adapter was tied to the old fingerprint and is dropped")
             self.reader = None
 
     # -- encoder LoRA --------------------------------------------------------------------------------------
@@ -328,6 +389,8 @@ class ContextEncoder(nn.Module):
         state = {"embed_summary.weight": self.embed_summary.weight} if self.uses_summary_tokens else {}
         state.update({f"connector.{k}": v for k, v in self.connector.named_parameters()})
         state.update({f"lora.{k}": v for k, v in self.lora_state().items()})
+        if self.selector is not None:
+            state.update({f"selector.{k}": v for k, v in self.selector.named_parameters()})
         return state
 
     @property
@@ -389,8 +452,10 @@ class ContextEncoder(nn.Module):
         summary = self.uses_summary_tokens
         token_embeds = [embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists]
         layer = self.config.summary_layer
+        scores = self.literal_scores(token_lists) if self.selector is not None else [None] * len(token_lists)
         if not summary and layer == 0:  # pooled input embeddings: no forward pass needed
-            return [self._pooled(t, t, ids) for t, ids in zip(token_embeds, token_lists, strict=True)]
+            return [self._pooled(t, t, ids, sc)
+                    for t, ids, sc in zip(token_embeds, token_lists, scores, strict=True)]
         rows = []
         for tokens, soft in zip(token_embeds, soft_prompts, strict=True):
             parts = [] if soft is None else [soft.to(device, self.dtype)]
@@ -413,16 +478,58 @@ class ContextEncoder(nn.Module):
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         if summary:
             return list(self.connector(hidden[:, -self.config.summary_length:]))
-        return [self._pooled(hidden[i, length - t.shape[0]:], t, ids)
-                for i, (t, ids) in enumerate(zip(token_embeds, token_lists, strict=True))]
+        return [self._pooled(hidden[i, length - t.shape[0]:], t, ids, sc)
+                for i, (t, ids, sc) in enumerate(zip(token_embeds, token_lists, scores, strict=True))]
 
-    def _pooled(self, states: torch.Tensor, token_embeds: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    def selector_states(self, token_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Hidden states ``[n_tokens, hidden]`` after decoder layer ``selector_layer`` for each segment, as the
+        learned selector sees them (the segment alone, the adapters the caller holds). The forward pass stops
+        at that layer."""
+        layer = self.config.selector_layer
+        model = self.host.model
+        backbone = getattr(model, model.base_model_prefix)
+        device = self.host.device
+        length = max(len(t) for t in token_lists)
+        x = torch.zeros(len(token_lists), length, dtype=torch.long, device=device)
+        mask = torch.zeros(len(token_lists), length, dtype=torch.long, device=device)
+        for i, t in enumerate(token_lists):  # left padding, positions restart after it (as in summarize_list)
+            x[i, length - len(t):] = torch.as_tensor(list(t), dtype=torch.long)
+            mask[i, length - len(t):] = 1
+        positions: torch.Tensor | None = (mask.cumsum(-1) - 1).clamp(min=0)
+        attention: torch.Tensor | None = mask
+        if all(len(t) == length for t in token_lists):
+            attention = positions = None
+        captured: list[torch.Tensor] = []
+
+        def stop(_module, _args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = backbone.layers[layer - 1].register_forward_hook(stop)
+        try:
+            backbone(input_ids=x, attention_mask=attention, position_ids=positions, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        hidden = captured[0]
+        return [hidden[i, length - len(t):] for i, t in enumerate(token_lists)]
+
+    def literal_scores(self, token_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """The learned selector's score per token of each segment (higher = keep as a literal token)."""
+        if self.selector is None:
+            raise ConfigError("this encoder chooses literal tokens by rules; it has no learned selector")
+        with torch.no_grad():
+            return [self.selector(h.float()).squeeze(-1).cpu() for h in self.selector_states(token_lists)]
+
+    def _pooled(self, states: torch.Tensor, token_embeds: torch.Tensor, ids: Sequence[int],
+                scores: torch.Tensor | None = None) -> torch.Tensor:
         """Mean pooling of one segment's ``states`` through the connector, with its literal tokens (their
         input embeddings, no connector) each placed right after the pooled vector of its group."""
         n = states.shape[0]
         groups = min(self._groups(n), n)
         pooled = self.connector(_mean_groups(states, groups))
-        keep = self.literal_positions(ids)
+        keep = self.literal_positions(ids, scores)
         if not keep:
             return pooled
         bounds = [(g * n) // groups for g in range(groups + 1)]
@@ -440,15 +547,25 @@ class ContextEncoder(nn.Module):
         """Literal tokens a segment of ``n_tokens`` may keep: ``literal_tokens``, or with ``keep_ratio`` the
         share a short segment's length warrants."""
         k = self.config.literal_tokens
-        if not k or not self.config.keep_ratio:
+        if not k or not self.config.keep_ratio or n_tokens >= self.config.segment_length:
             return k
+        if self.config.strict_ratio:
+            return max(0, self._positions_cap(n_tokens) - self._groups(n_tokens))
         return min(k, -(-n_tokens * k // self.config.segment_length))
 
-    def literal_positions(self, ids: Sequence[int]) -> list[int]:
+    def _positions_cap(self, n_tokens: int) -> int:
+        """strict_ratio: positions a short segment may use, floor(n / ratio), at least one."""
+        return max(1, n_tokens * self.config.positions // self.config.segment_length)
+
+    def literal_positions(self, ids: Sequence[int], scores: torch.Tensor | Sequence[float] | None = None
+                          ) -> list[int]:
         """Positions (ascending) of the tokens kept as themselves, exactly ``min(budget, len(ids))`` of them
-        (:meth:`literal_budget`), so every full segment gives the same number of vectors. First whole words
-        holding a digit or starting with a capital letter inside a sentence (names, numbers, dates), each
-        once, in text order; then the longest other words; then single tokens, in text order."""
+        (:meth:`literal_budget`), so every full segment gives the same number of vectors.
+
+        With ``scores`` (the learned selector's, one per token): whole words by their tokens' mean score,
+        each word once. By rules: first whole words holding a digit or starting with a capital letter inside
+        a sentence (names, numbers, dates), each once, in text order; then the longest other words. Either
+        way single tokens in text order fill what whole words cannot."""
         budget = min(self.literal_budget(len(ids)), len(ids))
         if not budget:
             return []
@@ -459,6 +576,8 @@ class ContextEncoder(nn.Module):
                 words.append([pos])
             else:
                 words[-1].append(pos)
+        if scores is not None:
+            return self._learned_positions(pieces, words, [float(x) for x in scores], budget)
         keep: set[int] = set()
         seen: set[str] = set()  # a name kept once is not kept again in the same segment
         before = ""  # text before the current word (to tell sentence starts)
@@ -471,7 +590,7 @@ class ContextEncoder(nn.Module):
             sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
             word_start = stripped.lstrip("\"'([\u201c\u2018")
             salient = any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start)
-            key = stripped.strip(".,;:!?\"'()[]\u201c\u201d\u2018\u2019").lower()
+            key = stripped.strip(_PUNCT).lower()
             if salient and key not in seen and len(keep) + len(word) <= budget:
                 keep.update(word)
                 seen.add(key)
@@ -488,6 +607,30 @@ class ContextEncoder(nn.Module):
             keep.add(pos)
         return sorted(keep)
 
+    @staticmethod
+    def _learned_positions(pieces: list[str], words: list[list[int]], scores: list[float], budget: int
+                           ) -> list[int]:
+        if len(scores) != len(pieces):
+            raise InputError(f"{len(scores)} selector scores for a segment of {len(pieces)} tokens")
+        seen: set[str] = set()
+        ranked = []
+        for w, word in enumerate(words):
+            key = "".join(pieces[p] for p in word).strip().strip(_PUNCT).lower()
+            repeat = key in seen  # a word kept once is not kept again in the same segment
+            seen.add(key)
+            ranked.append((repeat, -sum(scores[p] for p in word) / len(word), w))
+        keep: set[int] = set()
+        for _, _, w in sorted(ranked):
+            if len(keep) >= budget:
+                break
+            if len(keep) + len(words[w]) <= budget:
+                keep.update(words[w])
+        for pos in range(len(pieces)):
+            if len(keep) >= budget:
+                break
+            keep.add(pos)
+        return sorted(keep)
+
     def _token_text(self, token_id: int) -> str:
         if token_id not in self._token_texts:
             self._token_texts[token_id] = self.tokenizer.decode([token_id])
@@ -499,7 +642,10 @@ class ContextEncoder(nn.Module):
         s = self.config.summary_length
         if not self.config.keep_ratio:
             return s
-        return max(1, min(s, -(-n_tokens * s // self.config.segment_length)))
+        groups = max(1, min(s, -(-n_tokens * s // self.config.segment_length)))
+        if self.config.strict_ratio and n_tokens < self.config.segment_length:
+            groups = min(groups, self._positions_cap(n_tokens))
+        return groups
 
     def compress_chunks(self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8,
                         progress: bool = False) -> list[torch.Tensor]:
@@ -580,12 +726,16 @@ class ContextEncoder(nn.Module):
             raise ModelLoadError(f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder")
         lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
         connector = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
+        selector = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
+        if config.literal_selector == "learned" and not selector:
+            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no selector weights but its config names a learned "
+                                 "literal selector; restore the encoder folder or retrain the selector")
         if config.connector != "none" and not connector:
             raise ModelLoadError(f"{d / WEIGHTS_FILE} has no connector weights but its config names a "
                                  f"{config.connector!r} connector; restore the encoder folder or retrain")
         try:
             enc = cls(host, config, summary_weight=tensors.get("embed_summary.weight"), lora_state=lora or None,
-                      connector_state=connector or None)
+                      connector_state=connector or None, selector_state=selector or None)
         except ModelLoadError as exc:
             raise ModelLoadError(f"encoder {d}: {exc}") from None
         except RuntimeError as exc:  # peft/torch: LoRA tensors of the wrong shape
@@ -686,6 +836,14 @@ class Connector(nn.Module):
             y = x * self.scale
             return y + self.down(torch.nn.functional.gelu(self.up(y)))
         return x
+
+
+def _zero_selector(hidden: int, device: torch.device) -> nn.Linear:
+    """A learned selector before fitting: all scores equal, so literal tokens fall back to text order."""
+    layer = nn.Linear(hidden, 1)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer.requires_grad_(False).to(device, torch.float32)
 
 
 def _read_encoder_folder(d: Path, host: LoadedModel) -> tuple[dict, EncoderConfig, dict[str, torch.Tensor]]:
