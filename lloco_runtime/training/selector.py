@@ -93,14 +93,12 @@ def _states(encoder: ContextEncoder, token_lists: list[list[int]], batch_size: i
     return out
 
 
-def kept_answer_share(encoder: ContextEncoder, items: Sequence[ReadingItem],
-                      scores: dict[str, list[torch.Tensor]] | None = None) -> float:
-    """Share of ``items`` whose answer (any of them) survives whole, after normalisation, inside one run of
-    consecutive kept tokens of its paragraph's segments. ``scores`` (paragraph -> per-segment token scores)
+def answers_kept(encoder: ContextEncoder, items: Sequence[ReadingItem],
+                 scores: dict[str, list[torch.Tensor]] | None = None) -> list[bool]:
+    """For each item: does its answer (any of them) survive whole, after normalisation, inside one run of
+    consecutive kept tokens of its paragraph's segments? ``scores`` (paragraph -> per-segment token scores)
     selects with the learned ranking, else the rules."""
-    if not items:
-        return 0.0
-    hit = 0
+    out = []
     runs_of: dict[str, list[str]] = {}
     for it in items:
         if it.context not in runs_of:
@@ -120,8 +118,30 @@ def kept_answer_share(encoder: ContextEncoder, items: Sequence[ReadingItem],
                     runs.append(normalize_answer("".join(run)))
             runs_of[it.context] = runs
         answers = [normalize_answer(a) for a in it.answers]
-        hit += any(a and any(a in r for r in runs_of[it.context]) for a in answers)
-    return hit / len(items)
+        out.append(any(a and any(a in r for r in runs_of[it.context]) for a in answers))
+    return out
+
+
+def kept_answer_share(encoder: ContextEncoder, items: Sequence[ReadingItem],
+                      scores: dict[str, list[torch.Tensor]] | None = None) -> float:
+    """Share of ``items`` whose answer survives whole as literal tokens (:func:`answers_kept`)."""
+    return sum(answers_kept(encoder, items, scores)) / len(items) if items else 0.0
+
+
+def selector_scores(encoder: ContextEncoder, contexts: Sequence[str], batch_size: int = 16
+                    ) -> dict[str, list[torch.Tensor]]:
+    """The learned selector's token scores for each segment of each paragraph in ``contexts``."""
+    segments = {c: [ids for ids, _ in _segments(encoder, c)] for c in dict.fromkeys(contexts)}
+    flat = [ids for segs in segments.values() for ids in segs]
+    scores: list[torch.Tensor] = []
+    for b in range(0, len(flat), batch_size):
+        with encoder.host.using(ENCODER_ADAPTER if encoder.has_lora else None):
+            scores.extend(encoder.literal_scores(flat[b:b + batch_size]))
+    out, k = {}, 0
+    for c, segs in segments.items():
+        out[c] = scores[k:k + len(segs)]
+        k += len(segs)
+    return out
 
 
 def train_selector(encoder: ContextEncoder, reading_path: str | Path, config: SelectorConfig | None = None, *,
@@ -182,18 +202,7 @@ def train_selector(encoder: ContextEncoder, reading_path: str | Path, config: Se
     encoder.invalidate_fingerprint()
     # held-out articles: answers kept whole by the rules vs by the selector, at the encoder's literal budget
     val = random.Random(cfg.seed).sample(val_items, min(cfg.val_questions, len(val_items)))
-    val_contexts = sorted({it.context for it in val})
-    val_segments = [[ids for ids, _ in _segments(encoder, c)] for c in val_contexts]
-    flat = [ids for segs in val_segments for ids in segs]
-    scores_flat = []
-    for b0 in range(0, len(flat), cfg.batch_size):
-        with encoder.host.using(ENCODER_ADAPTER if encoder.has_lora else None):
-            scores_flat.extend(encoder.literal_scores(flat[b0:b0 + cfg.batch_size]))
-    scores: dict[str, list[torch.Tensor]] = {}
-    k = 0
-    for c, segs in zip(val_contexts, val_segments, strict=True):
-        scores[c] = scores_flat[k:k + len(segs)]
-        k += len(segs)
+    scores = selector_scores(encoder, sorted({it.context for it in val}), cfg.batch_size)
     metrics = {
         "config": asdict(cfg), "layer": encoder.config.selector_layer, "paragraphs": len(contexts),
         "segments": len(token_lists), "tokens": int(len(y)), "answer_token_share": round(base, 4),
