@@ -30,6 +30,11 @@ from .models import LoadedModel
 log = logging.getLogger(__name__)
 FORMAT = "lloco-adapter/1"
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
+# LoraConfig fields an artifact records only when they differ from peft's defaults (so adapters trained here keep
+# their digests): they change which modules get a LoRA or how it is scaled, as in adapters imported from PEFT.
+_EXTRA_LORA_KEYS = ("rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "exclude_modules",
+                    "fan_in_fan_out", "lora_bias")
+ARTIFACT_LORA_KEYS = _LORA_KEYS + _EXTRA_LORA_KEYS  # every LoraConfig field an artifact can record
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class AdapterArtifact:
         from peft import get_peft_model_state_dict
 
         cfg = model.peft_config[adapter_name]
-        lora = {k: _jsonable(getattr(cfg, k)) for k in _LORA_KEYS if hasattr(cfg, k)}
+        lora = lora_config_to_dict(cfg)
         state = get_peft_model_state_dict(model, adapter_name=adapter_name)
         # Copies, not views of the live parameters: training on must not change a captured artifact.
         tensors = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
@@ -118,11 +123,23 @@ def read_safetensors_metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def lora_config_from_dict(d: dict):
-    """A peft ``LoraConfig`` from the artifact's dict (only well-known keys)."""
+def lora_config_to_dict(cfg) -> dict:
+    """The artifact's dict of a peft ``LoraConfig``: the well-known keys, plus the extra ones that are set."""
     from peft import LoraConfig
 
-    known = {k: d[k] for k in _LORA_KEYS if k in d}
+    lora = {k: _jsonable(getattr(cfg, k)) for k in _LORA_KEYS if hasattr(cfg, k)}
+    defaults = LoraConfig()
+    for k in _EXTRA_LORA_KEYS:
+        if hasattr(cfg, k) and getattr(cfg, k) != getattr(defaults, k, None):
+            lora[k] = _jsonable(getattr(cfg, k))
+    return lora
+
+
+def lora_config_from_dict(d: dict):
+    """A peft ``LoraConfig`` from the artifact's dict (only the keys an artifact records)."""
+    from peft import LoraConfig
+
+    known = {k: d[k] for k in ARTIFACT_LORA_KEYS if k in d}
     return LoraConfig(**known)
 
 

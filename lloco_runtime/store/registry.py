@@ -68,8 +68,11 @@ def _select_infos(t: Tables):
 
 def register(conn: Connection, t: Tables, group: str, collection: str, weights: bytes, *,
              base_fingerprint: str, encoder_fingerprint: str, config: dict[str, Any] | None,
-             metrics: dict[str, Any] | None) -> int:
-    """Insert the next version of the group's adapter; returns its id. Locks the group row for the version."""
+             metrics: dict[str, Any] | None, create_group: bool = True) -> int:
+    """Insert the next version of the group's adapter; returns its id. Locks the group row for the version.
+
+    ``create_group=False``: an unknown group is a NotFoundError instead of being created.
+    """
     header = check_safetensors(weights)
     for name, fp in (("base_fingerprint", base_fingerprint), ("encoder_fingerprint", encoder_fingerprint)):
         if not isinstance(fp, str) or not fp.strip() or len(fp) > 256:
@@ -78,7 +81,7 @@ def register(conn: Connection, t: Tables, group: str, collection: str, weights: 
     config, metrics = dict(config or {}), dict(metrics or {})
     check_json_value(config, "adapter config")
     check_json_value(metrics, "adapter metrics")
-    gid = int(group_row(conn, t, group, collection, create=True, lock=True).id)
+    gid = int(group_row(conn, t, group, collection, create=create_group, lock=True).id)
     a = t.adapters
     version = conn.execute(select(func.coalesce(func.max(a.c.version), 0) + 1).where(a.c.group_id == gid)).scalar_one()
     return int(conn.execute(insert(a).values(
@@ -129,13 +132,22 @@ def activate(conn: Connection, t: Tables, adapter_id: int) -> None:
     conn.execute(update(g).where(g.c.id == row.group_id).values(active_adapter_id=int(adapter_id)))
 
 
-def deactivate(conn: Connection, t: Tables, group: str, collection: str) -> None:
-    gid = int(group_row(conn, t, group, collection).id)
-    conn.execute(update(t.groups).where(t.groups.c.id == gid).values(active_adapter_id=None))
+def deactivate(conn: Connection, t: Tables, group: str, collection: str) -> int | None:
+    """Leave the group without an active adapter (its adapters stay stored); returns the one that was active."""
+    row = group_row(conn, t, group, collection, lock=True)
+    conn.execute(update(t.groups).where(t.groups.c.id == int(row.id)).values(active_adapter_id=None))
+    return None if row.active_adapter_id is None else int(row.active_adapter_id)
 
 
 def remove(conn: Connection, t: Tables, adapter_id: int) -> None:
-    """Delete an adapter; a group that had it active falls back to none (ON DELETE SET NULL)."""
-    res = conn.execute(delete(t.adapters).where(t.adapters.c.id == int(adapter_id)))
-    if res.rowcount == 0:
+    """Delete an adapter; a group that had it active is left with none (never a pointer to a deleted row).
+
+    The pointer is cleared explicitly before the DELETE (the foreign key's ON DELETE SET NULL would do the
+    same); both run in the caller's transaction, with the adapter row locked.
+    """
+    a, g = t.adapters, t.groups
+    found = conn.execute(select(a.c.id).where(a.c.id == int(adapter_id)).with_for_update()).scalar_one_or_none()
+    if found is None:
         raise NotFoundError(f"adapter {adapter_id} does not exist; list adapters with `lloco adapters list`")
+    conn.execute(update(g).where(g.c.active_adapter_id == int(adapter_id)).values(active_adapter_id=None))
+    conn.execute(delete(a).where(a.c.id == int(adapter_id)))

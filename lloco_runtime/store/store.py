@@ -365,12 +365,17 @@ class CheatSheetStore:
 
     def register_adapter(self, group: str, weights: bytes, *, base_fingerprint: str, encoder_fingerprint: str,
                          config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                         collection: str = DEFAULT_COLLECTION, activate: bool = False) -> AdapterInfo:
-        """Store a new version of the group's LoRA (safetensors bytes); optionally make it active."""
+                         collection: str = DEFAULT_COLLECTION, activate: bool = False,
+                         create_group: bool = True) -> AdapterInfo:
+        """Store a new version of the group's LoRA (safetensors bytes); optionally make it active.
+
+        One transaction: a failed activation (encoder mismatch) leaves no row behind. ``create_group=False``
+        refuses an unknown group (NotFoundError) instead of creating it.
+        """
         with self.engine.begin() as conn:
             aid = registry.register(conn, self.tables, group, collection, weights,
                                     base_fingerprint=base_fingerprint, encoder_fingerprint=encoder_fingerprint,
-                                    config=config, metrics=metrics)
+                                    config=config, metrics=metrics, create_group=create_group)
             if activate:
                 registry.activate(conn, self.tables, aid)
             return registry.get(conn, self.tables, aid)
@@ -381,9 +386,12 @@ class CheatSheetStore:
             registry.activate(conn, self.tables, adapter_id)
             return registry.get(conn, self.tables, adapter_id)
 
-    def deactivate_adapter(self, group: str, collection: str = DEFAULT_COLLECTION) -> None:
+    def deactivate_adapter(self, group: str, collection: str = DEFAULT_COLLECTION) -> int | None:
+        """Leave the group without an active adapter (answers use the base decoder or the encoder's reader);
+        its adapters stay stored. Returns the id that was active (None if none was). NotFoundError if the
+        group is absent."""
         with self.engine.begin() as conn:
-            registry.deactivate(conn, self.tables, group, collection)
+            return registry.deactivate(conn, self.tables, group, collection)
 
     def get_adapter(self, adapter_id: int) -> AdapterInfo:
         with self.engine.begin() as conn:
@@ -398,9 +406,13 @@ class CheatSheetStore:
         with self.engine.begin() as conn:
             return registry.list_for_group(conn, self.tables, group, collection)
 
-    def delete_adapter(self, adapter_id: int) -> None:
+    def delete_adapter(self, adapter_id: int) -> AdapterInfo:
+        """Delete one stored adapter version (NotFoundError if absent); returns what it was. A group that had
+        it active is left with no active adapter, in the same transaction."""
         with self.engine.begin() as conn:
+            info = registry.get(conn, self.tables, adapter_id)
             registry.remove(conn, self.tables, adapter_id)
+            return info
 
 
 def _check_query_vector(vector: Sequence[float] | np.ndarray, dim: int) -> np.ndarray:
