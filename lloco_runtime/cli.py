@@ -19,21 +19,74 @@ from . import config
 from .errors import ConfigError, InputError, LLoCOError
 
 
+def _preset(args: argparse.Namespace):
+    """The preset named by ``--preset`` (None without one); an unknown name is bad input."""
+    name = getattr(args, "preset", None)
+    if name is None:
+        return None
+    from .presets import get_preset
+
+    try:
+        return get_preset(name)
+    except ConfigError as exc:
+        raise InputError(f"--preset: {exc}") from None
+
+
 def _runtime(args: argparse.Namespace):
     from .runtime import LLoCO
 
-    return LLoCO.from_pretrained(args.model, encoder=args.encoder, device=args.device, dtype=args.dtype)
+    preset = _preset(args)
+    if preset is None:
+        return LLoCO.from_pretrained(args.model, encoder=args.encoder, device=args.device, dtype=args.dtype)
+    # The preset's prompt template; its encoder settings make the fresh encoder a non-default model would get
+    # anyway (an --encoder folder keeps its own, fingerprinted settings: `lloco info --preset` shows any gap).
+    encoder = args.encoder
+    if encoder is None and args.model not in (None, "default"):
+        encoder = preset.encoder_config()
+    return LLoCO.from_pretrained(args.model, encoder=encoder, device=args.device, dtype=args.dtype,
+                                 template=preset.template())
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    preset = _preset(args)
+    if preset is not None and args.model is None and args.encoder is None:
+        print(json.dumps({"preset": preset.to_dict()}, indent=2))  # what it sets, without loading a model
+        return 0
     lloco = _runtime(args)
     enc = lloco.encoder
-    print(json.dumps({
+    info = {
         "model": lloco.host.name, "model_path": str(lloco.host.path), "model_fingerprint": lloco.host.fingerprint,
         "device": str(lloco.host.device), "dtype": str(lloco.host.dtype), "hidden_size": lloco.host.hidden_size,
         "context_window": lloco.host.context_window, "encoder": enc.config.to_dict(),
         "encoder_fingerprint": enc.fingerprint, "compression_ratio": enc.config.ratio,
-    }, indent=2))
+    }
+    if preset is not None:
+        info["preset"] = preset.to_dict()
+        info["encoder_differs_from_preset"] = preset.encoder_mismatches(enc.config)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_encoder_import(args: argparse.Namespace) -> int:
+    from .encoder import ContextEncoder
+
+    preset = _preset(args)
+    src, out = Path(args.dir), Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"--out {out} already exists and is not an empty folder; choose a new folder")
+    if args.segment_length is not None and args.segment_length < 1:
+        raise InputError("--segment-length takes a positive token count, e.g. 1536")
+    segment_length = args.segment_length or (preset.segment_length if preset else None)
+    accumulate = args.accumulate if args.accumulate is not None else (preset.accumulate if preset else None)
+    enc = ContextEncoder.from_autocompressor(src, segment_length=segment_length, accumulate=accumulate,
+                                             expect_summary_length=preset.summary_length if preset else None,
+                                             device=args.device, dtype=args.dtype)
+    enc.save(out)
+    c = enc.config
+    print(f"wrote encoder {out} from AutoCompressor {src}: {c.summary_length} summary vectors per "
+          f"{c.segment_length}-token segment ({c.ratio:.1f}x), accumulation {'on' if c.accumulate else 'off'}, "
+          f"{enc.dtype}; fingerprint {enc.fingerprint[:12]} on base model {enc.host.fingerprint[:12]}")
+    print(f"its decoder is the checkpoint's own Llama: use --model {src} --encoder {out}")
     return 0
 
 
@@ -197,11 +250,18 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .store import CheatSheetStore
     from .training.finetune import FinetuneConfig, finetune_group, read_qa
 
-    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_r=args.lora_r,
-                         lora_alpha=args.lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
-                         eval_every=args.eval_every, seed=args.seed,
-                         target_modules=tuple(args.target_modules.split(",")),
-                         from_reader=not args.no_reader_init, kl_weight=args.kl_weight, teacher=args.teacher)
+    preset = _preset(args)
+    # explicit flags > the preset > the defaults (LLoCO's r8, alpha 16 on q/k/v/o)
+    lora_r = args.lora_r if args.lora_r is not None else (preset.lora_r if preset else 8)
+    lora_alpha = args.lora_alpha if args.lora_alpha is not None else (preset.lora_alpha if preset else 16)
+    targets = (tuple(args.target_modules.split(",")) if args.target_modules is not None
+               else (preset.lora_target_modules if preset else ("q_proj", "k_proj", "v_proj", "o_proj")))
+    extra = {"lora_dropout": preset.lora_dropout} if preset else {}
+    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora_r=lora_r,
+                         lora_alpha=lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
+                         eval_every=args.eval_every, seed=args.seed, target_modules=targets,
+                         from_reader=not args.no_reader_init and preset is None, kl_weight=args.kl_weight,
+                         teacher=args.teacher, **extra)
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise InputError(f"--teacher {args.teacher} is not a file; train one with `lloco train-teacher`")
     store = CheatSheetStore(args.url, schema=args.schema, create=False)
@@ -320,8 +380,37 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("info", parents=[common], help="show the model, encoder and fingerprints")
+    preset_help = ("named settings, overridden by explicit flags; `lloco info --preset NAME` shows what one "
+                   "sets (lloco-paper: LLaMA-2-chat prompt, 50 summary vectors per 1,536 tokens accumulated over "
+                   "a document, group LoRA r8 alpha16 on q/k/v/o)")
+    s = sub.add_parser("info", parents=[common], help="show the model, encoder and fingerprints",
+                       description="Show the model, encoder and fingerprints. With --preset alone: what the preset "
+                       "sets, without loading a model; with --model or --encoder too: also how the encoder "
+                       "differs from it.")
+    s.add_argument("--preset", default=None, metavar="NAME", help=preset_help)
     s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("encoder", help="import an encoder from another format")
+    es = s.add_subparsers(dest="encoder_command", metavar="ACTION", required=True)
+    s = es.add_parser("import", help="make a lloco encoder folder from an AutoCompressor checkpoint folder",
+                      description="Read an AutoCompressor-Llama checkpoint folder (config.json with the summary "
+                      "fields summary_length / accumulate_summary / segment_lengths, weights with "
+                      "embed_summary.weight as safetensors, sharded or not, or pytorch_model*.bin read with "
+                      "torch.load(weights_only=True) only) and write a lloco encoder folder with its "
+                      "fingerprint. The encoder runs on the checkpoint's own Llama: pass the same folder as "
+                      "--model to the other commands.")
+    s.add_argument("dir", metavar="DIR", help="the checkpoint folder, e.g. AutoCompressor-Llama-2-7b-6k")
+    s.add_argument("--out", required=True, metavar="ENC", help="a new (or empty) folder for the encoder")
+    s.add_argument("--segment-length", type=int, default=None, metavar="N", help="tokens per segment (default: "
+                   "the preset's, else the checkpoint config's segment_lengths[0], else 1536)")
+    s.add_argument("--accumulate", action=argparse.BooleanOptionalAction, default=None, help="prepend a "
+                   "document's earlier summaries to its later segments (default: the preset's, else the "
+                   "checkpoint's accumulate_summary)")
+    s.add_argument("--preset", default=None, metavar="NAME", help=preset_help + "; the checkpoint's summary "
+                   "vector count must match the preset's")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: by device)")
+    s.set_defaults(func=_cmd_encoder_import)
 
     s = sub.add_parser("bench", parents=[common], help="measure what LLoCO promises, side by side",
                        description="Measure, each against its baseline in the same run (median of interleaved "
@@ -363,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw_context_tokens} as JSON")
     s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
     s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
+    s.add_argument("--preset", default=None, metavar="NAME", help=preset_help + " (use the one the group's "
+                   "adapter was fine-tuned with)")
     s.set_defaults(func=_cmd_ask)
 
     s = sub.add_parser("train-encoder", parents=[common], help="pre-train the context encoder on a text corpus",
@@ -451,10 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--lr", type=float, default=5e-4)
-    s.add_argument("--lora-r", type=int, default=8, help="LoRA rank of a fresh adapter (default 8; an adapter "
-                   "started from the encoder's reader keeps the reader's rank and targets)")
-    s.add_argument("--lora-alpha", type=int, default=16)
-    s.add_argument("--target-modules", default="q_proj,k_proj,v_proj,o_proj")
+    s.add_argument("--lora-r", type=int, default=None, help="LoRA rank of a fresh adapter (default: the "
+                   "preset's, else 8; an adapter started from the encoder's reader keeps the reader's rank and "
+                   "targets)")
+    s.add_argument("--lora-alpha", type=int, default=None, help="default: the preset's, else 16")
+    s.add_argument("--target-modules", default=None, help="comma-separated (default: the preset's, else "
+                   "q_proj,k_proj,v_proj,o_proj)")
+    s.add_argument("--preset", default=None, metavar="NAME", help=preset_help + "; with a preset the adapter "
+                   "starts fresh with the preset's LoRA, not from the encoder's reader")
     s.add_argument("--no-reader-init", action="store_true", help="start from a fresh LoRA even when the encoder "
                    "has a reader adapter (default: start from the reader, which already reads cheat sheets)")
     s.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL to the text-reading teacher on "

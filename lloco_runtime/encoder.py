@@ -777,24 +777,141 @@ class ContextEncoder(nn.Module):
 
     @classmethod
     def from_autocompressor(cls, directory: str | Path, host: LoadedModel | None = None, *,
-                            segment_length: int | None = None, **load_kwargs) -> ContextEncoder:
+                            segment_length: int | None = None, accumulate: bool | None = None,
+                            expect_summary_length: int | None = None, **load_kwargs) -> ContextEncoder:
         """Load an AutoCompressor checkpoint (Llama weights + ``embed_summary.weight``, e.g.
         ``AutoCompressor-Llama-2-7b-6k``) from a local folder; the base model comes from the same folder.
+
+        The weights may be safetensors (one file, or shards with ``model.safetensors.index.json``) or
+        ``pytorch_model*.bin`` read with ``torch.load(weights_only=True)`` only: a pickle that would build
+        other objects (and could run code) is refused unread. ``segment_length`` / ``accumulate`` override the
+        checkpoint's config (default: its ``segment_lengths[0]`` / ``segment_length``, else 1,536 tokens, and
+        its ``accumulate_summary``); ``expect_summary_length`` refuses a checkpoint with another number of
+        summary vectors (a preset's value). ModelLoadError naming what was found for anything else.
         """
         d = Path(directory)
-        cfg_path = d / "config.json"
-        if not cfg_path.exists():
-            raise ModelLoadError(f"{d} has no config.json; expected an AutoCompressor checkpoint folder")
-        cfg = json.loads(cfg_path.read_text())
-        summary = _read_tensor(d, "embed_summary.weight")
+        cfg = read_autocompressor_config(d)
+        summary = _read_tensor(d, "embed_summary.weight", what="AutoCompressor checkpoint",
+                               config_has_summary="summary_length" in cfg)
+        if summary.dim() != 2:
+            raise ModelLoadError(f"{d}: embed_summary.weight has shape {tuple(summary.shape)}; an AutoCompressor "
+                                 "stores [summary_length, hidden_size]")
+        if "summary_length" not in cfg:
+            raise ModelLoadError(
+                f"{d / 'config.json'} has none of the AutoCompressor summary fields ({', '.join(_AC_FIELDS)}), "
+                f"although the weights hold embed_summary.weight {tuple(summary.shape)}; found keys: "
+                f"{_keys(cfg)}. Add the fields of the checkpoint's original config.json (e.g. \"summary_length\": "
+                f"{summary.shape[0]}, \"accumulate_summary\": true)")
+        n = cfg["summary_length"]
+        if not isinstance(n, int) or isinstance(n, bool) or n != summary.shape[0]:
+            raise ModelLoadError(f"{d / 'config.json'} says summary_length {n!r}, but embed_summary.weight has "
+                                 f"{summary.shape[0]} rows; the config and the weights are of different checkpoints")
+        if expect_summary_length is not None and n != expect_summary_length:
+            raise ModelLoadError(f"{d} has {n} summary vectors per segment, not the {expect_summary_length} asked "
+                                 "for (a checkpoint's learned summary vectors cannot be changed on import)")
+        hidden = cfg.get("hidden_size")
+        if isinstance(hidden, int) and hidden != summary.shape[1]:
+            raise ModelLoadError(f"{d}: embed_summary.weight has width {summary.shape[1]}, but config.json says "
+                                 f"hidden_size {hidden}")
         host = host or load_model(d, **load_kwargs)
         seg = segment_length or cfg.get("segment_length") or 1536
         if isinstance(cfg.get("segment_lengths"), list) and cfg["segment_lengths"] and not segment_length:
             seg = int(cfg["segment_lengths"][0])
-        config = EncoderConfig(segment_length=int(seg),
-                               summary_length=int(cfg.get("summary_length", summary.shape[0])),
-                               accumulate=bool(cfg.get("accumulate_summary", False)))
+        acc = bool(cfg.get("accumulate_summary", False)) if accumulate is None else bool(accumulate)
+        config = EncoderConfig(segment_length=int(seg), summary_length=int(n), accumulate=acc)
         return cls(host, config, summary_weight=summary)
+
+
+_AC_FIELDS = ("summary_length", "accumulate_summary", "segment_lengths")
+_SAFE_INDEX = "model.safetensors.index.json"
+_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def _keys(d: dict, limit: int = 14) -> str:
+    names = sorted(map(str, d))
+    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) if names else "none"
+
+
+def _listing(directory: Path, limit: int = 12) -> str:
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError:
+        return "nothing readable"
+    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) if names else "nothing"
+
+
+def read_autocompressor_config(directory: str | Path) -> dict:
+    """``config.json`` of an AutoCompressor-Llama checkpoint folder, checked to be a Llama's (ModelLoadError
+    naming what was found otherwise). The summary fields are checked by :meth:`ContextEncoder.from_autocompressor`
+    once the weights were looked at, so that a plain Llama folder is reported as such."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ModelLoadError(f"{d} is not a folder; give the AutoCompressor checkpoint folder (config.json + weights)")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"{d} has no config.json (found: {_listing(d)}); expected an AutoCompressor "
+                             "checkpoint folder such as AutoCompressor-Llama-2-7b-6k")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{cfg_path} is not readable JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{cfg_path} holds a JSON {type(cfg).__name__}, not a model config")
+    model_type = cfg.get("model_type")
+    archs = cfg.get("architectures")
+    archs = [str(a) for a in archs] if isinstance(archs, list) else ([str(archs)] if archs else [])
+    if (model_type is not None and model_type != "llama") or any("llama" not in a.lower() for a in archs):
+        raise ModelLoadError(
+            f"{cfg_path} describes model_type {model_type!r} with architectures {archs or 'none'}; lloco imports "
+            "AutoCompressor checkpoints built on Llama only (model_type 'llama', e.g. LlamaAutoCompressorModel)")
+    return cfg
+
+
+def _tensor_files(directory: Path, name: str) -> tuple[list[Path], str]:
+    """The weight files that may hold ``name`` (the one an index names, else all) and their kind."""
+    for index_name, kind in ((_SAFE_INDEX, "safetensors"), (_BIN_INDEX, "bin")):
+        index = directory / index_name
+        if not index.is_file():
+            continue
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"{index} is not a readable weight index ({exc})") from None
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no weight_map; restore the checkpoint's index file")
+        if name not in weight_map:
+            return [], kind
+        shard = directory / Path(str(weight_map[name])).name
+        if not shard.is_file():
+            raise ModelLoadError(f"{index} puts {name!r} in {shard.name}, which is missing (found: "
+                                 f"{_listing(directory)})")
+        return [shard], kind
+    safetensors = sorted(directory.glob("*.safetensors"))
+    if safetensors:
+        return safetensors, "safetensors"
+    return sorted(directory.glob("*.bin")), "bin"
+
+
+def _torch_load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` state dict through ``torch.load(weights_only=True)`` only: tensors and plain containers.
+    A pickle that names any other global (the way a pickle runs code) is refused before anything of it runs."""
+    import re
+    import zipfile
+
+    try:
+        data = torch.load(file, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(file))
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError (forbidden globals), RuntimeError/EOFError (damage)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's advice (weights_only=False) is left out
+        found = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", text)
+        detail = found.group(0) if found else (text.strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(
+            f"refused to load {file}: it is not a plain tensor file that torch.load(weights_only=True) can read "
+            f"({type(exc).__name__}: {detail}); lloco never unpickles arbitrary objects, which could run code. "
+            "Convert the checkpoint to safetensors with a tool you trust") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in data.items()):
+        raise ModelLoadError(f"{file} holds a {type(data).__name__}, not a state dict of named tensors")
+    return data
 
 
 class Connector(nn.Module):
@@ -885,19 +1002,34 @@ def _mean_groups(states: torch.Tensor, groups: int) -> torch.Tensor:
     return (sums / (bounds[1:] - bounds[:-1]).unsqueeze(1).to(sums.dtype)).to(states.dtype)
 
 
-def _read_tensor(directory: Path, name: str) -> torch.Tensor:
-    """Read one named tensor from a folder of safetensors shards (never pickle)."""
+def _read_tensor(directory: Path, name: str, *, what: str = "checkpoint",
+                 config_has_summary: bool | None = None) -> torch.Tensor:
+    """Read one named tensor from a checkpoint folder: safetensors (single or sharded with an index), else
+    ``.bin`` files through ``torch.load(weights_only=True)`` only (never unrestricted unpickling)."""
     from safetensors import safe_open
 
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{directory} has no .safetensors weights (pickled .bin files are not loaded; "
-                             "convert them to safetensors first)")
+    files, kind = _tensor_files(directory, name)
+    if not files and not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        raise ModelLoadError(f"{directory} has no weights: no .safetensors and no .bin files (found: "
+                             f"{_listing(directory)})")
     for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            if name in st.keys():  # noqa: SIM118 - safe_open has no __contains__
-                return st.get_tensor(name)
-    raise ModelLoadError(f"no tensor {name!r} in {directory}; is this an AutoCompressor checkpoint?")
+        if kind == "safetensors":
+            try:
+                with safe_open(str(f), framework="pt") as st:
+                    if name in st.keys():  # noqa: SIM118 - safe_open has no __contains__
+                        return st.get_tensor(name)
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+                raise ModelLoadError(f"{f} is not a valid safetensors file ({exc})") from None
+        else:
+            tensors = _torch_load_weights(f)
+            if name in tensors:
+                return tensors[name].clone()  # off the memory map of the whole shard
+    hint = ""
+    if config_has_summary is False:
+        hint = (" and its config.json has none of the AutoCompressor summary fields (" + ", ".join(_AC_FIELDS)
+                + "): it looks like a plain Llama checkpoint, not an AutoCompressor")
+    raise ModelLoadError(f"no tensor {name!r} in the {kind} weights of {directory} "
+                         f"({', '.join(f.name for f in files) or 'none indexed'}){hint}; is this an {what}?")
 
 
 @dataclass

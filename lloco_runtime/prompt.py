@@ -16,6 +16,9 @@ import torch
 from .errors import ConfigError, InputError
 
 _SLOT = "\u2063LLOCO_CONTEXT_SLOT\u2063"
+LLAMA2_CHAT = "llama-2-chat"
+#: chat formats a template can name instead of the tokenizer's own chat template
+CHAT_FORMATS = (LLAMA2_CHAT,)
 
 Piece = str | torch.Tensor
 
@@ -62,8 +65,14 @@ class PromptTemplate:
     system: str | None = field(default="Answer the question using the context. Answer briefly.")
     user: str = field(default="Context:\n{context}\n\nQuestion: {question}")
     user_no_context: str = field(default="Question: {question}")
+    #: None: the tokenizer's chat template (plain text without one); "llama-2-chat": LLaMA-2-chat's
+    #: ``<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]`` whatever the tokenizer carries
+    chat_format: str | None = None
 
     def __post_init__(self) -> None:
+        if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
+            raise ConfigError(f"unknown chat_format {self.chat_format!r}; use None (the tokenizer's chat template) "
+                              f"or one of {', '.join(CHAT_FORMATS)}")
         user = _fields("user", self.user)
         if user.count("context") != 1 or "question" not in user or set(user) - {"context", "question"}:
             raise ConfigError("PromptTemplate.user needs exactly one {context} and a {question} placeholder and "
@@ -74,6 +83,10 @@ class PromptTemplate:
                               f"(found {plain}); write literal braces as {{{{ and }}}}")
 
     def _render(self, tokenizer, user_text: str) -> str:
+        if self.chat_format == LLAMA2_CHAT:
+            bos = getattr(tokenizer, "bos_token", None) or ""
+            head = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n" if self.system else ""
+            return f"{bos}[INST] {(head + user_text).strip()} [/INST]"
         messages = ([{"role": "system", "content": self.system}] if self.system else [])
         messages.append({"role": "user", "content": user_text})
         if getattr(tokenizer, "chat_template", None):
@@ -101,3 +114,8 @@ class PromptTemplate:
             if not middle:
                 raise InputError("context is an empty list of cheat sheets; pass None for no context")
         return Prompt(tuple(p for p in (prefix, *middle, suffix) if not (isinstance(p, str) and p == "")))
+
+
+def llama2_chat_template() -> PromptTemplate:
+    """The default system and user messages in LLaMA-2-chat's format (the LLoCO paper's decoder prompt)."""
+    return PromptTemplate(chat_format=LLAMA2_CHAT)
