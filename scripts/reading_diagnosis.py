@@ -23,7 +23,7 @@ from lloco_runtime.training.squad import ReadingItem
 
 def _runs(path: Path) -> list[dict]:
     d = json.loads(path.read_text())
-    return d["runs"] if "runs" in d else [d]
+    return d.get("runs", [d])
 
 
 def main() -> int:

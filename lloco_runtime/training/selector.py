@@ -205,7 +205,7 @@ def train_selector(encoder: ContextEncoder, reading_path: str | Path, config: Se
     scores = selector_scores(encoder, sorted({it.context for it in val}), cfg.batch_size)
     metrics = {
         "config": asdict(cfg), "layer": encoder.config.selector_layer, "paragraphs": len(contexts),
-        "segments": len(token_lists), "tokens": int(len(y)), "answer_token_share": round(base, 4),
+        "segments": len(token_lists), "tokens": len(y), "answer_token_share": round(base, 4),
         "held_out_bce": round(held_loss, 4), "held_out_bce_constant": round(base_loss, 4),
         "val_questions": len(val),
         "kept_whole_rules": round(kept_answer_share(encoder, val), 4),

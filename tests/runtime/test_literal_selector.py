@@ -3,6 +3,7 @@ tokens questions ask about) and strict_ratio (short segments never compress less
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -18,8 +19,8 @@ TEXT = ("The canal was opened in 1794 by the engineer Margaret Eddowes of Marric
 
 
 def _enc(host, **kw):
-    cfg = dict(segment_length=64, summary_length=8, literal_tokens=8, pooling="mean", summary_layer=0,
-               connector="mlp", literal_selector="learned", selector_layer=1)
+    cfg = {"segment_length": 64, "summary_length": 8, "literal_tokens": 8, "pooling": "mean", "summary_layer": 0,
+           "connector": "mlp", "literal_selector": "learned", "selector_layer": 1}
     return ContextEncoder(host, EncoderConfig(**{**cfg, **kw}))
 
 
@@ -64,7 +65,7 @@ def test_learned_positions_follow_the_scores_whole_words_once(tiny_host):
     ids = _ids(tiny_host)
     pieces = [tiny_host.tokenizer.decode([i]) for i in ids]
     starts = [p for p, t in enumerate(pieces) if p == 0 or t[:1].isspace()] + [len(ids)]
-    words = {"".join(pieces[a:b]).strip(): list(range(a, b)) for a, b in zip(starts, starts[1:])}
+    words = {"".join(pieces[a:b]).strip(): list(range(a, b)) for a, b in itertools.pairwise(starts)}
     multi = next(w for w, pos in words.items() if len(pos) > 1 and w[:1].islower())  # a word of several tokens
     scores = torch.zeros(len(ids))
     scores[words[multi]] = 5.0  # its tokens score best: the whole word is kept

@@ -99,7 +99,8 @@ def test_bad_inputs_with_the_default_model(lloco, default_host):
 @pytest.mark.parametrize("folder", ["encoder-smollm2-135m", "encoder-summary-smollm2-135m"])
 def test_shipped_encoders_load_with_their_fingerprints(folder):
     """The encoders shipped in the package stay loadable on the default model, with the saved identity: the
-    default (pooled embeddings, 4x, with its reader adapter) and the summary-token one (8x, AutoCompressor
+    default (pooled embeddings + literal tokens chosen by its learned selector, 4x, with its reader adapter) and
+    the summary-token one (8x, AutoCompressor
     style), which stays a choice."""
     import json
     from pathlib import Path
@@ -119,6 +120,9 @@ def test_shipped_encoders_load_with_their_fingerprints(folder):
     if folder == "encoder-smollm2-135m":
         assert shipped_encoder_dir() == d
         assert enc.config.ratio >= 4 and enc.reader is not None  # the default reads its sheets with its reader
+        assert enc.config.literal_selector == "learned" and enc.config.strict_ratio
+        # strict_ratio: the whole document, tail segment included, keeps at least the 4x ratio
+        assert 4 * sum(t.shape[0] for t in sheets.tensors) <= sheets.source_tokens
         assert LLoCO(host, enc).reader_id is not None
     else:
         assert enc.config.pooling == "summary" and enc.reader is None
