@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import AdapterError, ConfigError, FingerprintMismatchError, InputError, ModelLoadError
 from .models import LoadedModel, load_model
+from .weights_io import listing, load_bin_weights
 
 log = logging.getLogger(__name__)
 
@@ -463,15 +464,8 @@ class ContextEncoder(nn.Module):
             if summary:
                 parts.append(self.embed_summary.weight)
             rows.append(torch.cat(parts, dim=0))
-        length = max(r.shape[0] for r in rows)
-        x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            x[i, length - r.shape[0]:] = r
-            mask[i, length - r.shape[0]:] = 1
-        positions: torch.Tensor | None = (mask.cumsum(-1) - 1).clamp(min=0)
-        if all(r.shape[0] == length for r in rows):  # no padding: the plain causal path (SDPA's fast kernel)
-            mask = positions = None
+        x, mask, positions = _left_padded(rows)
+        length = x.shape[1]
         backbone = getattr(model, model.base_model_prefix)
         out = backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions,
                        output_hidden_states=layer is not None, use_cache=False)
@@ -488,17 +482,10 @@ class ContextEncoder(nn.Module):
         layer = self.config.selector_layer
         model = self.host.model
         backbone = getattr(model, model.base_model_prefix)
-        device = self.host.device
-        length = max(len(t) for t in token_lists)
-        x = torch.zeros(len(token_lists), length, dtype=torch.long, device=device)
-        mask = torch.zeros(len(token_lists), length, dtype=torch.long, device=device)
-        for i, t in enumerate(token_lists):  # left padding, positions restart after it (as in summarize_list)
-            x[i, length - len(t):] = torch.as_tensor(list(t), dtype=torch.long)
-            mask[i, length - len(t):] = 1
-        positions: torch.Tensor | None = (mask.cumsum(-1) - 1).clamp(min=0)
-        attention: torch.Tensor | None = mask
-        if all(len(t) == length for t in token_lists):
-            attention = positions = None
+        embed = model.get_input_embeddings()
+        x, attention, positions = _left_padded(
+            [embed(torch.as_tensor(list(t), dtype=torch.long, device=self.host.device)) for t in token_lists])
+        length = x.shape[1]
         captured: list[torch.Tensor] = []
 
         def stop(_module, _args, output):
@@ -507,7 +494,7 @@ class ContextEncoder(nn.Module):
 
         handle = backbone.layers[layer - 1].register_forward_hook(stop)
         try:
-            backbone(input_ids=x, attention_mask=attention, position_ids=positions, use_cache=False)
+            backbone(inputs_embeds=x, attention_mask=attention, position_ids=positions, use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -832,14 +819,6 @@ def _keys(d: dict, limit: int = 14) -> str:
     return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) if names else "none"
 
 
-def _listing(directory: Path, limit: int = 12) -> str:
-    try:
-        names = sorted(p.name for p in directory.iterdir())
-    except OSError:
-        return "nothing readable"
-    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) if names else "nothing"
-
-
 def read_autocompressor_config(directory: str | Path) -> dict:
     """``config.json`` of an AutoCompressor-Llama checkpoint folder, checked to be a Llama's (ModelLoadError
     naming what was found otherwise). The summary fields are checked by :meth:`ContextEncoder.from_autocompressor`
@@ -849,7 +828,7 @@ def read_autocompressor_config(directory: str | Path) -> dict:
         raise ModelLoadError(f"{d} is not a folder; give the AutoCompressor checkpoint folder (config.json + weights)")
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
-        raise ModelLoadError(f"{d} has no config.json (found: {_listing(d)}); expected an AutoCompressor "
+        raise ModelLoadError(f"{d} has no config.json (found: {listing(d)}); expected an AutoCompressor "
                              "checkpoint folder such as AutoCompressor-Llama-2-7b-6k")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -884,34 +863,12 @@ def _tensor_files(directory: Path, name: str) -> tuple[list[Path], str]:
         shard = directory / Path(str(weight_map[name])).name
         if not shard.is_file():
             raise ModelLoadError(f"{index} puts {name!r} in {shard.name}, which is missing (found: "
-                                 f"{_listing(directory)})")
+                                 f"{listing(directory)})")
         return [shard], kind
     safetensors = sorted(directory.glob("*.safetensors"))
     if safetensors:
         return safetensors, "safetensors"
     return sorted(directory.glob("*.bin")), "bin"
-
-
-def _torch_load_weights(file: Path) -> dict[str, torch.Tensor]:
-    """A ``.bin`` state dict through ``torch.load(weights_only=True)`` only: tensors and plain containers.
-    A pickle that names any other global (the way a pickle runs code) is refused before anything of it runs."""
-    import re
-    import zipfile
-
-    try:
-        data = torch.load(file, weights_only=True, map_location="cpu", mmap=zipfile.is_zipfile(file))
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError (forbidden globals), RuntimeError/EOFError (damage)
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch's advice (weights_only=False) is left out
-        found = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", text)
-        detail = found.group(0) if found else (text.strip().splitlines() or [""])[0][:300]
-        raise ModelLoadError(
-            f"refused to load {file}: it is not a plain tensor file that torch.load(weights_only=True) can read "
-            f"({type(exc).__name__}: {detail}); lloco never unpickles arbitrary objects, which could run code. "
-            "Convert the checkpoint to safetensors with a tool you trust") from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in data.items()):
-        raise ModelLoadError(f"{file} holds a {type(data).__name__}, not a state dict of named tensors")
-    return data
 
 
 class Connector(nn.Module):
@@ -953,6 +910,21 @@ class Connector(nn.Module):
             y = x * self.scale
             return y + self.down(torch.nn.functional.gelu(self.up(y)))
         return x
+
+
+def _left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(x, attention_mask, position_ids)`` for rows ``[n_i, hidden]`` left-padded to one length, positions
+    restarting at 0 after the padding (a row's result does not depend on its batch-mates); mask and positions
+    are None when no row is padded (the plain causal path: SDPA's fast kernel)."""
+    length = max(r.shape[0] for r in rows)
+    x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        x[i, length - r.shape[0]:] = r
+        mask[i, length - r.shape[0]:] = 1
+    if all(r.shape[0] == length for r in rows):
+        return x, None, None
+    return x, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _zero_selector(hidden: int, device: torch.device) -> nn.Linear:
@@ -1011,7 +983,7 @@ def _read_tensor(directory: Path, name: str, *, what: str = "checkpoint",
     files, kind = _tensor_files(directory, name)
     if not files and not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
         raise ModelLoadError(f"{directory} has no weights: no .safetensors and no .bin files (found: "
-                             f"{_listing(directory)})")
+                             f"{listing(directory)})")
     for f in files:
         if kind == "safetensors":
             try:
@@ -1021,7 +993,8 @@ def _read_tensor(directory: Path, name: str, *, what: str = "checkpoint",
             except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
                 raise ModelLoadError(f"{f} is not a valid safetensors file ({exc})") from None
         else:
-            tensors = _torch_load_weights(f)
+            tensors = load_bin_weights(f, error=ModelLoadError, mmap=True,
+                                       fix="Convert the checkpoint to safetensors with a tool you trust")
             if name in tensors:
                 return tensors[name].clone()  # off the memory map of the whole shard
     hint = ""

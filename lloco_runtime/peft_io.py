@@ -24,6 +24,7 @@ import torch
 from .adapters import ARTIFACT_LORA_KEYS, FORMAT, AdapterArtifact, lora_config_from_dict, lora_config_to_dict
 from .errors import AdapterError, FingerprintMismatchError, InputError
 from .models import LoadedModel
+from .weights_io import listing, load_bin_weights
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -56,11 +57,6 @@ class PeftFolder:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
-def _listing(path: Path) -> str:
-    names = sorted(p.name for p in path.iterdir())
-    return ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "nothing"
-
-
 def read_peft_folder(path: str | os.PathLike) -> PeftFolder:
     """Read and check the files of a PEFT LoRA folder (AdapterError naming what was found otherwise)."""
     folder = Path(path)
@@ -70,7 +66,7 @@ def read_peft_folder(path: str | os.PathLike) -> PeftFolder:
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
         raise AdapterError(f"{folder} is not a PEFT adapter folder: it has no {CONFIG_NAME} (found: "
-                           f"{_listing(folder)}); save the adapter with peft's `model.save_pretrained(DIR)`, which "
+                           f"{listing(folder)}); save the adapter with peft's `model.save_pretrained(DIR)`, which "
                            f"writes {CONFIG_NAME} next to {SAFETENSORS_NAME}")
     raw = _read_config_json(cfg_file)
     config = _lora_config(raw, cfg_file)
@@ -79,10 +75,14 @@ def read_peft_folder(path: str | os.PathLike) -> PeftFolder:
         tensors, metadata = _read_safetensors(folder / SAFETENSORS_NAME)
     elif (folder / BIN_NAME).is_file():
         weights_file = BIN_NAME
-        tensors, metadata = _read_bin(folder / BIN_NAME), {}
+        tensors, metadata = load_bin_weights(
+            folder / BIN_NAME, error=AdapterError,
+            fix="Convert it to adapter_model.safetensors with a tool you trust (or save it again with peft's "
+                "save_pretrained, which writes safetensors)",
+            not_tensors_fix="; save the adapter again with peft's save_pretrained"), {}
     else:
         raise AdapterError(f"{folder} has {CONFIG_NAME} but no weights: neither {SAFETENSORS_NAME} nor {BIN_NAME} "
-                           f"(found: {_listing(folder)}); copy the adapter's weights file next to its config")
+                           f"(found: {listing(folder)}); copy the adapter's weights file next to its config")
     return PeftFolder(path=folder, config=config, raw_config=raw, tensors=_normalise_keys(tensors, folder),
                       weights_file=weights_file, metadata=metadata)
 
@@ -152,28 +152,6 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise AdapterError(f"{file} is not a readable safetensors file ({exc}); save the adapter again") from None
     return tensors, metadata
-
-
-def _read_bin(file: Path) -> dict[str, torch.Tensor]:
-    """A ``.bin`` state dict through ``torch.load(weights_only=True)``: tensors and plain containers only."""
-    try:
-        data = torch.load(file, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError (forbidden globals), RuntimeError/EOFError (damage)
-        # torch's own message suggests weights_only=False; report only what it found in the file
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-        found = re.search(r"Unsupported (?:global: GLOBAL \S+|operand \S+)", text)
-        detail = found.group(0) if found else (text.strip().splitlines() or [""])[0][:300]
-        raise AdapterError(
-            f"refused to load {file}: it is not a plain tensor file that torch.load(weights_only=True) can read "
-            f"({type(exc).__name__}: {detail}); lloco never unpickles arbitrary objects, which could run "
-            "code. Convert it to adapter_model.safetensors with a tool you trust (or save it again with peft's "
-            "save_pretrained, which writes safetensors)"
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in data.items()):
-        raise AdapterError(f"{file} holds a {type(data).__name__}, not a state dict of named tensors; save the "
-                           "adapter again with peft's save_pretrained")
-    return data
 
 
 _NAMED = re.compile(r"^(.*\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.[A-Za-z0-9_]+\.(weight|bias)$")
