@@ -20,7 +20,7 @@ _EXPORTS = {
     "GenerationConfig": "generation", "GenerationResult": "generation", "Generator": "generation",
     "StreamStats": "generation",
     "LoadedModel": "models", "load_model": "models",
-    "Prompt": "prompt", "PromptTemplate": "prompt",
+    "ChatMessage": "prompt", "Prompt": "prompt", "PromptTemplate": "prompt",
     "LLoCO": "runtime", "load_default_runtime": "runtime",
     "LLoCOService": "service", "Answer": "service", "Source": "service",
     "CheatSheetStore": "store",
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
                          StoreError)
     from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
     from .models import LoadedModel, load_model
-    from .prompt import Prompt, PromptTemplate
+    from .prompt import ChatMessage, Prompt, PromptTemplate
     from .runtime import LLoCO, load_default_runtime
     from .service import Answer, LLoCOService, Source
     from .store import CheatSheetStore

@@ -8,7 +8,7 @@ at the sentinel: ``[prefix | context | suffix]``. Prepending is the special case
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +21,48 @@ LLAMA2_CHAT = "llama-2-chat"
 CHAT_FORMATS = (LLAMA2_CHAT,)
 
 Piece = str | torch.Tensor
+#: roles a chat message may have
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation: ``role`` is ``"system"``, ``"user"`` or ``"assistant"``."""
+
+    role: str
+    content: str
+
+
+MessageLike = ChatMessage | Mapping[str, str] | tuple[str, str]
+
+
+def chat_messages(messages: Sequence[MessageLike]) -> list[ChatMessage]:
+    """Checked :class:`ChatMessage` objects from messages, ``{"role", "content"}`` dicts or ``(role, content)``
+    pairs: system messages only first, then user and assistant turns, the last one a non-empty user turn."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InputError("messages must be a non-empty list of chat messages (role and content)")
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, ChatMessage):
+            role, content = m.role, m.content
+        elif isinstance(m, Mapping):
+            role, content = m.get("role"), m.get("content")
+        elif isinstance(m, tuple) and len(m) == 2:
+            role, content = m
+        else:
+            raise InputError(f"message {i} is a {type(m).__name__}; use ChatMessage, a {{'role', 'content'}} "
+                             "dict or a (role, content) pair")
+        if role not in ROLES:
+            raise InputError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise InputError(f"message {i} content must be a string, got {type(content).__name__}")
+        if role == "system" and any(o.role != "system" for o in out):
+            raise InputError(f"message {i} is a system message after the conversation started; put system "
+                             "messages first")
+        out.append(ChatMessage(role, content.replace(_SLOT, "")))
+    if out[-1].role != "user" or not out[-1].content.strip():
+        raise InputError("the last message must be a non-empty user message (the question to answer)")
+    return out
 
 
 def _fields(name: str, template: object) -> list[str]:
@@ -82,17 +124,31 @@ class PromptTemplate:
             raise ConfigError("PromptTemplate.user_no_context needs {question} and no other placeholder "
                               f"(found {plain}); write literal braces as {{{{ and }}}}")
 
-    def _render(self, tokenizer, user_text: str) -> str:
+    def _render(self, tokenizer, user_text: str, system: str | None = None,
+                history: Sequence[ChatMessage] = ()) -> str:
+        """The decoder's text for earlier turns ``history`` (user/assistant, in order) and the last user turn
+        ``user_text``, under ``system`` (the template's system message when None)."""
+        system = self.system if system is None else (system or None)
+        turns = [*history, ChatMessage("user", user_text)]
         if self.chat_format == LLAMA2_CHAT:
             bos = getattr(tokenizer, "bos_token", None) or ""
-            head = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n" if self.system else ""
-            return f"{bos}[INST] {(head + user_text).strip()} [/INST]"
-        messages = ([{"role": "system", "content": self.system}] if self.system else [])
-        messages.append({"role": "user", "content": user_text})
+            eos = getattr(tokenizer, "eos_token", None) or ""
+            head = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system else ""
+            text, user = "", None
+            for t in turns:
+                if t.role == "user":
+                    user = (head + t.content).strip() if not text and user is None else t.content.strip()
+                    text += f"{bos}[INST] {user} [/INST]"
+                else:
+                    text += f" {t.content.strip()} {eos}"
+            return text
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages += [{"role": t.role, "content": t.content} for t in turns]
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        head = f"{self.system}\n\n" if self.system else ""
-        return f"{head}{user_text}\n\nAnswer:"
+        head = f"{system}\n\n" if system else ""
+        past = "".join(f"{t.content}\n\n" if t.role == "user" else f"Answer: {t.content}\n\n" for t in history)
+        return f"{head}{past}{user_text}\n\nAnswer:"
 
     def build(self, tokenizer, question: str,
               context: str | torch.Tensor | Sequence[torch.Tensor] | None = None) -> Prompt:
@@ -100,10 +156,25 @@ class PromptTemplate:
         chunk, concatenated in order), or ``None`` for the no-context variant."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty")
+        return self._build(tokenizer, question, context)
+
+    def build_chat(self, tokenizer, messages: Sequence[MessageLike],
+                   context: str | torch.Tensor | Sequence[torch.Tensor] | None = None) -> Prompt:
+        """Render a conversation: the last user message is the question and takes the context exactly as
+        :meth:`build` does; earlier user/assistant turns come before it verbatim, and a leading system
+        message replaces the template's. One user message gives the same prompt as :meth:`build`."""
+        msgs = chat_messages(messages)
+        system = "\n\n".join(m.content for m in msgs if m.role == "system") or None
+        turns = [m for m in msgs if m.role != "system"]
+        return self._build(tokenizer, turns[-1].content, context, system=system, history=turns[:-1])
+
+    def _build(self, tokenizer, question: str, context, *, system: str | None = None,
+               history: Sequence[ChatMessage] = ()) -> Prompt:
         if context is None:
-            return Prompt((self._render(tokenizer, self.user_no_context.format(question=question)),))
+            return Prompt((self._render(tokenizer, self.user_no_context.format(question=question), system,
+                                        history),))
         question = question.replace(_SLOT, "")
-        text = self._render(tokenizer, self.user.format(context=_SLOT, question=question))
+        text = self._render(tokenizer, self.user.format(context=_SLOT, question=question), system, history)
         prefix, suffix = text.split(_SLOT)
         if isinstance(context, str):
             middle: tuple[Piece, ...] = (context,)

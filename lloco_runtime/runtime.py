@@ -20,7 +20,7 @@ from .encoder import CheatSheets, ContextEncoder, EncoderConfig
 from .errors import FingerprintMismatchError, InputError
 from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
 from .models import LoadedModel, load_model
-from .prompt import Prompt, PromptTemplate
+from .prompt import MessageLike, Prompt, PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +122,52 @@ class LLoCO:
             return self.reader_id
         return None
 
+    def prompt_chat(self, messages: Sequence[MessageLike], context: Context = None) -> Prompt:
+        """The prompt for a conversation: earlier turns, then the last user message with the context (see
+        :meth:`PromptTemplate.build_chat`)."""
+        return self.template.build_chat(self.host.tokenizer, messages, self._context(context))
+
     def answer(self, question: str, context: Context = None, *, adapter_id: str | None = None,
                use_reader: bool = True, config: GenerationConfig | None = None, **gen) -> GenerationResult:
         """Answer ``question`` over ``context`` (text, cheat sheets, or None) with an optional adapter (see
         :meth:`adapter_for` for the encoder's reader adapter, used with cheat sheets when none is given)."""
-        cfg = config or GenerationConfig(**gen)
-        prompt = self.prompt(question, context)
-        with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
-            return self.generator.generate(prompt, cfg, adapter=name)
+        return self.generate(self.prompt(question, context), adapter_id=adapter_id, use_reader=use_reader,
+                             config=config, **gen)
 
     def stream(self, question: str, context: Context = None, *, adapter_id: str | None = None,
                use_reader: bool = True, config: GenerationConfig | None = None, state: StreamStats | None = None,
                **gen) -> Iterator[str]:
         """Like :meth:`answer` but yields text as it is generated."""
+        return self.generate_stream(self.prompt(question, context), adapter_id=adapter_id, use_reader=use_reader,
+                                    config=config, state=state, **gen)
+
+    def answer_chat(self, messages: Sequence[MessageLike], context: Context = None, *,
+                    adapter_id: str | None = None, use_reader: bool = True, config: GenerationConfig | None = None,
+                    **gen) -> GenerationResult:
+        """Answer the last user message of a conversation over ``context`` (see :meth:`prompt_chat`)."""
+        return self.generate(self.prompt_chat(messages, context), adapter_id=adapter_id, use_reader=use_reader,
+                             config=config, **gen)
+
+    def stream_chat(self, messages: Sequence[MessageLike], context: Context = None, *,
+                    adapter_id: str | None = None, use_reader: bool = True, config: GenerationConfig | None = None,
+                    state: StreamStats | None = None, **gen) -> Iterator[str]:
+        """Like :meth:`answer_chat` but yields text as it is generated."""
+        return self.generate_stream(self.prompt_chat(messages, context), adapter_id=adapter_id,
+                                    use_reader=use_reader, config=config, state=state, **gen)
+
+    def generate(self, prompt: Prompt, *, adapter_id: str | None = None, use_reader: bool = True,
+                 config: GenerationConfig | None = None, **gen) -> GenerationResult:
+        """Decode a built :class:`Prompt` with the adapter :meth:`adapter_for` picks."""
         cfg = config or GenerationConfig(**gen)
-        prompt = self.prompt(question, context)
+        with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
+            return self.generator.generate(prompt, cfg, adapter=name)
+
+    def generate_stream(self, prompt: Prompt, *, adapter_id: str | None = None, use_reader: bool = True,
+                        config: GenerationConfig | None = None, state: StreamStats | None = None,
+                        **gen) -> Iterator[str]:
+        """Like :meth:`generate` but yields text as it is generated; the adapter stays pinned until the
+        iterator ends or is closed."""
+        cfg = config or GenerationConfig(**gen)
         with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             yield from self.generator.stream(prompt, cfg, adapter=name, state=state)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lloco_runtime import ConfigError, InputError, Prompt, PromptTemplate
+from lloco_runtime import ChatMessage, ConfigError, InputError, Prompt, PromptTemplate
 from lloco_runtime.prompt import _SLOT
 
 SHEET = torch.zeros(3, 64)
@@ -131,3 +131,58 @@ def test_plain_text_prompt():
     assert p.pieces == ("Once upon a time",) and p.special_tokens
     with pytest.raises(InputError):
         Prompt.from_text("  ")
+
+
+# -- conversations ---------------------------------------------------------------------------------------------
+
+def test_one_user_message_is_the_question_prompt(default_tokenizer):
+    t = PromptTemplate()
+    sheets = [torch.zeros(3, 8), torch.ones(2, 8)]
+    for ctx in (None, "some text", sheets):
+        want = t.build(default_tokenizer, "Who?", ctx)
+        got = t.build_chat(default_tokenizer, [{"role": "user", "content": "Who?"}], ctx)
+        assert [str(p) if isinstance(p, str) else p.shape for p in got.pieces] == \
+            [str(p) if isinstance(p, str) else p.shape for p in want.pieces]
+
+
+def test_conversation_keeps_turns_and_puts_the_context_in_the_last_one(default_tokenizer):
+    t = PromptTemplate()
+    msgs = [ChatMessage("system", "Be terse."), ("user", "First question?"), ("assistant", "First answer."),
+            {"role": "user", "content": "Second question?"}]
+    p = t.build_chat(default_tokenizer, msgs, torch.zeros(4, 8))
+    prefix, sheet, suffix = p.pieces
+    assert isinstance(sheet, torch.Tensor) and sheet.shape == (4, 8)
+    assert "Be terse." in prefix and t.system not in prefix
+    assert prefix.index("First question?") < prefix.index("First answer.")
+    assert "Second question?" in suffix and "First" not in suffix
+
+
+@pytest.mark.parametrize("fmt", [None, "llama-2-chat"])
+def test_conversation_formats_without_the_tokenizers_template(fmt):
+    class Plain:
+        chat_template = None
+        bos_token, eos_token = "<s>", "</s>"
+
+    t = PromptTemplate(chat_format=fmt)
+    text = t.build_chat(Plain(), [("user", "Q1?"), ("assistant", "A1"), ("user", "Q2?")]).pieces[0]
+    assert text.index("Q1?") < text.index("A1") < text.index("Q2?")
+    if fmt == "llama-2-chat":
+        assert text.startswith("<s>[INST] <<SYS>>") and text.endswith("Question: Q2? [/INST]")
+        assert " A1 </s><s>[INST] " in text
+    else:
+        assert text.endswith("Question: Q2?\n\nAnswer:")
+
+
+@pytest.mark.parametrize("messages, match", [
+    ([], "non-empty list"),
+    ("hello", "non-empty list"),
+    ([("user", "Q?"), ("assistant", "A")], "last message must be a non-empty user"),
+    ([("user", "  ")], "last message must be a non-empty user"),
+    ([("robot", "Q?")], "role 'robot'"),
+    ([("user", "Q?"), ("system", "late"), ("user", "Q?")], "system message after"),
+    ([("user", 3)], "content must be a string"),
+    ([42], "is a int"),
+])
+def test_bad_conversations(default_tokenizer, messages, match):
+    with pytest.raises(InputError, match=match):
+        PromptTemplate().build_chat(default_tokenizer, messages)
