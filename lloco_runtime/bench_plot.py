@@ -15,12 +15,9 @@ TEXT_MODES = ("full", "rag")
 
 
 def _plt():
-    import matplotlib
+    from .plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def plot_latency(report: dict[str, Any], path: str | Path) -> Path:

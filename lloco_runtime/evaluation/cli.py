@@ -122,6 +122,10 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
     validate_name(settings.group, "group")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InputError("--plot writes a PNG; give a path ending in .png")
+    if args.plot:
+        from ..plotting import pyplot as _need_pyplot
+
+        _need_pyplot()  # fail now, with the install command, not after the run
     lloco = make_runtime(args)
     store = None
     if any(m in STORE_MODES for m in modes):

@@ -478,10 +478,9 @@ def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None
 
 def plot(reports: list[dict[str, Any]], path: str) -> str:
     """PNG of the headline metric against mean context tokens per mode (log x; ``none`` drawn at 1)."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     name = "score"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -80,11 +81,14 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
 
 def plot_curves(path: Path, train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]],
                 title: str) -> None:
-    """Loss-curve PNG: smoothed training loss and validation curves."""
-    import matplotlib
+    """Loss-curve PNG: smoothed training loss and validation curves (skipped, with a log line, without
+    matplotlib: training never fails for a missing plot)."""
+    from ..plotting import INSTALL_HINT, available, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if not available():
+        logging.getLogger(__name__).info("no loss plot %s: matplotlib is not installed (%s)", path, INSTALL_HINT)
+        return
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
