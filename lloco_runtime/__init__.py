@@ -26,7 +26,13 @@ _EXPORTS = {
     "CheatSheetStore": "store",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AdapterArtifact", "AdapterError", "AdapterManager", "Answer", "ChatMessage", "CheatSheetError",
+    "CheatSheetStore", "CheatSheets", "Chunk", "ConfigError", "ContextEncoder", "ContextTooLongError",
+    "EncoderConfig", "FingerprintMismatchError", "GenerationConfig", "GenerationResult", "Generator",
+    "InputError", "LLoCO", "LLoCOError", "LLoCOService", "LoadedModel", "ModelLoadError", "NotFoundError",
+    "Prompt", "PromptTemplate", "Source", "StoreError", "StreamStats", "load_default_runtime", "load_model",
+]  # = sorted(_EXPORTS), checked by a test
 
 
 def __getattr__(name: str):
@@ -45,9 +51,18 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .adapters import AdapterArtifact, AdapterManager
     from .encoder import CheatSheets, Chunk, ContextEncoder, EncoderConfig
-    from .errors import (AdapterError, CheatSheetError, ConfigError, ContextTooLongError,
-                         FingerprintMismatchError, InputError, LLoCOError, ModelLoadError, NotFoundError,
-                         StoreError)
+    from .errors import (
+        AdapterError,
+        CheatSheetError,
+        ConfigError,
+        ContextTooLongError,
+        FingerprintMismatchError,
+        InputError,
+        LLoCOError,
+        ModelLoadError,
+        NotFoundError,
+        StoreError,
+    )
     from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
     from .models import LoadedModel, load_model
     from .prompt import ChatMessage, Prompt, PromptTemplate

@@ -94,7 +94,7 @@ class MiniLMEmbedder:
             try:
                 tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
                 model = AutoModel.from_pretrained(str(path), local_files_only=True)
-            except Exception as exc:  # noqa: BLE001 - any loader failure means the same fix
+            except Exception as exc:
                 raise ModelLoadError(f"could not load the retrieval embedder from {path}: {exc}") from exc
             self._tokenizer, self._model = tok, model.to(self.device).eval()
 

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, cast, func, literal, not_, or_
 from sqlalchemy.dialects.postgresql import JSONB
@@ -32,7 +32,7 @@ MAX_FILTERS = 100
 MAX_DEPTH = 8
 MAX_STRING = 4096
 
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 
 class FilterOp(str, Enum):
@@ -100,7 +100,7 @@ class FilterGroup:
         object.__setattr__(self, "filters", tuple(self.filters))
 
 
-Filter = Union[MetadataFilter, FilterGroup]
+Filter = MetadataFilter | FilterGroup
 
 
 def _is_scalar(v: object) -> bool:

@@ -58,7 +58,7 @@ def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
 def _corpus(tmp_path):
     d = tmp_path / "corpus"
     d.mkdir()
-    words = "the keeper lit the lamp every night and wrote the weather in a ledger".split()
+    words = ["the", "keeper", "lit", "the", "lamp", "every", "night", "and", "wrote", "the", "weather", "in", "a", "ledger"]
     for i in range(3):
         (d / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(300)))
     return d

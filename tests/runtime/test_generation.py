@@ -15,7 +15,7 @@ from lloco_runtime import (
     Prompt,
     PromptTemplate,
 )
-from lloco_runtime.generation import _partial_stop, StreamStats
+from lloco_runtime.generation import StreamStats, _partial_stop
 
 PASSAGE = ("The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
            "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays.")

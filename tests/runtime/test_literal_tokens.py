@@ -15,8 +15,8 @@ TEXT = ("The canal was opened in 1794 by the engineer Margaret Eddowes of Marric
 
 
 def _enc(host, **kw):
-    cfg = dict(segment_length=64, summary_length=8, literal_tokens=8, pooling="mean", summary_layer=0,
-               connector="mlp")
+    cfg = {"segment_length": 64, "summary_length": 8, "literal_tokens": 8, "pooling": "mean", "summary_layer": 0,
+               "connector": "mlp"}
     return ContextEncoder(host, EncoderConfig(**{**cfg, **kw}))
 
 

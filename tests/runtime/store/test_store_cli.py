@@ -13,8 +13,8 @@ from lloco_runtime.cli import main
 
 @pytest.fixture
 def cli(pg_url, schema, embedder, encoder, monkeypatch, capsys):
-    import lloco_runtime.runtime as runtime
     import lloco_runtime.store.store as store_mod
+    from lloco_runtime import runtime
 
     monkeypatch.setattr(store_mod, "default_embedder", lambda: embedder)
     monkeypatch.setattr(runtime, "load_default_runtime", lambda: SimpleNamespace(encoder=encoder))

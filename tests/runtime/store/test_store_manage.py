@@ -10,7 +10,13 @@ from safetensors.torch import save as st_save
 from sqlalchemy import insert, select
 from store_helpers import row_counts
 
-from lloco_runtime.errors import AdapterError, ConfigError, FingerprintMismatchError, NotFoundError, StoreError
+from lloco_runtime.errors import (
+    AdapterError,
+    ConfigError,
+    FingerprintMismatchError,
+    NotFoundError,
+    StoreError,
+)
 from lloco_runtime.store import CheatSheetStore
 from lloco_runtime.store.schema import LATEST_VERSION
 

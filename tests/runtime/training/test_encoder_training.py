@@ -12,8 +12,7 @@ from lloco_runtime.errors import ConfigError
 from lloco_runtime.training import EncoderTrainingConfig, evaluate_encoder, train_encoder
 from lloco_runtime.training.encoder_training import PairSampler, read_corpus
 
-WORDS = ("river town archive mill council boats looms wells merchants coast salt copper news frost harbour "
-         "ledger prices marriages floods ships keeper lamp storm granite").split()
+WORDS = ["river", "town", "archive", "mill", "council", "boats", "looms", "wells", "merchants", "coast", "salt", "copper", "news", "frost", "harbour", "ledger", "prices", "marriages", "floods", "ships", "keeper", "lamp", "storm", "granite"]
 
 
 @pytest.fixture
@@ -35,8 +34,8 @@ def _encoder(make_tiny_host, lora_r=4):
 
 
 def _cfg(**kw):
-    base = dict(steps=6, batch_size=2, lr=5e-3, warmup=1, continuation_length=16, eval_every=3, eval_pairs=4,
-                checkpoint_every=2)
+    base = {"steps": 6, "batch_size": 2, "lr": 5e-3, "warmup": 1, "continuation_length": 16, "eval_every": 3, "eval_pairs": 4,
+                "checkpoint_every": 2}
     return EncoderTrainingConfig(**{**base, **kw})
 
 
