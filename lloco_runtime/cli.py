@@ -115,6 +115,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise InputError(f"--eval-json: {path} is not a file (write one with `lloco eval --json PATH`)")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise InputError("--plot writes a PNG; give a path ending in .png")
+    if args.plot:
+        from .plotting import pyplot as _need_pyplot
+
+        _need_pyplot()  # fail now, with the install command, not after the run
     lloco = _runtime(args)
     report = bench.run(lloco, quick=args.quick, contexts=contexts, reps=args.reps, json_path=args.json,
                        store=not args.no_store, store_sizes=tuple(sizes) if sizes else None, store_url=args.url,
@@ -261,7 +265,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                          lora_alpha=lora_alpha, top_k=args.top_k, max_pairs=args.max_pairs,
                          eval_every=args.eval_every, seed=args.seed, target_modules=targets,
                          from_reader=not args.no_reader_init and preset is None, kl_weight=args.kl_weight,
-                         teacher=args.teacher, **extra)
+                         teacher=args.teacher, pairs=args.pairs, **extra)
     if args.teacher is not None and not Path(args.teacher).is_file():
         raise InputError(f"--teacher {args.teacher} is not a file; train one with `lloco train-teacher`")
     store = CheatSheetStore(args.url, schema=args.schema, create=False)
@@ -533,12 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("finetune", parents=[common], help="train a LoRA adapter for a document group",
                        description="Fine-tune one LoRA for a group on [retrieved cheat sheets | question] -> "
                        "answer through the serving prompt template (loss on the answer only). Pairs come from "
-                       "--qa JSONL ({doc_id, question, answers}) or, without it, from the group's own chunks. "
+                       "--qa JSONL ({doc_id, question, answers}) or, without it, from the group's own chunks: "
+                       "extractive who/what/when/how-many questions generated from their sentences (answers "
+                       "are spans of the chunk; the source chunk is always in the pair's context), or with "
+                       "--pairs self-supervised, quote-the-first-sentence / continue-the-snippet pairs. "
                        "The adapter is stored as a new version and activated atomically.")
     s.add_argument("--group", required=True)
     s.add_argument("--collection", default="default")
     s.add_argument("--qa", default=None, help="QA JSONL; bad lines are reported and skipped")
     s.add_argument("--strict", action="store_true", help="abort if the QA file has bad lines")
+    s.add_argument("--pairs", choices=("auto", "generated", "self-supervised"), default="auto",
+                   help="training pairs: auto (--qa when given, else generated), generated (extractive "
+                   "questions from the group's chunks, topped up with self-supervised pairs when too few come "
+                   "out) or self-supervised (quote the first sentence / continue a snippet; the old behaviour)")
     s.add_argument("--steps", type=int, default=300)
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--lr", type=float, default=5e-4)

@@ -3,8 +3,10 @@
 Each training pair is ``[cheat sheets of the chunks serving would retrieve | question] -> answer`` rendered
 through the runtime's prompt template (the one serving uses), with the loss on the answer tokens only. Pairs
 come from a QA JSONL (``{"doc_id", "question", "answers"}``; bad lines are reported one by one and skipped)
-or, for groups without QA data, are built from the group's own chunks (quote the first sentence; continue a
-snippet). The result is registered in the store as a new adapter version and activated atomically.
+or, for groups without QA data, are built from the group's own chunks: extractive who/what/when/how-many
+questions generated from their sentences (:mod:`.questions`; the answer a span of the chunk, which is always
+among the pair's chunks), or with ``pairs="self-supervised"`` quote the first sentence / continue a snippet.
+The result is registered in the store as a new adapter version and activated atomically.
 
 Where the encoder has a reader adapter (``reader.safetensors``, trained with it to read its cheat sheets),
 the group's LoRA starts from the reader (its rank and target modules), so the group adapter keeps the reading
@@ -44,6 +46,9 @@ from .encoder_training import load_teacher
 
 log = logging.getLogger(__name__)
 TRAIN_ADAPTER = "lloco-finetune"
+PAIR_SOURCES = ("auto", "generated", "self-supervised")
+#: fewer generated questions than this (or than max_pairs) and self-supervised pairs are added
+MIN_GENERATED = 32
 
 
 @dataclass
@@ -73,8 +78,13 @@ class FinetuneConfig:
         "help": "weight of the KL to the text-reading teacher (0: off; used only where a teacher exists)"})
     teacher: str | None = field(default=None, metadata={
         "help": "teacher adapter file (default: the shipped teacher when it fits the decoder)"})
+    pairs: str = field(default="auto", metadata={
+        "help": "training pairs without QA data: auto (the QA file when given, else generated), generated "
+                "(extractive questions made from the group's chunks) or self-supervised (quote / continue)"})
 
     def __post_init__(self) -> None:
+        if self.pairs not in PAIR_SOURCES:
+            raise ConfigError(f"pairs must be one of {', '.join(PAIR_SOURCES)}, got {self.pairs!r}")
         if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1 or self.top_k < 1:
             raise ConfigError("steps, batch_size, lora_r and top_k must be >= 1")
         if not isinstance(self.kl_weight, (int, float)) or self.kl_weight < 0:
@@ -236,32 +246,69 @@ def _load_teacher(lloco: LLoCO, cfg: FinetuneConfig) -> tuple[str | None, Path |
     return None, None
 
 
+def _retrieved_pair(service, group: str, collection: str, cfg: FinetuneConfig, question: str, answer: str,
+                    source=None) -> Pair | None:
+    """A pair whose chunks are those retrieved for ``question`` (top_k, in reading order), with ``source`` (the
+    chunk the answer is in, when known) replacing the last-ranked hit if retrieval missed it."""
+    res = service.retrieve(question, group=group, collection=collection, top_k=cfg.top_k, mode=cfg.mode,
+                           load_cheat_sheets=False)
+    chunks = list(res.chunks)
+    if source is not None and all(c.chunk_id != source.chunk_id for c in chunks):
+        chunks = chunks[: cfg.top_k - 1] + [source]
+    ordered = sorted(chunks, key=lambda c: (c.doc_id, c.ordinal))
+    if not ordered:
+        return None
+    return Pair(question, answer, [c.chunk_id for c in ordered], "\n\n".join(c.text for c in ordered))
+
+
+def _generated_pairs(service, group: str, collection: str, chunks, rng: random.Random, cfg: FinetuneConfig, *,
+                     progress: bool = True) -> tuple[list[Pair], list[tuple[int, str]], str]:
+    """Pairs for extractive questions generated from the group's chunks (:mod:`.questions`), retrieved like QA
+    rows; topped up with self-supervised pairs when fewer than :data:`MIN_GENERATED` questions come out."""
+    from tqdm.auto import tqdm
+
+    from .questions import generate_questions, kinds_of
+
+    questions = generate_questions(chunks, seed=cfg.seed, limit=cfg.max_pairs)
+    by_id = {c.chunk_id: c for c in chunks}
+    log.info("generated %d questions from %d chunks: %s", len(questions), len(chunks), kinds_of(questions))
+    pairs = [p for q in tqdm(questions, desc="retrieving contexts", disable=not progress, unit="q")
+             if (p := _retrieved_pair(service, group, collection, cfg, q.question, q.answer, by_id[q.chunk_id]))]
+    if len(pairs) >= min(MIN_GENERATED, cfg.max_pairs):
+        return pairs, [], "generated"
+    extra = self_supervised_pairs(chunks, rng, cfg.max_pairs - len(pairs))
+    return pairs + extra, [], (f"generated+self-supervised (only {len(pairs)} generated questions, "
+                               f"{len(extra)} self-supervised pairs added)")
+
+
 def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str | None,
                 cfg: FinetuneConfig, *, progress: bool = True) -> tuple[list[Pair], list[tuple[int, str]], str]:
-    """Training pairs and the rejected QA lines; ``source`` says where the pairs came from."""
+    """Training pairs and the rejected QA lines; ``source`` says where the pairs came from: ``qa`` (the QA
+    file, with ``cfg.pairs == "auto"``), ``generated`` (questions generated from the group's chunks, each pair's
+    chunks including the one its answer is in; ``generated+self-supervised (...)`` when too few came out) or
+    ``self-supervised``."""
     from tqdm.auto import tqdm
 
     rng = random.Random(cfg.seed)
     docs = {d.doc_id for d in service.store.list_documents(group, collection, limit=1_000_000)}
     if not docs:
         raise InputError(f"group {group!r} has no documents; run `lloco ingest PATH --group {group}` first")
+    if qa_path and cfg.pairs != "auto":
+        raise ConfigError(f"pairs={cfg.pairs!r} builds pairs from the group's chunks and would ignore the QA "
+                          f"file {qa_path}; use pairs='auto' with a QA file, or drop the QA file")
     if qa_path:
         rows, bad = read_qa(qa_path, docs)
         if not rows:
             raise InputError(f"no usable rows in {qa_path} ({len(bad)} rejected); see the report above")
         rng.shuffle(rows)
         rows = rows[: cfg.max_pairs]
-        pairs = []
-        for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q"):
-            res = service.retrieve(r.question, group=group, collection=collection, top_k=cfg.top_k,
-                                   mode=cfg.mode, load_cheat_sheets=False)
-            ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
-            if ordered:
-                pairs.append(Pair(r.question, r.answers[0], [c.chunk_id for c in ordered],
-                                  "\n\n".join(c.text for c in ordered)))
+        pairs = [p for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q")
+                 if (p := _retrieved_pair(service, group, collection, cfg, r.question, r.answers[0]))]
         return pairs, bad, "qa"
     chunks = service.store.list_chunks(group, collection)
-    return self_supervised_pairs(chunks, rng, cfg.max_pairs), [], "self-supervised"
+    if cfg.pairs == "self-supervised":
+        return self_supervised_pairs(chunks, rng, cfg.max_pairs), [], "self-supervised"
+    return _generated_pairs(service, group, collection, chunks, rng, cfg, progress=progress)
 
 
 @torch.enable_grad()
