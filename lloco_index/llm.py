@@ -2,13 +2,14 @@
 
 Call arguments carry the payload (never tensors): ``cheat_sheet_ids=[chunk ids]`` and ``adapter_id=``.
 ``complete(question, cheat_sheet_ids=...)`` renders the runtime's single prompt template (the one adapters
-were trained with) with the cheat sheets in its context slot; ``chat(messages, ...)`` renders the model's
-chat template and splices the cheat sheets into the last user message.
+were trained with) with the cheat sheets in its context slot; ``chat(messages, ...)`` renders the
+conversation with the same template (:meth:`LLoCO.prompt_chat`: earlier turns verbatim, the cheat sheets
+in the last user message, a leading system message replacing the template's). The async methods run the
+model on a worker thread; the async streams yield each token as it is decoded.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,25 +17,51 @@ import torch
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ChatResponseAsyncGen,
     ChatResponseGen,
     CompletionResponse,
+    CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from lloco_runtime import prompt as core_prompt
 from lloco_runtime.errors import InputError, NotFoundError
 from lloco_runtime.generation import GenerationConfig, StreamStats
-from lloco_runtime.prompt import Prompt
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 from lloco_runtime.store import CheatSheetStore
 
-_SLOT = "\u2063LLOCO_INDEX_SLOT\u2063"
+from ._aio import iterate_in_thread, run_in_thread
+
 _GEN_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
+_ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant"}
+#: a started token stream: the deltas, the stats they fill in, and how many cheat sheets the prompt holds
+_Stream = tuple[Iterator[str], StreamStats, int]
+
+
+def to_core_messages(messages: Sequence[ChatMessage]) -> list[core_prompt.ChatMessage]:
+    """LlamaIndex chat messages as the runtime's (system, user and assistant roles; text only)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, ChatMessage):
+            raise InputError(f"message {i} is a {type(m).__name__}; pass llama_index ChatMessage objects")
+        role = _ROLES.get(MessageRole(m.role))
+        if role is None:
+            raise InputError(f"message {i} has role {MessageRole(m.role).value!r}; LLoCOLLM chats with system, "
+                             "user and assistant messages only: put tool or function results into a user "
+                             "message, or leave them out")
+        other = [type(b).__name__ for b in m.blocks if not isinstance(b, TextBlock)]
+        if other:
+            raise InputError(f"message {i} holds a {other[0]}; LLoCOLLM reads text only (documents reach it as "
+                             "cheat sheets: pass cheat_sheet_ids=)")
+        out.append(core_prompt.ChatMessage(role, m.content or ""))
+    return out
 
 
 class LLoCOLLM(CustomLLM):
@@ -115,33 +142,72 @@ class LLoCOLLM(CustomLLM):
         return {"prompt_tokens": st.prompt_tokens, "context_vectors": st.context_vectors, "cheat_sheets": n_sheets,
                 "finish_reason": st.finish_reason, "prefill_s": st.prefill_s, "total_s": st.total_s}
 
-    def _run(self, prompt: Prompt, adapter: str | None, cfg: GenerationConfig, st: StreamStats) -> Iterator[str]:
-        lloco = self._lloco
-        with lloco.adapters.acquire(lloco.adapter_for(prompt, adapter)) as name:
-            yield from lloco.generator.stream(prompt, cfg, adapter=name, state=st)
+    # -- token streams (prompt built and checked now; the adapter is pinned from the first token on) ------
 
-    def _completion_prompt(self, prompt: str, sheets: list[torch.Tensor] | None) -> Prompt:
-        return self._lloco.prompt(prompt, sheets)
+    def _completion_stream(self, prompt: str, cheat_sheet_ids: Sequence[int] | None, adapter_id: int | str | None,
+                           kwargs: dict[str, Any]) -> _Stream:
+        cfg = self._config(kwargs)
+        sheets = self._sheets(cheat_sheet_ids)
+        adapter = self._adapter(adapter_id)
+        st = StreamStats()
+        tokens = self._lloco.stream(prompt, sheets, adapter_id=adapter, config=cfg, state=st)
+        return tokens, st, len(sheets or ())
 
-    def _chat_prompt(self, messages: Sequence[ChatMessage], sheets: list[torch.Tensor] | None) -> Prompt:
-        msgs = [{"role": m.role.value, "content": m.content or ""} for m in messages]
-        if not msgs:
-            raise InputError("chat needs at least one message")
-        tok = self._lloco.host.tokenizer
-        if sheets:
-            last = max((i for i, m in enumerate(msgs) if m["role"] == MessageRole.USER.value), default=None)
-            if last is None:
-                raise InputError("cheat sheets are spliced into a user message; the chat has none")
-            user_fmt = self._lloco.template.user
-            msgs[last] = {"role": "user", "content": user_fmt.format(context=_SLOT, question=msgs[last]["content"])}
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n".join(f"{m['role']}: {m['content']}" for m in msgs) + "\nassistant:"
-        if not sheets:
-            return Prompt((text,))
-        prefix, suffix = text.split(_SLOT)
-        return Prompt(tuple(p for p in (prefix, *sheets, suffix) if not (isinstance(p, str) and not p)))
+    def _chat_stream(self, messages: Sequence[ChatMessage], cheat_sheet_ids: Sequence[int] | None,
+                     adapter_id: int | str | None, kwargs: dict[str, Any]) -> _Stream:
+        msgs = to_core_messages(messages)
+        cfg = self._config(kwargs)
+        sheets = self._sheets(cheat_sheet_ids)
+        adapter = self._adapter(adapter_id)
+        st = StreamStats()
+        tokens = self._lloco.stream_chat(msgs, sheets, adapter_id=adapter, config=cfg, state=st)
+        return tokens, st, len(sheets or ())
+
+    def _finish(self, stream: _Stream) -> tuple[str, dict[str, Any]]:
+        tokens, st, n_sheets = stream
+        for _ in tokens:
+            pass
+        return st.text.strip(), self._raw(st, n_sheets)
+
+    def _responses(self, stream: _Stream) -> CompletionResponseGen:
+        """Deltas as responses; the last one's ``raw`` holds the token counts. Closing it closes the token
+        stream (releasing the adapter)."""
+        tokens, st, n_sheets = stream
+        text, pending = "", None
+        try:
+            for delta in tokens:
+                if pending is not None:
+                    yield CompletionResponse(text=text, delta=pending)
+                text += delta
+                pending = delta
+            yield CompletionResponse(text=text, delta=pending or "", raw=self._raw(st, n_sheets))
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
+
+    @staticmethod
+    def _as_chat(r: CompletionResponse) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
+                            raw=r.raw)
+
+    def _chat_responses(self, stream: _Stream) -> ChatResponseGen:
+        responses = self._responses(stream)
+        try:
+            for r in responses:
+                yield self._as_chat(r)
+        finally:
+            responses.close()
+
+    def _complete(self, prompt: str, cheat_sheet_ids: Sequence[int] | None = None,
+                  adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
+        text, raw = self._finish(self._completion_stream(prompt, cheat_sheet_ids, adapter_id, kwargs))
+        return CompletionResponse(text=text, raw=raw)
+
+    def _chat(self, messages: Sequence[ChatMessage], cheat_sheet_ids: Sequence[int] | None = None,
+              adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
+        text, raw = self._finish(self._chat_stream(messages, cheat_sheet_ids, adapter_id, kwargs))
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), raw=raw)
 
     # -- completion ------------------------------------------------------------------------------------
 
@@ -149,68 +215,54 @@ class LLoCOLLM(CustomLLM):
     def complete(self, prompt: str, formatted: bool = False, *, cheat_sheet_ids: Sequence[int] | None = None,
                  adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
         """Answer ``prompt`` over the cheat sheets of ``cheat_sheet_ids`` with adapter ``adapter_id``."""
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        adapter = self._adapter(adapter_id)
-        st = StreamStats()
-        for _ in self._run(self._completion_prompt(prompt, sheets), adapter, cfg, st):
-            pass
-        return CompletionResponse(text=st.text.strip(), raw=self._raw(st, len(sheets or ())))
+        return self._complete(prompt, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, *,
                         cheat_sheet_ids: Sequence[int] | None = None, adapter_id: int | str | None = None,
                         **kwargs: Any) -> CompletionResponseGen:
         """Like :meth:`complete`, yielding deltas; the last response's ``raw`` holds the token counts."""
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        adapter = self._adapter(adapter_id)
-        return self._stream_responses(self._completion_prompt(prompt, sheets), adapter, cfg, len(sheets or ()))
-
-    def _stream_responses(self, prompt: Prompt, adapter, cfg, n_sheets: int) -> CompletionResponseGen:
-        st = StreamStats()
-        text, pending = "", None
-        for delta in self._run(prompt, adapter, cfg, st):
-            if pending is not None:
-                yield CompletionResponse(text=text, delta=pending)
-            text += delta
-            pending = delta
-        yield CompletionResponse(text=text, delta=pending or "", raw=self._raw(st, n_sheets))
+        return self._responses(self._completion_stream(prompt, cheat_sheet_ids, adapter_id, kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+    async def acomplete(self, prompt: str, formatted: bool = False, *, cheat_sheet_ids: Sequence[int] | None = None,
+                        adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
         """:meth:`complete` on a worker thread (decoding is CPU/GPU bound; the event loop stays free)."""
-        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+        return await run_in_thread(self._complete, prompt, cheat_sheet_ids, adapter_id, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, *,
+                               cheat_sheet_ids: Sequence[int] | None = None, adapter_id: int | str | None = None,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` with every step on a worker thread: tokens arrive as they are decoded.
+        Cancelling (or leaving) the stream closes it and releases the adapter."""
+        stream = await run_in_thread(self._completion_stream, prompt, cheat_sheet_ids, adapter_id, kwargs)
+        return iterate_in_thread(self._responses(stream))
 
     # -- chat ------------------------------------------------------------------------------------------
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
              adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
-        """Chat through the model's chat template, cheat sheets spliced into the last user message."""
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        st = StreamStats()
-        for _ in self._run(self._chat_prompt(messages, sheets), self._adapter(adapter_id), cfg, st):
-            pass
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=st.text.strip()),
-                            raw=self._raw(st, len(sheets or ())))
+        """Answer the last user message of a conversation (system, user and assistant messages) over the
+        cheat sheets of ``cheat_sheet_ids``, which go into that message as :meth:`complete` puts them."""
+        return self._chat(messages, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
                     adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponseGen:
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        prompt = self._chat_prompt(messages, sheets)
-        adapter = self._adapter(adapter_id)
-
-        def gen() -> ChatResponseGen:
-            for r in self._stream_responses(prompt, adapter, cfg, len(sheets or ())):
-                yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
-                                   raw=r.raw)
-
-        return gen()
+        """Like :meth:`chat`, yielding deltas; the last response's ``raw`` holds the token counts."""
+        return self._chat_responses(self._chat_stream(messages, cheat_sheet_ids, adapter_id, kwargs))
 
     @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await asyncio.to_thread(self.chat, messages, **kwargs)
+    async def achat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
+                    adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
+        """:meth:`chat` on a worker thread."""
+        return await run_in_thread(self._chat, messages, cheat_sheet_ids, adapter_id, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
+                           adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponseAsyncGen:
+        """:meth:`stream_chat` with every step on a worker thread (see :meth:`astream_complete`)."""
+        stream = await run_in_thread(self._chat_stream, messages, cheat_sheet_ids, adapter_id, kwargs)
+        return iterate_in_thread(self._chat_responses(stream))

@@ -1,19 +1,20 @@
 """``LLoCOQueryEngine``: retrieve -> cheat sheets + the group's adapter -> answer, as a LlamaIndex engine.
 
 A drop-in for ``index.as_query_engine()``: ``query`` returns a ``Response`` with ``source_nodes``
-(a ``StreamingResponse`` when ``streaming=True``), ``aquery`` works, and every step is an
-instrumentation span. A response synthesizer is deliberately not used: it would turn nodes into text and
+(a ``StreamingResponse`` when ``streaming=True``); ``aquery`` runs retrieval and decoding on worker threads
+and, when streaming, returns an ``AsyncStreamingResponse`` whose tokens arrive as they are decoded. Every
+step is an instrumentation span. A response synthesizer is deliberately not used: it would turn nodes into text and
 lose the cheat sheets; the LLM receives chunk ids and loads the tensors itself.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore
@@ -25,6 +26,7 @@ from lloco_runtime.store import CheatSheetStore
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 
 from . import keys
+from ._aio import run_in_thread
 from .llm import LLoCOLLM
 from .retriever import LLoCORetriever
 
@@ -105,11 +107,26 @@ class LLoCOQueryEngine(CustomQueryEngine):
         return self._answer(query_str, nodes)
 
     @dispatcher.span
-    async def acustom_query(self, query_str: str) -> Response | StreamingResponse:
+    async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
         nodes = await self.retriever.aretrieve(query_str)
-        if self.streaming:
-            return self._answer(query_str, nodes)
-        return await asyncio.to_thread(self._answer, query_str, nodes)
+        if not self.streaming:
+            return await run_in_thread(self._answer, query_str, nodes)
+        ids, adapter = self._payload(nodes)
+        meta = self._metadata(nodes, ids, adapter)
+        gen = await self.llm.astream_complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter,
+                                              **self.generation_kwargs)
+
+        async def deltas() -> AsyncGenerator[str, None]:
+            try:
+                async for r in gen:
+                    if r.raw:
+                        meta.update(r.raw)
+                    if r.delta:
+                        yield r.delta
+            finally:
+                await gen.aclose()  # on early exit or cancellation: releases the adapter
+
+        return AsyncStreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=meta)
 
     @dispatcher.span
     def _answer(self, query_str: str, nodes: list[NodeWithScore]) -> Response | StreamingResponse:
@@ -119,12 +136,15 @@ class LLoCOQueryEngine(CustomQueryEngine):
             gen = self.llm.stream_complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter,
                                            **self.generation_kwargs)
 
-            def deltas():
-                for r in gen:
-                    if r.raw:
-                        meta.update(r.raw)
-                    if r.delta:
-                        yield r.delta
+            def deltas() -> Generator[str, None, None]:
+                try:
+                    for r in gen:
+                        if r.raw:
+                            meta.update(r.raw)
+                        if r.delta:
+                            yield r.delta
+                finally:
+                    gen.close()
 
             return StreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=meta)
         out = self.llm.complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs)

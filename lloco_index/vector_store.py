@@ -5,8 +5,10 @@ at ingest), so :meth:`add` only checks that they are stored in this group. Queri
 model that made the stored keys: give the index ``embed_model=vector_store.embed_model`` (an
 :class:`~lloco_index.LLoCOEmbedding` over the store's own embedder; LlamaIndex's default would be OpenAI).
 A query vector from any other model (another width, or the same width but another model) is refused with
-a :class:`~lloco_runtime.errors.ConfigError`, never scored. Queries without a vector are embedded by the
-store. Results carry the payload ids the :class:`~lloco_index.LLoCOLLM` needs.
+a :class:`~lloco_runtime.errors.ConfigError`, never scored; an accepted ``query_embedding`` is what the dense
+search uses (queries without one are embedded by the store). ``filters``, ``doc_ids`` and ``node_ids``
+narrow the search in SQL, before the top-k cut. Results carry the payload ids the
+:class:`~lloco_index.LLoCOLLM` needs.
 """
 
 from __future__ import annotations
@@ -166,7 +168,9 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     # -- read ------------------------------------------------------------------------------------------
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """Top-k chunks for ``query.query_str`` with ``query.filters`` (nested and/or supported)."""
+        """Top-k chunks for ``query``: ``query_embedding`` (when given; checked to come from the store's
+        embedder) drives the dense search, else the store embeds ``query_str``; ``filters`` (nested and/or),
+        ``doc_ids`` and ``node_ids`` narrow the search in SQL, before the top-k cut."""
         mode = _MODES.get(VectorStoreQueryMode(query.mode))
         if mode is None:
             raise InputError(f"query mode {query.mode!r} is not supported by LLoCOVectorStore; use default, "
@@ -174,22 +178,24 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         if query.mode == VectorStoreQueryMode.DEFAULT:
             mode = self.default_mode
         if not query.query_str:
-            raise InputError("LLoCOVectorStore embeds queries itself and needs query_str (embedding-only "
-                             "queries are not supported)")
+            raise InputError("LLoCOVectorStore needs query_str, also with a query_embedding (full-text search "
+                             "and the embedder check read it); VectorStoreIndex retrievers always pass it, "
+                             "so set VectorStoreQuery(query_str=...) when building a query by hand")
         flt = to_store_filter(query.filters)
         top_k = int(query.hybrid_top_k or query.similarity_top_k) if mode == "hybrid" else int(query.similarity_top_k)
+        doc_ids = list(query.doc_ids) if query.doc_ids else None
+        chunk_ids = None
+        if query.node_ids:
+            chunk_ids = [c for c in (keys.chunk_id_from_node_id(n) for n in query.node_ids) if c is not None]
+            if not chunk_ids:  # none of the node ids is a lloco chunk: nothing of this store can match
+                return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         qvec = None
         if mode != "fulltext" and query.query_embedding is not None:
             qvec = self._query_vector(query.query_embedding, query.query_str)
         result = self._store.retrieve(query.query_str, group=self.group, collection=self.collection, top_k=top_k,
-                                      mode=mode, filters=flt, load_cheat_sheets=False, query_vector=qvec, **kwargs)
+                                      mode=mode, filters=flt, load_cheat_sheets=False, query_vector=qvec,
+                                      doc_ids=doc_ids, chunk_ids=chunk_ids, **kwargs)
         chunks = result.chunks
-        if query.doc_ids:
-            allowed = set(query.doc_ids)
-            chunks = [c for c in chunks if c.doc_id in allowed]
-        if query.node_ids:
-            allowed_ids = {keys.chunk_id_from_node_id(n) for n in query.node_ids}
-            chunks = [c for c in chunks if c.chunk_id in allowed_ids]
         nodes = [chunk_to_node(ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
                                          dict(c.metadata)),
                                group=self.group, collection=self.collection, adapter_id=result.adapter_id)
@@ -199,8 +205,9 @@ class LLoCOVectorStore(BasePydanticVectorStore):
 
     def _query_vector(self, vector: list[float], query_str: str) -> np.ndarray:
         """``vector`` if it was made by the store's embedder, else ConfigError (it would be scored against keys
-        of another model). Vectors an LLoCOEmbedding made are known; others are compared with the store's own
-        embedding of ``query_str`` (cosine >= 0.98: the same model, up to numerics)."""
+        of another model). Vectors an LLoCOEmbedding made are known and used as they are (they may embed another
+        text than ``query_str``); others are compared with the store's own embedding of ``query_str`` (cosine
+        >= 0.98: the same model, up to numerics) and then used."""
         emb = self._store.embedder
         fix = ("build the index with VectorStoreIndex.from_vector_store(vector_store, embed_model=vector_store."
                "embed_model) (an LLoCOEmbedding over the store's embedder), or set Settings.embed_model = "
@@ -223,7 +230,7 @@ class LLoCOVectorStore(BasePydanticVectorStore):
             raise ConfigError(f"the query embedding was not made by {emb.name!r}, the model that made the keys of "
                               f"{self.collection}/{self.group} (cosine {cosine:.2f} with its embedding of the same "
                               f"query; the index embeds queries with another model); {fix}")
-        return own
+        return arr
 
     # -- async (the store is synchronous: run in a worker thread) ---------------------------------------
 

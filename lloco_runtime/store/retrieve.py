@@ -1,7 +1,8 @@
 """Retrieval queries: dense (HNSW cosine), full-text (tsvector) and hybrid (reciprocal-rank fusion).
 
 Each function runs inside the caller's transaction, scoped to one group, with an optional compiled
-metadata filter. Settings such as ``hnsw.ef_search`` are set with ``set_config(..., is_local => true)``
+metadata filter, to which :func:`restrict` adds document / chunk id restrictions (applied in SQL, before
+the top-k cut, so a restricted query still gets k hits when k chunks qualify). Settings such as ``hnsw.ef_search`` are set with ``set_config(..., is_local => true)``
 so they end with the transaction and never leak into a pooled connection.
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sqlalchemy import ColumnElement, Connection, Text, cast, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Text, and_, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from ..codec import decode_tensor
@@ -22,6 +23,7 @@ from .schema import TEXT_SEARCH_CONFIG, Tables
 MAX_TOP_K = 1000
 RRF_K = 60
 DEFAULT_EF_SEARCH = 40
+MAX_IDS = 10_000  # doc_ids / chunk_ids one query may be restricted to
 
 
 def check_top_k(top_k: object) -> int:
@@ -37,6 +39,35 @@ def check_ef_search(ef_search: object | None, top_k: int) -> int:
     if isinstance(ef_search, bool) or not isinstance(ef_search, int) or not 1 <= ef_search <= 1000:
         raise InputError(f"ef_search must be an integer from 1 to 1000, got {ef_search!r}")
     return ef_search
+
+
+def restrict(t: Tables, where: ColumnElement[bool] | None, *, doc_ids: Sequence[str] | None = None,
+             chunk_ids: Sequence[int] | None = None) -> ColumnElement[bool] | None:
+    """``where`` narrowed to chunks of the documents ``doc_ids`` and/or with ids ``chunk_ids`` (bound values;
+    None: no restriction, an empty list: nothing qualifies). InputError for malformed ids."""
+    parts = [] if where is None else [where]
+    c, d = t.chunks, t.documents
+    if doc_ids is not None:
+        if isinstance(doc_ids, (str, bytes)) or not isinstance(doc_ids, Sequence):
+            raise InputError(f"doc_ids must be a list of document ids, got {type(doc_ids).__name__}")
+        if len(doc_ids) > MAX_IDS:
+            raise InputError(f"at most {MAX_IDS} doc_ids per query; narrow with a metadata filter instead")
+        bad = [x for x in doc_ids if not isinstance(x, str)]
+        if bad:
+            raise InputError(f"doc_ids must be strings (document ids), got {bad[0]!r}")
+        parts.append(c.c.document_id.in_(select(d.c.id).where(d.c.doc_id.in_(list(doc_ids)))))
+    if chunk_ids is not None:
+        if isinstance(chunk_ids, (str, bytes)) or not isinstance(chunk_ids, Sequence):
+            raise InputError(f"chunk_ids must be a list of chunk ids (integers), got {type(chunk_ids).__name__}")
+        if len(chunk_ids) > MAX_IDS:
+            raise InputError(f"at most {MAX_IDS} chunk_ids per query; narrow with doc_ids or a metadata filter")
+        bad = [x for x in chunk_ids if isinstance(x, bool) or not isinstance(x, (int, np.integer))]
+        if bad:
+            raise InputError(f"chunk_ids must be integers (chunk ids), got {bad[0]!r}")
+        parts.append(c.c.id.in_([int(x) for x in chunk_ids]))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else and_(*parts)
 
 
 def _set_local(conn: Connection, name: str, value: str) -> None:

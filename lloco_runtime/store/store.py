@@ -31,7 +31,7 @@ from .names import validate_name, validate_schema
 from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
                       IngestReport, RetrievalMode, RetrievalResult, StoreStatus)
 from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetch_cheat_sheets, fetch_chunks,
-                       fulltext_hits, reciprocal_rank_fusion)
+                       fulltext_hits, reciprocal_rank_fusion, restrict)
 from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
                      has_hnsw_index, migrate, search_path_value, vector_extension_schema)
 from .server import create_store_engine, default_ann_index, install_search_path, redact, resolve_url
@@ -225,7 +225,8 @@ class CheatSheetStore:
                  mode: RetrievalMode = "dense", filters: Filter | dict | list | None = None,
                  ef_search: int | None = None, load_cheat_sheets: bool = True,
                  encoder_fingerprint: str | None = None, candidates: int | None = None,
-                 query_vector: Sequence[float] | np.ndarray | None = None) -> RetrievalResult:
+                 query_vector: Sequence[float] | np.ndarray | None = None, doc_ids: Sequence[str] | None = None,
+                 chunk_ids: Sequence[int] | None = None) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
         ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any
@@ -233,7 +234,8 @@ class CheatSheetStore:
         default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or the RRF sum.
         ``query_vector``: a precomputed query embedding from the same embedder (skips embedding ``query``;
         frameworks that embed queries themselves pass it). ``encoder_fingerprint``: refuse cheat sheets
-        made by another encoder. With
+        made by another encoder. ``doc_ids`` / ``chunk_ids``: only chunks of these documents / with these ids
+        (in SQL, before the top-k cut). With
         ``load_cheat_sheets=False`` the tensors are None; fetch them later with :meth:`cheat_sheets`.
         """
         if not isinstance(query, str) or not query.strip():
@@ -249,7 +251,8 @@ class CheatSheetStore:
         if mode == "hybrid":
             n_cand = check_top_k(n_cand)
         flt = None if filters is None else parse_filter(filters)
-        where = compile_filter(flt, self.tables.chunks.c.meta)
+        where = restrict(self.tables, compile_filter(flt, self.tables.chunks.c.meta), doc_ids=doc_ids,
+                         chunk_ids=chunk_ids)
         qvec = None
         if mode in ("dense", "hybrid"):
             if query_vector is not None:

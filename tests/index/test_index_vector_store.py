@@ -17,7 +17,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from lloco_index import LLoCONodeParser, LLoCOVectorStore, keys, to_store_filter
-from lloco_runtime.errors import CheatSheetError, InputError, NotFoundError
+from lloco_runtime.errors import CheatSheetError, ConfigError, InputError, NotFoundError
 from lloco_runtime.store import FilterGroup
 from lloco_runtime.store import MetadataFilter as StoreFilter
 
@@ -131,3 +131,50 @@ def test_unknown_group_query_is_not_found(index_store):
     vs = LLoCOVectorStore(index_store, group="nobody-here")
     with pytest.raises(NotFoundError):
         vs.query(VectorStoreQuery(query_str="anything"))
+
+
+KEEPER = "Who was the keeper of the lighthouse?"
+
+
+def test_doc_ids_and_node_ids_narrow_before_top_k(vstore, hash_embed):
+    ferry = [n for n in vstore.get_nodes() if n.metadata[keys.DOC_ID] == "ferry"]
+    k = len(ferry)
+    assert k >= 2
+    top = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=k))
+    assert top.nodes[0].metadata[keys.DOC_ID] == "lighthouse"  # ferry ranks low for this question
+    for mode in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID):
+        res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=k, doc_ids=["ferry"], mode=mode))
+        assert sorted(res.ids) == sorted(n.node_id for n in ferry)
+    res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3,
+                                        node_ids=[ferry[-1].node_id, "not-a-lloco-node"]))
+    assert res.ids == [ferry[-1].node_id]
+    res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3, node_ids=["not-a-lloco-node"]))
+    assert res.ids == [] and res.nodes == []
+    res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3, doc_ids=["ferry"],
+                                        node_ids=[top.ids[0]]))
+    assert res.ids == []  # both restrictions hold
+    # through VectorStoreIndex retrievers (their doc_ids= / node_ids= arguments)
+    index = VectorStoreIndex.from_vector_store(vstore, embed_model=hash_embed)
+    got = index.as_retriever(similarity_top_k=k, doc_ids=["ferry"]).retrieve(KEEPER)
+    assert [n.node.metadata[keys.DOC_ID] for n in got] == ["ferry"] * k
+
+
+def test_query_embedding_drives_the_dense_search(vstore, hash_embed):
+    target = [n for n in vstore.get_nodes() if n.metadata[keys.DOC_ID] == "bakery"][-1]
+    vec = vstore.embed_model.get_query_embedding(target.get_content())  # an LLoCOEmbedding's: used as given
+    res = vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=vec, similarity_top_k=1))
+    assert res.ids == [target.node_id]
+    assert res.similarities[0] == pytest.approx(1.0, abs=5e-3)  # the cosine with the given vector
+    without = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=1))
+    assert without.nodes[0].metadata[keys.DOC_ID] == "lighthouse"
+    # a vector of the right width from an unrecorded source is checked against the query text
+    same = hash_embed.get_query_embedding(KEEPER)
+    assert vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=same, similarity_top_k=1)).ids == \
+        without.ids
+    with pytest.raises(ConfigError, match="was not made by"):
+        vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=hash_embed.get_query_embedding(
+            "cardamom buns"), similarity_top_k=1))
+    with pytest.raises(ConfigError, match=r"has 3 dims but default/lighthouses is keyed by 64-dim"):
+        vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=[0.1, 0.2, 0.3], similarity_top_k=1))
+    with pytest.raises(InputError, match="needs query_str"):
+        vstore.query(VectorStoreQuery(query_embedding=vec, similarity_top_k=1))

@@ -112,3 +112,35 @@ def test_chunks_without_cheat_sheets(store, docs, encoder):
     assert res.chunks
     with pytest.raises(CheatSheetError, match="without compression"):
         store.cheat_sheets(res.chunk_ids)
+
+
+@pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
+def test_doc_and_chunk_id_restrictions_apply_before_top_k(shared_filled, mode):
+    """Restricting to a document that ranks low still fills top_k from it (the cut comes after the filter)."""
+    # about astronomy and football, with a few cooking words (so full-text search matches every cooking chunk)
+    query = "galaxy telescopes stars Andromeda striker goalkeeper penalty bake dough crust brown"
+    cooking = [c.chunk_id for c in shared_filled.list_chunks("g", doc_ids=["cooking"])]
+    assert len(cooking) >= 2
+    k = len(cooking)
+    if mode == "dense":  # cooking ranks low: unrestricted, other documents take the top k
+        assert any(c.doc_id != "cooking" for c in shared_filled.retrieve(query, group="g", mode=mode, top_k=k).chunks)
+    res = shared_filled.retrieve(query, group="g", mode=mode, top_k=k, doc_ids=["cooking"])
+    assert [c.doc_id for c in res.chunks] == ["cooking"] * k
+    some = cooking[:2]
+    res = shared_filled.retrieve(query, group="g", mode=mode, top_k=5, chunk_ids=some)
+    assert sorted(res.chunk_ids) == sorted(some)
+    both = shared_filled.retrieve(query, group="g", mode=mode, top_k=5, doc_ids=["astronomy"], chunk_ids=some)
+    assert both.chunks == []  # the restrictions are combined with AND
+    assert shared_filled.retrieve(query, group="g", mode=mode, doc_ids=[]).chunks == []
+    assert shared_filled.retrieve(query, group="g", mode=mode, doc_ids=["x') OR 1=1 --"]).chunks == []
+
+
+def test_bad_id_restrictions(shared_filled):
+    with pytest.raises(InputError, match="doc_ids must be a list"):
+        shared_filled.retrieve("galaxy", group="g", doc_ids="cooking")
+    with pytest.raises(InputError, match="doc_ids must be strings"):
+        shared_filled.retrieve("galaxy", group="g", doc_ids=[1])
+    with pytest.raises(InputError, match="chunk_ids must be integers"):
+        shared_filled.retrieve("galaxy", group="g", chunk_ids=["1 OR 1=1"])
+    with pytest.raises(InputError, match="chunk_ids must be integers"):
+        shared_filled.retrieve("galaxy", group="g", chunk_ids=[True])
