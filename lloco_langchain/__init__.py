@@ -1,20 +1,26 @@
-"""LangChain integration for LLoCO: an LLM that reads cheat sheets, a retriever and a chain factory.
+"""LangChain integration for LLoCO: an LLM and a chat model that read cheat sheets, a retriever, a vector
+store and a chain factory.
 
     from lloco_runtime.service import LLoCOService
-    from lloco_langchain import LLoCOLLM, LLoCORetriever, create_lloco_chain
+    from lloco_langchain import ChatLLoCO, LLoCOLLM, LLoCORetriever, create_lloco_chain
 
     service = LLoCOService.from_defaults()
     chain = create_lloco_chain(LLoCORetriever(service=service, group="manuals"), LLoCOLLM(service=service))
     chain.invoke({"input": "How do I reset the pump?"})["answer"]
 
+    chat = ChatLLoCO(service=service, retriever=LLoCORetriever(service=service, group="manuals"))
+    chat.invoke("How do I reset the pump?").content
+
 Tensors never travel through LangChain: Documents carry chunk ids and the adapter id in their metadata,
-and the LLM loads cheat sheets and adapters itself.
+and the models load cheat sheets and adapters themselves.
 """
 
 from .chain import create_lloco_chain
+from .chat import ChatLLoCO
 from .llm import LLoCOLLM
 from .payload import Payload, payload_from_documents
 from .retriever import LLoCORetriever
 from .vectorstore import LLoCOVectorStore
 
-__all__ = ["LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "Payload", "create_lloco_chain", "payload_from_documents"]
+__all__ = ["ChatLLoCO", "LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "Payload", "create_lloco_chain",
+           "payload_from_documents"]

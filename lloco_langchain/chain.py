@@ -3,6 +3,7 @@
     chain = create_lloco_chain(LLoCORetriever(service=svc, group="manuals"), LLoCOLLM(service=svc))
     chain.invoke({"input": "How do I reset the pump?"})
     # -> {"input": ..., "context": [Document, ...], "answer": "..."}
+    chain = create_lloco_chain(retriever, ChatLLoCO(service=svc))   # the chat model works the same way
 
 The retrieved Documents are not pasted into the prompt as text: their chunk ids and the group's adapter id
 go to the LLM as call arguments, and the LLM splices the stored cheat sheets into its own template.
@@ -32,10 +33,12 @@ def create_lloco_chain(retriever: BaseRetriever | Runnable, llm: BaseLanguageMod
     Args:
         retriever: a :class:`~lloco_langchain.retriever.LLoCORetriever` (or any runnable returning Documents
             that carry its metadata), invoked with the ``input`` string.
-        llm: a :class:`~lloco_langchain.llm.LLoCOLLM`, possibly bound (``llm.bind(max_new_tokens=32)``).
+        llm: a :class:`~lloco_langchain.llm.LLoCOLLM` or :class:`~lloco_langchain.chat.ChatLLoCO`, possibly
+            bound (``llm.bind(max_new_tokens=32)``); the answer is a string either way.
         prompt: formats the *question* the decoder sees (default: the input as is). It may use ``{input}``
             and any other keys of the chain input, but not ``{context}``: the context reaches the decoder as
-            cheat sheets, not as text.
+            cheat sheets, not as text. With ``ChatLLoCO`` it may be a ``ChatPromptTemplate`` (e.g. a system
+            message, then ``("human", "{input}")``).
     """
     prompt = prompt if prompt is not None else DEFAULT_PROMPT
     if "context" in prompt.input_variables:

@@ -1,0 +1,184 @@
+"""What :class:`~lloco_langchain.llm.LLoCOLLM` and :class:`~lloco_langchain.chat.ChatLLoCO` share.
+
+The runtime/service they decode with, the decoding defaults, per-call argument parsing, loading cheat
+sheets by chunk id, the numbers of one run, and driving a synchronous token iterator from async code
+without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
+
+from lloco_runtime.errors import ConfigError, InputError
+from lloco_runtime.generation import GenerationConfig, StreamStats
+from lloco_runtime.runtime import LLoCO
+from lloco_runtime.service import LLoCOService
+
+#: Per-call keyword arguments (``invoke(..., **kw)`` or ``.bind(**kw)``) besides LangChain's ``stop``.
+CALL_KWARGS = frozenset({"cheat_sheet_ids", "adapter_id", "max_new_tokens", "temperature", "top_p", "top_k",
+                         "seed"})
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed call: cheat-sheet chunk ids, the adapter id (None: base model) and decoding options."""
+
+    chunk_ids: list[int]
+    adapter_id: int | str | None
+    config: GenerationConfig
+    explicit_ids: bool
+    explicit_adapter: bool
+
+
+class LLoCOModelBase(BaseModel):
+    """Fields and helpers of the LLoCO LangChain models (a pydantic mixin next to LangChain's base class)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    adapter_id: int | str | None = None
+    max_new_tokens: int = Field(default=64, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = None
+
+    _service: LLoCOService | None = PrivateAttr(default=None)
+    _lloco: LLoCO = PrivateAttr()
+
+    @staticmethod
+    def _check_backend(name: str, service: LLoCOService | None, lloco: LLoCO | None, data: Mapping[str, Any]) -> None:
+        """Refuse a missing or ambiguous runtime and LangChain's cache, before pydantic builds the model."""
+        if service is None and lloco is None:
+            raise ConfigError(f"{name} needs service=LLoCOService(...) (runtime + store) or lloco=LLoCO(...); "
+                              f"{name}.from_defaults() builds the default service")
+        if service is not None and not isinstance(service, LLoCOService):
+            raise ConfigError(f"{name} needs service=LLoCOService(...), got {type(service).__name__}")
+        if lloco is not None and not isinstance(lloco, LLoCO):
+            raise ConfigError(f"{name} needs lloco=LLoCO(...), got {type(lloco).__name__}")
+        if service is not None and lloco is not None and service.lloco is not lloco:
+            raise ConfigError("pass either service= or lloco=, not two different runtimes")
+        if data.get("cache", False) is not False:
+            raise ConfigError(f"{name} does not support LangChain's model cache (cache must be False): its keys "
+                              "do not cover what the answer reads (the stored cheat sheets, the adapter, or the "
+                              "retrieved documents), so stale or foreign answers would be returned; cache "
+                              "whole chain outputs yourself if you need to")
+
+    @staticmethod
+    def _resolve_aliases(data: dict[str, Any]) -> dict[str, Any]:
+        """``max_tokens`` (LangChain's standard name) is ``max_new_tokens``; given both, ``max_new_tokens`` wins."""
+        if "max_new_tokens" in data:
+            data.pop("max_tokens", None)
+        return data
+
+    def _attach(self, service: LLoCOService | None, lloco: LLoCO | None) -> None:
+        self._service = service
+        self._lloco = lloco if lloco is not None else service.lloco  # type: ignore[union-attr]
+        GenerationConfig(**self._gen_defaults())  # validate the decoding defaults now
+
+    @classmethod
+    def from_defaults(cls, **kwargs: Any) -> Any:
+        """The default runtime over the default store (embedded Postgres under ``LLOCO_HOME``)."""
+        return cls(service=LLoCOService.from_defaults(), **kwargs)
+
+    @property
+    def service(self) -> LLoCOService | None:
+        return self._service
+
+    @property
+    def lloco(self) -> LLoCO:
+        return self._lloco
+
+    @property
+    def model_name(self) -> str:
+        """The decoder's name (``response_metadata["model_name"]``, LangSmith's ``ls_model_name``)."""
+        return self._lloco.host.name
+
+    def _model_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "base_fingerprint": self._lloco.host.fingerprint[:12],
+                "encoder_fingerprint": self._lloco.encoder.fingerprint[:12], **self._gen_defaults(),
+                "adapter_id": self.adapter_id}
+
+    def _gen_defaults(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "seed": self.seed}
+
+    def _request(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> Request:
+        """Parse per-call arguments (unknown ones are refused, naming the known ones)."""
+        unknown = set(kwargs) - CALL_KWARGS
+        if unknown:
+            raise InputError(f"unknown {type(self).__name__} argument(s) {sorted(unknown)}; "
+                             f"known: {sorted(CALL_KWARGS)}")
+        ids = kwargs.get("cheat_sheet_ids")
+        if ids is not None and (isinstance(ids, (str, bytes)) or not all(isinstance(i, int) for i in ids)):
+            raise InputError("cheat_sheet_ids must be a list of integer chunk ids (Document.metadata['chunk_id'])")
+        adapter = kwargs.get("adapter_id", self.adapter_id)
+        gen = {k: kwargs.get(k, v) for k, v in self._gen_defaults().items()}
+        stops = tuple(stop if stop is not None else (self.stop or ()))
+        return Request(list(ids or []), adapter, GenerationConfig(stop=stops, **gen),
+                       explicit_ids=ids is not None, explicit_adapter="adapter_id" in kwargs)
+
+    def _cheat_sheets(self, chunk_ids: list[int]) -> list[torch.Tensor] | None:
+        """The stored cheat sheets of ``chunk_ids`` (None for none); needs the service's store."""
+        if not chunk_ids:
+            return None
+        if self._service is None:
+            raise ConfigError(f"cheat_sheet_ids need a store: build {type(self).__name__}"
+                              "(service=LLoCOService(lloco, store))")
+        return self._service.cheat_sheets(chunk_ids) or None
+
+
+def adapter_arg(adapter_id: int | str | None) -> str | None:
+    """The runtime's adapter key for a store adapter id (None: the base model)."""
+    return None if adapter_id is None else str(adapter_id)
+
+
+def run_info(st: StreamStats) -> dict[str, Any]:
+    """The numbers of one finished run (``generation_info``/``response_metadata``)."""
+    return {"finish_reason": st.finish_reason, "prompt_tokens": st.prompt_tokens,
+            "context_vectors": st.context_vectors, "completion_tokens": len(st.token_ids),
+            "prefill_s": st.prefill_s, "total_s": st.total_s}
+
+
+def drain(tokens: Iterator[str]) -> None:
+    """Run a token iterator to its end (its ``StreamStats`` then holds the text and the numbers)."""
+    for _ in tokens:
+        pass
+
+
+async def aiter_tokens(tokens: Iterator[str]) -> AsyncIterator[str]:
+    """Step a synchronous token iterator on worker threads, keeping the event loop free.
+
+    On cancellation the step in flight finishes in the background; the iterator is then closed off the loop
+    (which releases the adapter pin). Use with ``contextlib.aclosing`` so closing early also closes it.
+    """
+    from langchain_core.runnables.config import run_in_executor
+
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(run_in_executor(None, next, tokens, _DONE))
+            text = await asyncio.shield(pending)  # on cancel, the step finishes in the background
+            pending = None
+            if text is _DONE:
+                return
+            yield text
+    finally:
+        await asyncio.shield(_close_after(pending, tokens))
+
+
+async def _close_after(pending: asyncio.Future | None, tokens: Iterator[str]) -> None:
+    from langchain_core.runnables.config import run_in_executor
+
+    if pending is not None:
+        with contextlib.suppress(BaseException):  # the step's own error already reached the caller
+            await pending
+    await run_in_executor(None, tokens.close)
