@@ -18,7 +18,7 @@ from .errors import InputError, NotFoundError
 from .generation import GenerationConfig, StreamStats
 from .runtime import LLoCO
 from .store import CheatSheetStore
-from .store.records import RetrievalResult
+from .store.records import RecompressReport, RetrievalResult
 
 
 @dataclass
@@ -86,6 +86,13 @@ class LLoCOService:
         """Read files/folders, compress with the runtime's encoder, store (one transaction per document)."""
         return self.store.ingest_paths(paths, group=group, collection=collection, encoder=self.lloco.encoder,
                                        progress=progress, batch_size=batch_size)
+
+    def recompress(self, *, group: str, collection: str = "default", progress: bool = False, batch_size: int = 8,
+                   deactivate_stale: bool = True) -> RecompressReport:
+        """Re-encode the group's stored chunks with the runtime's encoder (after an encoder change), from the
+        stored text: see :meth:`CheatSheetStore.recompress`. Then retrain its adapter (``lloco finetune``)."""
+        return self.store.recompress(group=group, collection=collection, encoder=self.lloco.encoder,
+                                     batch_size=batch_size, progress=progress, deactivate_stale=deactivate_stale)
 
     # -- online ---------------------------------------------------------------------------------------------
 

@@ -73,7 +73,47 @@ def list_groups(conn: Connection, t: Tables, collection: str | None = None, *,
         stmt = stmt.where(c.c.name == validate_name(collection, "collection"))
     if name is not None:
         stmt = stmt.where(g.c.name == validate_name(name, "group"))
-    return [GroupInfo(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), r[6]) for r in conn.execute(stmt)]
+    rows = conn.execute(stmt).all()
+    if not rows:
+        return []
+    ids = [int(r[0]) for r in rows]
+    sheets = group_fingerprints(conn, t, ids)
+    a = t.adapters
+    adapters: dict[int, dict[int, str]] = {}
+    for gid, aid, fp in conn.execute(select(a.c.group_id, a.c.id, a.c.encoder_fingerprint)
+                                     .where(a.c.group_id.in_(ids))):
+        adapters.setdefault(int(gid), {})[int(aid)] = fp
+    out = []
+    for r in rows:
+        gid, active = int(r[0]), r[3]
+        fps, stored = sheets.get(gid, {}), adapters.get(gid, {})
+        active_fp = stored.get(int(active)) if active is not None else None
+        out.append(GroupInfo(gid, r[1], r[2], active, int(r[4]), int(r[5]), r[6], encoder_fingerprints=fps,
+                             adapter_encoder_fingerprint=active_fp,
+                             adapter_stale=active is not None and is_stale(active_fp, fps),
+                             n_adapters=len(stored),
+                             n_stale_adapters=sum(1 for fp in stored.values() if is_stale(fp, fps))))
+    return out
+
+
+def group_fingerprints(conn: Connection, t: Tables, group_ids: list[int]) -> dict[int, dict[str, int]]:
+    """``group id -> {encoder fingerprint: chunks}`` of the groups' cheat sheets (documents stored without
+    sheets are left out). A document's fingerprint changes with its sheets in one transaction (ingest and
+    recompress both), so the documents table answers without reading the sheets."""
+    d = t.documents
+    stmt = (select(d.c.group_id, d.c.encoder_fingerprint, func.coalesce(func.sum(d.c.n_chunks), 0))
+            .where(d.c.group_id.in_(group_ids), d.c.encoder_fingerprint.is_not(None))
+            .group_by(d.c.group_id, d.c.encoder_fingerprint))
+    out: dict[int, dict[str, int]] = {}
+    for gid, fp, n in conn.execute(stmt):
+        out.setdefault(int(gid), {})[fp] = int(n)
+    return out
+
+
+def is_stale(adapter_fingerprint: str | None, sheet_fingerprints: dict[str, int] | set[str]) -> bool:
+    """An adapter is stale when the group holds cheat sheets of an encoder other than the one it was trained
+    for (a group without sheets makes no adapter stale)."""
+    return bool(sheet_fingerprints) and set(sheet_fingerprints) != {adapter_fingerprint}
 
 
 def get_group(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION) -> GroupInfo:

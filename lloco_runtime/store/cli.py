@@ -1,4 +1,4 @@
-"""Storage commands of the ``lloco`` CLI: ``db``, ``ingest``, ``retrieve``, ``groups``, ``docs``,
+"""Storage commands of the ``lloco`` CLI: ``db``, ``ingest``, ``recompress``, ``retrieve``, ``groups``, ``docs``,
 ``delete``, ``adapters``. ``lloco_runtime.cli`` calls :func:`register`; errors are LLoCOErrors that the
 main CLI prints as ``error: ...`` (exit 2 for bad input, 1 otherwise).
 """
@@ -89,6 +89,61 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recompress(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        store.get_group(args.group, args.collection)  # an unknown group fails here, before the model loads
+        lloco = _runtime(args)
+        report = store.recompress(group=args.group, collection=args.collection, encoder=lloco.encoder,
+                                  batch_size=args.batch_size, deactivate_stale=not args.keep_adapter,
+                                  progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        _print_json(asdict(report) | {"chunks_encoded": report.chunks_encoded,
+                                      "retrain": _retrain_command(args) if report.stale_adapter_ids else None})
+        return 0
+    print(report.summary())
+    if not report.complete:
+        print("some documents still hold cheat sheets of another encoder (changed while this ran); run "
+              "`lloco recompress` again")
+    if report.deactivated_adapter_id is not None:
+        instead = (f"adapter {report.activated_adapter_id}, trained for this encoder, is active instead"
+                   if report.activated_adapter_id is not None else "the group has no active adapter now")
+        print(f"adapter {report.deactivated_adapter_id} was trained for another encoder: deactivated (it stays "
+              f"stored); {instead}")
+    elif report.active_adapter_id is not None and report.active_adapter_id in report.stale_adapter_ids:
+        print(f"adapter {report.active_adapter_id} is still active but stale (trained for another encoder): "
+              f"answers with it fail until you retrain, or `lloco adapters deactivate --group {args.group}`")
+    if report.active_adapter_id is None and report.current_adapter_ids:
+        print(f"adapter {report.current_adapter_ids[-1]} was trained for this encoder: "
+              f"`lloco adapters activate {report.current_adapter_ids[-1]}` turns it on")
+    if report.stale_adapter_ids:
+        ids = ", ".join(str(i) for i in report.stale_adapter_ids)
+        print(f"stale adapters (trained for another encoder): {ids}; retrain for this encoder with "
+              f"`{_retrain_command(args)}`")
+    return 0
+
+
+def _retrain_command(args: argparse.Namespace) -> str:
+    """The ``lloco finetune`` line that trains an adapter for the encoder this command used."""
+    parts = ["lloco finetune", f"--group {args.group}"]
+    if args.collection != "default":
+        parts.append(f"--collection {args.collection}")
+    for flag in ("model", "encoder", "device", "dtype", "url", "schema"):
+        value = getattr(args, flag, None)
+        if value is not None and not (flag == "url" and _has_password(value)):  # never echo a password
+            parts.append(f"--{flag} {value}")
+    return " ".join(parts)
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password is not None
+    except ArgumentError:
+        return True  # unparsable: do not echo it
+
+
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     filters = None
     if args.filter:
@@ -115,13 +170,13 @@ def _cmd_groups_list(args: argparse.Namespace) -> int:
     with _store(args) as store:
         groups = store.list_groups(args.collection)
     if args.json:
-        _print_json([asdict(g) for g in groups])
+        _print_json([asdict(g) | {"encoder": g.encoder_state, "adapter": g.adapter_state} for g in groups])
         return 0
     if not groups:
         print("no groups yet; create one with `lloco ingest PATH --group NAME`")
     for g in groups:
         print(f"{g.collection}/{g.name}: {g.n_documents} documents, {g.n_chunks} chunks, "
-              f"adapter {g.active_adapter_id if g.active_adapter_id is not None else 'none'}")
+              f"adapter {g.adapter_state}, encoder {g.encoder_state}")
     return 0
 
 
@@ -265,6 +320,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     _db_options(s)
     s.set_defaults(func=_cmd_ingest)
 
+    s = sub.add_parser("recompress", help="re-encode a group's stored chunks with another encoder (no files read)",
+                       description="After an encoder change the stored cheat sheets no longer fit (retrieval "
+                       "refuses them): this re-encodes every stored chunk of the group from its stored text, one "
+                       "transaction per document, keeping chunk boundaries (a chunk longer than the new "
+                       "encoder's segment makes its document be cut again). A killed run is finished by running "
+                       "it again; documents already done are skipped. Adapters trained for the old encoder are "
+                       "reported stale and the active one is deactivated (kept stored) once the group is done; "
+                       "retrain with `lloco finetune --group G`.")
+    s.add_argument("--group", required=True, help="an existing group (`lloco groups list`)")
+    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    s.add_argument("--batch-size", type=int, default=8, help="chunks per encoder batch (default 8)")
+    s.add_argument("--keep-adapter", action="store_true", help="leave a stale active adapter active (answers "
+                   "with it fail until it is retrained)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--model", default=None, help="decoder/encoder base model (default: the project default)")
+    s.add_argument("--encoder", default=None, help="encoder folder (default: the shipped encoder)")
+    s.add_argument("--device", default=None, help="cpu or cuda")
+    s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    _db_options(s)
+    s.set_defaults(func=_cmd_recompress)
+
     s = sub.add_parser("retrieve", help="show the chunks a query retrieves from a group (no generation)")
     s.add_argument("query", help="the query text")
     s.add_argument("--group", required=True)
@@ -279,7 +356,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("groups", help="list document groups")
     gs = g.add_subparsers(dest="groups_command", metavar="ACTION", required=True)
-    s = gs.add_parser("list", help="groups with document/chunk counts and active adapter")
+    s = gs.add_parser("list", help="groups with document/chunk counts, active adapter (stale if trained for "
+                      "another encoder) and the encoder fingerprint of their cheat sheets")
     s.add_argument("--collection", default=None, help="only this collection")
     s.add_argument("--json", action="store_true")
     _db_options(s)

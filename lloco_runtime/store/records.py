@@ -28,6 +28,38 @@ class GroupInfo:
     n_documents: int
     n_chunks: int
     created_at: datetime
+    # Which encoder(s) made the group's cheat sheets: fingerprint -> chunks (more than one while a
+    # ``recompress`` is half done); chunks stored without cheat sheets are not counted.
+    encoder_fingerprints: dict[str, int] = field(default_factory=dict)
+    # The encoder the active adapter was trained for, and whether that differs from the sheets' encoder(s).
+    adapter_encoder_fingerprint: str | None = None
+    adapter_stale: bool = False
+    n_adapters: int = 0
+    n_stale_adapters: int = 0  # stored adapters trained for another encoder than the group's sheets
+
+    @property
+    def encoder_state(self) -> str:
+        """The sheets' encoder in short: a 12-character fingerprint, ``mixed (abc: 3, def: 5)`` or ``none``."""
+        fps = self.encoder_fingerprints
+        if not fps:
+            return "none"
+        if len(fps) == 1:
+            return next(iter(fps))[:12]
+        return "mixed (" + ", ".join(f"{fp[:12]}: {n}" for fp, n in sorted(fps.items())) + ")"
+
+    @property
+    def adapter_state(self) -> str:
+        """``5``, ``5 (stale: trained for encoder abc...)`` or ``none``, with stale stored adapters counted."""
+        if self.active_adapter_id is None:
+            out = "none"
+        elif self.adapter_stale:
+            out = (f"{self.active_adapter_id} (stale: trained for encoder "
+                   f"{(self.adapter_encoder_fingerprint or '?')[:12]})")
+        else:
+            out = str(self.active_adapter_id)
+        if self.n_stale_adapters and not (self.n_stale_adapters == 1 and self.adapter_stale):
+            out += f"; {self.n_stale_adapters} of {self.n_adapters} stored adapters stale"
+        return out
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,52 @@ class IngestReport:
         return (f"{self.count('added')} added, {self.count('replaced')} replaced, "
                 f"{self.count('unchanged')} unchanged; {self.chunks_written} chunks in {self.seconds:.1f}s "
                 f"({rate:.1f} chunks/s) into {self.collection}/{self.group}")
+
+
+@dataclass(frozen=True)
+class RecompressOutcome:
+    """What recompress did with one document: ``recompressed`` (same chunks, new cheat sheets),
+    ``resplit`` (a stored chunk was longer than the new encoder's segment: the document's stored text was cut
+    again into new chunks) or ``changed`` (replaced by a concurrent ingest meanwhile: left to that ingest)."""
+
+    doc_id: str
+    status: Literal["recompressed", "resplit", "changed"]
+    n_chunks: int
+
+
+@dataclass
+class RecompressReport:
+    """What one recompress call did, and the state of the group's adapters afterwards."""
+
+    group: str
+    collection: str
+    encoder_fingerprint: str
+    previous_fingerprints: dict[str, int] = field(default_factory=dict)  # fingerprint -> chunks, before
+    documents: list[RecompressOutcome] = field(default_factory=list)
+    skipped: int = 0  # documents that already had the new encoder's cheat sheets
+    complete: bool = False  # every chunk of the group now has a cheat sheet of the new encoder
+    active_adapter_id: int | None = None
+    stale_adapter_ids: list[int] = field(default_factory=list)  # trained for another encoder
+    current_adapter_ids: list[int] = field(default_factory=list)  # trained for this encoder, oldest first
+    deactivated_adapter_id: int | None = None  # the stale adapter recompress took off (it stays stored)
+    activated_adapter_id: int | None = None  # a stored adapter of the new encoder made active instead
+    seconds: float = 0.0
+
+    @property
+    def chunks_encoded(self) -> int:
+        return sum(d.n_chunks for d in self.documents if d.status != "changed")
+
+    def count(self, status: str) -> int:
+        return sum(1 for d in self.documents if d.status == status)
+
+    def summary(self) -> str:
+        rate = self.chunks_encoded / self.seconds if self.seconds > 0 else 0.0
+        before = ", ".join(f"{fp[:12]}: {n}" for fp, n in sorted(self.previous_fingerprints.items())) or "none"
+        return (f"{self.collection}/{self.group}: {len(self.documents) - self.count('changed')} documents "
+                f"recompressed ({self.count('resplit')} re-split), {self.skipped} already current"
+                + (f", {self.count('changed')} changed meanwhile" if self.count("changed") else "")
+                + f"; {self.chunks_encoded} chunks in {self.seconds:.1f}s ({rate:.1f} chunks/s); encoder "
+                f"{self.encoder_fingerprint[:12]} (before: {before})")
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from ..errors import ConfigError, InputError, StoreError
 from . import catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
-from .ingest import EncoderLike, existing_state, is_unchanged, prepare, write_document
+from .ingest import (EncoderLike, PendingDocument, count_documents, existing_state, is_unchanged, pending_documents,
+                     prepare, prepare_recompress, settle_adapters, stored_chunks, write_document, write_recompressed)
 from .inputs import DocumentInput, check_unicode, check_unique, read_paths
 from .names import validate_name, validate_schema
 from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
-                      IngestReport, RetrievalMode, RetrievalResult, StoreStatus)
+                      IngestReport, RecompressOutcome, RecompressReport, RetrievalMode, RetrievalResult,
+                      StoreStatus)
 from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetch_cheat_sheets, fetch_chunks,
                        fulltext_hits, reciprocal_rank_fusion, restrict)
 from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
@@ -218,6 +220,84 @@ class CheatSheetStore:
     def ingest_paths(self, paths: Sequence[str | Path], **kwargs: Any) -> IngestReport:
         """Read ``.txt``/``.md``/``.jsonl`` files and folders (all validated first), then :meth:`ingest`."""
         return self.ingest(read_paths(paths), **kwargs)
+
+    def recompress(self, *, group: str, collection: str = DEFAULT_COLLECTION, encoder: EncoderLike,
+                   batch_size: int = 8, progress: bool = False, deactivate_stale: bool = True,
+                   ) -> RecompressReport:
+        """Re-encode every stored chunk of ``collection/group`` with ``encoder``, from the stored text.
+
+        For a new encoder, whose fingerprint the stored cheat sheets do not match: no source file is read.
+        Each stored chunk keeps its boundaries and gets a new cheat sheet; a document with a chunk longer
+        than the encoder's segment is cut again from its stored text (new chunks and retrieval keys). One
+        transaction per document, so a document never holds sheets of two encoders; documents that already
+        have the encoder's sheets are skipped, so a killed run is finished by running it again, and running
+        it with the same encoder does nothing.
+
+        Adapters trained for another encoder than the group's sheets are listed as stale. Once the whole
+        group is done, a stale ACTIVE adapter is taken off (the runtime cannot apply it to the new sheets;
+        it stays stored), unless ``deactivate_stale=False``; the newest stored adapter trained for this
+        encoder, if any, becomes active instead (a group without an active adapter is left without one;
+        ``current_adapter_ids`` lists those that fit). Retrain with ``lloco finetune --group G``.
+        NotFoundError for an unknown group; InputError for a bad ``batch_size``.
+        """
+        validate_name(group, "group")
+        validate_name(collection, "collection")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer (chunks per encoder batch), got {batch_size!r}")
+        fingerprint = encoder.fingerprint
+        t = self.tables
+        start = time.perf_counter()
+        with self.engine.begin() as conn:
+            gid = int(catalog.group_row(conn, t, group, collection).id)
+            before = catalog.group_fingerprints(conn, t, [gid]).get(gid, {})
+            pending = pending_documents(conn, t, gid, fingerprint)
+            n_docs = count_documents(conn, t, gid)
+        report = RecompressReport(group=group, collection=collection, encoder_fingerprint=fingerprint,
+                                  previous_fingerprints=before, skipped=n_docs - len(pending))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(d.n_chunks for d in pending), desc=f"recompress {collection}/{group}", unit="chunk",
+                   disable=not progress)
+        try:
+            for doc in pending:
+                outcome = self._recompress_document(gid, doc, encoder, fingerprint, batch_size)
+                if outcome is None:
+                    report.skipped += 1  # done meanwhile (a concurrent recompress or ingest)
+                else:
+                    report.documents.append(outcome)
+                bar.update(doc.n_chunks)
+                bar.set_postfix(docs=len(report.documents))
+        finally:
+            bar.close()
+        with self.engine.begin() as conn:
+            state = settle_adapters(conn, t, gid, fingerprint, deactivate_stale=deactivate_stale)
+        report.complete = state.complete
+        report.active_adapter_id = state.active_adapter_id
+        report.stale_adapter_ids = state.stale_adapter_ids
+        report.current_adapter_ids = state.current_adapter_ids
+        report.deactivated_adapter_id = state.deactivated
+        report.activated_adapter_id = state.activated
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _recompress_document(self, gid: int, doc: PendingDocument, encoder: EncoderLike, fingerprint: str,
+                             batch_size: int, attempts: int = 3) -> RecompressOutcome | None:
+        """Re-encode one document; read again and retry when a concurrent writer changed it meanwhile.
+        None when it needs nothing (any more)."""
+        outcome = None
+        for _ in range(attempts):
+            with self.engine.connect() as conn:
+                now = pending_documents(conn, self.tables, gid, fingerprint, doc_id=doc.doc_id)
+                if not now:
+                    return None
+                doc = now[0]
+                stored = stored_chunks(conn, self.tables, doc.id)
+            plan = prepare_recompress(doc, stored, encoder, self.embedder, batch_size=batch_size)
+            outcome = write_recompressed(self.engine, self.tables, plan, fingerprint,
+                                         sheet_dtype=self.cheat_sheet_dtype)
+            if outcome.status != "changed":
+                return outcome
+        return outcome
 
     # -- retrieve ----------------------------------------------------------------------------------------
 
