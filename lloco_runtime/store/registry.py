@@ -126,8 +126,9 @@ def activate(conn: Connection, t: Tables, adapter_id: int) -> None:
     if others:
         raise FingerprintMismatchError(
             f"adapter {adapter_id} was trained for encoder {row.encoder_fingerprint[:12]}, but the group's "
-            f"documents were compressed by {others[0][:12]}; re-ingest the group with that encoder or train "
-            "an adapter for the current one"
+            f"documents were compressed by {others[0][:12]}; re-encode the group with that encoder "
+            "(`lloco recompress --group G --encoder ...`, no files needed) or train an adapter for the current one "
+            "(`lloco finetune --group G`)"
         )
     conn.execute(update(g).where(g.c.id == row.group_id).values(active_adapter_id=int(adapter_id)))
 
