@@ -20,7 +20,7 @@ from .chat import ChatLLoCO
 from .llm import LLoCOLLM
 from .payload import Payload, payload_from_documents
 from .retriever import LLoCORetriever
-from .vectorstore import LLoCOVectorStore
+from .vectorstore import LangChainEmbedder, LLoCOVectorStore
 
-__all__ = ["ChatLLoCO", "LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "Payload", "create_lloco_chain",
-           "payload_from_documents"]
+__all__ = ["ChatLLoCO", "LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "LangChainEmbedder", "Payload",
+           "create_lloco_chain", "payload_from_documents"]
