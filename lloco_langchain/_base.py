@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
@@ -85,7 +85,7 @@ class LLoCOModelBase(BaseModel):
         GenerationConfig(**self._gen_defaults())  # validate the decoding defaults now
 
     @classmethod
-    def from_defaults(cls, **kwargs: Any) -> Any:
+    def from_defaults(cls, **kwargs: Any) -> Self:
         """The default runtime over the default store (embedded Postgres under ``LLOCO_HOME``)."""
         return cls(service=LLoCOService.from_defaults(), **kwargs)
 
