@@ -102,7 +102,8 @@ class LLoCO:
             if context.fingerprint != self.encoder.fingerprint:
                 raise FingerprintMismatchError(
                     f"cheat sheets were made by encoder {context.fingerprint[:12]}, but this runtime's encoder "
-                    f"is {self.encoder.fingerprint[:12]}; re-compress the text with the current encoder"
+                    f"is {self.encoder.fingerprint[:12]}; re-compress the text with the current encoder "
+                    "(a stored group: `lloco recompress --group GROUP`)"
                 )
             return list(context.tensors)
         return context

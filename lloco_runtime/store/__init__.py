@@ -5,12 +5,24 @@ Start with :class:`CheatSheetStore`; filters are :class:`MetadataFilter` / :clas
 
 from .filters import FilterGroup, FilterOp, MetadataFilter, parse_filter
 from .inputs import DocumentInput, read_paths
-from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
-                      IngestReport, RetrievalResult, RetrievedChunk, StoreStatus)
+from .records import (
+                      AdapterInfo,
+                      ChunkInfo,
+                      CollectionInfo,
+                      DocumentInfo,
+                      DocumentOutcome,
+                      GroupInfo,
+                      IngestReport,
+                      RecompressOutcome,
+                      RecompressReport,
+                      RetrievalResult,
+                      RetrievedChunk,
+                      StoreStatus,
+)
 from .store import CheatSheetStore
 
 __all__ = [
     "AdapterInfo", "CheatSheetStore", "ChunkInfo", "CollectionInfo", "DocumentInfo", "DocumentInput",
     "DocumentOutcome", "FilterGroup", "FilterOp", "GroupInfo", "IngestReport", "MetadataFilter",
-    "RetrievalResult", "RetrievedChunk", "StoreStatus", "parse_filter", "read_paths",
+    "RecompressOutcome", "RecompressReport", "RetrievalResult", "RetrievedChunk", "StoreStatus", "parse_filter", "read_paths",
 ]

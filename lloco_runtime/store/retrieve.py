@@ -168,8 +168,8 @@ def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
         if encoder_fingerprint is not None and r.encoder_fingerprint != encoder_fingerprint:
             raise FingerprintMismatchError(
                 f"{where} was compressed by encoder {r.encoder_fingerprint[:12]}, but the current encoder is "
-                f"{encoder_fingerprint[:12]}; re-ingest the documents with the current encoder, or load the "
-                "encoder that made them"
+                f"{encoder_fingerprint[:12]}; re-compress the group from its stored text with `lloco recompress "
+                "--group GROUP` (no files needed), or load the encoder that made them"
             )
         seen_fingerprints.add(r.encoder_fingerprint)
         try:
@@ -182,7 +182,7 @@ def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
         out.append(tensor)
     if len(seen_fingerprints) > 1:
         raise FingerprintMismatchError(
-            f"the requested cheat sheets come from {len(seen_fingerprints)} different encoders; re-ingest the "
-            "group with one encoder"
+            f"the requested cheat sheets come from {len(seen_fingerprints)} different encoders (a re-compression "
+            "was interrupted?); finish it with `lloco recompress --group GROUP`"
         )
     return out

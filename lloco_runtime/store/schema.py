@@ -37,8 +37,8 @@ from sqlalchemy import (
     UniqueConstraint,
     column,
     func,
-    inspect,
     insert,
+    inspect,
     select,
     table,
 )

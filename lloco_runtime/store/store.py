@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -25,17 +25,59 @@ from ..errors import ConfigError, InputError, StoreError
 from . import catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
-from .ingest import (EncoderLike, PendingDocument, count_documents, existing_state, is_unchanged, pending_documents,
-                     prepare, prepare_recompress, settle_adapters, stored_chunks, write_document, write_recompressed)
+from .ingest import (
+    EncoderLike,
+    PendingDocument,
+    count_documents,
+    existing_state,
+    is_unchanged,
+    pending_documents,
+    prepare,
+    prepare_recompress,
+    settle_adapters,
+    stored_chunks,
+    write_document,
+    write_recompressed,
+)
 from .inputs import DocumentInput, check_unicode, check_unique, read_paths
 from .names import validate_name, validate_schema
-from .records import (AdapterInfo, ChunkInfo, CollectionInfo, DocumentInfo, DocumentOutcome, GroupInfo,
-                      IngestReport, RecompressOutcome, RecompressReport, RetrievalMode, RetrievalResult,
-                      StoreStatus)
-from .retrieve import (MAX_TOP_K, check_ef_search, check_top_k, dense_hits, fetch_cheat_sheets, fetch_chunks,
-                       fulltext_hits, reciprocal_rank_fusion, restrict)
-from .schema import (LATEST_VERSION, Tables, build_tables, current_version, drop_hnsw_index, ensure_hnsw_index,
-                     has_hnsw_index, migrate, search_path_value, vector_extension_schema)
+from .records import (
+    AdapterInfo,
+    ChunkInfo,
+    CollectionInfo,
+    DocumentInfo,
+    DocumentOutcome,
+    GroupInfo,
+    IngestReport,
+    RecompressOutcome,
+    RecompressReport,
+    RetrievalMode,
+    RetrievalResult,
+    StoreStatus,
+)
+from .retrieve import (
+    MAX_TOP_K,
+    check_ef_search,
+    check_top_k,
+    dense_hits,
+    fetch_cheat_sheets,
+    fetch_chunks,
+    fulltext_hits,
+    reciprocal_rank_fusion,
+    restrict,
+)
+from .schema import (
+    LATEST_VERSION,
+    Tables,
+    build_tables,
+    current_version,
+    drop_hnsw_index,
+    ensure_hnsw_index,
+    has_hnsw_index,
+    migrate,
+    search_path_value,
+    vector_extension_schema,
+)
 from .server import create_store_engine, default_ann_index, install_search_path, redact, resolve_url
 
 _log = logging.getLogger(__name__)
@@ -139,7 +181,7 @@ class CheatSheetStore:
         """Release pooled connections (the embedded server stops when the process exits)."""
         self.engine.dispose()
 
-    def __enter__(self) -> CheatSheetStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

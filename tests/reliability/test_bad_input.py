@@ -320,10 +320,10 @@ def test_fingerprints_that_do_not_match(filled, cli_filled, make_tiny_host, tiny
     assert other.encoder.fingerprint != tiny_encoder.fingerprint
     before = snapshot(filled)
     service = LLoCOService(other, filled)
-    with pytest.raises(FingerprintMismatchError, match="re-ingest"):
+    with pytest.raises(FingerprintMismatchError, match="lloco recompress --group"):
         service.answer("When was the lighthouse built?", group="g")
     ids = [c.chunk_id for c in filled.list_chunks("g")][:2]
-    with pytest.raises(FingerprintMismatchError, match="re-ingest"):
+    with pytest.raises(FingerprintMismatchError, match="lloco recompress --group"):
         service.answer_chunks("q?", ids)
     # Sheets made by one runtime's encoder, handed to another runtime.
     with pytest.raises(FingerprintMismatchError, match="re-compress"):
@@ -348,7 +348,7 @@ def test_fingerprints_that_do_not_match(filled, cli_filled, make_tiny_host, tiny
     cli_before = snapshot(cli_filled)
     code, err = _cli(["ask", "When was the lighthouse built?", "--group", "g", "--model", tiny_model_dir,
                       "--url", pg_url, "--schema", cli_filled.schema, "--max-new-tokens", "2"], capsys)
-    assert code == 1 and "re-ingest" in err
+    assert code == 1 and "lloco recompress --group" in err
     assert snapshot(cli_filled) == cli_before
     assert snapshot(filled) == before
 

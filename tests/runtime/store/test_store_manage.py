@@ -107,7 +107,7 @@ def test_adapter_registry(filled, encoder):
     assert filled.retrieve("galaxy", group="g").adapter_id is None
 
     other = filled.register_adapter("g", _safetensors(3), base_fingerprint="base", encoder_fingerprint="0" * 64)
-    with pytest.raises(FingerprintMismatchError, match="re-ingest"):
+    with pytest.raises(FingerprintMismatchError, match="lloco recompress --group"):
         filled.activate_adapter(other.id)
     with pytest.raises(NotFoundError):
         filled.activate_adapter(10**9)

@@ -94,7 +94,7 @@ def test_corrupted_cheat_sheet_bytes_raise_a_clear_error(filled):
 
 
 def test_fingerprint_mismatch(filled, encoder):
-    with pytest.raises(FingerprintMismatchError, match="re-ingest"):
+    with pytest.raises(FingerprintMismatchError, match="lloco recompress --group"):
         filled.retrieve("galaxy", group="g", encoder_fingerprint="0" * 64)
     ok = filled.retrieve("galaxy", group="g", encoder_fingerprint=encoder.fingerprint)
     assert ok.chunks
