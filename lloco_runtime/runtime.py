@@ -172,6 +172,30 @@ class LLoCO:
         with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             yield from self.generator.stream(prompt, cfg, adapter=name, state=state)
 
+    def answer_batch(self, questions: Sequence[str], contexts: Sequence[Context] | None = None, *,
+                     adapter_ids: Sequence[str | None] | None = None, use_reader: bool = True,
+                     config: GenerationConfig | None = None, **gen) -> list[GenerationResult]:
+        """Answer several questions, each with its own context and adapter; the same results as calling
+        :meth:`answer` on each (greedy decoding gives the same tokens)."""
+        n = len(questions)
+        contexts = list(contexts) if contexts is not None else [None] * n
+        adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * n
+        if len(contexts) != n or len(adapter_ids) != n:
+            raise InputError(f"answer_batch: {n} questions but {len(contexts)} contexts and {len(adapter_ids)} "
+                             "adapter ids; give one of each per question")
+        prompts = [self.prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
+        return self.generate_batch(prompts, adapter_ids=adapter_ids, use_reader=use_reader, config=config, **gen)
+
+    def generate_batch(self, prompts: Sequence[Prompt], *, adapter_ids: Sequence[str | None] | None = None,
+                       use_reader: bool = True, config: GenerationConfig | None = None,
+                       **gen) -> list[GenerationResult]:
+        """Decode several built prompts (each with the adapter :meth:`adapter_for` picks for it)."""
+        cfg = config or GenerationConfig(**gen)
+        adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * len(prompts)
+        # One at a time for now; batched decoding replaces this loop (issue #17).
+        return [self.generate(p, adapter_id=a, use_reader=use_reader, config=cfg)
+                for p, a in zip(prompts, adapter_ids, strict=True)]
+
     def complete(self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None,
                  **gen) -> GenerationResult:
         """Plain-text completion through the same decoding path (no template)."""
