@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import CheatSheetError, ContextTooLongError, InputError
+from .errors import AdapterError, CheatSheetError, ContextTooLongError, InputError
 from .models import LoadedModel
 from .prompt import Prompt
 
@@ -142,12 +142,14 @@ class Generator:
         idx = int(torch.searchsorted(cdf, u * cdf[-1], right=True).item())
         return min(idx, probs.numel() - 1)
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, *, adapter: str | None = None,
-               state: StreamStats | None = None) -> Iterator[str]:
-        """Yield text deltas as they are decoded. ``state`` (optional) receives the final numbers."""
-        cfg = config or GenerationConfig()
-        st = state if state is not None else StreamStats()
-        t0 = time.perf_counter()
+    def _eos_ids(self) -> set[int]:
+        tok = self.host.tokenizer
+        eos = {i for i in ([tok.eos_token_id] if isinstance(tok.eos_token_id, int) else tok.eos_token_id or [])}
+        gen_eos = getattr(self.host.model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        return eos
+
+    def _embed_checked(self, prompt: Prompt, cfg: GenerationConfig) -> tuple[torch.Tensor, int, int]:
         embeds, n_text, n_vec = self.embed(prompt)
         total = embeds.shape[1]
         window = self.host.context_window
@@ -157,19 +159,30 @@ class Generator:
                 f"max_new_tokens={cfg.max_new_tokens}, over the decoder's window of {window}; "
                 "retrieve fewer chunks (top_k), shorten the question, or lower max_new_tokens"
             )
-        st.prompt_tokens, st.context_vectors = total, n_vec
-        tok = self.host.tokenizer
-        eos = {i for i in ([tok.eos_token_id] if isinstance(tok.eos_token_id, int) else tok.eos_token_id or [])}
-        gen_eos = getattr(self.host.model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        rng = None
-        if cfg.temperature > 0:
-            rng = torch.Generator()
-            rng.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+        return embeds, n_text, n_vec
+
+    @staticmethod
+    def _rng(cfg: GenerationConfig) -> torch.Generator | None:
+        if cfg.temperature == 0:
+            return None
+        rng = torch.Generator()
+        rng.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+        return rng
+
+    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, *, adapter: str | None = None,
+               state: StreamStats | None = None) -> Iterator[str]:
+        """Yield text deltas as they are decoded. ``state`` (optional) receives the final numbers."""
+        cfg = config or GenerationConfig()
+        st = state if state is not None else StreamStats()
+        t0 = time.perf_counter()
+        embeds, _, n_vec = self._embed_checked(prompt, cfg)
+        st.prompt_tokens, st.context_vectors = embeds.shape[1], n_vec
+        eos = self._eos_ids()
+        rng = self._rng(cfg)
         embed_tokens = self.host.model.get_input_embeddings()
+        device = self.host.device
+        text = _TextState(self.host.tokenizer, cfg.stop)
         cache = None
-        emitted = 0
-        hold = max((len(s) for s in cfg.stop), default=0)
         for step in range(cfg.max_new_tokens):
             # Grad off per step, not around the loop: a suspended generator must not leak a grad mode
             # into the caller's code between tokens.
@@ -177,7 +190,7 @@ class Generator:
                 if step == 0 or not cfg.use_cache:
                     out = model(inputs_embeds=embeds, use_cache=cfg.use_cache, logits_to_keep=1)
                 else:
-                    out = model(input_ids=torch.tensor([[st.token_ids[-1]]], device=self.host.device),
+                    out = model(input_ids=torch.tensor([[st.token_ids[-1]]], device=device),
                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             if step == 0:
                 st.prefill_s = time.perf_counter() - t0
@@ -190,35 +203,125 @@ class Generator:
             st.token_ids.append(nxt)
             if not cfg.use_cache:
                 with torch.no_grad():
-                    embeds = torch.cat([embeds, embed_tokens(torch.tensor([[nxt]], device=self.host.device))], 1)
-            text = tok.decode(st.token_ids, skip_special_tokens=True)
-            # Trailing U+FFFD may be an incomplete UTF-8 sequence that the next token completes: look for
-            # stop strings in the stable part now, emit the rest once it is complete.
-            stable = text.rstrip("\ufffd")
-            cut = _find_stop(stable, cfg.stop)
-            if cut >= 0:
-                st.text = text[:cut]
+                    embeds = torch.cat([embeds, embed_tokens(torch.tensor([[nxt]], device=device))], 1)
+            delta = text.push(nxt)
+            st.text = text.text
+            if delta:
+                yield delta
+            if text.stopped:
                 st.finish_reason = "stop"
-                if cut > emitted:
-                    yield text[emitted:cut]
-                emitted = cut
                 break
-            if len(stable) < len(text):
-                continue
-            st.text = text
-            safe = len(text) - _partial_stop(text, cfg.stop) if hold else len(text)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
         if st.finish_reason != "stop":
-            text = tok.decode(st.token_ids, skip_special_tokens=True)
-            cut = _find_stop(text, cfg.stop)
-            if cut >= 0:  # completed by the last token while an incomplete character was pending
-                text, st.finish_reason = text[:cut], "stop"
-            st.text = text
-            if len(text) > emitted:
-                yield text[emitted:]
+            delta = text.close()
+            if text.stopped:  # completed by the last token while an incomplete character was pending
+                st.finish_reason = "stop"
+            st.text = text.text
+            if delta:
+                yield delta
         st.total_s = time.perf_counter() - t0
+
+    def generate_batch(self, prompts: Sequence[Prompt],
+                       config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+                       adapters: Sequence[str | None] | None = None) -> list[GenerationResult]:
+        """Decode several prompts together: one left-padded batch, one prefill, then one forward step per
+        token for all unfinished rows (a row leaves the batch at its EOS, stop string or ``max_new_tokens``).
+
+        ``config``: one for all rows or one per row; ``adapters``: a loaded adapter name (or None) per row.
+        Rows with different adapters share the forward passes through peft's mixed-batch LoRA inference
+        (:meth:`LoadedModel.using_batch`); when the adapters cannot be mixed (DoRA, other variants) the rows
+        are decoded one batch per adapter. Greedy rows give the tokens :meth:`generate` gives; sampled rows
+        draw from their own seeded generator as :meth:`generate` does. Rows with ``use_cache=False`` are
+        decoded one at a time. ``prefill_s``/``total_s`` are measured from the start of the call.
+        """
+        n = len(prompts)
+        if config is None or isinstance(config, GenerationConfig):
+            cfgs = [config or GenerationConfig()] * n
+        else:
+            cfgs = list(config)
+        names = [None] * n if adapters is None else list(adapters)
+        if len(cfgs) != n or len(names) != n:
+            raise InputError(f"generate_batch: {n} prompts but {len(cfgs)} configs and {len(names)} adapters")
+        t0 = time.perf_counter()
+        loaded = self.host.adapter_names()
+        for a in names:
+            if a is not None and a not in loaded:
+                raise AdapterError(f"adapter {a!r} is not loaded (loaded: {loaded}); load it first")
+        rows: list[_Row] = []
+        for prompt, cfg, adapter in zip(prompts, cfgs, names, strict=True):
+            embeds, _, n_vec = self._embed_checked(prompt, cfg)
+            rows.append(_Row(embeds, n_vec, cfg, adapter, self._rng(cfg), _TextState(self.host.tokenizer, cfg.stop),
+                             t0))
+        results: list[GenerationResult | None] = [None] * n
+        batched = []
+        for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
+            if row.cfg.use_cache:
+                batched.append(i)
+            else:
+                results[i] = self.generate(prompt, row.cfg, adapter=row.adapter)
+        if batched:
+            if self.host.can_mix([rows[i].adapter for i in batched]):
+                groups = [batched]
+            else:
+                by_adapter: dict[str | None, list[int]] = {}
+                for i in batched:
+                    by_adapter.setdefault(rows[i].adapter, []).append(i)
+                groups = list(by_adapter.values())
+            eos = self._eos_ids()
+            for group in groups:
+                self._decode_rows([rows[i] for i in group], eos)
+                for i in group:
+                    results[i] = rows[i].result()
+        return results  # type: ignore[return-value]
+
+    def _decode_rows(self, rows: list[_Row], eos: set[int]) -> None:
+        """Batched decoding of ``rows`` (filled in place): left padding, explicit positions, shared KV cache."""
+        device, b = self.host.device, len(rows)
+        lens = [r.embeds.shape[1] for r in rows]
+        width = max(lens)
+        embeds = torch.zeros(b, width, self.host.hidden_size, dtype=self.host.dtype, device=device)
+        mask = torch.zeros(b, width, dtype=torch.long, device=device)
+        for i, (r, n) in enumerate(zip(rows, lens, strict=True)):
+            embeds[i, width - n:] = r.embeds[0]
+            mask[i, width - n:] = 1
+        # transformers derives positions from the cache length alone: with left padding each row's real
+        # tokens must start at position 0, so the positions are given explicitly (pad slots: 0, masked anyway).
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        nxt_pos = torch.tensor(lens, device=device)
+        live = list(range(b))
+        cache = None
+        step = 0
+        while True:
+            with torch.no_grad(), self.host.using_batch([rows[i].adapter for i in live]) as model:
+                if step == 0:
+                    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                                logits_to_keep=1)
+                else:
+                    last = torch.tensor([[rows[i].token_ids[-1]] for i in live], device=device)
+                    out = model(input_ids=last, attention_mask=mask, position_ids=nxt_pos[:, None], use_cache=True,
+                                logits_to_keep=1, **{self._cache_kw: cache})
+                    nxt_pos = nxt_pos + 1
+            cache = _output_cache(out)
+            now = time.perf_counter()
+            keep = []
+            with torch.no_grad():
+                logits = out.logits[:, -1]
+                for j, i in enumerate(live):
+                    r = rows[i]
+                    if step == 0:
+                        r.prefill_s = now - r.t0
+                    if r.feed(self._pick(logits[j], r.cfg, r.rng), eos):
+                        keep.append(j)
+                    else:
+                        r.total_s = time.perf_counter() - r.t0
+            if not keep:
+                return
+            if len(keep) < len(live):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                mask, nxt_pos = mask[idx], nxt_pos[idx]
+                live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            step += 1
 
     def generate(self, prompt: Prompt, config: GenerationConfig | None = None, *,
                  adapter: str | None = None) -> GenerationResult:
@@ -237,6 +340,125 @@ class Generator:
             t0 = time.perf_counter()
             model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
             return time.perf_counter() - t0
+
+
+@dataclass
+class _Row:
+    """One prompt of a batched decode: its inputs, decoding state and numbers."""
+
+    embeds: torch.Tensor
+    context_vectors: int
+    cfg: GenerationConfig
+    adapter: str | None
+    rng: torch.Generator | None
+    text: _TextState
+    t0: float
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    prefill_s: float = 0.0
+    total_s: float = 0.0
+
+    def feed(self, token_id: int, eos: set[int]) -> bool:
+        """Take the next chosen token; False once the row is finished."""
+        if token_id in eos:
+            self.finish_reason = "eos"
+        else:
+            self.token_ids.append(token_id)
+            self.text.push(token_id)
+            if self.text.stopped:
+                self.finish_reason = "stop"
+            elif len(self.token_ids) < self.cfg.max_new_tokens:
+                return True
+        if self.finish_reason != "stop":
+            self.text.close()
+            if self.text.stopped:
+                self.finish_reason = "stop"
+        return False
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(text=self.text.text, token_ids=self.token_ids, prompt_tokens=self.embeds.shape[1],
+                                context_vectors=self.context_vectors, finish_reason=self.finish_reason,
+                                prefill_s=self.prefill_s, total_s=self.total_s)
+
+
+class _IncrementalDecoder:
+    """``tokenizer.decode(ids, skip_special_tokens=True)`` of a growing list of ids, re-decoding only the
+    tokens since the last clean character boundary plus a few before it (for tokenizers whose decoding of a
+    token depends on its left neighbour, e.g. a leading space dropped at the start)."""
+
+    CONTEXT = 4
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.committed = ""  # text of ids[:self.k]
+        self.k = 0
+        self.head = ""  # text of ids[self.p:self.k]
+        self.p = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def append(self, token_id: int) -> str:
+        """The decoded text of all ids so far, ``token_id`` included."""
+        self.ids.append(token_id)
+        tail = self._decode(self.ids[self.p:])
+        if tail.startswith(self.head):
+            text = self.committed + tail[len(self.head):]
+        else:  # the window decodes differently in context: decode everything (rare)
+            text = self._decode(self.ids)
+        if not text.endswith("\ufffd"):  # a clean boundary: later tokens cannot change this text
+            self.committed, self.k = text, len(self.ids)
+            self.p = max(0, self.k - self.CONTEXT)
+            self.head = self._decode(self.ids[self.p:self.k])
+        return text
+
+    def full(self) -> str:
+        return self._decode(self.ids)
+
+
+class _TextState:
+    """Text of the generated tokens, stop strings and what is safe to emit (shared by stream and batch)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+        self.decoder = _IncrementalDecoder(tokenizer)
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=0)
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Take one token; the text delta that may be emitted now ("" if none). Sets ``stopped``."""
+        text = self.decoder.append(token_id)
+        # Trailing U+FFFD may be an incomplete UTF-8 sequence that the next token completes: look for
+        # stop strings in the stable part now, emit the rest once it is complete.
+        stable = text.rstrip("\ufffd")
+        cut = _find_stop(stable, self.stop)
+        if cut >= 0:
+            self.text, self.stopped = text[:cut], True
+            delta = text[self.emitted:cut] if cut > self.emitted else ""
+            self.emitted = cut
+            return delta
+        if len(stable) < len(text):
+            return ""
+        self.text = text
+        safe = len(text) - _partial_stop(text, self.stop) if self.hold else len(text)
+        if safe > self.emitted:
+            delta, self.emitted = text[self.emitted:safe], safe
+            return delta
+        return ""
+
+    def close(self) -> str:
+        """After the last token (not stopped): the final text (one full decode) and the delta still owed."""
+        text = self.decoder.full()
+        cut = _find_stop(text, self.stop)
+        if cut >= 0:  # completed by the last token while an incomplete character was pending
+            text, self.stopped = text[:cut], True
+        self.text = text
+        delta = text[self.emitted:] if len(text) > self.emitted else ""
+        self.emitted = max(self.emitted, len(text))
+        return delta
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int:

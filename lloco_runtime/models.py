@@ -9,6 +9,7 @@ No model id is ever resolved against a hub: every ``from_pretrained`` call gets 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +182,54 @@ class LoadedModel:
         with self.lock:
             self._activate(adapter)
             yield self.model
+
+    def can_mix(self, adapters: Sequence[str | None]) -> bool:
+        """Whether one forward pass can route each batch row through its own adapter (peft's mixed-batch
+        inference): every adapter is a plain LoRA (no DoRA or other variant) and none is merged."""
+        from peft.tuners.lora.layer import LoraLayer
+
+        wanted = {a for a in adapters if a is not None}
+        configs = getattr(self.model, "peft_config", {}) or {}
+        if any(str(getattr(configs.get(a), "peft_type", "LORA")).upper().rsplit(".", 1)[-1] != "LORA"
+               for a in wanted):
+            return False
+        for layer in self._layers:
+            if isinstance(layer, LoraLayer) and (layer.merged or any(
+                    a in layer.lora_variant or layer.use_dora.get(a, False) for a in wanted)):
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def using_batch(self, adapters: Sequence[str | None]) -> Iterator[torch.nn.Module]:
+        """Hold the model for one forward pass over a batch whose row ``i`` uses ``adapters[i]`` (``None``:
+        base weights). One adapter for all rows is :meth:`using`; several go through peft's mixed-batch
+        inference (the ``adapter_names`` keyword of every LoRA layer, ``"__base__"`` for none), which needs
+        plain LoRAs (:meth:`can_mix`)."""
+        if len(set(adapters)) <= 1:
+            with self.using(adapters[0] if adapters else None) as model:
+                yield model
+            return
+        from peft.tuners.lora.layer import LoraLayer
+        from peft.tuners.lora.model import _adapter_names_pre_forward_hook
+
+        with self.lock:
+            loaded = self.adapter_names()
+            missing = sorted({a for a in adapters if a is not None and a not in loaded})
+            if missing:
+                raise AdapterError(f"adapter(s) {missing} not loaded (loaded: {loaded}); load them first")
+            names = ["__base__" if a is None else a for a in adapters]
+            hook = functools.partial(_adapter_names_pre_forward_hook, adapter_names=names)
+            handles = []
+            try:
+                for layer in self._layers:
+                    layer._disable_adapters = False  # the per-row names choose; the active adapter is ignored
+                    if isinstance(layer, LoraLayer):
+                        handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+                yield self.model
+            finally:
+                for h in handles:
+                    h.remove()
+                self._activate(self._active, force=True)  # back to the single-adapter routing state
 
     def _activate(self, adapter: str | None, *, force: bool = False) -> None:
         loaded = self.adapter_names()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -174,9 +175,11 @@ class LLoCO:
 
     def answer_batch(self, questions: Sequence[str], contexts: Sequence[Context] | None = None, *,
                      adapter_ids: Sequence[str | None] | None = None, use_reader: bool = True,
-                     config: GenerationConfig | None = None, **gen) -> list[GenerationResult]:
-        """Answer several questions, each with its own context and adapter; the same results as calling
-        :meth:`answer` on each (greedy decoding gives the same tokens)."""
+                     config: GenerationConfig | None = None, configs: Sequence[GenerationConfig] | None = None,
+                     **gen) -> list[GenerationResult]:
+        """Answer several questions, each with its own context and adapter, decoded as one batch (see
+        :meth:`generate_batch`); the same results as calling :meth:`answer` on each (greedy decoding gives
+        the same tokens)."""
         n = len(questions)
         contexts = list(contexts) if contexts is not None else [None] * n
         adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * n
@@ -184,17 +187,38 @@ class LLoCO:
             raise InputError(f"answer_batch: {n} questions but {len(contexts)} contexts and {len(adapter_ids)} "
                              "adapter ids; give one of each per question")
         prompts = [self.prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
-        return self.generate_batch(prompts, adapter_ids=adapter_ids, use_reader=use_reader, config=config, **gen)
+        return self.generate_batch(prompts, adapter_ids=adapter_ids, use_reader=use_reader, config=config,
+                                   configs=configs, **gen)
 
     def generate_batch(self, prompts: Sequence[Prompt], *, adapter_ids: Sequence[str | None] | None = None,
                        use_reader: bool = True, config: GenerationConfig | None = None,
-                       **gen) -> list[GenerationResult]:
-        """Decode several built prompts (each with the adapter :meth:`adapter_for` picks for it)."""
-        cfg = config or GenerationConfig(**gen)
-        adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * len(prompts)
-        # One at a time for now; batched decoding replaces this loop (issue #17).
-        return [self.generate(p, adapter_id=a, use_reader=use_reader, config=cfg)
-                for p, a in zip(prompts, adapter_ids, strict=True)]
+                       configs: Sequence[GenerationConfig] | None = None, **gen) -> list[GenerationResult]:
+        """Decode several built prompts as one batch, each with the adapter :meth:`adapter_for` picks for it
+        (rows with different adapters share the forward passes; see :meth:`Generator.generate_batch`).
+
+        ``configs`` (optional): one :class:`GenerationConfig` per prompt, instead of ``config`` for all.
+        Every adapter of the batch is pinned (loaded if needed, never evicted) until the batch is done.
+        Results come in the order of ``prompts``."""
+        n = len(prompts)
+        if configs is not None:
+            if config is not None or gen:
+                raise InputError("generate_batch: give either configs (one per prompt) or config/keywords")
+            cfg: GenerationConfig | list[GenerationConfig] = list(configs)
+            if len(cfg) != n:
+                raise InputError(f"generate_batch: {n} prompts but {len(cfg)} configs")
+        else:
+            cfg = config or GenerationConfig(**gen)
+        adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * n
+        if len(adapter_ids) != n:
+            raise InputError(f"generate_batch: {n} prompts but {len(adapter_ids)} adapter ids")
+        if not n:
+            return []
+        chosen = [self.adapter_for(p, a, use_reader=use_reader) for p, a in zip(prompts, adapter_ids, strict=True)]
+        with contextlib.ExitStack() as pins:
+            names = {aid: pins.enter_context(self.adapters.acquire(aid)) for aid in dict.fromkeys(chosen)
+                     if aid is not None}
+            return self.generator.generate_batch(prompts, cfg, [names.get(a) if a is not None else None
+                                                                for a in chosen])
 
     def complete(self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None,
                  **gen) -> GenerationResult:
