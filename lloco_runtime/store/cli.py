@@ -75,11 +75,21 @@ def _cmd_db_drop(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from .inputs import read_paths
 
+    if args.ray is None and (args.ray_workers is not None or args.ray_cpus_per_worker is not None):
+        raise InputError("--ray-workers and --ray-cpus-per-worker only apply with --ray [ADDRESS]")
+    if args.ray is not None:
+        from .ray_ingest import import_ray
+
+        import_ray()  # without the serve extra: say how to install it before reading anything
     docs = read_paths(args.paths)  # validate every input before loading any model
-    lloco = _runtime(args)
-    with _store(args, create=True) as store:
-        report = store.ingest(docs, group=args.group, collection=args.collection, encoder=lloco.encoder,
-                              batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty())
+    progress = not args.no_progress and sys.stderr.isatty()
+    if args.ray is not None:
+        report = _ray_ingest(args, docs, progress)
+    else:
+        lloco = _runtime(args)
+        with _store(args, create=True) as store:
+            report = store.ingest(docs, group=args.group, collection=args.collection, encoder=lloco.encoder,
+                                  batch_size=args.batch_size, progress=progress)
     if args.json:
         _print_json({"group": report.group, "collection": report.collection, "seconds": report.seconds,
                      "chunks_written": report.chunks_written,
@@ -87,6 +97,19 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+def _ray_ingest(args: argparse.Namespace, docs: list, progress: bool):
+    """``lloco ingest --ray``: the workers load the runtime themselves (from --model/--encoder/...)."""
+    from .ray_ingest import RaySettings, RuntimeSpec, ray_ingest
+
+    settings = RaySettings(address=args.ray or None, workers=1 if args.ray_workers is None else args.ray_workers,
+                           cpus_per_worker=1.0 if args.ray_cpus_per_worker is None else args.ray_cpus_per_worker)
+    settings.check()
+    runtime = RuntimeSpec.of(args.model, args.encoder, args.device, args.dtype, check_paths=not args.ray)
+    with _store(args, create=True) as store:
+        return ray_ingest(store, docs, group=args.group, collection=args.collection, runtime=runtime,
+                          settings=settings, batch_size=args.batch_size, progress=progress)
 
 
 def _cmd_recompress(args: argparse.Namespace) -> int:
@@ -317,6 +340,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--encoder", default=None, help="encoder folder (default: the shipped encoder)")
     s.add_argument("--device", default=None, help="cpu or cuda")
     s.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="compress on Ray Data: a local Ray, or the cluster at ADDRESS (e.g. ray://host:10001 or "
+                   "auto); workers load --model/--encoder themselves, this process writes to the store "
+                   "(needs pip install 'lloco[serve]')")
+    s.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                   help="with --ray: compress actors, each loading the model once (default 1)")
+    s.add_argument("--ray-cpus-per-worker", type=float, default=None, metavar="C",
+                   help="with --ray: CPUs (torch threads) per compress actor (default 1)")
     _db_options(s)
     s.set_defaults(func=_cmd_ingest)
 

@@ -74,18 +74,34 @@ def storage_tensor(t: torch.Tensor, sheet_dtype: str | None) -> torch.Tensor:
 def prepare(doc: DocumentInput, encoder: EncoderLike, embedder: Embedder, *, compress: bool,
             batch_size: int) -> PreparedDocument:
     """Split, embed and compress one document (no database access)."""
-    try:
-        chunks = list(encoder.split(doc.text))
-    except InputError as exc:
-        raise InputError(f"{doc.source}: {exc}") from exc
-    if not chunks:
-        raise InputError(f"{doc.source}: the encoder produced no chunks")
-    vectors = as_matrix(embedder.embed([c.text for c in chunks]), len(chunks), embedder.dim, embedder.name)
-    sheets = None
-    if compress:
-        sheets = list(encoder.compress_chunks(chunks, batch_size=batch_size, progress=False))
-        check_sheets(doc.source, sheets, len(chunks), encoder.hidden_size)
+    chunks = split_document(doc.source, doc.text, encoder)
+    vectors = embed_chunks(chunks, embedder)
+    sheets = compress_document(doc.source, chunks, encoder, batch_size=batch_size) if compress else None
     return PreparedDocument(doc, chunks, vectors, sheets, encoder.fingerprint if compress else None)
+
+
+def split_document(source: str, text: str, encoder: EncoderLike) -> list[Any]:
+    """The encoder's chunks of one document's text; InputError naming ``source`` when there are none.
+    (The steps of :func:`prepare`, also run one by one on Ray workers: ``ray_ingest``.)"""
+    try:
+        chunks = list(encoder.split(text))
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+    if not chunks:
+        raise InputError(f"{source}: the encoder produced no chunks")
+    return chunks
+
+
+def embed_chunks(chunks: Sequence[Any], embedder: Embedder) -> np.ndarray:
+    """Retrieval vectors of a document's chunks (one embedder call per document), float32 ``[n, dim]``."""
+    return as_matrix(embedder.embed([c.text for c in chunks]), len(chunks), embedder.dim, embedder.name)
+
+
+def compress_document(source: str, chunks: list[Any], encoder: EncoderLike, *, batch_size: int) -> list[torch.Tensor]:
+    """One checked cheat sheet per chunk of one document (see :func:`check_sheets`)."""
+    sheets = list(encoder.compress_chunks(chunks, batch_size=batch_size, progress=False))
+    check_sheets(source, sheets, len(chunks), encoder.hidden_size)
+    return sheets
 
 
 def check_sheets(source: str, sheets: list[Any], n_chunks: int, hidden_size: int) -> None:
