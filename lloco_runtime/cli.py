@@ -161,6 +161,59 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- `lloco serve` (issue #17): Ray Serve + FastAPI; the command and its parser in one block ------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import ServeOptions, run_server
+    except ImportError as exc:
+        raise ConfigError(f"`lloco serve` needs Ray Serve and FastAPI ({exc.name or exc} is not installed): "
+                          "pip install 'lloco[serve]'") from None
+    from .store import CheatSheetStore
+
+    opts = ServeOptions(model=args.model, encoder=args.encoder, url=args.url, schema=args.schema,
+                        device=args.device, dtype=args.dtype, replicas=args.replicas,
+                        max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1000,
+                        max_queued_requests=args.max_queued, host=args.host, port=args.port,
+                        torch_threads=args.torch_threads)
+    CheatSheetStore(args.url, schema=args.schema, create=False).close()  # a missing schema fails before Ray starts
+
+    def ready(url: str) -> None:
+        print(f"lloco serving at {url} (POST /v1/ask, POST /v1/chat/completions, GET /healthz, docs at "
+              f"{url}/docs); {opts.replicas} decoder replica(s), batches of up to {opts.max_batch_size}. "
+              "Ctrl-C stops it.", flush=True)
+
+    try:
+        run_server(opts, on_ready=ready)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
+
+
+def _serve_parser(sub, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("serve", parents=[common], help="serve answers over HTTP (Ray Serve + FastAPI)",
+                       description="Run LLoCO as a Ray Serve application: POST /v1/ask (the `lloco ask --json` "
+                       "answer, or server-sent events with stream: true), POST /v1/chat/completions (OpenAI wire "
+                       "format; extra fields group, top_k, collection, adapter), GET /healthz. Requests are "
+                       "decoded in batches; group adapters are multiplexed over the replicas. Blocks until "
+                       "Ctrl-C. Needs pip install 'lloco[serve]'.")
+    s.add_argument("--replicas", type=int, default=1, help="decoder replicas (default 1)")
+    s.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together (default 8)")
+    s.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a replica waits to fill a batch "
+                   "(default 20 ms)")
+    s.add_argument("--max-queued", type=int, default=64, help="requests waiting for a replica beyond this get "
+                   "503 (default 64)")
+    s.add_argument("--torch-threads", type=int, default=None, help="threads per replica (default: cores / "
+                   "replicas)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 "
+                   "for every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
+    s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
+    s.set_defaults(func=_cmd_serve)
+
+
 def _cmd_train_encoder(args: argparse.Namespace) -> int:
     from .encoder import ContextEncoder, EncoderConfig
     from .models import load_model
@@ -459,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, metavar="NAME", help=preset_help + " (use the one the group's "
                    "adapter was fine-tuned with)")
     s.set_defaults(func=_cmd_ask)
+    _serve_parser(sub, common)
 
     s = sub.add_parser("train-encoder", parents=[common], help="pre-train the context encoder on a text corpus",
                        description="Train the summary embeddings and an encoder LoRA so cheat sheets carry "

@@ -1,0 +1,754 @@
+"""``lloco serve``: LLoCO over HTTP as a Ray Serve application with a FastAPI ingress.
+
+Two deployments:
+
+- :class:`LLoCOIngress` (FastAPI, async, light): validates requests, retrieves (embeds the question, searches
+  Postgres, loads the cheat sheets checked against the decoder's encoder fingerprint), then hands one decode
+  job per request to the decoder through a deployment handle with ``multiplexed_model_id = adapter id``.
+- :class:`LLoCODecoder` (``--replicas N``): the decoder + encoder (``LLoCO``) with the store as its adapter
+  source. Group adapters are Serve multiplexed models (``@serve.multiplexed``; model id = the store's adapter
+  id), so Serve routes a request to a replica that already holds its adapter. Non-streaming requests go
+  through ``@serve.batch``: one :meth:`LLoCO.generate_batch` call per batch. Serve splits each batch by
+  multiplexed model id, so a batch holds requests of one adapter (requests without a group adapter, which
+  decode with the encoder's reader, form their own batch).
+
+Endpoints: ``POST /v1/ask`` (the ``lloco ask --json`` answer, or server-sent events with ``stream: true``),
+``POST /v1/chat/completions`` (OpenAI wire format; ``group`` adds retrieval over the last user message),
+``GET /healthz``. Errors are JSON ``{"error": {"message", "type", "code"}}``: 404 unknown group/adapter,
+422 bad input, 503 overloaded or a replica lost, 500 anything else (never a traceback).
+
+    from lloco_runtime.serve import ServeOptions, run_server
+    run_server(ServeOptions(replicas=2, port=8000))   # blocks; `lloco serve` does this
+"""
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from .errors import ConfigError, InputError, LLoCOError, NotFoundError, StoreError
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "lloco"
+MAX_ADAPTERS_PER_REPLICA = 4  # Serve multiplexing: adapters a decoder replica keeps loaded (LRU)
+_ENV_PASSED = ("LLOCO_HOME", "LLOCO_CACHE_DIR", "LLOCO_DATABASE_URL", "LLOCO_SCHEMA", "HF_HUB_OFFLINE",
+               "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything a server needs, as plain values (each replica builds its runtime and store from them)."""
+
+    model: str | None = None  # decoder: None/'default' (SmolLM2-135M), a local HF folder or a .gguf
+    encoder: str | None = None  # encoder folder (None: the shipped encoder of the default model)
+    url: str | None = None  # Postgres URL (None: LLOCO_DATABASE_URL, else the embedded server)
+    schema: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    replicas: int = 1  # decoder replicas
+    max_batch_size: int = 8  # requests decoded together by one generate_batch call
+    batch_wait_s: float = 0.02  # how long a replica waits to fill a batch
+    max_ongoing_requests: int = 16  # per decoder replica (>= max_batch_size, else batches never fill)
+    max_queued_requests: int = 64  # waiting for a decoder replica beyond this: 503
+    host: str = "127.0.0.1"
+    port: int = 8000
+    torch_threads: int | None = None  # per decoder replica (default: cores / replicas)
+    request_timeout_s: float = 120.0  # a request still unanswered after this gets an error, never a hang
+
+    def __post_init__(self) -> None:
+        for name in ("replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.batch_wait_s < 0:
+            raise ConfigError(f"batch_wait_s must be >= 0 seconds, got {self.batch_wait_s}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must be in 1..65535, got {self.port}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads must be a positive integer, got {self.torch_threads}")
+
+
+# -- wire types -------------------------------------------------------------------------------------------
+
+
+class AskRequest(BaseModel):
+    """``POST /v1/ask``: the options of ``lloco ask``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, description="the question")
+    group: str = Field(min_length=1, description="document group to search")
+    collection: str = Field("default", min_length=1)
+    top_k: int = Field(4, ge=1, le=100, description="chunks to retrieve")
+    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
+    adapter: int | Literal["active", "none"] = Field(
+        "active", description="'active': the group's active adapter; 'none': no group adapter; or an adapter id")
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    stream: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions``: OpenAI's request plus lloco's retrieval fields."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields lloco has no use for (user, ...)
+
+    model: str = "lloco"
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(None, ge=0, le=2, description="default 0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # lloco extras
+    group: str | None = Field(None, min_length=1, description="retrieve from this group with the last user message")
+    collection: str = Field("default", min_length=1)
+    top_k: int = Field(4, ge=1, le=100)
+    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
+    adapter: int | Literal["active", "none"] = "active"
+
+
+@dataclass
+class DecodeJob:
+    """One request as the decoder sees it: a question (ask) or messages (chat), its cheat sheets (in the
+    order they go into the prompt), the adapter, and the decoding options."""
+
+    question: str | None
+    messages: list[dict[str, str]] | None
+    sheets: list[Any]  # torch tensors
+    adapter_id: str | None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def config_key(self) -> tuple:
+        return (self.max_new_tokens, self.temperature, self.top_p, self.stop, self.seed)
+
+
+@dataclass
+class DecodeOut:
+    text: str = ""
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    total_s: float = 0.0
+    error: BaseException | None = field(default=None, repr=False)
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+
+
+class ServiceUnavailable(Exception):
+    """Overloaded, or the replica serving the request was lost: the client should retry."""
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The exception a deployment raised, not Ray's wrapper (whose text holds a remote traceback)."""
+    from ray.exceptions import RayTaskError
+
+    seen = 0
+    while isinstance(exc, RayTaskError) and seen < 5:
+        cause = getattr(exc, "cause", None)
+        if cause is None:
+            break
+        exc, seen = cause, seen + 1
+    return exc
+
+
+def _is_replica_lost(exc: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, WorkerCrashedError
+
+    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError))
+
+
+def error_status(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, error type, short message) for an exception; never a traceback."""
+    exc = _unwrap(exc)
+    if isinstance(exc, NotFoundError):
+        return 404, "not_found", str(exc)
+    if isinstance(exc, InputError):
+        return 422, "invalid_request", str(exc)
+    if isinstance(exc, BackPressureError):
+        return 503, "overloaded", ("the server is at capacity (every decoder replica's queue is full); retry "
+                                   "later, or start it with more --replicas")
+    if isinstance(exc, ServiceUnavailable):
+        return 503, "unavailable", str(exc)
+    if _is_replica_lost(exc):
+        return 503, "unavailable", "the decoder replica serving this request was lost; retry (Serve restarts it)"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return 503, "timeout", "the request was not answered in time (server busy); retry later"
+    if isinstance(exc, StoreError):
+        return 503, "store_unavailable", str(exc)
+    if isinstance(exc, LLoCOError):
+        return 500, "server_error", str(exc)
+    return 500, "server_error", f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+def error_body(status: int, kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, kind, message = error_status(exc)
+    if status >= 500 and kind == "server_error":
+        log.error("request failed: %s", message, exc_info=_unwrap(exc))
+    return JSONResponse(error_body(status, kind, message), status_code=status)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+# -- the decoder deployment -------------------------------------------------------------------------------
+
+
+def _build_runtime(opts: ServeOptions):
+    from .runtime import LLoCO
+
+    return LLoCO.from_pretrained(opts.model, encoder=opts.encoder, device=opts.device, dtype=opts.dtype,
+                                 adapter_capacity=MAX_ADAPTERS_PER_REPLICA + 1)  # + the encoder's reader
+
+
+def _open_store(opts: ServeOptions):
+    from .store import CheatSheetStore
+
+    return CheatSheetStore(opts.url, schema=opts.schema, create=False)
+
+
+@serve.deployment(name="LLoCODecoder")
+class LLoCODecoder:
+    """The model replicas: adapters multiplexed by id, non-streaming requests decoded in batches."""
+
+    def __init__(self, opts: ServeOptions) -> None:
+        import torch
+
+        from .service import LLoCOService
+
+        torch.set_num_threads(opts.torch_threads or max(1, (os.cpu_count() or 1) // opts.replicas))
+        self.service = LLoCOService(_build_runtime(opts), _open_store(opts))  # store = the adapter source
+        self.lloco = self.service.lloco
+        self._lock = threading.Lock()  # one decode at a time per replica (CPU-bound)
+        self._decode_batch.set_max_batch_size(opts.max_batch_size)
+        self._decode_batch.set_batch_wait_timeout_s(opts.batch_wait_s)
+
+    def info(self) -> dict[str, Any]:
+        host = self.lloco.host
+        return {"model": host.name, "model_fingerprint": host.fingerprint, "dtype": str(host.dtype),
+                "device": str(host.device), "encoder_fingerprint": self.lloco.encoder.fingerprint,
+                "pid": os.getpid(), "replica": serve.get_replica_context().replica_id.unique_id}
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
+    async def get_adapter(self, adapter_id: str) -> str:
+        """Load a stored adapter into this replica (Serve calls this once per id; LRU beyond the limit)."""
+        def load() -> None:
+            with self._lock, self.lloco.adapters.acquire(adapter_id):
+                pass  # fetched from the store, checked against the decoder and encoder, kept loaded
+
+        await asyncio.to_thread(load)
+        return adapter_id
+
+    async def _ensure_adapter(self, job: DecodeJob) -> None:
+        model_id = serve.get_multiplexed_model_id()
+        if model_id and job.adapter_id != model_id:
+            raise InputError(f"decode job for adapter {job.adapter_id!r} routed as {model_id!r}")
+        if job.adapter_id is not None:
+            await self.get_adapter(job.adapter_id)
+
+    def _prompt(self, job: DecodeJob):
+        sheets = [s.to(self.lloco.host.dtype) for s in job.sheets] or None
+        if job.messages is not None:
+            return self.lloco.prompt_chat(job.messages, sheets)
+        return self.lloco.prompt(job.question or "", sheets)
+
+    @staticmethod
+    def _config(job: DecodeJob):
+        from .generation import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
+                                stop=job.stop, seed=job.seed)
+
+    def _decode_sync(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
+        outs: list[DecodeOut | None] = [None] * len(jobs)
+        groups: dict[tuple, list[tuple[int, Any]]] = {}
+        for i, job in enumerate(jobs):  # bad prompts fail alone, not the batch
+            try:
+                groups.setdefault(job.config_key(), []).append((i, self._prompt(job)))
+            except Exception as exc:  # noqa: BLE001 - reported to that request only
+                outs[i] = DecodeOut(error=exc)
+        for members in groups.values():
+            idx = [i for i, _ in members]
+            try:
+                with self._lock:
+                    results = self.lloco.generate_batch([p for _, p in members],
+                                                        adapter_ids=[jobs[i].adapter_id for i in idx],
+                                                        config=self._config(jobs[idx[0]]))
+            except Exception as exc:  # noqa: BLE001
+                for i in idx:
+                    outs[i] = DecodeOut(error=exc)
+                continue
+            for i, r in zip(idx, results, strict=True):
+                outs[i] = DecodeOut(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
+                                    completion_tokens=len(r.token_ids), prefill_s=r.prefill_s, total_s=r.total_s)
+        return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _decode_batch(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
+        return await asyncio.to_thread(self._decode_sync, jobs)
+
+    async def decode(self, job: DecodeJob) -> DecodeOut:
+        """Decode one request (batched with concurrent requests for the same adapter)."""
+        await self._ensure_adapter(job)
+        out = await self._decode_batch(job)
+        if out.error is not None:
+            raise out.error
+        return out
+
+    async def stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
+        """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut fields}``."""
+        from .generation import StreamStats
+
+        await self._ensure_adapter(job)
+        state = StreamStats()
+
+        def produce() -> Iterator[str]:
+            prompt = self._prompt(job)
+            with self._lock:
+                yield from self.lloco.generate_stream(prompt, adapter_id=job.adapter_id, config=self._config(job),
+                                                      state=state)
+
+        async for delta in _iterate_in_thread(produce):
+            yield {"delta": delta}
+        yield {"done": {"text": state.text, "finish_reason": state.finish_reason,
+                        "prompt_tokens": state.prompt_tokens, "completion_tokens": len(state.token_ids),
+                        "prefill_s": state.prefill_s, "total_s": state.total_s}}
+
+
+async def _iterate_in_thread(factory: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
+    """Run a blocking iterator in a thread and yield its items on the event loop (errors re-raised here)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            for item in factory():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+    thread = threading.Thread(target=run, name="lloco-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# -- the HTTP ingress -------------------------------------------------------------------------------------
+
+app = FastAPI(title="lloco", description="LLoCO: answers over compressed cheat sheets with per-group adapters")
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    message = "invalid request: " + "; ".join(parts) + " (see GET /docs for the request schema)"
+    return JSONResponse(error_body(422, "invalid_request", message), status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _any_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
+
+
+# Defined before the ingress class: @serve.ingress copies the FastAPI app (and its routes' globals) when the
+# class is decorated, so helpers the endpoints call must exist by then.
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"  # lloco's "eos"/"stop" are OpenAI's "stop"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass
+class _Retrieved:
+    sheets: list[Any]
+    adapter_id: int | None
+    sources: list[Any]
+    context_tokens: int
+    raw_context_tokens: int
+
+
+@serve.deployment(name="LLoCOIngress")
+@serve.ingress(app)
+class LLoCOIngress:
+    """HTTP front: validation, retrieval, then one decode job per request to :class:`LLoCODecoder`."""
+
+    def __init__(self, decoder: DeploymentHandle, opts: ServeOptions) -> None:
+        self.decoder = decoder
+        self.opts = opts
+        self.store = _open_store(opts)
+        self._decoder_info: dict[str, Any] | None = None
+
+    async def _info(self) -> dict[str, Any]:
+        if self._decoder_info is None:
+            self._decoder_info = await self._call(lambda: self.decoder.info.remote())
+        return self._decoder_info
+
+    async def _call(self, make: Callable[[], Any]) -> Any:
+        """Await a handle call; a lost replica is retried once on another, then 503; never waits forever."""
+        for attempt in range(2):
+            try:
+                return await asyncio.wait_for(make(), timeout=self.opts.request_timeout_s)
+            except BackPressureError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                cause = _unwrap(exc)
+                if not _is_replica_lost(cause) and not _is_replica_lost(exc):
+                    raise cause from None
+                if attempt == 1:
+                    raise ServiceUnavailable("the decoder replica serving this request was lost and the retry "
+                                             "failed too; retry shortly (Serve is restarting it)") from None
+                log.warning("decoder replica lost (%s); retrying the request once", type(exc).__name__)
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    async def _retrieve(self, question: str, *, group: str, collection: str, top_k: int, mode: str,
+                        adapter: int | str) -> _Retrieved:
+        from .service import LLoCOService
+
+        fingerprint = (await self._info())["encoder_fingerprint"]
+        result = await asyncio.to_thread(self.store.retrieve, question, group=group, collection=collection,
+                                         top_k=top_k, mode=mode, encoder_fingerprint=fingerprint)
+        if not result.chunks:
+            raise InputError(f"group {group!r} has no chunks matching the query; ingest documents first")
+        ordered = sorted(result.chunks, key=lambda c: (c.doc_id, c.ordinal))  # as LLoCOService does
+        sheets = [c.cheat_sheet for c in ordered if c.cheat_sheet is not None]
+        adapter_id = result.adapter_id if adapter == "active" else (None if adapter == "none" else int(adapter))
+        return _Retrieved(sheets, adapter_id, LLoCOService._sources(result), result.context_tokens,
+                          result.raw_context_tokens)
+
+    def _handle(self, job: DecodeJob, **options: Any) -> DeploymentHandle:
+        if job.adapter_id is not None:
+            options["multiplexed_model_id"] = job.adapter_id
+        return self.decoder.options(**options) if options else self.decoder
+
+    def _decode(self, job: DecodeJob):
+        handle = self._handle(job)
+        return self._call(lambda: handle.decode.remote(job))
+
+    async def _stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
+        """The decoder's events; a replica lost before the first event is retried once."""
+        for attempt in range(2):
+            sent = False
+            try:
+                gen = self._handle(job, stream=True).stream.remote(job)
+                deadline = time.monotonic() + self.opts.request_timeout_s
+                while True:
+                    try:
+                        item = await asyncio.wait_for(gen.__anext__(), timeout=max(0.1, deadline - time.monotonic()))
+                    except StopAsyncIteration:
+                        return
+                    sent = True
+                    yield item
+            except BackPressureError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                cause = _unwrap(exc)
+                lost = _is_replica_lost(cause) or _is_replica_lost(exc)
+                if not lost:
+                    raise cause from None
+                if sent or attempt == 1:
+                    raise ServiceUnavailable("the decoder replica streaming this answer was lost; retry") from None
+                await asyncio.sleep(0.2)
+
+    # -- endpoints --------------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        info = await self._info()
+        return {"status": "ok", "model": info["model"], "encoder_fingerprint": info["encoder_fingerprint"],
+                "replicas": self.opts.replicas, "max_batch_size": self.opts.max_batch_size}
+
+    @app.post("/v1/ask", response_model=None)
+    async def ask(self, req: AskRequest) -> dict[str, Any] | JSONResponse | StreamingResponse:
+        from .service import Answer
+
+        try:
+            if not req.question.strip():
+                raise InputError("the question is empty")
+            r = await self._retrieve(req.question, group=req.group, collection=req.collection, top_k=req.top_k,
+                                     mode=req.mode, adapter=req.adapter)
+            job = DecodeJob(req.question, None, r.sheets, None if r.adapter_id is None else str(r.adapter_id),
+                            max_new_tokens=req.max_new_tokens)
+
+            def answer(text: str, prefill_s: float, total_s: float) -> dict[str, Any]:
+                return Answer(answer=text.strip(), sources=r.sources, adapter_id=r.adapter_id,
+                              context_tokens=r.context_tokens, raw_context_tokens=r.raw_context_tokens,
+                              prefill_s=prefill_s, total_s=total_s).to_dict()
+
+            if not req.stream:
+                out = await self._decode(job)
+                return answer(out.text, out.prefill_s, out.total_s)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a JSON response
+            return error_response(exc)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for ev in self._stream(job):
+                    if "delta" in ev:
+                        yield _sse({"delta": ev["delta"]})
+                    else:
+                        d = ev["done"]
+                        yield _sse(answer(d["text"], d["prefill_s"], d["total_s"]))
+            except Exception as exc:  # noqa: BLE001 - headers are sent: the error is an event
+                yield _sse(error_body(*error_status(exc)))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, req: ChatRequest) -> dict[str, Any] | JSONResponse | StreamingResponse:
+        from .prompt import chat_messages
+
+        try:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            chat_messages(messages)  # checks the roles/order now: a 422, not a failed decode
+            r = None
+            if req.group is not None:
+                question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+                r = await self._retrieve(question, group=req.group, collection=req.collection, top_k=req.top_k,
+                                         mode=req.mode, adapter=req.adapter)
+            stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+            adapter = None if r is None or r.adapter_id is None else str(r.adapter_id)
+            if r is None and isinstance(req.adapter, int):
+                adapter = str(req.adapter)
+            job = DecodeJob(None, messages, r.sheets if r else [], adapter,
+                            max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
+                            temperature=req.temperature or 0.0, top_p=req.top_p, stop=stop, seed=req.seed)
+            cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+            extra = {} if r is None else {"lloco": {
+                "sources": [{"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score} for s in r.sources],
+                "adapter_id": r.adapter_id, "context_tokens": r.context_tokens,
+                "raw_context_tokens": r.raw_context_tokens}}
+            if not req.stream:
+                out = await self._decode(job)
+                return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text.strip()},
+                                     "logprobs": None, "finish_reason": _finish(out.finish_reason)}],
+                        "usage": _usage(out.prompt_tokens, out.completion_tokens)} | extra
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield _sse(chunk({"role": "assistant", "content": ""}, None))
+                first = True
+                async for ev in self._stream(job):
+                    if "delta" in ev:
+                        text = ev["delta"].lstrip() if first else ev["delta"]
+                        if text:
+                            first = False
+                            yield _sse(chunk({"content": text}, None))
+                    else:
+                        d = ev["done"]
+                        yield _sse(chunk({}, _finish(d["finish_reason"])) | extra)
+                        if req.stream_options is not None and req.stream_options.include_usage:
+                            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                        "model": req.model, "choices": [],
+                                        "usage": _usage(d["prompt_tokens"], d["completion_tokens"])})
+            except Exception as exc:  # noqa: BLE001
+                yield _sse(error_body(*error_status(exc)))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# -- running ----------------------------------------------------------------------------------------------
+
+
+def build_app(opts: ServeOptions):
+    """The Serve application: the ingress bound to ``opts.replicas`` decoder replicas."""
+    decoder = LLoCODecoder.options(
+        num_replicas=opts.replicas, max_ongoing_requests=max(opts.max_ongoing_requests, opts.max_batch_size),
+        max_queued_requests=opts.max_queued_requests, ray_actor_options={"num_cpus": 0},
+    ).bind(opts)
+    return LLoCOIngress.options(num_replicas=1, max_ongoing_requests=1024, max_queued_requests=-1,
+                                ray_actor_options={"num_cpus": 0}).bind(decoder, opts)
+
+
+def start_server(opts: ServeOptions, *, num_cpus: int | None = None) -> str:
+    """Start Ray (if needed) and Serve on ``opts.host:opts.port``, deploy the app, return its base URL."""
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in _ENV_PASSED if k in os.environ}
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env})
+    serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s + 30})
+    serve.run(build_app(opts), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{opts.host}:{opts.port}"
+
+
+def stop_server() -> None:
+    """Delete the app and shut Serve down (Ray stays up)."""
+    serve.shutdown()
+
+
+def run_server(opts: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Start the server and block until Ctrl-C, then shut it down."""
+    url = start_server(opts)
+    if on_ready is not None:
+        on_ready(url)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        stop_server()
+        ray.shutdown()
+
+
+# -- load benchmark ---------------------------------------------------------------------------------------
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+async def run_load(base_url: str, requests: Sequence[dict[str, Any]], *, concurrency: int,
+                   path: str = "/v1/ask", timeout_s: float = 120.0) -> dict[str, Any]:
+    """Send ``requests`` (JSON bodies) with ``concurrency`` clients; each client takes the next request.
+
+    Returns ``{"results": [(status, body or None, latency_s)], "seconds", "throughput_rps", "p50_s",
+    "p95_s", "ok", "errors"}`` in request order; a client timeout is recorded as status 0 (never a hang).
+    """
+    import httpx
+
+    results: list[tuple[int, Any, float] | None] = [None] * len(requests)
+    nxt = iter(range(len(requests)))
+
+    async def client(c: httpx.AsyncClient) -> None:
+        for i in nxt:
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(path, json=requests[i])
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+                results[i] = (r.status_code, body, time.perf_counter() - t0)
+            except httpx.TimeoutException:
+                results[i] = (0, "client timeout", time.perf_counter() - t0)
+            except httpx.HTTPError as exc:
+                results[i] = (-1, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as c:
+        await asyncio.gather(*(client(c) for _ in range(concurrency)))
+    seconds = time.perf_counter() - t0
+    done = [r for r in results if r is not None]
+    lat = [r[2] for r in done if r[0] == 200]
+    return {"results": done, "seconds": round(seconds, 3), "concurrency": concurrency,
+            "requests": len(requests), "ok": len(lat), "errors": len(done) - len(lat),
+            "throughput_rps": round(len(lat) / seconds, 3) if seconds > 0 else 0.0,
+            "p50_s": round(_percentile(lat, 0.5), 4), "p95_s": round(_percentile(lat, 0.95), 4)}
+
+
+def bench_serving_http(base_url: str, requests: Sequence[dict[str, Any]], *,
+                       concurrency: Sequence[int] = (1, 4, 8), path: str = "/v1/ask",
+                       timeout_s: float = 120.0) -> dict[str, Any]:
+    """Throughput and p50/p95 latency of a running server at each client concurrency (1 = one at a time).
+
+    ``requests``: JSON bodies for ``path`` (e.g. ``{"question", "group", "max_new_tokens"}`` for /v1/ask).
+    Returns ``{"url", "requests", "runs": [{concurrency, seconds, throughput_rps, p50_s, p95_s, ok, errors,
+    speedup_vs_1}]}``; the same requests run at every level.
+    """
+    if not requests:
+        raise InputError("bench_serving_http needs at least one request body")
+    runs = []
+    for n in concurrency:
+        if n < 1:
+            raise InputError(f"concurrency levels must be positive, got {n}")
+        r = asyncio.run(run_load(base_url, requests, concurrency=n, path=path, timeout_s=timeout_s))
+        r.pop("results")
+        runs.append(r)
+    base = next((r["throughput_rps"] for r in runs if r["concurrency"] == 1), None)
+    for r in runs:
+        r["speedup_vs_1"] = round(r["throughput_rps"] / base, 2) if base else None
+    return {"url": base_url, "path": path, "requests": len(requests), "runs": runs}
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """A small table of :func:`bench_serving_http`'s report."""
+    lines = [f"{report['requests']} requests to {report['url']}{report['path']}",
+             "clients  req/s   p50 s   p95 s   ok/err  x vs 1"]
+    for r in report["runs"]:
+        lines.append(f"{r['concurrency']:>7}  {r['throughput_rps']:>5.2f}  {r['p50_s']:>6.3f}  {r['p95_s']:>6.3f}  "
+                     f"{r['ok']:>3}/{r['errors']:<3} {r['speedup_vs_1'] or 0:>5.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["AskRequest", "ChatRequest", "DecodeJob", "LLoCODecoder", "LLoCOIngress", "ServeOptions", "app",
+           "bench_serving_http", "build_app", "error_status", "format_bench", "run_load", "run_server",
+           "start_server", "stop_server"]

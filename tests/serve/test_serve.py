@@ -1,0 +1,256 @@
+"""``lloco serve`` end to end: a Ray Serve application (FastAPI ingress + 2 decoder replicas) over a real store
+and a tiny real model, exercised over HTTP with httpx: answers equal the in-process service's, SSE streams,
+the OpenAI chat wire shape, JSON errors without tracebacks, a concurrent load test, and a replica killed
+under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from conftest import GROUPS, MAX_NEW, QUESTIONS
+
+pytestmark = pytest.mark.ray
+
+
+def _expected(service, group: str, question: str, **kw) -> dict:
+    return service.answer(question, group=group, max_new_tokens=MAX_NEW, **kw).to_dict()
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text and 'File "' not in text, text
+
+
+def _sse_events(text: str) -> list:
+    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    assert events and events[-1] == "[DONE]", text
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_healthz(served):
+    url, service, _, _ = served
+    r = httpx.get(f"{url}/healthz", timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["encoder_fingerprint"] == service.lloco.encoder.fingerprint
+
+
+def test_ask_json_equals_in_process_answer(served):
+    url, service, _, info = served
+    for g in GROUPS:
+        want = _expected(service, g, QUESTIONS[0])
+        r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": g, "max_new_tokens": MAX_NEW},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert set(got) == set(want)
+        assert got["answer"] == want["answer"]
+        assert got["sources"] == want["sources"]
+        assert got["adapter_id"] == want["adapter_id"] == info["adapters"][g]
+        assert (got["context_tokens"], got["raw_context_tokens"]) == (want["context_tokens"],
+                                                                      want["raw_context_tokens"])
+    # the two adapters answer differently (else the load test could not tell them apart)
+    answers = {httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0],
+                                                 "adapter": a, "max_new_tokens": MAX_NEW}, timeout=60).json()["answer"]
+               for a in ("active", "none")}
+    assert len(answers) == 2
+
+
+def test_ask_adapter_none_equals_service_without_adapter(served):
+    url, service, _, _ = served
+    want = _expected(service, GROUPS[1], QUESTIONS[1], use_adapter=False)
+    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[1], "group": GROUPS[1], "adapter": "none",
+                                          "max_new_tokens": MAX_NEW}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == want["answer"] and r.json()["adapter_id"] is None
+
+
+def test_ask_stream_concatenates_to_the_answer(served):
+    url = served[0]
+    body = {"question": QUESTIONS[2], "group": GROUPS[1], "max_new_tokens": MAX_NEW}
+    plain = httpx.post(f"{url}/v1/ask", json=body, timeout=60).json()
+    r = httpx.post(f"{url}/v1/ask", json=body | {"stream": True}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _sse_events(r.text)
+    deltas = [e["delta"] for e in events if "delta" in e]
+    final = events[-1]
+    assert "delta" not in final and final["answer"] == plain["answer"]
+    assert "".join(deltas).strip() == plain["answer"]
+    assert final["sources"] == plain["sources"] and final["adapter_id"] == plain["adapter_id"]
+
+
+def test_chat_completions_wire_shape(served):
+    url, service, _, info = served
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTIONS[0]}]
+    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "lloco", "messages": messages,
+                                                       "max_tokens": MAX_NEW, "temperature": 0, "group": GROUPS[0],
+                                                       "user": "ignored-openai-field"}, timeout=60)
+    assert r.status_code == 200, r.text
+    c = r.json()
+    assert c["object"] == "chat.completion" and c["id"].startswith("chatcmpl-") and c["model"] == "lloco"
+    assert isinstance(c["created"], int)
+    (choice,) = c["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    u = c["usage"]
+    assert u["completion_tokens"] >= 1 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert c["lloco"]["adapter_id"] == info["adapters"][GROUPS[0]] and c["lloco"]["sources"]
+    # the same conversation in process (same cheat sheets, adapter, greedy)
+    result = service.retrieve(QUESTIONS[0], group=GROUPS[0])
+    want = service.lloco.answer_chat(messages, service._context(result), adapter_id=str(result.adapter_id),
+                                     max_new_tokens=MAX_NEW)
+    assert choice["message"]["content"] == want.text.strip()
+    assert u["completion_tokens"] == len(want.token_ids)
+
+    # streaming: chat.completion.chunk events, role first, finish_reason last, then [DONE]
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": MAX_NEW,
+                                                       "group": GROUPS[0], "stream": True,
+                                                       "stream_options": {"include_usage": True}}, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _sse_events(r.text)
+    assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text.strip() == choice["message"]["content"]
+    finals = [e for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert len(finals) == 1 and finals[0]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == u
+
+    # without a group: plain chat with the decoder
+    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                       "max_tokens": 4}, timeout=60)
+    assert r.status_code == 200 and "lloco" not in r.json()
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/v1/ask", {"question": "Where?", "group": "no-such-group"}, 404),
+    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "adapter": 987654}, 404),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "group": "nope"}, 404),
+    ("/v1/ask", {"group": GROUPS[0]}, 422),
+    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "top_k": 0}, 422),
+    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "colour": "red"}, 422),
+    ("/v1/ask", {"question": "   ", "group": GROUPS[0]}, 422),
+    ("/v1/chat/completions", {"messages": []}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant",
+                                                                              "content": "y"}]}, 422),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 422),
+])
+def test_errors_are_json_without_traceback(served, path, body, status):
+    url = served[0]
+    r = httpx.post(f"{url}{path}", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and err["message"] and err["type"]
+    _no_traceback(r.text)
+
+
+def test_bad_body_and_server_error_are_json(served):
+    url, _, _, info = served
+    r = httpx.post(f"{url}/v1/ask", content=b"{not json", headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 422 and r.json()["error"]["code"] == 422
+    _no_traceback(r.text)
+    # an adapter that fails to load on the replica (made for other weights): 500 with lloco's message
+    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0],
+                                          "adapter": info["bad_adapter"], "max_new_tokens": 4}, timeout=60)
+    assert r.status_code == 500, r.text
+    assert "base model" in r.json()["error"]["message"]
+    _no_traceback(r.text)
+    # the same failure while streaming: an error event, then [DONE]
+    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0], "stream": True,
+                                          "adapter": info["bad_adapter"], "max_new_tokens": 4}, timeout=60)
+    events = _sse_events(r.text)
+    assert events[-1]["error"]["code"] == 500
+    _no_traceback(r.text)
+
+
+def test_error_mapping():
+    from ray.serve.exceptions import BackPressureError
+
+    from lloco_runtime.errors import InputError, NotFoundError
+    from lloco_runtime.serve import error_status
+
+    assert error_status(NotFoundError("x"))[0] == 404
+    assert error_status(InputError("x"))[0] == 422
+    assert error_status(BackPressureError(num_queued_requests=3, max_queued_requests=2))[0] == 503
+    status, _, message = error_status(KeyError("secret internals"))
+    assert status == 500 and "secret" not in message and "KeyError" in message
+
+
+def _jobs() -> list[dict]:
+    one = [{"question": q, "group": g, "max_new_tokens": MAX_NEW} for g in GROUPS for q in QUESTIONS]
+    return one * 8  # 64 requests over 2 groups (2 adapters) and 4 questions
+
+
+def _check_answers(results, jobs, expected) -> None:
+    assert len(results) == len(jobs)
+    for (status, body, _), job in zip(results, jobs, strict=True):
+        assert status == 200, body
+        assert body["answer"] == expected[(job["group"], job["question"])]
+
+
+def test_load_64_requests_8_clients(served):
+    from lloco_runtime.serve import run_load
+
+    url, service, _, _ = served
+    jobs = _jobs()
+    expected = {(g, q): _expected(service, g, q)["answer"] for g in GROUPS for q in QUESTIONS}
+    assert len({expected[(g, QUESTIONS[0])] for g in GROUPS}) > 1 or len(set(expected.values())) > 2
+    concurrent = asyncio.run(run_load(url, jobs, concurrency=8, timeout_s=60))
+    _check_answers(concurrent["results"], jobs, expected)
+    serial = asyncio.run(run_load(url, jobs, concurrency=1, timeout_s=60))
+    _check_answers(serial["results"], jobs, expected)
+    for name, r in (("8 clients", concurrent), ("one at a time", serial)):
+        print(f"\n[serve load] {name}: {r['ok']}/{r['requests']} ok in {r['seconds']:.2f} s, "
+              f"{r['throughput_rps']:.2f} req/s, p50 {r['p50_s'] * 1000:.0f} ms, p95 {r['p95_s'] * 1000:.0f} ms")
+    print(f"[serve load] throughput ratio 8 clients / one at a time: "
+          f"{concurrent['throughput_rps'] / serial['throughput_rps']:.2f}x")
+
+
+def test_replica_killed_under_load_requests_retry_or_503_and_server_recovers(served):
+    from ray import serve
+
+    from lloco_runtime.serve import run_load
+
+    url, service, _, _ = served
+    jobs = _jobs()
+    expected = {(g, q): _expected(service, g, q)["answer"] for g in GROUPS for q in QUESTIONS}
+    decoder = serve.get_deployment_handle("LLoCODecoder", app_name="lloco")
+    victim = decoder.info.remote().result(timeout_s=60)
+
+    async def load_and_kill():
+        task = asyncio.create_task(run_load(url, jobs, concurrency=8, timeout_s=60))
+        await asyncio.sleep(0.5)  # mid-load
+        os.kill(victim["pid"], signal.SIGKILL)
+        return await task
+
+    t0 = time.perf_counter()
+    r = asyncio.run(load_and_kill())
+    statuses = [s for s, _, _ in r["results"]]
+    print(f"\n[serve kill] replica pid {victim['pid']} killed mid-load: {statuses.count(200)} answered, "
+          f"{statuses.count(503)} got 503, in {time.perf_counter() - t0:.1f} s")
+    assert len(statuses) == len(jobs)
+    assert 0 not in statuses, "a client timed out: a request hung"
+    assert set(statuses) <= {200, 503}, r["results"]
+    for (status, body, _), job in zip(r["results"], jobs, strict=True):
+        if status == 200:
+            assert body["answer"] == expected[(job["group"], job["question"])]
+        else:
+            assert body["error"]["code"] == 503
+            _no_traceback(json.dumps(body))
+    # recovery: later requests succeed (on the survivor at once, and Serve brings the replica back)
+    deadline = time.monotonic() + 120
+    while True:
+        st = serve.status().applications["lloco"].deployments["LLoCODecoder"]
+        if st.status == "HEALTHY" and st.replica_states.get("RUNNING", 0) == 2:
+            break
+        assert time.monotonic() < deadline, f"decoder replicas not back: {st}"
+        time.sleep(1)
+    after = asyncio.run(run_load(url, jobs[:16], concurrency=8, timeout_s=60))
+    _check_answers(after["results"], jobs[:16], expected)
+    pids = {decoder.info.remote().result(timeout_s=60)["pid"] for _ in range(8)}
+    assert victim["pid"] not in pids
