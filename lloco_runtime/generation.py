@@ -7,8 +7,11 @@ for exactly its own steps even when many requests share the model, and streaming
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -381,18 +384,67 @@ class _Row:
                                 prefill_s=self.prefill_s, total_s=self.total_s)
 
 
+_BYTE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _byte_table(tokenizer) -> list[bytes | None] | None:
+    """Each token id's bytes for a byte-level BPE tokenizer (GPT-2 style, as SmolLM2 and Llama 3 use), b"" for
+    special tokens, None for added non-special tokens; None for any other kind of tokenizer. Decoding is then
+    concatenating bytes and one UTF-8 decode, as the tokenizer's own ByteLevel decoder does."""
+    try:
+        return _BYTE_TABLES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    table = None
+    try:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+        if (decoder or {}).get("type") == "ByteLevel" and not getattr(tokenizer, "clean_up_tokenization_spaces",
+                                                                       False):
+            bytes_of = {}
+            n = 0
+            for b in range(256):  # GPT-2's byte-to-unicode table
+                if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255:
+                    bytes_of[chr(b)] = b
+                else:
+                    bytes_of[chr(256 + n)] = b
+                    n += 1
+            size = len(tokenizer)
+            added = {i: t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if i < size}
+            tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
+            table = []
+            for i, t in enumerate(tokens):
+                if i in added:
+                    table.append(b"" if getattr(added[i], "special", False) else None)
+                elif t is None:
+                    table.append(None)
+                else:
+                    table.append(bytes(bytes_of[c] for c in t))
+    except (KeyError, AttributeError, TypeError, ValueError):  # not byte-level after all: the generic path
+        table = None
+    with contextlib.suppress(TypeError):
+        _BYTE_TABLES[tokenizer] = table
+    return table
+
+
 class _IncrementalDecoder:
-    """``tokenizer.decode(ids, skip_special_tokens=True)`` of a growing list of ids, re-decoding only the
-    tokens since the last clean character boundary plus a few before it (for tokenizers whose decoding of a
-    token depends on its left neighbour, e.g. a leading space dropped at the start)."""
+    """``tokenizer.decode(ids, skip_special_tokens=True)`` of a growing list of ids, without re-decoding the
+    whole list at every token.
+
+    Byte-level BPE tokenizers: the tokens' bytes are appended to a buffer and only the bytes since the last
+    complete character are decoded. Other tokenizers: only the tokens since the last clean character boundary
+    plus a few before it are re-decoded (decoding a token may depend on its left neighbour, e.g. a leading
+    space dropped at the start)."""
 
     CONTEXT = 4
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
+        self.table = _byte_table(tokenizer)
         self.ids: list[int] = []
-        self.committed = ""  # text of ids[:self.k]
-        self.k = 0
+        self.buf = bytearray()
+        self.committed = ""  # text of ids[:self.k] (of buf[:self.kb] on the byte path)
+        self.k = self.kb = 0
         self.head = ""  # text of ids[self.p:self.k]
         self.p = 0
 
@@ -402,12 +454,22 @@ class _IncrementalDecoder:
     def append(self, token_id: int) -> str:
         """The decoded text of all ids so far, ``token_id`` included."""
         self.ids.append(token_id)
+        if self.table is not None:
+            piece = self.table[token_id] if 0 <= token_id < len(self.table) else None
+            if piece is not None:
+                self.buf += piece
+                text = self.committed + self.buf[self.kb:].decode("utf-8", errors="replace")
+                if not text.endswith("\ufffd"):  # a complete character: later bytes cannot change this text
+                    self.committed, self.kb = text, len(self.buf)
+                return text
+            self.table = None  # an added token: continue on the generic path
+            self.committed, self.k, self.p, self.head = "", 0, 0, ""
         tail = self._decode(self.ids[self.p:])
         if tail.startswith(self.head):
             text = self.committed + tail[len(self.head):]
         else:  # the window decodes differently in context: decode everything (rare)
             text = self._decode(self.ids)
-        if not text.endswith("\ufffd"):  # a clean boundary: later tokens cannot change this text
+        if not text.endswith("\ufffd") and len(self.ids) - self.k >= self.CONTEXT:
             self.committed, self.k = text, len(self.ids)
             self.p = max(0, self.k - self.CONTEXT)
             self.head = self._decode(self.ids[self.p:self.k])
