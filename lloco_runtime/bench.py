@@ -10,6 +10,8 @@ comparable even on a noisy machine. Sections (each a key of the JSON report):
 - ``compression``: encoder tokens/s vs. the plain forward pass (:mod:`.bench_model`);
 - ``retrieval`` / ``ingest``: store latency and throughput (:mod:`.store.bench`);
 - ``adapters``: load from the store, switch, mixed-adapter batches (:mod:`.bench_model`);
+- ``decode``: decode ms/token of our loop vs. ``model.generate()``, batched decoding tokens/s at batch 1/4/8
+  (:mod:`.bench_model`);
 - ``memory``: peak RSS of serving, stored bytes per chunk.
 """
 
@@ -298,6 +300,14 @@ def format_report(report: dict) -> str:
                    f"{a['mixed_batch_ratio']:.2f}x the throughput of one adapter ({a['batch']} x "
                    f"{a['seq_len']} tokens)")
         out.append("")
+    d = report.get("decode")
+    if d:
+        out.append(f"Decode ({d['new_tokens']} tokens after a {d['prompt_tokens']}-token prompt, greedy): ours "
+                   f"{d['ours_ms_per_token']:.1f} ms/token vs model.generate() {d['generate_ms_per_token']:.1f} "
+                   f"ms/token (overhead {_f(d['overhead'], '+.1%')}); batched: "
+                   + ", ".join(f"batch {r['batch']} {r['tokens_per_s']:.1f} tokens/s ({r['speedup_vs_1']:.2f}x)"
+                               for r in d["batch"]))
+        out.append("")
     mem = report.get("memory") or {}
     out.append(f"Memory: peak RSS serving {_f(mem.get('peak_rss_mb'), '.0f')} MiB (whole bench "
                f"{_f(mem.get('bench_peak_rss_mb'), '.0f')} MiB); stored bytes per chunk "
@@ -313,10 +323,10 @@ def format_report(report: dict) -> str:
 
 
 QUICK = {"contexts": [1000, 7000], "beyond": [16_000, 64_000], "reps": 3, "store_sizes": (10_000,),
-         "e2e_tokens": 2000, "compress_segments": 8, "shipped_beyond": False}
+         "e2e_tokens": 2000, "compress_segments": 8, "shipped_beyond": False, "decode_tokens": 16}
 FULL = {"contexts": [1000, 2000, 4000, 7000], "beyond": [16_000, 32_000, 64_000], "reps": 5,
         "store_sizes": (10_000, 100_000), "e2e_tokens": 6000, "compress_segments": 32,
-        "shipped_beyond": True}
+        "shipped_beyond": True, "decode_tokens": 32}
 
 
 def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None, reps: int | None = None,
@@ -387,6 +397,9 @@ def run(lloco: LLoCO, *, quick: bool = False, contexts: list[int] | None = None,
         else:
             report["adapters"] = bench_model.bench_adapters(lloco, reps=reps)
         lap("adapters")
+        # 2b. decoding: our loop vs generate(), batched throughput
+        report["decode"] = bench_model.bench_decode(lloco, new_tokens=plan["decode_tokens"], reps=reps)
+        lap("decode")
         # 3. prefill
         rows, beyond_rows = bench_prefill(lloco, contexts, reps=reps, beyond=[b for b in beyond if b],
                                           shipped_beyond=plan["shipped_beyond"], question=question,

@@ -217,3 +217,87 @@ def bench_adapters(lloco: LLoCO, *, source: Callable[[str], bytes] | None = None
             "mixed_batch_s": round(mixed_s, 4), "batch": batch, "seq_len": seq_len, "source": where,
             "adapter_bytes": len(source(a_id)), "lora_layers": n_layers, "reps": reps,
             "switch_reps": switch_reps}
+
+
+# -- decoding -----------------------------------------------------------------------------------------------
+
+
+def bench_decode(lloco: LLoCO, prompt_text: str | None = None, *, new_tokens: int = 32, reps: int = 3,
+                 batch_sizes: Sequence[int] = (1, 4, 8), warmup: bool = True) -> dict[str, Any]:
+    """Decode speed: our loop vs. transformers' ``model.generate()``, and batched decoding throughput.
+
+    - ``ours_ms_per_token``: :meth:`Generator.generate` (greedy, no adapter), (total - prefill) / decode steps;
+    - ``generate_ms_per_token``: ``model.generate(inputs_embeds=...)`` over the same embeddings, greedy, forced
+      to ``new_tokens`` tokens: (time of ``new_tokens`` tokens - time of 1 token) / (``new_tokens`` - 1);
+      ``overhead`` = ours / generate() - 1 (what our loop costs per token beyond the model's own);
+    - ``batch``: :meth:`Generator.generate_batch` over ``b`` prompts of different lengths (the prompt cut at
+      different points): generated tokens / wall seconds (prefill included), for each ``b`` in ``batch_sizes``,
+      and ``speedup_vs_1`` against ``b = 1``.
+
+    Every run decodes exactly ``new_tokens`` tokens (EOS ignored, as ``min_new_tokens`` does for generate()),
+    greedy, no adapter. Repetitions are interleaved; medians.
+    """
+    from .generation import GenerationConfig, Generator
+    from .prompt import Prompt
+
+    if new_tokens < 2:
+        raise ValueError("bench_decode needs new_tokens >= 2 (a decode step after the first token)")
+    host = lloco.host
+    gen = Generator(host)
+    gen._eos_ids = set  # type: ignore[method-assign]  # a private generator that ignores EOS
+    tok = host.tokenizer
+    text = prompt_text or ("The river town kept its records in a stone archive near the old mill. Each spring "
+                           "the council counted the boats, the looms and the wells. Write the story of the town:")
+    words = text.split()
+    prompt = Prompt.from_text(text)
+    cfg = GenerationConfig(max_new_tokens=new_tokens)
+    embeds, _, _ = gen.embed(prompt)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=host.device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    ours_steps: list[float] = []
+
+    def ours() -> None:
+        res = gen.generate(prompt, cfg)
+        ours_steps.append((res.total_s - res.prefill_s) / max(1, len(res.token_ids) - 1))
+
+    def hf(n: int) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad(), host.using(None) as model:
+                model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                               do_sample=False, pad_token_id=pad)
+        return run
+
+    # b prompts of different lengths: the text cut after a different number of words each
+    batches = {b: [Prompt.from_text(" ".join(words[:max(4, len(words) - 3 * i)])) for i in range(b)]
+               for b in batch_sizes}
+    batch_tokens: dict[int, list[int]] = {b: [] for b in batch_sizes}
+
+    def batched(b: int) -> Callable[[], None]:
+        def run() -> None:
+            res = gen.generate_batch(batches[b], cfg, [None] * b)
+            batch_tokens[b].append(sum(len(r.token_ids) for r in res))
+        return run
+
+    fns: dict[str, Callable[[], None]] = {"ours": ours, "hf_1": hf(1), "hf_n": hf(new_tokens)}
+    fns.update({f"batch_{b}": batched(b) for b in batch_sizes})
+    for fn in fns.values() if warmup else ():
+        fn()
+    ours_steps.clear()
+    for v in batch_tokens.values():
+        v.clear()
+    times = interleaved(fns, reps)
+    ours_ms = 1000 * statistics.median(ours_steps)
+    hf_ms = 1000 * max(statistics.median(times["hf_n"]) - statistics.median(times["hf_1"]), 0.0) / (new_tokens - 1)
+    batch = []
+    for b in batch_sizes:
+        tps = [n / t for n, t in zip(batch_tokens[b], times[f"batch_{b}"], strict=True)]
+        batch.append({"batch": b, "tokens_per_s": round(statistics.median(tps), 2),
+                      "tokens": int(statistics.median(batch_tokens[b])),
+                      "seconds": round(statistics.median(times[f"batch_{b}"]), 4)})
+    base = next((r["tokens_per_s"] for r in batch if r["batch"] == 1), None)
+    for r in batch:
+        r["speedup_vs_1"] = round(r["tokens_per_s"] / base, 3) if base else None
+    return {"ours_ms_per_token": round(ours_ms, 3), "generate_ms_per_token": round(hf_ms, 3),
+            "overhead": round(ours_ms / hf_ms - 1, 4) if hf_ms else None, "batch": batch,
+            "prompt_tokens": int(embeds.shape[1]), "new_tokens": new_tokens, "reps": reps}

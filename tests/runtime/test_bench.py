@@ -133,6 +133,24 @@ def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
     torch.testing.assert_close(again, only_a)
 
 
+def test_decode_section(tiny_lloco):
+    """Our decode loop vs generate(), and batched throughput: exactly new_tokens per row (EOS ignored)."""
+    d = bench_model.bench_decode(tiny_lloco, new_tokens=6, reps=1, batch_sizes=(1, 3), warmup=False)
+    assert d["ours_ms_per_token"] > 0 and d["generate_ms_per_token"] >= 0 and d["new_tokens"] == 6
+    assert d["overhead"] is None or d["overhead"] == pytest.approx(
+        d["ours_ms_per_token"] / d["generate_ms_per_token"] - 1, abs=1e-3)
+    assert [(r["batch"], r["tokens"]) for r in d["batch"]] == [(1, 6), (3, 18)]
+    assert all(r["tokens_per_s"] > 0 for r in d["batch"]) and d["batch"][0]["speedup_vs_1"] == 1.0
+    assert tiny_lloco.host.model.generation_config.eos_token_id is not None  # only the bench's generator ignores it
+    with pytest.raises(ValueError, match="new_tokens"):
+        bench_model.bench_decode(tiny_lloco, new_tokens=1)
+    report = {"machine": bench.machine_info(tiny_lloco), "_prefill_table": "",
+              "settings": {"reps": 1, "prefill_summary_length": 16, "prefill_segment_length": 512},
+              "targets": {}, "decode": d}
+    line = next(x for x in bench.format_report(report).splitlines() if x.startswith("Decode"))
+    assert "model.generate()" in line and "batch 3" in line
+
+
 def test_compression_ratio_of_eval_runs():
     assert bench_plot.compression_ratio({"mode": "rag"}) == 1.0
     assert bench_plot.compression_ratio({"mode": "none"}) is None
