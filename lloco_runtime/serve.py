@@ -638,16 +638,19 @@ def build_app(opts: ServeOptions):
                                 ray_actor_options={"num_cpus": 0}).bind(decoder, opts)
 
 
-def start_server(opts: ServeOptions, *, num_cpus: int | None = None) -> str:
-    """Start Ray (if needed) and Serve on ``opts.host:opts.port``, deploy the app, return its base URL."""
+def start_server(opts: ServeOptions, *, num_cpus: int | None = None, name: str = APP_NAME,
+                 route_prefix: str = "/") -> str:
+    """Start Ray (if needed) and Serve on ``opts.host:opts.port``, deploy the app as ``name`` under
+    ``route_prefix``, return its base URL. Serve's HTTP options apply when Serve starts: a second app in the
+    same Serve (another name and prefix) shares its host and port."""
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in _ENV_PASSED if k in os.environ}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env})
     serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s + 30})
-    serve.run(build_app(opts), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{opts.host}:{opts.port}"
+    serve.run(build_app(opts), name=name, route_prefix=route_prefix, blocking=False)
+    return f"http://{opts.host}:{opts.port}{route_prefix.rstrip('/')}"
 
 
 def stop_server() -> None:

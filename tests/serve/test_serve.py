@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 
 
 def _expected(service, group: str, question: str, **kw) -> dict:
-    return service.answer(question, group=group, max_new_tokens=MAX_NEW, **kw).to_dict()
+    return service.answer(question, group=group, **{"max_new_tokens": MAX_NEW} | kw).to_dict()
 
 
 def _no_traceback(text: str) -> None:
@@ -179,6 +179,40 @@ def test_error_mapping():
     assert error_status(BackPressureError(num_queued_requests=3, max_queued_requests=2))[0] == 503
     status, _, message = error_status(KeyError("secret internals"))
     assert status == 500 and "secret" not in message and "KeyError" in message
+
+
+def test_overload_gets_503_json_not_a_hang(served):
+    """A second app in the same Serve with room for 2 requests (1 decoding, 1 queued): a burst gets 503 JSON
+    errors for the rest, never a client timeout, and the answered ones are right."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from lloco_runtime.serve import run_load, start_server
+
+    _, service, _, info = served
+    opts = replace(info["opts"], replicas=1, max_batch_size=1, max_ongoing_requests=1, max_queued_requests=1)
+    small = start_server(opts, name="lloco-small", route_prefix="/small")
+    try:
+        want = _expected(service, GROUPS[0], QUESTIONS[0], max_new_tokens=48)["answer"]
+        job = {"question": QUESTIONS[0], "group": GROUPS[0], "max_new_tokens": 48}
+        for _ in range(3):  # a burst far larger than the room: 503s are all but certain on the first try
+            r = asyncio.run(run_load(small, [job] * 32, concurrency=32, timeout_s=60))
+            statuses = [s for s, _, _ in r["results"]]
+            assert set(statuses) <= {200, 503}, r["results"]
+            if 503 in statuses:
+                break
+        print(f"\n[serve overload] burst of 32, room for 2: {statuses.count(200)} answered, "
+              f"{statuses.count(503)} got 503")
+        assert 503 in statuses and 200 in statuses
+        for status, body, _ in r["results"]:
+            if status == 200:
+                assert body["answer"] == want
+            else:
+                assert body["error"]["type"] == "overloaded" and "--replicas" in body["error"]["message"]
+                _no_traceback(json.dumps(body))
+    finally:
+        serve.delete("lloco-small")
 
 
 def _jobs() -> list[dict]:
