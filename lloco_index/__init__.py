@@ -10,6 +10,9 @@
     vs = LLoCOVectorStore(store, group="manuals")
     index = VectorStoreIndex.from_vector_store(vs, embed_model=vs.embed_model)
     engine = LLoCOQueryEngine(retriever=index.as_retriever(), llm=LLoCOLLM(lloco, store=store))
+
+    # or against a running `lloco serve` (no model in this process)
+    engine = LLoCOQueryEngine.from_endpoint("http://127.0.0.1:8000", group="manuals")
 """
 
 from .embeddings import LLoCOEmbedding, embedder_from_llama, resolve_embedder
@@ -18,6 +21,7 @@ from .keys import ADAPTER_ID, CHUNK_ID, COLLECTION, DOC_ID, GROUP, PAYLOAD_KEYS
 from .llm import LLoCOLLM
 from .node_parser import LLoCONodeParser
 from .query_engine import LLoCOQueryEngine
+from .remote import RemoteLLoCOLLM, RemoteLLoCOQueryEngine
 from .retriever import LLoCORetriever
 from .vector_store import LLoCOVectorStore
 
@@ -34,6 +38,8 @@ __all__ = [
     "LLoCOQueryEngine",
     "LLoCORetriever",
     "LLoCOVectorStore",
+    "RemoteLLoCOLLM",
+    "RemoteLLoCOQueryEngine",
     "embedder_from_llama",
     "resolve_embedder",
     "to_store_filter",

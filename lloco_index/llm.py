@@ -11,7 +11,7 @@ model on a worker thread; the async streams yield each token as it is decoded.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from llama_index.core.base.llms.types import (
@@ -38,6 +38,9 @@ from lloco_runtime.service import LLoCOService
 from lloco_runtime.store import CheatSheetStore
 
 from ._aio import iterate_in_thread, run_in_thread
+
+if TYPE_CHECKING:
+    from .remote import RemoteLLoCOLLM
 
 _GEN_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 _ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant"}
@@ -93,6 +96,14 @@ class LLoCOLLM(CustomLLM):
     @classmethod
     def class_name(cls) -> str:
         return "LLoCOLLM"
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, **kwargs: Any) -> RemoteLLoCOLLM:
+        """An LLM that talks to a running ``lloco serve`` at ``endpoint`` instead of loading a model (``group=``:
+        the server retrieves that group's cheat sheets): a :class:`~lloco_index.remote.RemoteLLoCOLLM`."""
+        from .remote import RemoteLLoCOLLM
+
+        return RemoteLLoCOLLM(endpoint, **kwargs)
 
     @property
     def lloco(self) -> LLoCO:

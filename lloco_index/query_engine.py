@@ -10,7 +10,7 @@ lose the cheat sheets; the LLM receives chunk ids and loads the tensors itself.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -29,6 +29,9 @@ from . import keys
 from ._aio import run_in_thread
 from .llm import LLoCOLLM
 from .retriever import LLoCORetriever
+
+if TYPE_CHECKING:
+    from .remote import RemoteLLoCOQueryEngine
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -86,6 +89,18 @@ class LLoCOQueryEngine(CustomQueryEngine):
         llm = LLoCOLLM(lloco, store=store, max_new_tokens=max_new_tokens, max_cheat_sheets=top_k)
         return cls(retriever=retriever, llm=llm, streaming=streaming, use_adapter=use_adapter,
                    generation_kwargs=generation_kwargs)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, *, group: str, collection: str = DEFAULT_COLLECTION, top_k: int = 4,
+                      mode: str = "hybrid", streaming: bool = False, use_adapter: bool = True,
+                      max_new_tokens: int = 128, timeout: float = 300.0) -> RemoteLLoCOQueryEngine:
+        """The same engine against a running ``lloco serve`` at ``endpoint`` (retrieval, cheat sheets and the
+        group's adapter on the server): a :class:`~lloco_index.remote.RemoteLLoCOQueryEngine`."""
+        from .remote import RemoteLLoCOQueryEngine
+
+        return RemoteLLoCOQueryEngine(endpoint=endpoint, group=group, collection=collection, top_k=top_k, mode=mode,
+                                      streaming=streaming, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
+                                      timeout=timeout)
 
     @dispatcher.span
     def _payload(self, nodes: list[NodeWithScore]) -> tuple[list[int], int | None]:

@@ -11,6 +11,8 @@ store and a chain factory.
     chat = ChatLLoCO(service=service, retriever=LLoCORetriever(service=service, group="manuals"))
     chat.invoke("How do I reset the pump?").content
 
+    remote = LLoCOLLM.from_endpoint("http://127.0.0.1:8000", group="manuals")   # a running `lloco serve`
+
 Tensors never travel through LangChain: Documents carry chunk ids and the adapter id in their metadata,
 and the models load cheat sheets and adapters themselves.
 """
@@ -19,8 +21,9 @@ from .chain import create_lloco_chain
 from .chat import ChatLLoCO
 from .llm import LLoCOLLM
 from .payload import Payload, payload_from_documents
+from .remote import RemoteLLoCOLLM
 from .retriever import LLoCORetriever
 from .vectorstore import LangChainEmbedder, LLoCOVectorStore
 
 __all__ = ["ChatLLoCO", "LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "LangChainEmbedder", "Payload",
-           "create_lloco_chain", "payload_from_documents"]
+           "RemoteLLoCOLLM", "create_lloco_chain", "payload_from_documents"]

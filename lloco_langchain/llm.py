@@ -27,6 +27,7 @@ from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 
 from ._base import CALL_KWARGS, LLoCOModelBase, adapter_arg, aiter_tokens, drain, run_info
+from .remote import RemoteLLoCOLLM
 
 __all__ = ["CALL_KWARGS", "LLoCOLLM"]
 
@@ -53,6 +54,12 @@ class LLoCOLLM(LLM, LLoCOModelBase):
         data = self._resolve_aliases(data)
         super().__init__(**data)
         self._attach(service, lloco)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, **kwargs: Any) -> RemoteLLoCOLLM:
+        """An LLM that asks a running ``lloco serve`` at ``endpoint`` instead of loading a model (``group=``:
+        the server retrieves that group's cheat sheets): a :class:`~lloco_langchain.remote.RemoteLLoCOLLM`."""
+        return RemoteLLoCOLLM(endpoint, **kwargs)
 
     # -- LangChain metadata -------------------------------------------------------------------------------
 
