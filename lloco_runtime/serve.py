@@ -162,9 +162,6 @@ class DecodeJob:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
-    def config_key(self) -> tuple:
-        return (self.max_new_tokens, self.temperature, self.top_p, self.stop, self.seed)
-
 
 @dataclass
 class DecodeOut:
@@ -178,6 +175,10 @@ class DecodeOut:
 
 
 # -- errors -----------------------------------------------------------------------------------------------
+
+
+class ServeStartError(LLoCOError, RuntimeError):
+    """Ray Serve could not be started (proxy not up in time, port taken)."""
 
 
 class ServiceUnavailable(Exception):
@@ -310,25 +311,28 @@ class LLoCODecoder:
                                 stop=job.stop, seed=job.seed)
 
     def _decode_sync(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
+        """One :meth:`LLoCO.generate_batch` call for the batch (each request with its own decoding options);
+        a request whose prompt cannot be built (too long, bad messages) fails alone."""
         outs: list[DecodeOut | None] = [None] * len(jobs)
-        groups: dict[tuple, list[tuple[int, Any]]] = {}
-        for i, job in enumerate(jobs):  # bad prompts fail alone, not the batch
+        idx, prompts, configs = [], [], []
+        for i, job in enumerate(jobs):
             try:
-                groups.setdefault(job.config_key(), []).append((i, self._prompt(job)))
+                prompts.append(self._prompt(job))
+                configs.append(self._config(job))
+                idx.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
+                del prompts[len(idx):]
                 outs[i] = DecodeOut(error=exc)
-        for members in groups.values():
-            idx = [i for i, _ in members]
+        if idx:
             try:
                 with self._lock:
-                    results = self.lloco.generate_batch([p for _, p in members],
-                                                        adapter_ids=[jobs[i].adapter_id for i in idx],
-                                                        config=self._config(jobs[idx[0]]))
-            except Exception as exc:  # noqa: BLE001
+                    results = self.lloco.generate_batch(prompts, adapter_ids=[jobs[i].adapter_id for i in idx],
+                                                        configs=configs)
+            except Exception as exc:  # noqa: BLE001 - the batch failed: every request in it gets the error
+                results = []
                 for i in idx:
                     outs[i] = DecodeOut(error=exc)
-                continue
-            for i, r in zip(idx, results, strict=True):
+            for i, r in zip(idx[:len(results)], results, strict=True):
                 outs[i] = DecodeOut(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
                                     completion_tokens=len(r.token_ids), prefill_s=r.prefill_s, total_s=r.total_s)
         return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
@@ -648,7 +652,17 @@ def start_server(opts: ServeOptions, *, num_cpus: int | None = None, name: str =
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env})
-    serve.start(http_options={"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s + 30})
+    http = {"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s + 30}
+    for attempt in range(3):  # on a busy machine Serve's HTTP proxy can miss its 60 s start deadline
+        try:
+            serve.start(http_options=http)
+            break
+        except (TimeoutError, ray.exceptions.RayActorError) as exc:
+            log.warning("Ray Serve did not start (%s); retrying", type(exc).__name__)
+            serve.shutdown()
+            if attempt == 2:
+                raise ServeStartError(f"Ray Serve's HTTP proxy did not start on {opts.host}:{opts.port} in 3 tries "
+                                      "(machine overloaded, or the port is taken?); free the port or retry") from None
     serve.run(build_app(opts), name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{opts.host}:{opts.port}{route_prefix.rstrip('/')}"
 
