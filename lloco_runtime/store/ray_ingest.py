@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -255,6 +256,30 @@ def _raise_worker_error(etype: str, message: str) -> None:
     raise cls(message)
 
 
+_ERROR_LINE = re.compile(r"^([\w.]+(?:Error|Exception)): (.+)$")
+
+
+def worker_failure(exc: BaseException) -> LLoCOError:
+    """The lloco error behind a Ray failure (e.g. an actor whose runtime did not load), with its own type when
+    it is a lloco one; else a ModelLoadError quoting the worker's last error line."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, LLoCOError):
+        cause = getattr(cause, "cause", None) if getattr(cause, "cause", None) is not cause else None
+    if isinstance(cause, LLoCOError):
+        return cause
+    found = [m for line in str(exc).splitlines() if (m := _ERROR_LINE.match(line.strip()))]
+    if found:
+        name, message = found[-1].group(1).rsplit(".", 1)[-1], found[-1].group(2)
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, LLoCOError):
+            return cls(message)
+        detail = f"{name}: {message}"
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"a Ray worker failed ({detail[:500]}); documents written so far are kept: fix the cause "
+                          "(model/encoder files on every node, memory) and run the same command again")
+
+
 # -- the driver ------------------------------------------------------------------------------------------------
 
 
@@ -402,7 +427,7 @@ def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: li
     bar = tqdm(total=len(pending), desc=f"ingest {collection}/{group} (ray)", unit="doc", disable=not progress)
     written = 0
     try:
-        for row in ds.iter_rows():
+        for row in _rows(ds):
             if row["error"] is not None:
                 _raise_worker_error(row["error_type"], row["error"])
             doc = docs[int(row["idx"])]
@@ -421,3 +446,18 @@ def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: li
             bar.set_postfix(chunks=written)
     finally:
         bar.close()
+
+
+def _rows(ds) -> Iterable[dict[str, Any]]:
+    """The pipeline's output rows; a Ray failure surfaces as the lloco error behind it."""
+    from ray.exceptions import RayError
+
+    it = iter(ds.iter_rows())
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except RayError as exc:
+            raise worker_failure(exc) from exc
+        yield row

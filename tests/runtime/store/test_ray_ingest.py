@@ -151,6 +151,19 @@ def test_bad_settings_fail_before_anything_runs(ray_address, plain_store, spec):
         ray_ingest(plain_store, corpus(), group="zero", runtime=spec, settings=RaySettings(workers=0))
 
 
+def test_worker_failures_surface_as_the_lloco_error_behind_them():
+    from lloco_runtime.errors import ModelLoadError, NotFoundError
+    from lloco_runtime.store.ray_ingest import worker_failure
+
+    died = RuntimeError("The actor died because of an error raised in its creation task\n  File \"x.py\"\n"
+                        "lloco_runtime.errors.NotFoundError: encoder folder /e is missing; pass --encoder DIR\n")
+    err = worker_failure(died)
+    assert isinstance(err, NotFoundError) and str(err) == "encoder folder /e is missing; pass --encoder DIR"
+    err = worker_failure(RuntimeError("worker crashed\nMemoryError: out of memory"))
+    assert isinstance(err, ModelLoadError)
+    assert "MemoryError: out of memory" in str(err) and "run the same command again" in str(err)
+
+
 def test_cli_without_ray_says_how_to_install(monkeypatch, capsys, tmp_path):
     from lloco_runtime.cli import main
 
