@@ -3,6 +3,8 @@
 Own decoding loop (greedy or sampled, KV cache, stop strings, incremental detokenisation) instead of
 ``model.generate``: each forward step runs inside ``host.using(adapter)``, so the request's LoRA is active
 for exactly its own steps even when many requests share the model, and streaming needs no extra thread.
+:meth:`Generator.generate_batch` decodes several prompts at once (left padding, one forward step per token
+for all unfinished rows, each row with its own LoRA through ``host.using_batch``).
 """
 
 from __future__ import annotations
