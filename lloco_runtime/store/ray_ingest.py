@@ -381,7 +381,10 @@ def ray_ingest(store: CheatSheetStore, documents: Iterable[DocumentInput], *, gr
         fingerprint = None
         if any(states.get(d.doc_id, ("",))[0] == d.sha256 for d in docs):
             probe = ray.remote(num_cpus=settings.cpus_per_worker, num_gpus=1 if runtime.uses_gpu else 0)
-            fingerprint = ray.get(probe(_probe_fingerprint).remote(runtime))
+            try:
+                fingerprint = ray.get(probe(_probe_fingerprint).remote(runtime))
+            except ray.exceptions.RayError as exc:
+                raise worker_failure(exc) from exc
         outcomes: dict[int, DocumentOutcome] = {}
         pending = []
         for i, d in enumerate(docs):
