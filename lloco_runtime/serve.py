@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -673,7 +674,13 @@ def stop_server() -> None:
 
 
 def run_server(opts: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Start the server and block until Ctrl-C, then shut it down."""
+    """Start the server and block until Ctrl-C (or SIGTERM), then shut Serve and Ray down."""
+    if threading.current_thread() is threading.main_thread():
+        def stop(signum, frame):  # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     url = start_server(opts)
     if on_ready is not None:
         on_ready(url)
