@@ -64,7 +64,9 @@ def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
 
     e2e = data["end_to_end"]
     assert e2e["prompt_positions"]["lloco"] < e2e["prompt_positions"]["rag"] < e2e["prompt_positions"]["full"]
-    assert e2e["speedup_vs_full"] == pytest.approx(e2e["full_context_s"] / e2e["lloco_s"], rel=0.01)
+    # both times are rounded to 0.1 ms and the speed-up to 2 decimals: a few ms per answer on the tiny model
+    # leaves about 1% of rounding in the ratio
+    assert e2e["speedup_vs_full"] == pytest.approx(e2e["full_context_s"] / e2e["lloco_s"], rel=0.03, abs=0.01)
 
     c = data["compression"]
     assert c["efficiency"] == pytest.approx(c["lloco_tokens_per_s"] / c["forward_tokens_per_s"], rel=0.01)
