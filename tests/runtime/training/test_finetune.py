@@ -32,8 +32,8 @@ def service(pg_url, tiny_lloco):
 
 
 def _cfg(**kw):
-    return FinetuneConfig(**{**dict(steps=4, batch_size=2, lr=5e-3, warmup=1, eval_every=2, val_pairs=2,
-                                    checkpoint_every=2, top_k=2), **kw})
+    return FinetuneConfig(**{"steps": 4, "batch_size": 2, "lr": 5e-3, "warmup": 1, "eval_every": 2, "val_pairs": 2,
+                                    "checkpoint_every": 2, "top_k": 2, **kw})
 
 
 def test_read_qa_reports_every_bad_line(tmp_path):
@@ -70,7 +70,8 @@ def test_self_supervised_pairs_point_at_their_chunk():
 
 
 def test_self_supervised_finetune_registers_and_activates_a_new_version(service, tmp_path):
-    hist = finetune_group(service, "g", cfg=_cfg(), out_dir=tmp_path / "ft", progress=False)
+    hist = finetune_group(service, "g", cfg=_cfg(pairs="self-supervised"), out_dir=tmp_path / "ft",
+                          progress=False)
     adapters = service.store.list_adapters("g")
     assert len(adapters) == 1 and adapters[0].active and adapters[0].id == hist["adapter_id"]
     assert hist["source"] == "self-supervised" and hist["n_train"] >= 2
