@@ -290,17 +290,20 @@ class RaySettings:
     address: str | None = None  # None: a local Ray (or the one this process already joined)
     workers: int = 1  # compress actors
     cpus_per_worker: float = 1.0
-    embed_cpus: float = EMBED_CPUS
+    embed_cpus: float = EMBED_CPUS  # per embedding actor
+    embed_workers: int = 1  # embedding actors (MiniLM is cheap next to the encoder: one keeps up with a few)
 
     def check(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise InputError(f"--ray-workers must be a positive integer, got {self.workers!r}")
         if not (isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0):
             raise InputError(f"--ray-cpus-per-worker must be a positive number, got {self.cpus_per_worker!r}")
+        if isinstance(self.embed_workers, bool) or not isinstance(self.embed_workers, int) or self.embed_workers < 1:
+            raise InputError(f"embed_workers must be a positive integer, got {self.embed_workers!r}")
 
     @property
     def cpus_needed(self) -> float:
-        return self.workers * self.cpus_per_worker + self.embed_cpus
+        return self.workers * self.cpus_per_worker + self.embed_workers * self.embed_cpus
 
 
 def start_ray(settings: RaySettings) -> bool:
@@ -328,9 +331,9 @@ def check_resources(settings: RaySettings) -> None:
     total = float(ray.cluster_resources().get("CPU", 0))
     if settings.cpus_needed > total + 1e-9:
         raise ConfigError(f"{settings.workers} Ray workers x {settings.cpus_per_worker:g} CPUs + "
-                          f"{settings.embed_cpus:g} for retrieval embedding need {settings.cpus_needed:g} CPUs, but "
-                          f"the Ray cluster has {total:g}; use fewer --ray-workers or a smaller "
-                          "--ray-cpus-per-worker")
+                          f"{settings.embed_workers * settings.embed_cpus:g} for retrieval embedding need "
+                          f"{settings.cpus_needed:g} CPUs, but the Ray cluster has {total:g}; use fewer --ray-workers "
+                          "or a smaller --ray-cpus-per-worker")
 
 
 def stored_states(store: CheatSheetStore, gid: int) -> dict[str, tuple[str, str | None]]:
@@ -425,7 +428,7 @@ def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: li
                         fn_constructor_kwargs={"spec": runtime, "batch_size": batch_size,
                                                "threads": int(settings.cpus_per_worker)})
     ds = ds.map_batches(EmbedChunks, batch_size=1, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=settings.embed_cpus,
+                        compute=ray.data.ActorPoolStrategy(size=settings.embed_workers), num_cpus=settings.embed_cpus,
                         fn_constructor_kwargs={"factory": factory, "threads": 1})
     bar = tqdm(total=len(pending), desc=f"ingest {collection}/{group} (ray)", unit="doc", disable=not progress)
     written = 0
