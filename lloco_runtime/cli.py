@@ -104,9 +104,34 @@ def _int_list(value: str | None, flag: str, *, allow_empty: bool = False) -> lis
     return out
 
 
+SERVE_BENCH_QUESTIONS = ("What is this document about?", "Who is named first?", "When did it happen?",
+                         "Where did it take place?", "How many are there?", "What happened next?",
+                         "Why was it built?", "What is it made of?")
+
+
+def _bench_http(args: argparse.Namespace) -> int:
+    """`lloco bench --serve-url`: the serving section against a running `lloco serve` (no model here)."""
+    from .serve import bench_serving_http, format_bench
+
+    if not args.serve_group:
+        raise InputError("--serve-url needs --serve-group (a group the server holds)")
+    if args.serve_requests < 1 or args.serve_tokens < 1:
+        raise InputError("--serve-requests and --serve-tokens must be >= 1")
+    bodies = [{"question": SERVE_BENCH_QUESTIONS[i % len(SERVE_BENCH_QUESTIONS)], "group": args.serve_group,
+               "max_new_tokens": args.serve_tokens} for i in range(args.serve_requests)]
+    report = bench_serving_http(args.serve_url, bodies, concurrency=(1, 4, 8))
+    print(format_bench(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"http_serving": report}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    if args.serve_url:
+        return _bench_http(args)
     contexts = _int_list(args.contexts, "--contexts")
     beyond = _int_list(args.beyond, "--beyond", allow_empty=True)
     sizes = _int_list(args.store_sizes, "--store-sizes")
@@ -493,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 10000,100000)")
     s.add_argument("--url", default=None, help="Postgres URL for the store sections (schema lloco_bench, "
                    "dropped afterwards)")
+    s.add_argument("--serve-url", default=None, metavar="URL", help="instead of the sections above: throughput "
+                   "and p50/p95 latency of a running `lloco serve` at 1, 4 and 8 concurrent clients, against the "
+                   "same requests one at a time (needs --serve-group)")
+    s.add_argument("--serve-group", default=None, metavar="GROUP", help="group the --serve-url requests ask")
+    s.add_argument("--serve-requests", type=int, default=16, help="requests per concurrency level (default 16)")
+    s.add_argument("--serve-tokens", type=int, default=16, help="max_new_tokens per request (default 16)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("ask", parents=[common], help="answer a question over an ingested group",

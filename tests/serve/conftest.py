@@ -1,7 +1,7 @@
 """Fixtures of the ``lloco serve`` suite: a store with 2 groups (tiny model + encoder saved to folders, the
 default MiniLM retrieval embedder as the server uses), each group with its own active adapter, and the Serve
-application running on a loopback port in a local Ray with 2 CPUs (module scope: started once, shut down
-after)."""
+application running on a loopback port in a local Ray with 2 CPUs (session scope: started once for the
+whole suite, shut down after)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(pg_url, tiny_model_dir, tiny_llama_factory, tmp_path_factory):
     """``(base_url, service, store, info)``: the running server and an in-process ``LLoCOService`` over the same
     model, encoder and store (the reference answers). ``info``: adapter ids and the bad adapter's id."""

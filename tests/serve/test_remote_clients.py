@@ -101,3 +101,21 @@ def test_langchain_llm_from_endpoint(served):
         llm.invoke(QUESTIONS[3], cheat_sheet_ids=[1])
     with pytest.raises(NotFoundError):
         llm.invoke(QUESTIONS[3], group="nope")
+
+
+def test_bench_serving_section_against_the_server(served, tmp_path, capsys):
+    import json
+
+    from lloco_runtime.cli import main
+
+    url = served[0]
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--serve-url", url, "--serve-group", GROUPS[0], "--serve-requests", "4",
+                 "--serve-tokens", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "clients" in text and "req/s" in text
+    runs = json.loads(out.read_text())["http_serving"]["runs"]
+    assert [r["concurrency"] for r in runs] == [1, 4, 8]
+    assert all(r["ok"] == 4 and r["errors"] == 0 and r["throughput_rps"] > 0 for r in runs)
+    assert main(["bench", "--serve-url", url]) != 0  # no group: a clear error
+    assert "--serve-group" in capsys.readouterr().err
