@@ -1,4 +1,5 @@
-"""The README's promises: every ```python block runs as written, every command in a ```bash block parses.
+"""The README's promises: every ```python block runs as written (```py blocks, which need a running server,
+compile), every command in a ```bash block parses.
 
 Python blocks run in a subprocess from the repository root (as a reader pastes them), each against a fresh
 database of the session's embedded Postgres (``LLOCO_DATABASE_URL``), with the real default model where the
@@ -132,6 +133,13 @@ def test_python_block_runs(code, fresh_db, tiny_autocompressor):
                           text=True, check=False, timeout=900)
     assert proc.returncode == 0, f"README block failed:\n{code}\n--- stderr ---\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip(), f"README block printed nothing:\n{code}"
+
+
+@pytest.mark.parametrize("code", [body for _, body in blocks("py")], ids=[block_id(h) for h, _ in blocks("py")])
+def test_py_block_compiles(code):
+    """``py`` blocks need a running `lloco serve` (tests/serve runs the same calls against one): they must at
+    least be valid Python."""
+    compile(code, "<README py block>", "exec")
 
 
 # -- shell lines ------------------------------------------------------------------------------------------
