@@ -39,14 +39,15 @@ install: $(STAMP)
 demo: install
 	@$(PY) examples/demo.py
 
-test: install
+test: install lint
 	$(PY) -m pytest
 
 test-fast: install
 	$(PY) -m pytest -m "not default_model"
 
+# ruff check (clean); `ruff format` is not applied yet (issue #19)
 lint: install
-	$(PY) -m ruff check lloco_runtime lloco_index lloco_langchain tests examples
+	$(PY) -m ruff check lloco_runtime lloco_index lloco_langchain tests examples scripts
 
 bench: install
 	$(VENV)/bin/lloco bench --quick
