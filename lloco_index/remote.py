@@ -221,7 +221,8 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
 
     def _options(self) -> dict[str, Any]:
         return {"group": self.group, "collection": self.collection, "top_k": self.top_k, "mode": self.mode,
-                "adapter": "active" if self.use_adapter else "none", "max_new_tokens": self.max_new_tokens}
+                "adapter": "active" if self.use_adapter else "none", "max_new_tokens": self.max_new_tokens,
+                "with_text": True}
 
     def _response(self, answer: dict[str, Any]) -> Response:
         return Response(response=answer["answer"], source_nodes=source_nodes(answer, self.group, self.collection),
@@ -242,7 +243,7 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
             if "answer" in state:
                 meta.update(answer_metadata(state["answer"]))
 
-        return StreamingResponse(response_gen=gen(), source_nodes=[], metadata=meta)
+        return StreamingResponse(response_gen=gen(), source_nodes=[], metadata=meta)  # sources: in metadata
 
     async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
         if not self.streaming:

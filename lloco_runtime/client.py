@@ -94,14 +94,14 @@ class LLoCOClient:
     @staticmethod
     def ask_body(question: str, *, group: str, collection: str = "default", top_k: int = 4,
                  mode: str = "hybrid", adapter: AdapterChoice | None = "active", max_new_tokens: int = 64,
-                 stream: bool = False) -> dict[str, Any]:
+                 stream: bool = False, with_text: bool = False) -> dict[str, Any]:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty")
         if not group:
             raise InputError("a remote question needs group= (the server retrieves that group's cheat sheets)")
         return {"question": question, "group": group, "collection": collection, "top_k": top_k, "mode": mode,
                 "adapter": "none" if adapter is None else adapter, "max_new_tokens": max_new_tokens,
-                "stream": stream}
+                "stream": stream, "with_text": with_text}
 
     @staticmethod
     def chat_body(messages: Sequence[Mapping[str, str]], *, group: str | None = None, collection: str = "default",

@@ -101,6 +101,7 @@ class AskRequest(BaseModel):
         "active", description="'active': the group's active adapter; 'none': no group adapter; or an adapter id")
     max_new_tokens: int = Field(64, ge=1, le=4096)
     stream: bool = False
+    with_text: bool = Field(False, description="include each source chunk's text in `sources`")
 
 
 class TextPart(BaseModel):
@@ -547,7 +548,7 @@ class LLoCOIngress:
             def answer(text: str, prefill_s: float, total_s: float) -> dict[str, Any]:
                 return Answer(answer=text.strip(), sources=r.sources, adapter_id=r.adapter_id,
                               context_tokens=r.context_tokens, raw_context_tokens=r.raw_context_tokens,
-                              prefill_s=prefill_s, total_s=total_s).to_dict()
+                              prefill_s=prefill_s, total_s=total_s).to_dict(with_text=req.with_text)
 
             if not req.stream:
                 out = await self._decode(job)

@@ -71,6 +71,8 @@ def test_llamaindex_query_engine_and_llm_from_endpoint(served):
     r = engine.query(QUESTIONS[1])
     assert str(r) == want["answer"]
     assert [n.node.metadata[CHUNK_ID] for n in r.source_nodes] == [s["chunk_id"] for s in want["sources"]]
+    texts = {c.chunk_id: c.text for c in service.store.list_chunks(GROUPS[1])}
+    assert [n.node.get_content() for n in r.source_nodes] == [texts[s["chunk_id"]] for s in want["sources"]]
     assert r.metadata["adapter_id"] == info["adapters"][GROUPS[1]]
     streaming = LLoCOQueryEngine.from_endpoint(url, group=GROUPS[1], max_new_tokens=MAX_NEW, streaming=True)
     assert "".join(streaming.query(QUESTIONS[1]).response_gen).strip() == want["answer"]
