@@ -31,13 +31,12 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from lloco_runtime import prompt as core_prompt
+from lloco_runtime.aio import iterate_in_thread, run_in_thread
 from lloco_runtime.errors import InputError, NotFoundError
 from lloco_runtime.generation import GenerationConfig, StreamStats
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 from lloco_runtime.store import CheatSheetStore
-
-from ._aio import iterate_in_thread, run_in_thread
 
 if TYPE_CHECKING:
     from .remote import RemoteLLoCOLLM

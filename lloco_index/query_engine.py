@@ -20,13 +20,13 @@ from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from lloco_runtime.aio import run_in_thread
 from lloco_runtime.errors import InputError
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.store import CheatSheetStore
 from lloco_runtime.store.catalog import DEFAULT_COLLECTION
 
 from . import keys
-from ._aio import run_in_thread
 from .llm import LLoCOLLM
 from .retriever import LLoCORetriever
 

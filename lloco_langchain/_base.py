@@ -1,15 +1,13 @@
 """What :class:`~lloco_langchain.llm.LLoCOLLM` and :class:`~lloco_langchain.chat.ChatLLoCO` share.
 
 The runtime/service they decode with, the decoding defaults, per-call argument parsing, loading cheat
-sheets by chunk id, the numbers of one run, and driving a synchronous token iterator from async code
-without blocking the event loop.
+sheets by chunk id, and the numbers of one run (async token streams use
+:func:`lloco_runtime.aio.iterate_in_thread`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -24,7 +22,6 @@ from lloco_runtime.service import LLoCOService
 #: Per-call keyword arguments (``invoke(..., **kw)`` or ``.bind(**kw)``) besides LangChain's ``stop``.
 CALL_KWARGS = frozenset({"cheat_sheet_ids", "adapter_id", "max_new_tokens", "temperature", "top_p", "top_k",
                          "seed"})
-_DONE = object()
 
 
 @dataclass(frozen=True)
@@ -152,33 +149,3 @@ def drain(tokens: Iterator[str]) -> None:
     """Run a token iterator to its end (its ``StreamStats`` then holds the text and the numbers)."""
     for _ in tokens:
         pass
-
-
-async def aiter_tokens(tokens: Iterator[str]) -> AsyncIterator[str]:
-    """Step a synchronous token iterator on worker threads, keeping the event loop free.
-
-    On cancellation the step in flight finishes in the background; the iterator is then closed off the loop
-    (which releases the adapter pin). Use with ``contextlib.aclosing`` so closing early also closes it.
-    """
-    from langchain_core.runnables.config import run_in_executor
-
-    pending: asyncio.Future | None = None
-    try:
-        while True:
-            pending = asyncio.ensure_future(run_in_executor(None, next, tokens, _DONE))
-            text = await asyncio.shield(pending)  # on cancel, the step finishes in the background
-            pending = None
-            if text is _DONE:
-                return
-            yield text
-    finally:
-        await asyncio.shield(_close_after(pending, tokens))
-
-
-async def _close_after(pending: asyncio.Future | None, tokens: Iterator[str]) -> None:
-    from langchain_core.runnables.config import run_in_executor
-
-    if pending is not None:
-        with contextlib.suppress(BaseException):  # the step's own error already reached the caller
-            await pending
-    await run_in_executor(None, tokens.close)

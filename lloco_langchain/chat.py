@@ -35,13 +35,14 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
 
+from lloco_runtime.aio import iterate_in_thread
 from lloco_runtime.errors import ConfigError, InputError
 from lloco_runtime.generation import StreamStats
 from lloco_runtime.prompt import ChatMessage, chat_messages
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 
-from ._base import LLoCOModelBase, Request, adapter_arg, aiter_tokens, drain, run_info
+from ._base import LLoCOModelBase, Request, adapter_arg, drain, run_info
 from .payload import payload_from_documents
 
 __all__ = ["ChatLLoCO", "to_chat_messages"]
@@ -304,7 +305,7 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         st = StreamStats()
         # Loading cheat sheets reads the store: off the loop too.
         tokens = await run_in_executor(None, self._tokens, call, st)
-        async with contextlib.aclosing(aiter_tokens(tokens)) as texts:
+        async with contextlib.aclosing(iterate_in_thread(tokens)) as texts:
             async for text in texts:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if run_manager:

@@ -22,11 +22,12 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field
 
+from lloco_runtime.aio import iterate_in_thread
 from lloco_runtime.generation import StreamStats
 from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 
-from ._base import CALL_KWARGS, LLoCOModelBase, adapter_arg, aiter_tokens, drain, run_info
+from ._base import CALL_KWARGS, LLoCOModelBase, adapter_arg, drain, run_info
 from .remote import RemoteLLoCOLLM
 
 __all__ = ["CALL_KWARGS", "LLoCOLLM"]
@@ -134,7 +135,7 @@ class LLoCOLLM(LLM, LLoCOModelBase):
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
         st = StreamStats()
         tokens = await run_in_executor(None, self._tokens, prompt, stop, kwargs, st)  # reads the store
-        async with contextlib.aclosing(aiter_tokens(tokens)) as texts:
+        async with contextlib.aclosing(iterate_in_thread(tokens)) as texts:
             async for text in texts:
                 chunk = GenerationChunk(text=text)
                 if run_manager:

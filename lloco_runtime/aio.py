@@ -1,4 +1,5 @@
-"""Blocking model work off the event loop: one helper every async method of ``lloco_index`` uses.
+"""Blocking model work off the event loop: the helpers every async method of the LlamaIndex and LangChain
+integrations uses.
 
 Decoding is CPU/GPU bound and the store is synchronous, so async methods run them on a worker thread.
 :func:`iterate_in_thread` turns a blocking iterator (a token stream) into an async one: each ``next()`` runs
