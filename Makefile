@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.lloco-installed
 
-.PHONY: install demo test test-fast lint bench clean gpu-pack gpu-smoke
+.PHONY: install demo test test-fast lint format bench clean gpu-pack gpu-smoke
 
 # Runs a command and prints the elapsed time every 15 s, so a long quiet pip install never looks stuck.
 HEARTBEAT = sh -c 't0=$$(date +%s); (while sleep 15; do echo "      ... $$(( $$(date +%s) - t0 )) s"; done) & hb=$$!; \
@@ -45,9 +45,15 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -m "not default_model"
 
-# ruff check (clean); `ruff format` is not applied yet (issue #19)
+# ruff check and ruff format --check, both clean; `make format` applies the formatter
+LINT_PATHS := lloco_runtime lloco_index lloco_langchain tests examples scripts
 lint: install
-	$(PY) -m ruff check lloco_runtime lloco_index lloco_langchain tests examples scripts
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+
+format: install
+	$(PY) -m ruff format $(LINT_PATHS)
+	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 bench: install
 	$(VENV)/bin/lloco bench --quick

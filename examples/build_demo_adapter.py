@@ -44,8 +44,11 @@ def finetune_config(steps: int = STEPS):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--work", default=None, help="scratch LLOCO_HOME (default: a new temporary folder); "
-                    "reuse it to resume an interrupted run")
+    ap.add_argument(
+        "--work",
+        default=None,
+        help="scratch LLOCO_HOME (default: a new temporary folder); reuse it to resume an interrupted run",
+    )
     args = ap.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lloco-demo-adapter-"))
     os.environ["LLOCO_HOME"] = str(work)
@@ -70,19 +73,25 @@ def main(argv: list[str] | None = None) -> int:
         "what": "LoRA adapter for the demo group (examples/data), built by examples/build_demo_adapter.py",
         "base_fingerprint": service.lloco.host.fingerprint,
         "encoder_fingerprint": service.lloco.encoder.fingerprint,
-        "device": str(service.lloco.host.device), "dtype": str(service.lloco.host.dtype),
-        "config": history["config"], "init": history["init"],
+        "device": str(service.lloco.host.device),
+        "dtype": str(service.lloco.host.dtype),
+        "config": history["config"],
+        "init": history["init"],
         "teacher": None if history["teacher"] is None else Path(history["teacher"]).parent.name,
         "lora": {k: lora[k] for k in ("r", "lora_alpha", "target_modules") if k in lora},
-        "train_pairs": history["n_train"], "val_pairs": history["n_val"],
+        "train_pairs": history["n_train"],
+        "val_pairs": history["n_val"],
         "val_answer_loss_without_adapter": round(v0["no_adapter"], 4),
         "val_answer_loss_with_adapter": round(v1["adapter"], 4),
-        "training_seconds": round(history["seconds"], 1), "wall_seconds": round(wall, 1),
+        "training_seconds": round(history["seconds"], 1),
+        "wall_seconds": round(wall, 1),
         "bytes": len(data),
     }
     ADAPTER_INFO.write_text(json.dumps(info, indent=1) + "\n")
-    print(f"wrote {ADAPTER} ({len(data):,} bytes) and {ADAPTER_INFO}: validation answer loss "
-          f"{v0['no_adapter']:.3f} without -> {v1['adapter']:.3f} with the adapter, {wall / 60:.1f} min")
+    print(
+        f"wrote {ADAPTER} ({len(data):,} bytes) and {ADAPTER_INFO}: validation answer loss "
+        f"{v0['no_adapter']:.3f} without -> {v1['adapter']:.3f} with the adapter, {wall / 60:.1f} min"
+    )
     service.store.close()
     return 0
 

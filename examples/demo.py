@@ -51,6 +51,7 @@ STEPS = 5
 
 # -- output helpers ---------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def step(n: int, title: str, *, ticker: bool = True):
     """Print ``[n/5] title``, show the elapsed time while it runs (if ``ticker``), then ``done in X s``."""
@@ -98,6 +99,7 @@ def matches(answer: str, expected: list[str]) -> bool:
 
 # -- records ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Result:
     way: str
@@ -125,6 +127,7 @@ def source_label(doc_id: str, ordinal: int, score: float) -> str:
 
 # -- the steps --------------------------------------------------------------------------------------------
 
+
 def shipped_adapter_fits(lloco) -> tuple[bytes | None, str]:
     """The shipped adapter's bytes if its fingerprints match this runtime, else (None, why not)."""
     from lloco_runtime.adapters import AdapterArtifact
@@ -136,9 +139,11 @@ def shipped_adapter_fits(lloco) -> tuple[bytes | None, str]:
     if art.base_fingerprint != lloco.host.fingerprint:
         return None, "it was trained on another decoder"
     if art.encoder_fingerprint != lloco.encoder.fingerprint:
-        return None, (f"it was trained on cheat sheets of encoder {str(art.encoder_fingerprint)[:12]}, this "
-                      f"runtime's encoder is {lloco.encoder.fingerprint[:12]} ({lloco.host.device}, "
-                      f"{lloco.host.dtype})")
+        return None, (
+            f"it was trained on cheat sheets of encoder {str(art.encoder_fingerprint)[:12]}, this "
+            f"runtime's encoder is {lloco.encoder.fingerprint[:12]} ({lloco.host.device}, "
+            f"{lloco.host.dtype})"
+        )
     return data, ""
 
 
@@ -156,38 +161,70 @@ def setup_adapter(service) -> int:
             adapter = existing[-1]
             if not adapter.active:
                 adapter = store.activate_adapter(adapter.id)
-            print(f"      shipped adapter already registered as adapter {adapter.id} (v{adapter.version}), active")
+            print(
+                f"      shipped adapter already registered as adapter {adapter.id} (v{adapter.version}), active"
+            )
         else:
-            metrics = {k: info[k] for k in ("train_pairs", "val_answer_loss_without_adapter",
-                                            "val_answer_loss_with_adapter", "training_seconds") if k in info}
-            adapter = store.register_adapter(GROUP, data, base_fingerprint=art.base_fingerprint,
-                                             encoder_fingerprint=art.encoder_fingerprint, config=art.lora_config,
-                                             metrics=metrics | {"digest": art.digest, "source": ADAPTER.name},
-                                             activate=True)
-            print(f"      registered {ADAPTER.relative_to(HERE.parent)} as adapter {adapter.id} "
-                  f"(v{adapter.version}) of group {GROUP!r}, active")
+            metrics = {
+                k: info[k]
+                for k in (
+                    "train_pairs",
+                    "val_answer_loss_without_adapter",
+                    "val_answer_loss_with_adapter",
+                    "training_seconds",
+                )
+                if k in info
+            }
+            adapter = store.register_adapter(
+                GROUP,
+                data,
+                base_fingerprint=art.base_fingerprint,
+                encoder_fingerprint=art.encoder_fingerprint,
+                config=art.lora_config,
+                metrics=metrics | {"digest": art.digest, "source": ADAPTER.name},
+                activate=True,
+            )
+            print(
+                f"      registered {ADAPTER.relative_to(HERE.parent)} as adapter {adapter.id} "
+                f"(v{adapter.version}) of group {GROUP!r}, active"
+            )
         if info:
-            print(f"      it was trained for {info['training_seconds'] / 60:.0f} CPU minutes on {info['train_pairs']} "
-                  f"questions about these documents (not the demo's questions); validation answer loss "
-                  f"{info['val_answer_loss_without_adapter']:.2f} without it -> "
-                  f"{info['val_answer_loss_with_adapter']:.2f} with it")
+            print(
+                f"      it was trained for {info['training_seconds'] / 60:.0f} CPU minutes on {info['train_pairs']} "
+                f"questions about these documents (not the demo's questions); validation answer loss "
+                f"{info['val_answer_loss_without_adapter']:.2f} without it -> "
+                f"{info['val_answer_loss_with_adapter']:.2f} with it"
+            )
         return adapter.id
 
     from lloco_runtime.training.finetune import finetune_group
 
     print(f"      the shipped adapter does not fit this runtime: {why}.")
-    fitting = [a for a in store.list_adapters(GROUP) if a.active and a.base_fingerprint == lloco.host.fingerprint
-               and a.encoder_fingerprint == lloco.encoder.fingerprint]
+    fitting = [
+        a
+        for a in store.list_adapters(GROUP)
+        if a.active
+        and a.base_fingerprint == lloco.host.fingerprint
+        and a.encoder_fingerprint == lloco.encoder.fingerprint
+    ]
     if fitting:
-        print(f"      using the group's active adapter {fitting[0].id} (v{fitting[0].version}), made for this runtime")
+        print(
+            f"      using the group's active adapter {fitting[0].id} (v{fitting[0].version}), made for this runtime"
+        )
         return fitting[0].id
-    print(f"      Fine-tuning a short one instead ({FALLBACK_STEPS} steps on {QA_TRAIN.name}; minutes on a CPU, "
-          "seconds on a GPU):", flush=True)
-    history = finetune_group(service, GROUP, qa_path=str(QA_TRAIN), cfg=finetune_config(FALLBACK_STEPS),
-                             progress=True)
+    print(
+        f"      Fine-tuning a short one instead ({FALLBACK_STEPS} steps on {QA_TRAIN.name}; minutes on a CPU, "
+        "seconds on a GPU):",
+        flush=True,
+    )
+    history = finetune_group(
+        service, GROUP, qa_path=str(QA_TRAIN), cfg=finetune_config(FALLBACK_STEPS), progress=True
+    )
     v0, v1 = history["val"][0], history["val"][-1]
-    print(f"      adapter {history['adapter_id']} (active): validation answer loss {v0['no_adapter']:.2f} "
-          f"without it -> {v1['adapter']:.2f} with it")
+    print(
+        f"      adapter {history['adapter_id']} (active): validation answer loss {v0['no_adapter']:.2f} "
+        f"without it -> {v1['adapter']:.2f} with it"
+    )
     return history["adapter_id"]
 
 
@@ -196,8 +233,15 @@ def full_context(lloco, q: Question, text: str) -> Result:
     t0 = time.perf_counter()
     r = lloco.answer(q.question, text, max_new_tokens=MAX_NEW_TOKENS)
     total = time.perf_counter() - t0
-    return Result("whole document as text", r.text.strip(), [f"{q.doc_id} (all of it)"], 0, r.prompt_tokens,
-                  r.prefill_s, total)
+    return Result(
+        "whole document as text",
+        r.text.strip(),
+        [f"{q.doc_id} (all of it)"],
+        0,
+        r.prompt_tokens,
+        r.prefill_s,
+        total,
+    )
 
 
 def ask_llamaindex(engine, q: Question) -> Result:
@@ -205,10 +249,23 @@ def ask_llamaindex(engine, q: Question) -> Result:
     response = engine.query(q.question)
     total = time.perf_counter() - t0
     meta = response.metadata
-    sources = [source_label(n.node.metadata.get("lloco_doc_id", n.node.ref_doc_id), n.node.metadata.get(
-        "lloco_ordinal", -1), n.score or 0.0) for n in response.source_nodes]
-    return Result("LlamaIndex LLoCOQueryEngine", str(response).strip(), sources, meta["context_vectors"],
-                  meta["raw_context_tokens"], meta["prefill_s"], total)
+    sources = [
+        source_label(
+            n.node.metadata.get("lloco_doc_id", n.node.ref_doc_id),
+            n.node.metadata.get("lloco_ordinal", -1),
+            n.score or 0.0,
+        )
+        for n in response.source_nodes
+    ]
+    return Result(
+        "LlamaIndex LLoCOQueryEngine",
+        str(response).strip(),
+        sources,
+        meta["context_vectors"],
+        meta["raw_context_tokens"],
+        meta["prefill_s"],
+        total,
+    )
 
 
 def ask_langchain(chain, q: Question) -> Result:
@@ -227,9 +284,15 @@ def ask_langchain(chain, q: Question) -> Result:
     total = time.perf_counter() - t0
     docs = out["context"]
     sources = [source_label(d.metadata["doc_id"], d.metadata["ordinal"], d.metadata["score"]) for d in docs]
-    return Result("LangChain chain + LLoCOLLM", out["answer"].strip(), sources,
-                  usage.info.get("context_vectors", 0), sum(d.metadata["n_tokens"] for d in docs),
-                  usage.info.get("prefill_s", 0.0), total)
+    return Result(
+        "LangChain chain + LLoCOLLM",
+        out["answer"].strip(),
+        sources,
+        usage.info.get("context_vectors", 0),
+        sum(d.metadata["n_tokens"] for d in docs),
+        usage.info.get("prefill_s", 0.0),
+        total,
+    )
 
 
 def lloco_command() -> list[str]:
@@ -238,8 +301,17 @@ def lloco_command() -> list[str]:
 
 
 def cli_args(q: Question) -> list[str]:
-    return ["ask", q.question, "--group", GROUP, "--top-k", str(TOP_K), "--max-new-tokens", str(MAX_NEW_TOKENS),
-            "--json"]
+    return [
+        "ask",
+        q.question,
+        "--group",
+        GROUP,
+        "--top-k",
+        str(TOP_K),
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--json",
+    ]
 
 
 def cli_line(q: Question) -> str:
@@ -248,14 +320,22 @@ def cli_line(q: Question) -> str:
 
 def ask_cli(q: Question) -> Result:
     """Run the real `lloco ask ... --json` in a subprocess (same LLOCO_HOME / database)."""
-    proc = subprocess.run(lloco_command() + cli_args(q), capture_output=True, text=True, check=False,
-                          env=os.environ.copy())
+    proc = subprocess.run(
+        lloco_command() + cli_args(q), capture_output=True, text=True, check=False, env=os.environ.copy()
+    )
     if proc.returncode != 0:
         raise SystemExit(f"`lloco ask` failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
     out = json.loads(proc.stdout)
     sources = [f"{s['doc_id']} (chunk {s['chunk_id']}, {s['score']:.3f})" for s in out["sources"]]
-    return Result("lloco ask", out["answer"], sources, out["context_tokens"], out["raw_context_tokens"],
-                  out["prefill_s"], out["total_s"])
+    return Result(
+        "lloco ask",
+        out["answer"],
+        sources,
+        out["context_tokens"],
+        out["raw_context_tokens"],
+        out["prefill_s"],
+        out["total_s"],
+    )
 
 
 @contextlib.contextmanager
@@ -282,16 +362,22 @@ def print_result(r: Result, q: Question) -> None:
     full = q.full
     print(f"      {'[right]' if matches(r.answer, q.expected) else '[wrong]'} {clip(r.answer, 150)!r}")
     if r is full:
-        print(f"      context: the whole document as text, a {r.raw_tokens:,}-token prompt; first token after "
-              f"{r.ttft_s:.2f} s, whole answer in {r.total_s:.2f} s")
+        print(
+            f"      context: the whole document as text, a {r.raw_tokens:,}-token prompt; first token after "
+            f"{r.ttft_s:.2f} s, whole answer in {r.total_s:.2f} s"
+        )
         return
     print(f"      sources: {'; '.join(r.sources)}")
-    print(f"      context: {r.context_vectors} cheat-sheet vectors for the {r.raw_tokens} tokens of those chunks "
-          f"({r.raw_tokens / max(r.context_vectors, 1):.0f}x fewer) and the {q.doc_tokens:,} of the whole "
-          f"document ({q.doc_tokens / max(r.context_vectors, 1):.0f}x fewer)")
-    print(f"      speedup over full context: first token after {r.ttft_s:.2f} s "
-          f"({full.ttft_s / max(r.ttft_s, 1e-9):.0f}x sooner), whole answer in {r.total_s:.2f} s "
-          f"({full.total_s / max(r.total_s, 1e-9):.1f}x faster)")
+    print(
+        f"      context: {r.context_vectors} cheat-sheet vectors for the {r.raw_tokens} tokens of those chunks "
+        f"({r.raw_tokens / max(r.context_vectors, 1):.0f}x fewer) and the {q.doc_tokens:,} of the whole "
+        f"document ({q.doc_tokens / max(r.context_vectors, 1):.0f}x fewer)"
+    )
+    print(
+        f"      speedup over full context: first token after {r.ttft_s:.2f} s "
+        f"({full.ttft_s / max(r.ttft_s, 1e-9):.0f}x sooner), whole answer in {r.total_s:.2f} s "
+        f"({full.total_s / max(r.total_s, 1e-9):.1f}x faster)"
+    )
 
 
 def short(way: str) -> str:
@@ -303,24 +389,35 @@ def print_summary(questions: list[Question], started: float) -> None:
     n = len(questions)
     print("\nSummary")
     right_full = sum(matches(q.full.answer, q.expected) for q in questions)
-    right = {w: sum(matches(r.answer, q.expected) for q in questions for r in q.results if r.way == w) for w in ways}
-    print(f"  expected answer found: full context {right_full}/{n}; cheat sheets: "
-          + ", ".join(f"{short(w)} {right[w]}/{n}" for w in ways))
+    right = {
+        w: sum(matches(r.answer, q.expected) for q in questions for r in q.results if r.way == w)
+        for w in ways
+    }
+    print(
+        f"  expected answer found: full context {right_full}/{n}; cheat sheets: "
+        + ", ".join(f"{short(w)} {right[w]}/{n}" for w in ways)
+    )
     vecs = [r.context_vectors for q in questions for r in q.results]
     raw = [r.raw_tokens for q in questions for r in q.results]
     docs = [q.doc_tokens for q in questions]
-    print(f"  context read by the decoder (median): {statistics.median(vecs):.0f} cheat-sheet vectors instead of "
-          f"{statistics.median(raw):.0f} tokens of the retrieved chunks or {statistics.median(docs):,.0f} of the "
-          "whole document")
+    print(
+        f"  context read by the decoder (median): {statistics.median(vecs):.0f} cheat-sheet vectors instead of "
+        f"{statistics.median(raw):.0f} tokens of the retrieved chunks or {statistics.median(docs):,.0f} of the "
+        "whole document"
+    )
     ttft = statistics.median(q.full.ttft_s / max(r.ttft_s, 1e-9) for q in questions for r in q.results)
     total = statistics.median(q.full.total_s / max(r.total_s, 1e-9) for q in questions for r in q.results)
-    print(f"  measured speedup over full-context prompting (median): {ttft:.0f}x to the first token, {total:.1f}x "
-          "for the whole answer (decoding the answer itself costs the same either way)")
-    print("  Reading: the context saving and the faster prefill are real. The shipped encoder keeps the words"
-          "\n  questions tend to ask about as literal tokens beside pooled vectors, read with its reader adapter;"
-          "\n  on 600 SQuAD paragraphs its cheat sheets give 22.2 F1 against 58.5 for the text (6.6 with another"
-          "\n  paragraph's sheets; EVALUATION.md), so expect misses where the answer was not kept. The paper's"
-          "\n  setup is a 7B decoder with the AutoCompressor encoder on a GPU (README).")
+    print(
+        f"  measured speedup over full-context prompting (median): {ttft:.0f}x to the first token, {total:.1f}x "
+        "for the whole answer (decoding the answer itself costs the same either way)"
+    )
+    print(
+        "  Reading: the context saving and the faster prefill are real. The shipped encoder keeps the words"
+        "\n  questions tend to ask about as literal tokens beside pooled vectors, read with its reader adapter;"
+        "\n  on 600 SQuAD paragraphs its cheat sheets give 22.2 F1 against 58.5 for the text (6.6 with another"
+        "\n  paragraph's sheets; EVALUATION.md), so expect misses where the answer was not kept. The paper's"
+        "\n  setup is a 7B decoder with the AutoCompressor encoder on a GPU (README)."
+    )
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s (after installation). Try it yourself:")
     print(f'  .venv/bin/lloco ask "Who was Elspeth Morrow?" --group {GROUP}')
     print(f"  .venv/bin/lloco adapters list --group {GROUP}")
@@ -329,13 +426,23 @@ def print_summary(questions: list[Question], started: float) -> None:
 
 def main() -> int:
     started = time.perf_counter()
-    questions = [Question(o["doc_id"], o["question"], o["answers"])
-                 for o in map(json.loads, QUESTIONS.read_text().splitlines()) if o]
-    print("LLoCO demo: long documents -> cheat sheets in Postgres -> answers via LlamaIndex, LangChain, `lloco ask`")
-    print(f"Documents: {', '.join(p.name for p in sorted(DATA.glob('*.txt')))} (examples/data, public domain)")
+    questions = [
+        Question(o["doc_id"], o["question"], o["answers"])
+        for o in map(json.loads, QUESTIONS.read_text().splitlines())
+        if o
+    ]
+    print(
+        "LLoCO demo: long documents -> cheat sheets in Postgres -> answers via LlamaIndex, LangChain, `lloco ask`"
+    )
+    print(
+        f"Documents: {', '.join(p.name for p in sorted(DATA.glob('*.txt')))} (examples/data, public domain)"
+    )
 
-    with step(1, "Loading the decoder (SmolLM2-135M-Instruct, bundled), the shipped encoder and its reader adapter;"
-                 "\n      the first run converts the bundled GGUF once (about 30 s)"):
+    with step(
+        1,
+        "Loading the decoder (SmolLM2-135M-Instruct, bundled), the shipped encoder and its reader adapter;"
+        "\n      the first run converts the bundled GGUF once (about 30 s)",
+    ):
         from lloco_runtime import LLoCO, LLoCOService
         from lloco_runtime.config import database_url, home_dir
         from lloco_runtime.store import CheatSheetStore
@@ -344,18 +451,26 @@ def main() -> int:
         print(f"      {lloco.host.name} on {lloco.host.device} ({lloco.host.dtype}); data in {home_dir()}")
         c = lloco.encoder.config
         chosen = "chosen by its learned selector" if c.literal_selector == "learned" else "chosen by rules"
-        print(f"      encoder: {c.segment_length} tokens -> {c.positions} positions ({c.summary_length} pooled vectors"
-              f" + {c.literal_tokens} literal tokens {chosen}, {c.ratio:.0f}x); reader adapter: "
-              f"{'yes' if lloco.reader_id else 'no'}")
+        print(
+            f"      encoder: {c.segment_length} tokens -> {c.positions} positions ({c.summary_length} pooled vectors"
+            f" + {c.literal_tokens} literal tokens {chosen}, {c.ratio:.0f}x); reader adapter: "
+            f"{'yes' if lloco.reader_id else 'no'}"
+        )
 
-    with step(2, "Opening the store: " + ("LLOCO_DATABASE_URL" if database_url() else
-                                          "starting the embedded Postgres + pgvector")):
+    with step(
+        2,
+        "Opening the store: "
+        + ("LLOCO_DATABASE_URL" if database_url() else "starting the embedded Postgres + pgvector"),
+    ):
         store = CheatSheetStore()
         service = LLoCOService(lloco, store)
         print(f"      {store.url}, schema {store.schema!r}")
 
-    with step(3, f"Ingesting examples/data into group {GROUP!r} (chunks -> cheat sheets + retrieval keys)",
-              ticker=False):
+    with step(
+        3,
+        f"Ingesting examples/data into group {GROUP!r} (chunks -> cheat sheets + retrieval keys)",
+        ticker=False,
+    ):
         report = service.ingest([str(DATA)], group=GROUP, progress=True)
         print(f"      {report.summary()}")
         for d in store.list_documents(GROUP):
@@ -364,22 +479,31 @@ def main() -> int:
                     q.doc_tokens = d.n_tokens
             ids = [ch.chunk_id for ch in store.list_chunks(GROUP, doc_ids=[d.doc_id])]
             vectors = sum(int(t.shape[0]) for t in service.cheat_sheets(ids))
-            print(f"      {d.doc_id}: {d.n_tokens:,} tokens -> {d.n_chunks} chunks -> {vectors} cheat-sheet vectors")
+            print(
+                f"      {d.doc_id}: {d.n_tokens:,} tokens -> {d.n_chunks} chunks -> {vectors} cheat-sheet vectors"
+            )
 
     with step(4, "The group's LoRA adapter", ticker=False):
         setup_adapter(service)
 
     texts = {p.stem: p.read_text(encoding="utf-8") for p in DATA.glob("*.txt")}
-    with step(5, f"{len(questions)} questions (held out from the adapter's training), each answered with its whole "
-                 "document as text\n      (full-context prompting), then three ways from the cheat sheets of the "
-                 f"top {TOP_K} chunks with the group's adapter", ticker=False):
+    with step(
+        5,
+        f"{len(questions)} questions (held out from the adapter's training), each answered with its whole "
+        "document as text\n      (full-context prompting), then three ways from the cheat sheets of the "
+        f"top {TOP_K} chunks with the group's adapter",
+        ticker=False,
+    ):
         from lloco_index import LLoCOQueryEngine
         from lloco_langchain import LLoCOLLM, LLoCORetriever, create_lloco_chain
 
-        engine = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=lloco, store=store, top_k=TOP_K,
-                                                max_new_tokens=MAX_NEW_TOKENS)
-        chain = create_lloco_chain(LLoCORetriever(service=service, group=GROUP, k=TOP_K),
-                                   LLoCOLLM(service=service, max_new_tokens=MAX_NEW_TOKENS))
+        engine = LLoCOQueryEngine.from_defaults(
+            group=GROUP, lloco=lloco, store=store, top_k=TOP_K, max_new_tokens=MAX_NEW_TOKENS
+        )
+        chain = create_lloco_chain(
+            LLoCORetriever(service=service, group=GROUP, k=TOP_K),
+            LLoCOLLM(service=service, max_new_tokens=MAX_NEW_TOKENS),
+        )
         for i, q in enumerate(questions, 1):
             print(f"\n  Q{i}. {q.question}\n      expected: {' / '.join(q.expected)}  (in {q.doc_id}.txt)")
             with waiting("full context: the whole document as text, no adapter"):

@@ -55,16 +55,20 @@ def main() -> None:
         for doc in context:
             m = doc.metadata
             snippet = " ".join(doc.page_content.split())[:70]
-            print(f"   source {m['doc_id']}#{m['ordinal']} (chunk {m['chunk_id']}, score {m['score']:.3f}): "
-                  f"{snippet}...")
+            print(
+                f"   source {m['doc_id']}#{m['ordinal']} (chunk {m['chunk_id']}, score {m['score']:.3f}): "
+                f"{snippet}..."
+            )
         raw = sum(d.metadata["n_tokens"] for d in context)
         vectors = usage.info.get("context_vectors", 0)
         if vectors:
             adapter = context[0].metadata["adapter_id"]
-            print(f"   context: {vectors} cheat-sheet vectors instead of {raw} text tokens "
-                  f"({raw / vectors:.1f}x fewer); "
-                  f"{f'adapter {adapter}' if adapter is not None else 'no adapter (base decoder)'}; "
-                  f"prefill {usage.info['prefill_s']:.2f}s\n")
+            print(
+                f"   context: {vectors} cheat-sheet vectors instead of {raw} text tokens "
+                f"({raw / vectors:.1f}x fewer); "
+                f"{f'adapter {adapter}' if adapter is not None else 'no adapter (base decoder)'}; "
+                f"prefill {usage.info['prefill_s']:.2f}s\n"
+            )
     return 0
 
 

@@ -34,16 +34,21 @@ def main(folder: Path) -> None:
     print(f"Store: {store.url} (schema {store.schema})\n")
 
     # 1. Offline: read the folder, cut it on encoder segments, compress each chunk into a cheat sheet.
-    documents = SimpleDirectoryReader(str(folder), filename_as_id=True, required_exts=[".txt", ".md"]).load_data()
+    documents = SimpleDirectoryReader(
+        str(folder), filename_as_id=True, required_exts=[".txt", ".md"]
+    ).load_data()
     parser = LLoCONodeParser.from_components(lloco.encoder, store, group=GROUP)
     t0 = time.perf_counter()
     nodes = IngestionPipeline(transformations=[parser]).run(documents=documents, show_progress=True)
-    print(f"Ingested {len(documents)} documents as {len(nodes)} compressed chunks into group {GROUP!r} "
-          f"in {time.perf_counter() - t0:.1f}s\n")
+    print(
+        f"Ingested {len(documents)} documents as {len(nodes)} compressed chunks into group {GROUP!r} "
+        f"in {time.perf_counter() - t0:.1f}s\n"
+    )
 
     # 2. Online: retrieve -> cheat sheets + the group's adapter -> streamed answer.
-    engine = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=lloco, store=store, top_k=3, streaming=True,
-                                            max_new_tokens=48)
+    engine = LLoCOQueryEngine.from_defaults(
+        group=GROUP, lloco=lloco, store=store, top_k=3, streaming=True, max_new_tokens=48
+    )
     for question in QUESTIONS:
         print(f"Q: {question}\nA: ", end="", flush=True)
         response = engine.query(question)
@@ -53,11 +58,15 @@ def main(folder: Path) -> None:
         print("\n  sources:")
         for n in response.source_nodes:
             text = " ".join(n.node.get_content().split())
-            print(f"    [{n.score:.3f}] {n.node.metadata.get('file_name', n.node.ref_doc_id)}: {text[:70]}...")
+            print(
+                f"    [{n.score:.3f}] {n.node.metadata.get('file_name', n.node.ref_doc_id)}: {text[:70]}..."
+            )
         saving = meta["raw_context_tokens"] / max(meta["context_vectors"], 1)
-        print(f"  context: {meta['context_vectors']} cheat-sheet vectors instead of {meta['raw_context_tokens']} "
-              f"raw tokens ({saving:.0f}x fewer); prompt {meta['prompt_tokens']} positions, "
-              f"prefill {meta['prefill_s']:.2f}s, adapter {meta['adapter_id']}\n")
+        print(
+            f"  context: {meta['context_vectors']} cheat-sheet vectors instead of {meta['raw_context_tokens']} "
+            f"raw tokens ({saving:.0f}x fewer); prompt {meta['prompt_tokens']} positions, "
+            f"prefill {meta['prefill_s']:.2f}s, adapter {meta['adapter_id']}\n"
+        )
     store.close()
 
 

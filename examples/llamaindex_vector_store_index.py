@@ -33,8 +33,16 @@ GROUP = "everyday"
 QUESTIONS = ["Who was the keeper of the lighthouse?", "When was the lighthouse built?"]
 
 
-def run(lloco: LLoCO, store: CheatSheetStore, documents: list[Document], *, group: str = GROUP,
-        questions: list[str] = QUESTIONS, top_k: int = 3, max_new_tokens: int = 48) -> list[dict[str, Any]]:
+def run(
+    lloco: LLoCO,
+    store: CheatSheetStore,
+    documents: list[Document],
+    *,
+    group: str = GROUP,
+    questions: list[str] = QUESTIONS,
+    top_k: int = 3,
+    max_new_tokens: int = 48,
+) -> list[dict[str, Any]]:
     """Ingest ``documents`` into ``group``, then answer each question both ways; prints and returns them."""
     LLoCONodeParser.from_components(lloco.encoder, store, group=group).get_nodes_from_documents(documents)
 
@@ -50,8 +58,10 @@ def run(lloco: LLoCO, store: CheatSheetStore, documents: list[Document], *, grou
         text = text_engine.query(question)
         print(f"Q: {question}")
         print(f"  LLoCOQueryEngine (cheat sheets): {str(sheets).strip()!r}")
-        print(f"    read {sheets.metadata['context_vectors']} cheat-sheet vectors instead of "
-              f"{sheets.metadata['raw_context_tokens']} tokens of text, adapter {sheets.metadata['adapter_id']}")
+        print(
+            f"    read {sheets.metadata['context_vectors']} cheat-sheet vectors instead of "
+            f"{sheets.metadata['raw_context_tokens']} tokens of text, adapter {sheets.metadata['adapter_id']}"
+        )
         print(f"  index.as_query_engine (text):    {str(text).strip()!r}")
         print("  sources:")
         for n in sheets.source_nodes:
@@ -65,7 +75,9 @@ def main(folder: Path) -> None:
     print("Loading the default decoder (SmolLM2-135M-Instruct) and encoder ...", flush=True)
     lloco = LLoCO.from_pretrained()
     store = CheatSheetStore()  # embedded Postgres (or LLOCO_DATABASE_URL), all-MiniLM-L6-v2 retrieval keys
-    documents = SimpleDirectoryReader(str(folder), filename_as_id=True, required_exts=[".txt", ".md"]).load_data()
+    documents = SimpleDirectoryReader(
+        str(folder), filename_as_id=True, required_exts=[".txt", ".md"]
+    ).load_data()
     run(lloco, store, documents)
     store.close()
 

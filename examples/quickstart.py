@@ -22,7 +22,9 @@ QUESTIONS = ["Who was the keeper of the lighthouse?", "What year was the lightho
 
 
 def main() -> None:
-    print("Loading the default decoder (SmolLM2-135M-Instruct), encoder and embedded Postgres ...", flush=True)
+    print(
+        "Loading the default decoder (SmolLM2-135M-Instruct), encoder and embedded Postgres ...", flush=True
+    )
     service = LLoCOService.from_defaults()
     lloco = service.lloco
     print(f"  store: {service.store.url} (schema {service.store.schema})")
@@ -37,15 +39,21 @@ def main() -> None:
         full = lloco.answer(q, full_text, max_new_tokens=32)
         print(f"Q: {q}")
         print(f"  LLoCO     : {ans.answer}")
-        print(f"              {ans.context_tokens} cheat-sheet vectors instead of {ans.raw_context_tokens} text "
-              f"tokens; prefill {ans.prefill_s:.2f}s, total {total:.2f}s incl. retrieval; adapter: "
-              f"{ans.adapter_id if ans.adapter_id is not None else 'none'}")
+        print(
+            f"              {ans.context_tokens} cheat-sheet vectors instead of {ans.raw_context_tokens} text "
+            f"tokens; prefill {ans.prefill_s:.2f}s, total {total:.2f}s incl. retrieval; adapter: "
+            f"{ans.adapter_id if ans.adapter_id is not None else 'none'}"
+        )
         for s in ans.sources:
-            print(f"              source {s.doc_id} #{s.ordinal} (score {s.score:.3f}): "
-                  f"{' '.join(s.text.split())[:60]}...")
+            print(
+                f"              source {s.doc_id} #{s.ordinal} (score {s.score:.3f}): "
+                f"{' '.join(s.text.split())[:60]}..."
+            )
         print(f"  full text : {full.text.strip()}")
-        print(f"              {full.prompt_tokens} prompt tokens; prefill {full.prefill_s:.2f}s "
-              f"-> LLoCO prefill is {full.prefill_s / max(ans.prefill_s, 1e-9):.1f}x faster\n")
+        print(
+            f"              {full.prompt_tokens} prompt tokens; prefill {full.prefill_s:.2f}s "
+            f"-> LLoCO prefill is {full.prefill_s / max(ans.prefill_s, 1e-9):.1f}x faster\n"
+        )
     service.store.close()
 
 

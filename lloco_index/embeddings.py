@@ -84,14 +84,18 @@ class LLoCOEmbedding(BaseEmbedding):
         elif isinstance(embedder, LLoCOEmbedding):
             embedder = embedder.embedder
         if isinstance(embedder, BaseEmbedding) or not isinstance(embedder, Embedder):
-            raise InputError(f"LLoCOEmbedding wraps a CheatSheetStore or a lloco Embedder (name, dim, embed), got "
-                             f"{type(embedder).__name__}; a llama_index model is used as it is, or made a store "
-                             "embedder with embedder_from_llama")
+            raise InputError(
+                f"LLoCOEmbedding wraps a CheatSheetStore or a lloco Embedder (name, dim, embed), got "
+                f"{type(embedder).__name__}; a llama_index model is used as it is, or made a store "
+                "embedder with embedder_from_llama"
+            )
         # model_name/dim are the embedder's; given (e.g. by from_dict), they must agree with it
         for key, value in (("model_name", embedder.name), ("dim", int(embedder.dim))):
             if kwargs.setdefault(key, value) != value:
-                raise InputError(f"LLoCOEmbedding {key}={kwargs[key]!r} does not match its embedder ({value!r}); "
-                                 "build it over the store instead: LLoCOEmbedding(store)")
+                raise InputError(
+                    f"LLoCOEmbedding {key}={kwargs[key]!r} does not match its embedder ({value!r}); "
+                    "build it over the store instead: LLoCOEmbedding(store)"
+                )
         super().__init__(**kwargs)
         self._embedder = embedder
 
@@ -142,17 +146,20 @@ class LLoCOEmbedding(BaseEmbedding):
     async def aget_query_embedding(self, query: str) -> Embedding:
         return self._issued(await super().aget_query_embedding(query))
 
-    def get_agg_embedding_from_queries(self, queries: list[str],
-                                       agg_fn: Callable[..., Embedding] | None = None) -> Embedding:
+    def get_agg_embedding_from_queries(
+        self, queries: list[str], agg_fn: Callable[..., Embedding] | None = None
+    ) -> Embedding:
         return self._issued(super().get_agg_embedding_from_queries(queries, agg_fn))
 
-    async def aget_agg_embedding_from_queries(self, queries: list[str],
-                                              agg_fn: Callable[..., Embedding] | None = None) -> Embedding:
+    async def aget_agg_embedding_from_queries(
+        self, queries: list[str], agg_fn: Callable[..., Embedding] | None = None
+    ) -> Embedding:
         return self._issued(await super().aget_agg_embedding_from_queries(queries, agg_fn))
 
 
-def embedder_from_llama(embed_model: BaseEmbedding, *, name: str | None = None,
-                        dim: int | None = None) -> Embedder:
+def embedder_from_llama(
+    embed_model: BaseEmbedding, *, name: str | None = None, dim: int | None = None
+) -> Embedder:
     """Wrap ``embed_model`` (any llama_index ``BaseEmbedding``) as a store embedder.
 
     ``name`` defaults to ``llama_index/<class>/<model_name>``: the store records it with the schema and
@@ -186,5 +193,7 @@ def resolve_embedder(embed_model: BaseEmbedding | Embedder | None) -> Embedder |
         return embedder_from_llama(embed_model)
     if isinstance(embed_model, Embedder):
         return embed_model
-    raise InputError(f"embed_model must be a llama_index BaseEmbedding or a lloco Embedder, got "
-                     f"{type(embed_model).__name__}")
+    raise InputError(
+        f"embed_model must be a llama_index BaseEmbedding or a lloco Embedder, got "
+        f"{type(embed_model).__name__}"
+    )

@@ -14,9 +14,18 @@ from llama_index.core.vector_stores.types import MetadataFilter as LIFilter
 from lloco_runtime.errors import InputError
 from lloco_runtime.store import FilterGroup, MetadataFilter
 
-_DIRECT = {FilterOperator.EQ: "==", FilterOperator.NE: "!=", FilterOperator.GT: ">", FilterOperator.GTE: ">=",
-           FilterOperator.LT: "<", FilterOperator.LTE: "<=", FilterOperator.IN: "in", FilterOperator.NIN: "nin",
-           FilterOperator.CONTAINS: "contains", FilterOperator.TEXT_MATCH: "contains"}
+_DIRECT = {
+    FilterOperator.EQ: "==",
+    FilterOperator.NE: "!=",
+    FilterOperator.GT: ">",
+    FilterOperator.GTE: ">=",
+    FilterOperator.LT: "<",
+    FilterOperator.LTE: "<=",
+    FilterOperator.IN: "in",
+    FilterOperator.NIN: "nin",
+    FilterOperator.CONTAINS: "contains",
+    FilterOperator.TEXT_MATCH: "contains",
+}
 
 
 def _as_list(value: object, f: LIFilter) -> list:
@@ -34,8 +43,10 @@ def _one(f: LIFilter) -> MetadataFilter | FilterGroup:
     if op in (FilterOperator.ANY, FilterOperator.ALL):
         parts = [MetadataFilter(f.key, "contains", v) for v in _as_list(f.value, f)]
         return FilterGroup(parts, "or" if op is FilterOperator.ANY else "and")
-    raise InputError(f"filter operator {op.value!r} on {f.key!r} is not supported by the lloco store; use "
-                     "==, !=, <, <=, >, >=, in, nin, contains, any, all, text_match or text_match_insensitive")
+    raise InputError(
+        f"filter operator {op.value!r} on {f.key!r} is not supported by the lloco store; use "
+        "==, !=, <, <=, >, >=, in, nin, contains, any, all, text_match or text_match_insensitive"
+    )
 
 
 def to_store_filter(filters: MetadataFilters | None) -> MetadataFilter | FilterGroup | None:
@@ -46,8 +57,10 @@ def to_store_filter(filters: MetadataFilters | None) -> MetadataFilter | FilterG
         raise InputError(f"filters must be llama_index MetadataFilters, got {type(filters).__name__}")
     cond = FilterCondition(filters.condition or FilterCondition.AND)
     if cond not in (FilterCondition.AND, FilterCondition.OR):
-        raise InputError(f"filter condition {cond.value!r} is not supported by the lloco store; use 'and' "
-                         "or 'or' (express negation with != or nin)")
+        raise InputError(
+            f"filter condition {cond.value!r} is not supported by the lloco store; use 'and' "
+            "or 'or' (express negation with != or nin)"
+        )
     parts = []
     for f in filters.filters:
         if isinstance(f, MetadataFilters):

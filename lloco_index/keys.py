@@ -36,7 +36,7 @@ def node_id_for(chunk_id: int) -> str:
 def chunk_id_from_node_id(node_id: str) -> int | None:
     """The chunk id encoded in a lloco node id, or None for a node id lloco did not make."""
     if isinstance(node_id, str) and node_id.startswith(NODE_ID_PREFIX):
-        rest = node_id[len(NODE_ID_PREFIX):]
+        rest = node_id[len(NODE_ID_PREFIX) :]
         if rest.isdigit():
             return int(rest)
     return None
@@ -85,6 +85,8 @@ def adapter_id_of(nodes: Sequence[BaseNode | NodeWithScore]) -> int | None:
     ids = {_node(n).metadata.get(ADAPTER_ID) for n in nodes}
     ids.discard(None)
     if len(ids) > 1:
-        raise InputError(f"retrieved nodes come from groups with different adapters {sorted(ids)}; retrieve "
-                         "from one group per query")
+        raise InputError(
+            f"retrieved nodes come from groups with different adapters {sorted(ids)}; retrieve "
+            "from one group per query"
+        )
     return next(iter(ids), None)

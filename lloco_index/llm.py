@@ -55,13 +55,17 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> list[core_prompt.ChatMe
             raise InputError(f"message {i} is a {type(m).__name__}; pass llama_index ChatMessage objects")
         role = _ROLES.get(MessageRole(m.role))
         if role is None:
-            raise InputError(f"message {i} has role {MessageRole(m.role).value!r}; LLoCOLLM chats with system, "
-                             "user and assistant messages only: put tool or function results into a user "
-                             "message, or leave them out")
+            raise InputError(
+                f"message {i} has role {MessageRole(m.role).value!r}; LLoCOLLM chats with system, "
+                "user and assistant messages only: put tool or function results into a user "
+                "message, or leave them out"
+            )
         other = [type(b).__name__ for b in m.blocks if not isinstance(b, TextBlock)]
         if other:
-            raise InputError(f"message {i} holds a {other[0]}; LLoCOLLM reads text only (documents reach it as "
-                             "cheat sheets: pass cheat_sheet_ids=)")
+            raise InputError(
+                f"message {i} holds a {other[0]}; LLoCOLLM reads text only (documents reach it as "
+                "cheat sheets: pass cheat_sheet_ids=)"
+            )
         out.append(core_prompt.ChatMessage(role, m.content or ""))
     return out
 
@@ -76,10 +80,14 @@ class LLoCOLLM(CustomLLM):
     model_name: str = Field(default="lloco", description="decoder name (from the runtime)")
     max_new_tokens: int = Field(default=128, ge=1, description="tokens to generate (num_output)")
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy")
-    max_cheat_sheets: int = Field(default=4, ge=0,
-                                  description="cheat sheets reserved in metadata.context_window (top_k)")
-    summary_length: int = Field(default=16, ge=1, description="vectors per full cheat sheet (from the encoder: "
-                                "summary vectors plus literal tokens)")
+    max_cheat_sheets: int = Field(
+        default=4, ge=0, description="cheat sheets reserved in metadata.context_window (top_k)"
+    )
+    summary_length: int = Field(
+        default=16,
+        ge=1,
+        description="vectors per full cheat sheet (from the encoder: summary vectors plus literal tokens)",
+    )
     decoder_window: int = Field(default=2048, ge=1, description="the decoder's context window")
 
     _lloco: LLoCO = PrivateAttr()
@@ -87,8 +95,9 @@ class LLoCOLLM(CustomLLM):
 
     def __init__(self, lloco: LLoCO, *, store: CheatSheetStore | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("model_name", lloco.host.name)
-        super().__init__(summary_length=lloco.encoder.config.positions,
-                         decoder_window=lloco.host.context_window, **kwargs)
+        super().__init__(
+            summary_length=lloco.encoder.config.positions, decoder_window=lloco.host.context_window, **kwargs
+        )
         self._lloco = lloco
         self._service = LLoCOService(lloco, store) if store is not None else None
 
@@ -112,8 +121,12 @@ class LLoCOLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         """``context_window`` is what remains for text after ``max_cheat_sheets`` cheat sheets."""
         reserved = self.max_cheat_sheets * self.summary_length
-        return LLMMetadata(context_window=max(1, self.decoder_window - reserved), num_output=self.max_new_tokens,
-                           is_chat_model=False, model_name=self.model_name)
+        return LLMMetadata(
+            context_window=max(1, self.decoder_window - reserved),
+            num_output=self.max_new_tokens,
+            is_chat_model=False,
+            model_name=self.model_name,
+        )
 
     # -- payload ---------------------------------------------------------------------------------------
 
@@ -121,7 +134,9 @@ class LLoCOLLM(CustomLLM):
         if not cheat_sheet_ids:
             return None
         if self._service is None:
-            raise InputError("cheat_sheet_ids need a store: build LLoCOLLM(lloco, store=CheatSheetStore(...))")
+            raise InputError(
+                "cheat_sheet_ids need a store: build LLoCOLLM(lloco, store=CheatSheetStore(...))"
+            )
         ids = []
         for i in cheat_sheet_ids:
             if isinstance(i, bool) or not isinstance(i, (int, str)) or not str(i).isdigit():
@@ -135,8 +150,10 @@ class LLoCOLLM(CustomLLM):
         aid = str(adapter_id)
         if self._service is not None:
             if isinstance(adapter_id, bool) or not aid.isdigit():
-                raise NotFoundError(f"unknown adapter id {adapter_id!r}: store adapter ids are integers; list "
-                                    "them with `lloco adapters list`")
+                raise NotFoundError(
+                    f"unknown adapter id {adapter_id!r}: store adapter ids are integers; list "
+                    "them with `lloco adapters list`"
+                )
             self._service.store.get_adapter(int(aid))  # NotFoundError naming the fix
         return aid
 
@@ -149,13 +166,24 @@ class LLoCOLLM(CustomLLM):
 
     @staticmethod
     def _raw(st: StreamStats, n_sheets: int) -> dict[str, Any]:
-        return {"prompt_tokens": st.prompt_tokens, "context_vectors": st.context_vectors, "cheat_sheets": n_sheets,
-                "finish_reason": st.finish_reason, "prefill_s": st.prefill_s, "total_s": st.total_s}
+        return {
+            "prompt_tokens": st.prompt_tokens,
+            "context_vectors": st.context_vectors,
+            "cheat_sheets": n_sheets,
+            "finish_reason": st.finish_reason,
+            "prefill_s": st.prefill_s,
+            "total_s": st.total_s,
+        }
 
     # -- token streams (prompt built and checked now; the adapter is pinned from the first token on) ------
 
-    def _completion_stream(self, prompt: str, cheat_sheet_ids: Sequence[int] | None, adapter_id: int | str | None,
-                           kwargs: dict[str, Any]) -> _Stream:
+    def _completion_stream(
+        self,
+        prompt: str,
+        cheat_sheet_ids: Sequence[int] | None,
+        adapter_id: int | str | None,
+        kwargs: dict[str, Any],
+    ) -> _Stream:
         cfg = self._config(kwargs)
         sheets = self._sheets(cheat_sheet_ids)
         adapter = self._adapter(adapter_id)
@@ -163,8 +191,13 @@ class LLoCOLLM(CustomLLM):
         tokens = self._lloco.stream(prompt, sheets, adapter_id=adapter, config=cfg, state=st)
         return tokens, st, len(sheets or ())
 
-    def _chat_stream(self, messages: Sequence[ChatMessage], cheat_sheet_ids: Sequence[int] | None,
-                     adapter_id: int | str | None, kwargs: dict[str, Any]) -> _Stream:
+    def _chat_stream(
+        self,
+        messages: Sequence[ChatMessage],
+        cheat_sheet_ids: Sequence[int] | None,
+        adapter_id: int | str | None,
+        kwargs: dict[str, Any],
+    ) -> _Stream:
         msgs = to_core_messages(messages)
         cfg = self._config(kwargs)
         sheets = self._sheets(cheat_sheet_ids)
@@ -198,8 +231,9 @@ class LLoCOLLM(CustomLLM):
 
     @staticmethod
     def _as_chat(r: CompletionResponse) -> ChatResponse:
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
-                            raw=r.raw)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta, raw=r.raw
+        )
 
     def _chat_responses(self, stream: _Stream) -> ChatResponseGen:
         responses = self._responses(stream)
@@ -209,41 +243,77 @@ class LLoCOLLM(CustomLLM):
         finally:
             responses.close()
 
-    def _complete(self, prompt: str, cheat_sheet_ids: Sequence[int] | None = None,
-                  adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
+    def _complete(
+        self,
+        prompt: str,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponse:
         text, raw = self._finish(self._completion_stream(prompt, cheat_sheet_ids, adapter_id, kwargs))
         return CompletionResponse(text=text, raw=raw)
 
-    def _chat(self, messages: Sequence[ChatMessage], cheat_sheet_ids: Sequence[int] | None = None,
-              adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
+    def _chat(
+        self,
+        messages: Sequence[ChatMessage],
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
         text, raw = self._finish(self._chat_stream(messages, cheat_sheet_ids, adapter_id, kwargs))
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), raw=raw)
 
     # -- completion ------------------------------------------------------------------------------------
 
     @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, *, cheat_sheet_ids: Sequence[int] | None = None,
-                 adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
+    def complete(
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponse:
         """Answer ``prompt`` over the cheat sheets of ``cheat_sheet_ids`` with adapter ``adapter_id``."""
         return self._complete(prompt, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, *,
-                        cheat_sheet_ids: Sequence[int] | None = None, adapter_id: int | str | None = None,
-                        **kwargs: Any) -> CompletionResponseGen:
+    def stream_complete(
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponseGen:
         """Like :meth:`complete`, yielding deltas; the last response's ``raw`` holds the token counts."""
         return self._responses(self._completion_stream(prompt, cheat_sheet_ids, adapter_id, kwargs))
 
     @llm_completion_callback()
-    async def acomplete(self, prompt: str, formatted: bool = False, *, cheat_sheet_ids: Sequence[int] | None = None,
-                        adapter_id: int | str | None = None, **kwargs: Any) -> CompletionResponse:
+    async def acomplete(
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponse:
         """:meth:`complete` on a worker thread (decoding is CPU/GPU bound; the event loop stays free)."""
         return await run_in_thread(self._complete, prompt, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False, *,
-                               cheat_sheet_ids: Sequence[int] | None = None, adapter_id: int | str | None = None,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> CompletionResponseAsyncGen:
         """:meth:`stream_complete` with every step on a worker thread: tokens arrive as they are decoded.
         Cancelling (or leaving) the stream closes it and releases the adapter."""
         stream = await run_in_thread(self._completion_stream, prompt, cheat_sheet_ids, adapter_id, kwargs)
@@ -252,27 +322,51 @@ class LLoCOLLM(CustomLLM):
     # -- chat ------------------------------------------------------------------------------------------
 
     @llm_chat_callback()
-    def chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
-             adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
+    def chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
         """Answer the last user message of a conversation (system, user and assistant messages) over the
         cheat sheets of ``cheat_sheet_ids``, which go into that message as :meth:`complete` puts them."""
         return self._chat(messages, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
-                    adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponseGen:
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponseGen:
         """Like :meth:`chat`, yielding deltas; the last response's ``raw`` holds the token counts."""
         return self._chat_responses(self._chat_stream(messages, cheat_sheet_ids, adapter_id, kwargs))
 
     @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
-                    adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponse:
+    async def achat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponse:
         """:meth:`chat` on a worker thread."""
         return await run_in_thread(self._chat, messages, cheat_sheet_ids, adapter_id, **kwargs)
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], *, cheat_sheet_ids: Sequence[int] | None = None,
-                           adapter_id: int | str | None = None, **kwargs: Any) -> ChatResponseAsyncGen:
+    async def astream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        cheat_sheet_ids: Sequence[int] | None = None,
+        adapter_id: int | str | None = None,
+        **kwargs: Any,
+    ) -> ChatResponseAsyncGen:
         """:meth:`stream_chat` with every step on a worker thread (see :meth:`astream_complete`)."""
         stream = await run_in_thread(self._chat_stream, messages, cheat_sheet_ids, adapter_id, kwargs)
         return iterate_in_thread(self._chat_responses(stream))

@@ -61,15 +61,27 @@ class LLoCOQueryEngine(CustomQueryEngine):
     llm: LLoCOLLM = Field(description="the LLoCO decoder")
     streaming: bool = Field(default=False, description="return a StreamingResponse")
     use_adapter: bool = Field(default=True, description="apply the group's active adapter")
-    generation_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                              description="passed to llm.complete (max_new_tokens, ...)")
+    generation_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to llm.complete (max_new_tokens, ...)"
+    )
 
     @classmethod
-    def from_defaults(cls, *, group: str, collection: str = DEFAULT_COLLECTION, lloco: LLoCO | None = None,
-                      store: CheatSheetStore | None = None, embed_model: Any = None, top_k: int = 4,
-                      mode: str = "hybrid", filters: MetadataFilters | None = None, streaming: bool = False,
-                      use_adapter: bool = True, max_new_tokens: int = 128, **generation_kwargs: Any
-                      ) -> LLoCOQueryEngine:
+    def from_defaults(
+        cls,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        lloco: LLoCO | None = None,
+        store: CheatSheetStore | None = None,
+        embed_model: Any = None,
+        top_k: int = 4,
+        mode: str = "hybrid",
+        filters: MetadataFilters | None = None,
+        streaming: bool = False,
+        use_adapter: bool = True,
+        max_new_tokens: int = 128,
+        **generation_kwargs: Any,
+    ) -> LLoCOQueryEngine:
         """The common case: default runtime, the configured store, an LLoCORetriever over ``group``.
 
         The store's retrieval embedder is ``embed_model`` if given, else ``Settings.embed_model`` if the
@@ -84,29 +96,61 @@ class LLoCOQueryEngine(CustomQueryEngine):
             store = CheatSheetStore(embedder=resolve_embedder(embed_model))
         elif embed_model is not None:
             raise InputError("pass either store= or embed_model= (a store already has its embedder)")
-        retriever = LLoCORetriever(store, group=group, collection=collection, top_k=top_k, mode=mode,
-                                   filters=filters, use_adapter=use_adapter)
+        retriever = LLoCORetriever(
+            store,
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode=mode,
+            filters=filters,
+            use_adapter=use_adapter,
+        )
         llm = LLoCOLLM(lloco, store=store, max_new_tokens=max_new_tokens, max_cheat_sheets=top_k)
-        return cls(retriever=retriever, llm=llm, streaming=streaming, use_adapter=use_adapter,
-                   generation_kwargs=generation_kwargs)
+        return cls(
+            retriever=retriever,
+            llm=llm,
+            streaming=streaming,
+            use_adapter=use_adapter,
+            generation_kwargs=generation_kwargs,
+        )
 
     @classmethod
-    def from_endpoint(cls, endpoint: str, *, group: str, collection: str = DEFAULT_COLLECTION, top_k: int = 4,
-                      mode: str = "hybrid", streaming: bool = False, use_adapter: bool = True,
-                      max_new_tokens: int = 128, timeout: float = 300.0) -> RemoteLLoCOQueryEngine:
+    def from_endpoint(
+        cls,
+        endpoint: str,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 4,
+        mode: str = "hybrid",
+        streaming: bool = False,
+        use_adapter: bool = True,
+        max_new_tokens: int = 128,
+        timeout: float = 300.0,
+    ) -> RemoteLLoCOQueryEngine:
         """The same engine against a running ``lloco serve`` at ``endpoint`` (retrieval, cheat sheets and the
         group's adapter on the server): a :class:`~lloco_index.remote.RemoteLLoCOQueryEngine`."""
         from .remote import RemoteLLoCOQueryEngine
 
-        return RemoteLLoCOQueryEngine(endpoint=endpoint, group=group, collection=collection, top_k=top_k, mode=mode,
-                                      streaming=streaming, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
-                                      timeout=timeout)
+        return RemoteLLoCOQueryEngine(
+            endpoint=endpoint,
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode=mode,
+            streaming=streaming,
+            use_adapter=use_adapter,
+            max_new_tokens=max_new_tokens,
+            timeout=timeout,
+        )
 
     @dispatcher.span
     def _payload(self, nodes: list[NodeWithScore]) -> tuple[list[int], int | None]:
         if not nodes:
-            raise InputError("the retriever returned no nodes: ingest documents into the group first (with "
-                             "LLoCONodeParser) or relax the filters")
+            raise InputError(
+                "the retriever returned no nodes: ingest documents into the group first (with "
+                "LLoCONodeParser) or relax the filters"
+            )
         ids = keys.chunk_ids_of(nodes)
         adapter = keys.adapter_id_of(nodes) if self.use_adapter else None
         return ids, adapter
@@ -128,8 +172,9 @@ class LLoCOQueryEngine(CustomQueryEngine):
             return await run_in_thread(self._answer, query_str, nodes)
         ids, adapter = self._payload(nodes)
         meta = self._metadata(nodes, ids, adapter)
-        gen = await self.llm.astream_complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter,
-                                              **self.generation_kwargs)
+        gen = await self.llm.astream_complete(
+            query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs
+        )
 
         async def deltas() -> AsyncGenerator[str, None]:
             try:
@@ -148,8 +193,9 @@ class LLoCOQueryEngine(CustomQueryEngine):
         ids, adapter = self._payload(nodes)
         meta = self._metadata(nodes, ids, adapter)
         if self.streaming:
-            gen = self.llm.stream_complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter,
-                                           **self.generation_kwargs)
+            gen = self.llm.stream_complete(
+                query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs
+            )
 
             def deltas() -> Generator[str, None, None]:
                 try:

@@ -50,18 +50,26 @@ def source_nodes(answer: dict[str, Any], group: str, collection: str) -> list[No
     """The answer's sources as nodes carrying lloco's ids (text when the server sent it)."""
     nodes = []
     for s in answer.get("sources") or []:
-        meta = {keys.CHUNK_ID: s["chunk_id"], keys.DOC_ID: s["doc_id"], keys.GROUP: group,
-                keys.COLLECTION: collection}
+        meta = {
+            keys.CHUNK_ID: s["chunk_id"],
+            keys.DOC_ID: s["doc_id"],
+            keys.GROUP: group,
+            keys.COLLECTION: collection,
+        }
         node = TextNode(id_=f"{keys.NODE_ID_PREFIX}{s['chunk_id']}", text=s.get("text") or "", metadata=meta)
         nodes.append(NodeWithScore(node=node, score=s.get("score")))
     return nodes
 
 
 def answer_metadata(answer: dict[str, Any]) -> dict[str, Any]:
-    return {"cheat_sheet_ids": [s["chunk_id"] for s in answer.get("sources") or []],
-            "adapter_id": answer.get("adapter_id"), "context_vectors": answer.get("context_tokens"),
-            "raw_context_tokens": answer.get("raw_context_tokens"), "prefill_s": answer.get("prefill_s"),
-            "total_s": answer.get("total_s")}
+    return {
+        "cheat_sheet_ids": [s["chunk_id"] for s in answer.get("sources") or []],
+        "adapter_id": answer.get("adapter_id"),
+        "context_vectors": answer.get("context_tokens"),
+        "raw_context_tokens": answer.get("raw_context_tokens"),
+        "prefill_s": answer.get("prefill_s"),
+        "total_s": answer.get("total_s"),
+    }
 
 
 class RemoteLLoCOLLM(CustomLLM):
@@ -97,13 +105,19 @@ class RemoteLLoCOLLM(CustomLLM):
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(kwargs) - {"max_new_tokens", "temperature", "stop", "group", "formatted"}
         if unknown:
-            raise InputError(f"unknown RemoteLLoCOLLM argument(s) {sorted(unknown)}; the server retrieves the "
-                             "cheat sheets: pass group= (at construction or per call), not cheat_sheet_ids")
+            raise InputError(
+                f"unknown RemoteLLoCOLLM argument(s) {sorted(unknown)}; the server retrieves the "
+                "cheat sheets: pass group= (at construction or per call), not cheat_sheet_ids"
+            )
         stop = kwargs.get("stop")
-        return {"group": kwargs.get("group", self.group), "collection": self.collection, "top_k": self.top_k,
-                "max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
-                "temperature": kwargs.get("temperature", self.temperature),
-                "stop": [stop] if isinstance(stop, str) else stop}
+        return {
+            "group": kwargs.get("group", self.group),
+            "collection": self.collection,
+            "top_k": self.top_k,
+            "max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "stop": [stop] if isinstance(stop, str) else stop,
+        }
 
     @staticmethod
     def _user(prompt: str) -> list[dict[str, str]]:
@@ -114,10 +128,14 @@ class RemoteLLoCOLLM(CustomLLM):
     @staticmethod
     def _raw(out: dict[str, Any]) -> dict[str, Any]:
         lloco = out.get("lloco") or {}
-        return {"usage": out.get("usage"), "finish_reason": (out.get("choices") or [{}])[0].get("finish_reason"),
-                "cheat_sheet_ids": [s["chunk_id"] for s in lloco.get("sources") or []],
-                "adapter_id": lloco.get("adapter_id"), "context_vectors": lloco.get("context_tokens"),
-                "raw_context_tokens": lloco.get("raw_context_tokens")}
+        return {
+            "usage": out.get("usage"),
+            "finish_reason": (out.get("choices") or [{}])[0].get("finish_reason"),
+            "cheat_sheet_ids": [s["chunk_id"] for s in lloco.get("sources") or []],
+            "adapter_id": lloco.get("adapter_id"),
+            "context_vectors": lloco.get("context_tokens"),
+            "raw_context_tokens": lloco.get("raw_context_tokens"),
+        }
 
     # -- completion ---------------------------------------------------------------------------------------
 
@@ -144,8 +162,9 @@ class RemoteLLoCOLLM(CustomLLM):
         return CompletionResponse(text=out["choices"][0]["message"]["content"], raw=self._raw(out))
 
     @llm_completion_callback()
-    async def astream_complete(self, prompt: str, formatted: bool = False,
-                               **kwargs: Any) -> CompletionResponseAsyncGen:
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
         deltas = self._client.astream_chat(self._user(prompt), **self._options(kwargs))
 
         async def gen() -> AsyncGenerator[CompletionResponse, None]:
@@ -161,8 +180,10 @@ class RemoteLLoCOLLM(CustomLLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         out = self._client.chat(_messages(messages), **self._options(kwargs))
-        return ChatResponse(message=ChatMessage(role="assistant", content=out["choices"][0]["message"]["content"]),
-                            raw=self._raw(out))
+        return ChatResponse(
+            message=ChatMessage(role="assistant", content=out["choices"][0]["message"]["content"]),
+            raw=self._raw(out),
+        )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -179,8 +200,10 @@ class RemoteLLoCOLLM(CustomLLM):
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         out = await self._client.achat(_messages(messages), **self._options(kwargs))
-        return ChatResponse(message=ChatMessage(role="assistant", content=out["choices"][0]["message"]["content"]),
-                            raw=self._raw(out))
+        return ChatResponse(
+            message=ChatMessage(role="assistant", content=out["choices"][0]["message"]["content"]),
+            raw=self._raw(out),
+        )
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -220,13 +243,22 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
         return self._client
 
     def _options(self) -> dict[str, Any]:
-        return {"group": self.group, "collection": self.collection, "top_k": self.top_k, "mode": self.mode,
-                "adapter": "active" if self.use_adapter else "none", "max_new_tokens": self.max_new_tokens,
-                "with_text": True}
+        return {
+            "group": self.group,
+            "collection": self.collection,
+            "top_k": self.top_k,
+            "mode": self.mode,
+            "adapter": "active" if self.use_adapter else "none",
+            "max_new_tokens": self.max_new_tokens,
+            "with_text": True,
+        }
 
     def _response(self, answer: dict[str, Any]) -> Response:
-        return Response(response=answer["answer"], source_nodes=source_nodes(answer, self.group, self.collection),
-                        metadata=answer_metadata(answer))
+        return Response(
+            response=answer["answer"],
+            source_nodes=source_nodes(answer, self.group, self.collection),
+            metadata=answer_metadata(answer),
+        )
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         if not self.streaming:
@@ -234,7 +266,9 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
         state: dict[str, Any] = {}
         deltas = self._client.stream_ask(query_str, state=state, **self._options())
         meta: dict[str, Any] = {}
-        first = next(deltas, None)  # the request is sent (and errors raised) before the response object exists
+        first = next(
+            deltas, None
+        )  # the request is sent (and errors raised) before the response object exists
 
         def gen() -> Generator[str, None, None]:
             if first is not None:

@@ -31,10 +31,19 @@ class LLoCORetriever(BaseRetriever):
     store's own filter types/dicts.
     """
 
-    def __init__(self, store: CheatSheetStore, *, group: str, collection: str = DEFAULT_COLLECTION,
-                 top_k: int = 4, mode: str = "hybrid", filters: MetadataFilters | Filter | dict | list | None = None,
-                 use_adapter: bool = True,
-                 callback_manager: CallbackManager | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        store: CheatSheetStore,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 4,
+        mode: str = "hybrid",
+        filters: MetadataFilters | Filter | dict | list | None = None,
+        use_adapter: bool = True,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+    ) -> None:
         validate_name(group, "group")
         validate_name(collection, "collection")
         if mode not in MODES:
@@ -45,15 +54,24 @@ class LLoCORetriever(BaseRetriever):
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        result = self.store.retrieve(query_bundle.query_str, group=self.group, collection=self.collection,
-                                     top_k=self.top_k, mode=self.mode, filters=self.filters,
-                                     load_cheat_sheets=False)
+        result = self.store.retrieve(
+            query_bundle.query_str,
+            group=self.group,
+            collection=self.collection,
+            top_k=self.top_k,
+            mode=self.mode,
+            filters=self.filters,
+            load_cheat_sheets=False,
+        )
         adapter = result.adapter_id if self.use_adapter else None
         out = []
         for c in result.chunks:
-            node = chunk_to_node(ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
-                                           dict(c.metadata)),
-                                 group=self.group, collection=self.collection, adapter_id=adapter)
+            node = chunk_to_node(
+                ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None, dict(c.metadata)),
+                group=self.group,
+                collection=self.collection,
+                adapter_id=adapter,
+            )
             out.append(NodeWithScore(node=node, score=float(c.score)))
         return out
 
@@ -62,7 +80,14 @@ class LLoCORetriever(BaseRetriever):
 
     def with_options(self, **overrides: Any) -> LLoCORetriever:
         """A copy with some options changed (``top_k``, ``mode``, ``filters``, ...)."""
-        kw = {"group": self.group, "collection": self.collection, "top_k": self.top_k, "mode": self.mode,
-              "filters": self.filters, "use_adapter": self.use_adapter, "callback_manager": self.callback_manager}
+        kw = {
+            "group": self.group,
+            "collection": self.collection,
+            "top_k": self.top_k,
+            "mode": self.mode,
+            "filters": self.filters,
+            "use_adapter": self.use_adapter,
+            "callback_manager": self.callback_manager,
+        }
         kw.update(overrides)
         return LLoCORetriever(self.store, **kw)

@@ -39,8 +39,12 @@ from .embeddings import ISSUED, LLoCOEmbedding
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
 
-_MODES = {VectorStoreQueryMode.DEFAULT: "dense", VectorStoreQueryMode.HYBRID: "hybrid",
-          VectorStoreQueryMode.TEXT_SEARCH: "fulltext", VectorStoreQueryMode.SPARSE: "fulltext"}
+_MODES = {
+    VectorStoreQueryMode.DEFAULT: "dense",
+    VectorStoreQueryMode.HYBRID: "hybrid",
+    VectorStoreQueryMode.TEXT_SEARCH: "fulltext",
+    VectorStoreQueryMode.SPARSE: "fulltext",
+}
 
 
 class LLoCOVectorStore(BasePydanticVectorStore):
@@ -51,13 +55,22 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
     group: str = Field(description="store group this vector store reads and writes")
     collection: str = Field(default=DEFAULT_COLLECTION)
-    default_mode: str = Field(default="dense", description="store retrieval mode for VectorStoreQueryMode.DEFAULT")
+    default_mode: str = Field(
+        default="dense", description="store retrieval mode for VectorStoreQueryMode.DEFAULT"
+    )
 
     _store: CheatSheetStore = PrivateAttr()
     _embed_model: LLoCOEmbedding | None = PrivateAttr(default=None)
 
-    def __init__(self, store: CheatSheetStore, *, group: str, collection: str = DEFAULT_COLLECTION,
-                 default_mode: str = "dense", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: CheatSheetStore,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        default_mode: str = "dense",
+        **kwargs: Any,
+    ) -> None:
         validate_name(group, "group")
         validate_name(collection, "collection")
         if default_mode not in ("dense", "hybrid", "fulltext"):
@@ -104,14 +117,18 @@ class LLoCOVectorStore(BasePydanticVectorStore):
             wanted[int(cid)] = node.node_id
         if wanted:
             try:
-                found = {r.chunk_id for r in self._store.list_chunks(self.group, self.collection,
-                                                                     chunk_ids=list(wanted))}
+                found = {
+                    r.chunk_id
+                    for r in self._store.list_chunks(self.group, self.collection, chunk_ids=list(wanted))
+                }
             except NotFoundError:  # the group is absent: none of the chunks is stored
                 found = set()
             missing = [c for c in wanted if c not in found]
             if missing:
-                raise NotFoundError(f"chunks {missing[:5]} are not in {self.collection}/{self.group} (deleted or "
-                                    "re-ingested since they were parsed?); run LLoCONodeParser again")
+                raise NotFoundError(
+                    f"chunks {missing[:5]} are not in {self.collection}/{self.group} (deleted or "
+                    "re-ingested since they were parsed?); run LLoCONodeParser again"
+                )
         return [n.node_id for n in nodes]
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
@@ -121,8 +138,9 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         except NotFoundError:  # LlamaIndex semantics: deleting an absent document (or group) is a no-op
             pass
 
-    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                     **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
+    ) -> None:
         """Delete chunks by node id and/or metadata filter (node ids lloco did not make are ignored)."""
         flt = to_store_filter(filters)
         ids = None
@@ -144,7 +162,9 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         except NotFoundError:  # no group yet: already empty
             pass
 
-    def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
+    def get_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
         """Stored chunks as nodes, by node id and/or filter (all of the group when neither is given)."""
         ids = None
         if node_ids is not None:
@@ -152,12 +172,19 @@ class LLoCOVectorStore(BasePydanticVectorStore):
             if not ids:
                 return []
         try:
-            rows = self._store.list_chunks(self.group, self.collection, chunk_ids=ids,
-                                           filters=to_store_filter(filters), with_embeddings=True)
+            rows = self._store.list_chunks(
+                self.group,
+                self.collection,
+                chunk_ids=ids,
+                filters=to_store_filter(filters),
+                with_embeddings=True,
+            )
         except NotFoundError:  # no group yet: no nodes
             return []
         adapter = self._adapter_id()
-        return [chunk_to_node(r, group=self.group, collection=self.collection, adapter_id=adapter) for r in rows]
+        return [
+            chunk_to_node(r, group=self.group, collection=self.collection, adapter_id=adapter) for r in rows
+        ]
 
     def _adapter_id(self) -> int | None:
         try:
@@ -173,16 +200,24 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         ``doc_ids`` and ``node_ids`` narrow the search in SQL, before the top-k cut."""
         mode = _MODES.get(VectorStoreQueryMode(query.mode))
         if mode is None:
-            raise InputError(f"query mode {query.mode!r} is not supported by LLoCOVectorStore; use default, "
-                             "hybrid or text_search")
+            raise InputError(
+                f"query mode {query.mode!r} is not supported by LLoCOVectorStore; use default, "
+                "hybrid or text_search"
+            )
         if query.mode == VectorStoreQueryMode.DEFAULT:
             mode = self.default_mode
         if not query.query_str:
-            raise InputError("LLoCOVectorStore needs query_str, also with a query_embedding (full-text search "
-                             "and the embedder check read it); VectorStoreIndex retrievers always pass it, "
-                             "so set VectorStoreQuery(query_str=...) when building a query by hand")
+            raise InputError(
+                "LLoCOVectorStore needs query_str, also with a query_embedding (full-text search "
+                "and the embedder check read it); VectorStoreIndex retrievers always pass it, "
+                "so set VectorStoreQuery(query_str=...) when building a query by hand"
+            )
         flt = to_store_filter(query.filters)
-        top_k = int(query.hybrid_top_k or query.similarity_top_k) if mode == "hybrid" else int(query.similarity_top_k)
+        top_k = (
+            int(query.hybrid_top_k or query.similarity_top_k)
+            if mode == "hybrid"
+            else int(query.similarity_top_k)
+        )
         doc_ids = list(query.doc_ids) if query.doc_ids else None
         chunk_ids = None
         if query.node_ids:
@@ -192,16 +227,32 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         qvec = None
         if mode != "fulltext" and query.query_embedding is not None:
             qvec = self._query_vector(query.query_embedding, query.query_str)
-        result = self._store.retrieve(query.query_str, group=self.group, collection=self.collection, top_k=top_k,
-                                      mode=mode, filters=flt, load_cheat_sheets=False, query_vector=qvec,
-                                      doc_ids=doc_ids, chunk_ids=chunk_ids, **kwargs)
+        result = self._store.retrieve(
+            query.query_str,
+            group=self.group,
+            collection=self.collection,
+            top_k=top_k,
+            mode=mode,
+            filters=flt,
+            load_cheat_sheets=False,
+            query_vector=qvec,
+            doc_ids=doc_ids,
+            chunk_ids=chunk_ids,
+            **kwargs,
+        )
         chunks = result.chunks
-        nodes = [chunk_to_node(ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None,
-                                         dict(c.metadata)),
-                               group=self.group, collection=self.collection, adapter_id=result.adapter_id)
-                 for c in chunks]
-        return VectorStoreQueryResult(nodes=nodes, similarities=[float(c.score) for c in chunks],
-                                      ids=[n.node_id for n in nodes])
+        nodes = [
+            chunk_to_node(
+                ChunkInfo(c.chunk_id, c.doc_id, c.ordinal, c.text, c.n_tokens, None, None, dict(c.metadata)),
+                group=self.group,
+                collection=self.collection,
+                adapter_id=result.adapter_id,
+            )
+            for c in chunks
+        ]
+        return VectorStoreQueryResult(
+            nodes=nodes, similarities=[float(c.score) for c in chunks], ids=[n.node_id for n in nodes]
+        )
 
     def _query_vector(self, vector: list[float], query_str: str) -> np.ndarray:
         """``vector`` if it was made by the store's embedder, else ConfigError (it would be scored against keys
@@ -209,27 +260,35 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         text than ``query_str``); others are compared with the store's own embedding of ``query_str`` (cosine
         >= 0.98: the same model, up to numerics) and then used."""
         emb = self._store.embedder
-        fix = ("build the index with VectorStoreIndex.from_vector_store(vector_store, embed_model=vector_store."
-               "embed_model) (an LLoCOEmbedding over the store's embedder), or set Settings.embed_model = "
-               "LLoCOEmbedding(store) in your app")
+        fix = (
+            "build the index with VectorStoreIndex.from_vector_store(vector_store, embed_model=vector_store."
+            "embed_model) (an LLoCOEmbedding over the store's embedder), or set Settings.embed_model = "
+            "LLoCOEmbedding(store) in your app"
+        )
         arr = np.asarray(vector, dtype=np.float32)
         if arr.shape != (emb.dim,):
-            raise ConfigError(f"the query embedding has {arr.size} dims but {self.collection}/{self.group} is keyed "
-                              f"by {emb.dim}-dim embeddings of {emb.name!r}: the index embeds queries with "
-                              f"another model; {fix}")
+            raise ConfigError(
+                f"the query embedding has {arr.size} dims but {self.collection}/{self.group} is keyed "
+                f"by {emb.dim}-dim embeddings of {emb.name!r}: the index embeds queries with "
+                f"another model; {fix}"
+            )
         maker = ISSUED.maker(arr)
         if maker == emb.name:
             return arr
         if maker is not None:
-            raise ConfigError(f"the query was embedded by {maker!r} but {self.collection}/{self.group} is keyed by "
-                              f"embeddings of {emb.name!r}; {fix}")
+            raise ConfigError(
+                f"the query was embedded by {maker!r} but {self.collection}/{self.group} is keyed by "
+                f"embeddings of {emb.name!r}; {fix}"
+            )
         own = as_matrix(emb.embed([query_str]), 1, emb.dim, emb.name)[0]
         norm = float(np.linalg.norm(arr) * np.linalg.norm(own))
         cosine = float(own @ arr) / norm if norm > 0 and np.isfinite(norm) else 0.0
         if cosine < 0.98:
-            raise ConfigError(f"the query embedding was not made by {emb.name!r}, the model that made the keys of "
-                              f"{self.collection}/{self.group} (cosine {cosine:.2f} with its embedding of the same "
-                              f"query; the index embeds queries with another model); {fix}")
+            raise ConfigError(
+                f"the query embedding was not made by {emb.name!r}, the model that made the keys of "
+                f"{self.collection}/{self.group} (cosine {cosine:.2f} with its embedding of the same "
+                f"query; the index embeds queries with another model); {fix}"
+            )
         return arr
 
     # -- async (the store is synchronous: run in a worker thread) ---------------------------------------
@@ -240,15 +299,17 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
 
-    async def adelete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                            **delete_kwargs: Any) -> None:
+    async def adelete_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
+    ) -> None:
         await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
 
     async def aclear(self) -> None:
         await asyncio.to_thread(self.clear)
 
-    async def aget_nodes(self, node_ids: list[str] | None = None,
-                         filters: MetadataFilters | None = None) -> list[BaseNode]:
+    async def aget_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
         return await asyncio.to_thread(self.get_nodes, node_ids, filters)
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:

@@ -25,5 +25,14 @@ from .remote import RemoteLLoCOLLM
 from .retriever import LLoCORetriever
 from .vectorstore import LangChainEmbedder, LLoCOVectorStore
 
-__all__ = ["ChatLLoCO", "LLoCOLLM", "LLoCORetriever", "LLoCOVectorStore", "LangChainEmbedder", "Payload",
-           "RemoteLLoCOLLM", "create_lloco_chain", "payload_from_documents"]
+__all__ = [
+    "ChatLLoCO",
+    "LLoCOLLM",
+    "LLoCORetriever",
+    "LLoCOVectorStore",
+    "LangChainEmbedder",
+    "Payload",
+    "RemoteLLoCOLLM",
+    "create_lloco_chain",
+    "payload_from_documents",
+]

@@ -20,8 +20,9 @@ from lloco_runtime.runtime import LLoCO
 from lloco_runtime.service import LLoCOService
 
 #: Per-call keyword arguments (``invoke(..., **kw)`` or ``.bind(**kw)``) besides LangChain's ``stop``.
-CALL_KWARGS = frozenset({"cheat_sheet_ids", "adapter_id", "max_new_tokens", "temperature", "top_p", "top_k",
-                         "seed"})
+CALL_KWARGS = frozenset(
+    {"cheat_sheet_ids", "adapter_id", "max_new_tokens", "temperature", "top_p", "top_k", "seed"}
+)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,15 @@ class LLoCOModelBase(BaseModel):
     _lloco: LLoCO = PrivateAttr()
 
     @staticmethod
-    def _check_backend(name: str, service: LLoCOService | None, lloco: LLoCO | None, data: Mapping[str, Any]) -> None:
+    def _check_backend(
+        name: str, service: LLoCOService | None, lloco: LLoCO | None, data: Mapping[str, Any]
+    ) -> None:
         """Refuse a missing or ambiguous runtime and LangChain's cache, before pydantic builds the model."""
         if service is None and lloco is None:
-            raise ConfigError(f"{name} needs service=LLoCOService(...) (runtime + store) or lloco=LLoCO(...); "
-                              f"{name}.from_defaults() builds the default service")
+            raise ConfigError(
+                f"{name} needs service=LLoCOService(...) (runtime + store) or lloco=LLoCO(...); "
+                f"{name}.from_defaults() builds the default service"
+            )
         if service is not None and not isinstance(service, LLoCOService):
             raise ConfigError(f"{name} needs service=LLoCOService(...), got {type(service).__name__}")
         if lloco is not None and not isinstance(lloco, LLoCO):
@@ -64,10 +69,12 @@ class LLoCOModelBase(BaseModel):
         if service is not None and lloco is not None and service.lloco is not lloco:
             raise ConfigError("pass either service= or lloco=, not two different runtimes")
         if data.get("cache", False) is not False:
-            raise ConfigError(f"{name} does not support LangChain's model cache (cache must be False): its keys "
-                              "do not cover what the answer reads (the stored cheat sheets, the adapter, or the "
-                              "retrieved documents), so stale or foreign answers would be returned; cache "
-                              "whole chain outputs yourself if you need to")
+            raise ConfigError(
+                f"{name} does not support LangChain's model cache (cache must be False): its keys "
+                "do not cover what the answer reads (the stored cheat sheets, the adapter, or the "
+                "retrieved documents), so stale or foreign answers would be returned; cache "
+                "whole chain outputs yourself if you need to"
+            )
 
     @staticmethod
     def _resolve_aliases(data: dict[str, Any]) -> dict[str, Any]:
@@ -100,36 +107,55 @@ class LLoCOModelBase(BaseModel):
         return self._lloco.host.name
 
     def _model_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "base_fingerprint": self._lloco.host.fingerprint[:12],
-                "encoder_fingerprint": self._lloco.encoder.fingerprint[:12], **self._gen_defaults(),
-                "adapter_id": self.adapter_id}
+        return {
+            "model_name": self.model_name,
+            "base_fingerprint": self._lloco.host.fingerprint[:12],
+            "encoder_fingerprint": self._lloco.encoder.fingerprint[:12],
+            **self._gen_defaults(),
+            "adapter_id": self.adapter_id,
+        }
 
     def _gen_defaults(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+        }
 
     def _request(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> Request:
         """Parse per-call arguments (unknown ones are refused, naming the known ones)."""
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
-            raise InputError(f"unknown {type(self).__name__} argument(s) {sorted(unknown)}; "
-                             f"known: {sorted(CALL_KWARGS)}")
+            raise InputError(
+                f"unknown {type(self).__name__} argument(s) {sorted(unknown)}; known: {sorted(CALL_KWARGS)}"
+            )
         ids = kwargs.get("cheat_sheet_ids")
         if ids is not None and (isinstance(ids, (str, bytes)) or not all(isinstance(i, int) for i in ids)):
-            raise InputError("cheat_sheet_ids must be a list of integer chunk ids (Document.metadata['chunk_id'])")
+            raise InputError(
+                "cheat_sheet_ids must be a list of integer chunk ids (Document.metadata['chunk_id'])"
+            )
         adapter = kwargs.get("adapter_id", self.adapter_id)
         gen = {k: kwargs.get(k, v) for k, v in self._gen_defaults().items()}
         stops = tuple(stop if stop is not None else (self.stop or ()))
-        return Request(list(ids or []), adapter, GenerationConfig(stop=stops, **gen),
-                       explicit_ids=ids is not None, explicit_adapter="adapter_id" in kwargs)
+        return Request(
+            list(ids or []),
+            adapter,
+            GenerationConfig(stop=stops, **gen),
+            explicit_ids=ids is not None,
+            explicit_adapter="adapter_id" in kwargs,
+        )
 
     def _cheat_sheets(self, chunk_ids: list[int]) -> list[torch.Tensor] | None:
         """The stored cheat sheets of ``chunk_ids`` (None for none); needs the service's store."""
         if not chunk_ids:
             return None
         if self._service is None:
-            raise ConfigError(f"cheat_sheet_ids need a store: build {type(self).__name__}"
-                              "(service=LLoCOService(lloco, store))")
+            raise ConfigError(
+                f"cheat_sheet_ids need a store: build {type(self).__name__}"
+                "(service=LLoCOService(lloco, store))"
+            )
         return self._service.cheat_sheets(chunk_ids) or None
 
 
@@ -140,9 +166,14 @@ def adapter_arg(adapter_id: int | str | None) -> str | None:
 
 def run_info(st: StreamStats) -> dict[str, Any]:
     """The numbers of one finished run (``generation_info``/``response_metadata``)."""
-    return {"finish_reason": st.finish_reason, "prompt_tokens": st.prompt_tokens,
-            "context_vectors": st.context_vectors, "completion_tokens": len(st.token_ids),
-            "prefill_s": st.prefill_s, "total_s": st.total_s}
+    return {
+        "finish_reason": st.finish_reason,
+        "prompt_tokens": st.prompt_tokens,
+        "context_vectors": st.context_vectors,
+        "completion_tokens": len(st.token_ids),
+        "prefill_s": st.prefill_s,
+        "total_s": st.total_s,
+    }
 
 
 def drain(tokens: Iterator[str]) -> None:

@@ -26,8 +26,11 @@ from .payload import payload_from_documents
 DEFAULT_PROMPT = PromptTemplate.from_template("{input}")
 
 
-def create_lloco_chain(retriever: BaseRetriever | Runnable, llm: BaseLanguageModel | Runnable,
-                       prompt: BasePromptTemplate | None = None) -> Runnable:
+def create_lloco_chain(
+    retriever: BaseRetriever | Runnable,
+    llm: BaseLanguageModel | Runnable,
+    prompt: BasePromptTemplate | None = None,
+) -> Runnable:
     """Build ``{"input": question} -> {"input", "context": [Document], "answer": str}``.
 
     Args:
@@ -42,9 +45,11 @@ def create_lloco_chain(retriever: BaseRetriever | Runnable, llm: BaseLanguageMod
     """
     prompt = prompt if prompt is not None else DEFAULT_PROMPT
     if "context" in prompt.input_variables:
-        raise ConfigError("the prompt of a LLoCO chain must not use {context}: the retrieved chunks reach the "
-                          "decoder as cheat sheets (the runtime's template has the context slot); format only "
-                          "the question, e.g. PromptTemplate.from_template('{input}')")
+        raise ConfigError(
+            "the prompt of a LLoCO chain must not use {context}: the retrieved chunks reach the "
+            "decoder as cheat sheets (the runtime's template has the context slot); format only "
+            "the question, e.g. PromptTemplate.from_template('{input}')"
+        )
     if not isinstance(retriever, Runnable):
         raise ConfigError(f"retriever must be a LangChain retriever/runnable, got {type(retriever).__name__}")
 
@@ -56,8 +61,9 @@ def create_lloco_chain(retriever: BaseRetriever | Runnable, llm: BaseLanguageMod
 
     retrieve = RunnableLambda(_question, name="question") | retriever
     return (
-        RunnablePassthrough.assign(context=retrieve.with_config(run_name="retrieve_documents"))
-        .assign(answer=RunnableLambda(answer_with_cheat_sheets, name="lloco_answer"))
+        RunnablePassthrough.assign(context=retrieve.with_config(run_name="retrieve_documents")).assign(
+            answer=RunnableLambda(answer_with_cheat_sheets, name="lloco_answer")
+        )
     ).with_config(run_name="lloco_chain")
 
 

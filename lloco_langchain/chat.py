@@ -64,8 +64,10 @@ def _text(message: BaseMessage, i: int) -> str:
             parts.append(str(block.get("text", "")))
         else:
             kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
-            raise InputError(f"message {i} has a {kind!r} content block; ChatLLoCO reads text only (text "
-                             "blocks or a string): drop images, audio and files, or describe them in text")
+            raise InputError(
+                f"message {i} has a {kind!r} content block; ChatLLoCO reads text only (text "
+                "blocks or a string): drop images, audio and files, or describe them in text"
+            )
     return "".join(parts)
 
 
@@ -84,16 +86,20 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
             role = "user"
         elif isinstance(m, AIMessage):
             if m.tool_calls:
-                raise InputError(f"message {i} is an AIMessage with tool calls; ChatLLoCO has no tool calling, "
-                                 "so conversations with tool calls and results cannot be continued by it")
+                raise InputError(
+                    f"message {i} is an AIMessage with tool calls; ChatLLoCO has no tool calling, "
+                    "so conversations with tool calls and results cannot be continued by it"
+                )
             role = "assistant"
         elif isinstance(m, LCChatMessage) and m.role in _ROLES:
             role = _ROLES[m.role]
         else:
             kind = f"ChatMessage with role {m.role!r}" if isinstance(m, LCChatMessage) else type(m).__name__
-            raise InputError(f"message {i} is a {kind}; ChatLLoCO takes SystemMessage, HumanMessage and "
-                             "AIMessage (roles system, user, assistant): it has no tool calling, so tool "
-                             "messages cannot be answered")
+            raise InputError(
+                f"message {i} is a {kind}; ChatLLoCO takes SystemMessage, HumanMessage and "
+                "AIMessage (roles system, user, assistant): it has no tool calling, so tool "
+                "messages cannot be answered"
+            )
         out.append(ChatMessage(role, _text(m, i)))
     return out
 
@@ -154,19 +160,25 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
     streaming: bool = False
     cache: Any = Field(default=False, exclude=True)
 
-    def __init__(self, *, service: LLoCOService | None = None, lloco: LLoCO | None = None, **data: Any) -> None:
+    def __init__(
+        self, *, service: LLoCOService | None = None, lloco: LLoCO | None = None, **data: Any
+    ) -> None:
         self._check_backend("ChatLLoCO", service, lloco, data)
         data = self._resolve_aliases(data)
         known = {*type(self).model_fields, "max_tokens"}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown ChatLLoCO parameter(s) {sorted(unknown)}; ChatLLoCO decodes in-process "
-                              "(no api_key, timeout or retries); decoding options are "
-                              f"{sorted(LLoCOModelBase.model_fields)} (max_tokens is max_new_tokens)")
+            raise ConfigError(
+                f"unknown ChatLLoCO parameter(s) {sorted(unknown)}; ChatLLoCO decodes in-process "
+                "(no api_key, timeout or retries); decoding options are "
+                f"{sorted(LLoCOModelBase.model_fields)} (max_tokens is max_new_tokens)"
+            )
         retriever = data.get("retriever")
         if retriever is not None and not isinstance(retriever, Runnable):
-            raise ConfigError(f"retriever must be a LangChain retriever (e.g. LLoCORetriever), got "
-                              f"{type(retriever).__name__}")
+            raise ConfigError(
+                f"retriever must be a LangChain retriever (e.g. LLoCORetriever), got "
+                f"{type(retriever).__name__}"
+            )
         super().__init__(**data)
         self._attach(service, lloco)
 
@@ -182,10 +194,13 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         model = kwargs.get("model")
-        params = LangSmithParams(ls_provider="lloco", ls_model_type="chat",
-                                 ls_model_name=model if isinstance(model, str) else self.model_name,
-                                 ls_temperature=kwargs.get("temperature", self.temperature),
-                                 ls_max_tokens=kwargs.get("max_new_tokens", self.max_new_tokens))
+        params = LangSmithParams(
+            ls_provider="lloco",
+            ls_model_type="chat",
+            ls_model_name=model if isinstance(model, str) else self.model_name,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+        )
         stops = stop if stop is not None else self.stop
         if stops:
             params["ls_stop"] = list(stops)
@@ -197,16 +212,20 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         raise NotImplementedError(
             "ChatLLoCO has no tool calling: its decoder (a 135M model reading cheat sheets) was not trained to "
             "emit tool calls. Route tool use to another chat model and use ChatLLoCO for the answer over "
-            "the documents")
+            "the documents"
+        )
 
     def with_structured_output(self, schema: Any, *, include_raw: bool = False, **kwargs: Any) -> Any:
         raise NotImplementedError(
             "ChatLLoCO has no structured output (no tool calling, no JSON mode): parse its text answer "
-            "yourself, or use another chat model for structured output")
+            "yourself, or use another chat model for structured output"
+        )
 
     # -- the request ---------------------------------------------------------------------------------------
 
-    def _parse(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Call:
+    def _parse(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> _Call:
         req = self._request(stop, {k: v for k, v in kwargs.items() if k not in _IGNORED_KWARGS})
         turns = chat_messages(to_chat_messages(messages))  # roles, order, a last user turn: before any work
         return _Call(turns, req)
@@ -223,8 +242,12 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         p = payload_from_documents(documents)
         req = call.request
         adapter = req.adapter_id if req.explicit_adapter else p.adapter_id
-        return replace(call, request=replace(req, chunk_ids=p.chunk_ids, adapter_id=adapter),
-                       raw_tokens=p.raw_tokens, group=p.group)
+        return replace(
+            call,
+            request=replace(req, chunk_ids=p.chunk_ids, adapter_id=adapter),
+            raw_tokens=p.raw_tokens,
+            group=p.group,
+        )
 
     def _retrieve(self, call: _Call, run_manager: CallbackManagerForLLMRun | None) -> _Call:
         if not self._needs_retrieval(call):
@@ -235,34 +258,54 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
     async def _aretrieve(self, call: _Call, run_manager: AsyncCallbackManagerForLLMRun | None) -> _Call:
         if not self._needs_retrieval(call):
             return call
-        docs = await self.retriever.ainvoke(self._query(call), config=_child_config(run_manager, AsyncCallbackManager))
+        docs = await self.retriever.ainvoke(
+            self._query(call), config=_child_config(run_manager, AsyncCallbackManager)
+        )
         return self._with_documents(call, docs)
 
     def _tokens(self, call: _Call, state: StreamStats) -> Iterator[str]:
         """Text deltas of the answer (lazy: nothing runs until the first ``next``)."""
         sheets = self._cheat_sheets(call.request.chunk_ids)
-        return self._lloco.stream_chat(call.turns, sheets, adapter_id=adapter_arg(call.request.adapter_id),
-                                       config=call.request.config, state=state)
+        return self._lloco.stream_chat(
+            call.turns,
+            sheets,
+            adapter_id=adapter_arg(call.request.adapter_id),
+            config=call.request.config,
+            state=state,
+        )
 
     def _metadata(self, call: _Call, st: StreamStats) -> tuple[UsageMetadata, dict[str, Any]]:
         out = len(st.token_ids)
-        usage = UsageMetadata(input_tokens=st.prompt_tokens, output_tokens=out, total_tokens=st.prompt_tokens + out)
-        info = {**run_info(st), "model_name": self.model_name, "raw_context_tokens": call.raw_tokens,
-                "chunk_ids": list(call.request.chunk_ids), "adapter_id": call.request.adapter_id,
-                "group": call.group}
+        usage = UsageMetadata(
+            input_tokens=st.prompt_tokens, output_tokens=out, total_tokens=st.prompt_tokens + out
+        )
+        info = {
+            **run_info(st),
+            "model_name": self.model_name,
+            "raw_context_tokens": call.raw_tokens,
+            "chunk_ids": list(call.request.chunk_ids),
+            "adapter_id": call.request.adapter_id,
+            "group": call.group,
+        }
         return usage, info
 
     def _result(self, call: _Call, st: StreamStats) -> ChatResult:
         usage, info = self._metadata(call, st)
         message = AIMessage(content=st.text, usage_metadata=usage, response_metadata=info)
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)],
-                          llm_output={"model_name": self.model_name})
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=info)],
+            llm_output={"model_name": self.model_name},
+        )
 
     def _last_chunk(self, call: _Call, st: StreamStats) -> ChatGenerationChunk:
         """The closing chunk: no text, the usage and the numbers (so they appear once in the merged message)."""
         usage, info = self._metadata(call, st)
-        return ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata=info,
-                                                          chunk_position="last"), generation_info=info)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="", usage_metadata=usage, response_metadata=info, chunk_position="last"
+            ),
+            generation_info=info,
+        )
 
     def _run(self, call: _Call) -> ChatResult:
         st = StreamStats()
@@ -271,13 +314,22 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
 
     # -- sync ----------------------------------------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return self._run(self._retrieve(self._parse(messages, stop, kwargs), run_manager))
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         call = self._retrieve(self._parse(messages, stop, kwargs), run_manager)
         st = StreamStats()
         tokens = self._tokens(call, st)
@@ -293,14 +345,23 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
 
     # -- async: the decoder is synchronous; run it on a worker thread, never on the event loop -------------
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         call = await self._aretrieve(self._parse(messages, stop, kwargs), run_manager)
         return await run_in_executor(None, self._run, call)
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         call = await self._aretrieve(self._parse(messages, stop, kwargs), run_manager)
         st = StreamStats()
         # Loading cheat sheets reads the store: off the loop too.
@@ -312,4 +373,3 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
         yield self._last_chunk(call, st)
-

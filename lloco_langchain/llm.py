@@ -50,7 +50,9 @@ class LLoCOLLM(LLM, LLoCOModelBase):
 
     cache: Any = Field(default=False, exclude=True)
 
-    def __init__(self, *, service: LLoCOService | None = None, lloco: LLoCO | None = None, **data: Any) -> None:
+    def __init__(
+        self, *, service: LLoCOService | None = None, lloco: LLoCO | None = None, **data: Any
+    ) -> None:
         self._check_backend("LLoCOLLM", service, lloco, data)
         data = self._resolve_aliases(data)
         super().__init__(**data)
@@ -74,12 +76,15 @@ class LLoCOLLM(LLM, LLoCOModelBase):
 
     # -- the request ---------------------------------------------------------------------------------------
 
-    def _tokens(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], state: StreamStats) -> Iterator[str]:
+    def _tokens(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], state: StreamStats
+    ) -> Iterator[str]:
         """Text deltas of one answer; ``state`` receives token counts and timings when it ends."""
         req = self._request(stop, kwargs)
         sheets = self._cheat_sheets(req.chunk_ids)
-        return self._lloco.stream(prompt, sheets, adapter_id=adapter_arg(req.adapter_id), config=req.config,
-                                  state=state)
+        return self._lloco.stream(
+            prompt, sheets, adapter_id=adapter_arg(req.adapter_id), config=req.config, state=state
+        )
 
     def _run(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         st = StreamStats()
@@ -88,12 +93,22 @@ class LLoCOLLM(LLM, LLoCOModelBase):
 
     # -- sync ----------------------------------------------------------------------------------------------
 
-    def _call(self, prompt: str, stop: list[str] | None = None,
-              run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
         return self._run(prompt, stop, kwargs)[0]
 
-    def _generate(self, prompts: list[str], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         """Like ``LLM._generate`` but keeps token counts and timings in ``generation_info``."""
         gens = []
         for prompt in prompts:
@@ -101,8 +116,13 @@ class LLoCOLLM(LLM, LLoCOModelBase):
             gens.append([Generation(text=text, generation_info=info)])
         return LLMResult(generations=gens)
 
-    def _stream(self, prompt: str, stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
         st = StreamStats()
         tokens = self._tokens(prompt, stop, kwargs, st)
         try:
@@ -118,21 +138,35 @@ class LLoCOLLM(LLM, LLoCOModelBase):
 
     # -- async: the decoder is synchronous; run it on a worker thread, never on the event loop -------------
 
-    async def _acall(self, prompt: str, stop: list[str] | None = None,
-                     run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
+    async def _acall(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
         return (await run_in_executor(None, self._run, prompt, stop, kwargs))[0]
 
-    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         gens = []
         for prompt in prompts:
             text, info = await run_in_executor(None, self._run, prompt, stop, kwargs)
             gens.append([Generation(text=text, generation_info=info)])
         return LLMResult(generations=gens)
 
-    async def _astream(self, prompt: str, stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
         st = StreamStats()
         tokens = await run_in_executor(None, self._tokens, prompt, stop, kwargs, st)  # reads the store
         async with contextlib.aclosing(iterate_in_thread(tokens)) as texts:

@@ -33,9 +33,17 @@ def documents_from_result(result: RetrievalResult) -> list[Document]:
     """One Document per retrieved chunk: its text, its metadata plus lloco's ids (lloco's keys win)."""
     docs = []
     for c in result.chunks:
-        meta = {**c.metadata, CHUNK_ID: c.chunk_id, DOC_ID: c.doc_id, ORDINAL: c.ordinal, N_TOKENS: c.n_tokens,
-                SCORE: float(c.score), GROUP: result.group, COLLECTION: result.collection,
-                ADAPTER_ID: result.adapter_id}
+        meta = {
+            **c.metadata,
+            CHUNK_ID: c.chunk_id,
+            DOC_ID: c.doc_id,
+            ORDINAL: c.ordinal,
+            N_TOKENS: c.n_tokens,
+            SCORE: float(c.score),
+            GROUP: result.group,
+            COLLECTION: result.collection,
+            ADAPTER_ID: result.adapter_id,
+        }
         docs.append(Document(page_content=c.text, metadata=meta, id=str(c.chunk_id)))
     return docs
 
@@ -57,9 +65,13 @@ def payload_from_documents(documents: Sequence[Document]) -> Payload:
     more than one group (one answer applies one group's adapter).
     """
     if not documents:
-        raise InputError("the retriever returned no documents, so there are no cheat sheets to answer from; "
-                         "ingest documents into the group first, or relax the retriever's filters")
-    missing = [i for i, d in enumerate(documents) if not isinstance(d, Document) or d.metadata.get(CHUNK_ID) is None]
+        raise InputError(
+            "the retriever returned no documents, so there are no cheat sheets to answer from; "
+            "ingest documents into the group first, or relax the retriever's filters"
+        )
+    missing = [
+        i for i, d in enumerate(documents) if not isinstance(d, Document) or d.metadata.get(CHUNK_ID) is None
+    ]
     if missing:
         raise InputError(
             f"document(s) at position {missing[:5]} carry no lloco {CHUNK_ID!r} in their metadata; a LLoCO "
@@ -69,15 +81,25 @@ def payload_from_documents(documents: Sequence[Document]) -> Payload:
     groups = {(d.metadata.get(COLLECTION), d.metadata.get(GROUP)) for d in documents}
     if len(groups) > 1:
         names = sorted(f"{c}/{g}" for c, g in groups)
-        raise InputError(f"the documents come from several groups ({', '.join(names)}); one LLoCO answer "
-                         "reads one group with its adapter: retrieve from a single group")
+        raise InputError(
+            f"the documents come from several groups ({', '.join(names)}); one LLoCO answer "
+            "reads one group with its adapter: retrieve from a single group"
+        )
     adapters = {d.metadata.get(ADAPTER_ID) for d in documents}
     if len(adapters) > 1:
-        raise InputError(f"the documents name different adapters {sorted(map(str, adapters))}; "
-                         "retrieve them in one call so they share the group's active adapter")
+        raise InputError(
+            f"the documents name different adapters {sorted(map(str, adapters))}; "
+            "retrieve them in one call so they share the group's active adapter"
+        )
     # Reading order (document, then position in it) reads more naturally than score order.
-    ordered = sorted(documents, key=lambda d: (str(d.metadata.get(DOC_ID, "")), int(d.metadata.get(ORDINAL, 0))))
+    ordered = sorted(
+        documents, key=lambda d: (str(d.metadata.get(DOC_ID, "")), int(d.metadata.get(ORDINAL, 0)))
+    )
     ids = [int(d.metadata[CHUNK_ID]) for d in ordered]
-    (_, group), = groups
-    return Payload(chunk_ids=ids, adapter_id=adapters.pop(), group=group,
-                   raw_tokens=sum(int(d.metadata.get(N_TOKENS) or 0) for d in documents))
+    ((_, group),) = groups
+    return Payload(
+        chunk_ids=ids,
+        adapter_id=adapters.pop(),
+        group=group,
+        raw_tokens=sum(int(d.metadata.get(N_TOKENS) or 0) for d in documents),
+    )

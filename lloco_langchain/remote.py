@@ -27,10 +27,14 @@ REMOTE_CALL_KWARGS = frozenset({"group", "adapter_id", "max_new_tokens"})
 
 
 def _info(answer: Mapping[str, Any]) -> dict[str, Any]:
-    return {"adapter_id": answer.get("adapter_id"), "context_vectors": answer.get("context_tokens"),
-            "raw_context_tokens": answer.get("raw_context_tokens"),
-            "chunk_ids": [s["chunk_id"] for s in answer.get("sources") or []],
-            "prefill_s": answer.get("prefill_s"), "total_s": answer.get("total_s")}
+    return {
+        "adapter_id": answer.get("adapter_id"),
+        "context_vectors": answer.get("context_tokens"),
+        "raw_context_tokens": answer.get("raw_context_tokens"),
+        "chunk_ids": [s["chunk_id"] for s in answer.get("sources") or []],
+        "prefill_s": answer.get("prefill_s"),
+        "total_s": answer.get("total_s"),
+    }
 
 
 class RemoteLLoCOLLM(LLM):
@@ -57,8 +61,10 @@ class RemoteLLoCOLLM(LLM):
 
     def __init__(self, endpoint: str, **data: Any) -> None:
         if data.get("cache", False) is not False:
-            raise ConfigError("RemoteLLoCOLLM does not support LangChain's LLM cache (its keys ignore the group "
-                              "and adapter); cache whole chain outputs yourself if you need to")
+            raise ConfigError(
+                "RemoteLLoCOLLM does not support LangChain's LLM cache (its keys ignore the group "
+                "and adapter); cache whole chain outputs yourself if you need to"
+            )
         super().__init__(endpoint=endpoint, **data)
         self._client = LLoCOClient(endpoint, timeout=self.timeout)
 
@@ -72,48 +78,83 @@ class RemoteLLoCOLLM(LLM):
 
     @property
     def _identifying_params(self) -> Mapping[str, Any]:
-        return {"endpoint": self.endpoint, "group": self.group, "collection": self.collection, "k": self.k,
-                "adapter_id": self.adapter_id, "max_new_tokens": self.max_new_tokens}
+        return {
+            "endpoint": self.endpoint,
+            "group": self.group,
+            "collection": self.collection,
+            "k": self.k,
+            "adapter_id": self.adapter_id,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def _options(self, stop: list[str] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(kwargs) - REMOTE_CALL_KWARGS
         if unknown:
-            raise InputError(f"unknown RemoteLLoCOLLM argument(s) {sorted(unknown)}; known: "
-                             f"{sorted(REMOTE_CALL_KWARGS)} (the server retrieves the cheat sheets: no "
-                             "cheat_sheet_ids)")
+            raise InputError(
+                f"unknown RemoteLLoCOLLM argument(s) {sorted(unknown)}; known: "
+                f"{sorted(REMOTE_CALL_KWARGS)} (the server retrieves the cheat sheets: no "
+                "cheat_sheet_ids)"
+            )
         if stop:
-            raise InputError("RemoteLLoCOLLM cannot apply stop sequences (the server's /v1/ask has none); use "
-                             "ChatOpenAI-style clients against /v1/chat/completions for that")
+            raise InputError(
+                "RemoteLLoCOLLM cannot apply stop sequences (the server's /v1/ask has none); use "
+                "ChatOpenAI-style clients against /v1/chat/completions for that"
+            )
         group = kwargs.get("group", self.group)
         if not group:
             raise InputError("RemoteLLoCOLLM needs group= (at construction or per call)")
         adapter = kwargs.get("adapter_id", self.adapter_id)
-        return {"group": group, "collection": self.collection, "top_k": self.k, "mode": self.mode,
-                "adapter": "none" if adapter is None else adapter,
-                "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens)}
+        return {
+            "group": group,
+            "collection": self.collection,
+            "top_k": self.k,
+            "mode": self.mode,
+            "adapter": "none" if adapter is None else adapter,
+            "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+        }
 
-    def _call(self, prompt: str, stop: list[str] | None = None,
-              run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> str:
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
         return self._client.ask(prompt, **self._options(stop, kwargs))["answer"]
 
-    def _generate(self, prompts: list[str], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         gens = []
         for prompt in prompts:
             answer = self._client.ask(prompt, **self._options(stop, kwargs))
             gens.append([Generation(text=answer["answer"], generation_info=_info(answer))])
         return LLMResult(generations=gens)
 
-    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         gens = []
         for prompt in prompts:
             answer = await self._client.aask(prompt, **self._options(stop, kwargs))
             gens.append([Generation(text=answer["answer"], generation_info=_info(answer))])
         return LLMResult(generations=gens)
 
-    def _stream(self, prompt: str, stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
         state: dict[str, Any] = {}
         for text in self._client.stream_ask(prompt, state=state, **self._options(stop, kwargs)):
             chunk = GenerationChunk(text=text)
@@ -122,9 +163,13 @@ class RemoteLLoCOLLM(LLM):
             yield chunk
         yield GenerationChunk(text="", generation_info=_info(state.get("answer") or {}))
 
-    async def _astream(self, prompt: str, stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
         state: dict[str, Any] = {}
         async for text in self._client.astream_ask(prompt, state=state, **self._options(stop, kwargs)):
             chunk = GenerationChunk(text=text)

@@ -58,16 +58,24 @@ class LLoCORetriever(BaseRetriever):
         unknown = set(kwargs) - _SEARCH_KWARGS
         if unknown:
             raise InputError(f"unknown retriever argument(s) {sorted(unknown)}; use {sorted(_SEARCH_KWARGS)}")
-        result = self._service.retrieve(query, group=self.group, collection=self.collection,
-                                        top_k=kwargs.get("k", self.k), mode=kwargs.get("mode", self.mode),
-                                        filters=kwargs.get("filters", self.filters), load_cheat_sheets=False)
+        result = self._service.retrieve(
+            query,
+            group=self.group,
+            collection=self.collection,
+            top_k=kwargs.get("k", self.k),
+            mode=kwargs.get("mode", self.mode),
+            filters=kwargs.get("filters", self.filters),
+            load_cheat_sheets=False,
+        )
         return P.documents_from_result(result)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                **kwargs: Any) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
         return self._search(query, kwargs)
 
-    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
-                                       **kwargs: Any) -> list[Document]:
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
         # The store is synchronous (SQLAlchemy + psycopg); keep the event loop free.
         return await run_in_executor(None, self._search, query, kwargs)

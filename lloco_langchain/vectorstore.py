@@ -42,7 +42,9 @@ class LangChainEmbedder(CallableEmbedder):
 
     def __init__(self, embeddings: Embeddings, *, name: str, dim: int | None = None) -> None:
         if not isinstance(embeddings, Embeddings):
-            raise ConfigError(f"LangChainEmbedder wraps a LangChain Embeddings, got {type(embeddings).__name__}")
+            raise ConfigError(
+                f"LangChainEmbedder wraps a LangChain Embeddings, got {type(embeddings).__name__}"
+            )
         if dim is None:
             dim = len(embeddings.embed_query("dimension probe"))
         super().__init__(embeddings.embed_documents, name=name, dim=dim)
@@ -68,8 +70,16 @@ class LLoCOVectorStore(VectorStore):
             be answered from by a LLoCO chain.
     """
 
-    def __init__(self, service: LLoCOService, *, group: str, collection: str = "default", mode: Mode = "dense",
-                 embedding: Embeddings | None = None, lloco_metadata: bool = True) -> None:
+    def __init__(
+        self,
+        service: LLoCOService,
+        *,
+        group: str,
+        collection: str = "default",
+        mode: Mode = "dense",
+        embedding: Embeddings | None = None,
+        lloco_metadata: bool = True,
+    ) -> None:
         if not isinstance(service, LLoCOService):
             raise InputError(f"LLoCOVectorStore needs an LLoCOService, got {type(service).__name__}")
         if mode not in ("dense", "fulltext", "hybrid"):
@@ -86,25 +96,47 @@ class LLoCOVectorStore(VectorStore):
 
     # -- write ---------------------------------------------------------------------------------------------
 
-    def add_texts(self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, *,
-                  ids: list[str | None] | None = None, batch_size: int = 8, **kwargs: Any) -> list[str]:
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        batch_size: int = 8,
+        **kwargs: Any,
+    ) -> list[str]:
         """Compress and store each text as one document (re-adding unchanged content is a no-op).
 
         Returns the document ids (given ``ids``, else new UUIDs); ``delete(ids)`` removes them again.
         """
         if kwargs:
-            raise InputError(f"unknown add_texts argument(s) {sorted(kwargs)}; use metadatas, ids, batch_size")
+            raise InputError(
+                f"unknown add_texts argument(s) {sorted(kwargs)}; use metadatas, ids, batch_size"
+            )
         texts = list(texts)
         metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
-        ids = [i if i else str(uuid.uuid4()) for i in ids] if ids is not None else [str(uuid.uuid4()) for _ in texts]
+        ids = (
+            [i if i else str(uuid.uuid4()) for i in ids]
+            if ids is not None
+            else [str(uuid.uuid4()) for _ in texts]
+        )
         if not len(texts) == len(metadatas) == len(ids):
-            raise InputError(f"got {len(texts)} texts, {len(metadatas)} metadatas and {len(ids)} ids; "
-                             "pass one of each per text")
+            raise InputError(
+                f"got {len(texts)} texts, {len(metadatas)} metadatas and {len(ids)} ids; "
+                "pass one of each per text"
+            )
         # Drop lloco's own keys (e.g. when re-adding retrieved Documents): the store assigns fresh ids.
-        docs = [DocumentInput(doc_id, text, {k: v for k, v in (meta or {}).items() if k not in P.LLOCO_KEYS})
-                for text, meta, doc_id in zip(texts, metadatas, ids, strict=True)]
-        self.service.store.ingest(docs, group=self.group, collection=self.collection,
-                                  encoder=self.service.lloco.encoder, batch_size=batch_size)
+        docs = [
+            DocumentInput(doc_id, text, {k: v for k, v in (meta or {}).items() if k not in P.LLOCO_KEYS})
+            for text, meta, doc_id in zip(texts, metadatas, ids, strict=True)
+        ]
+        self.service.store.ingest(
+            docs,
+            group=self.group,
+            collection=self.collection,
+            encoder=self.service.lloco.encoder,
+            batch_size=batch_size,
+        )
         return ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -113,8 +145,10 @@ class LLoCOVectorStore(VectorStore):
         if kwargs:
             raise InputError(f"unknown delete argument(s) {sorted(kwargs)}; pass ids")
         if ids is None:
-            raise InputError("delete() needs document ids; to empty the group use "
-                             "service.store.clear_group(group) (or delete_group)")
+            raise InputError(
+                "delete() needs document ids; to empty the group use "
+                "service.store.clear_group(group) (or delete_group)"
+            )
         found = True
         for doc_id in ids:
             try:
@@ -139,19 +173,24 @@ class LLoCOVectorStore(VectorStore):
         by_doc: dict[str, list[ChunkInfo]] = {}
         for c in chunks:
             by_doc.setdefault(c.doc_id, []).append(c)
-        return [Document(page_content=_document_text(by_doc[i]), metadata=dict(by_doc[i][0].metadata), id=i)
-                for i in ids if i in by_doc]
+        return [
+            Document(page_content=_document_text(by_doc[i]), metadata=dict(by_doc[i][0].metadata), id=i)
+            for i in ids
+            if i in by_doc
+        ]
 
-    def similarity_search_with_score(self, query: str, k: int = 4, filter: Any = None,
-                                     **kwargs: Any) -> list[tuple[Document, float]]:
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         """Top-``k`` chunks with their scores (cosine similarity in dense mode); ``filter`` on metadata."""
         mode, qvec = self._mode(kwargs), None
         if mode != "fulltext" and self._embedding is not None:
             qvec = self._embedding.embed_query(query)
         return self._search(query, k, filter, mode, qvec)
 
-    async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: Any = None,
-                                            **kwargs: Any) -> list[tuple[Document, float]]:
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
         from langchain_core.runnables.config import run_in_executor
 
         mode, qvec = self._mode(kwargs), None
@@ -162,8 +201,9 @@ class LLoCOVectorStore(VectorStore):
     def similarity_search(self, query: str, k: int = 4, filter: Any = None, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
 
-    async def asimilarity_search(self, query: str, k: int = 4, filter: Any = None,
-                                 **kwargs: Any) -> list[Document]:
+    async def asimilarity_search(
+        self, query: str, k: int = 4, filter: Any = None, **kwargs: Any
+    ) -> list[Document]:
         return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter, **kwargs)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -175,12 +215,20 @@ class LLoCOVectorStore(VectorStore):
             raise InputError(f"unknown search argument(s) {sorted(kwargs)}; use k, filter, mode")
         return mode
 
-    def _search(self, query: str, k: int, filter: Any, mode: str,
-                query_vector: list[float] | None) -> list[tuple[Document, float]]:
+    def _search(
+        self, query: str, k: int, filter: Any, mode: str, query_vector: list[float] | None
+    ) -> list[tuple[Document, float]]:
         try:
-            result = self.service.store.retrieve(query, group=self.group, collection=self.collection, top_k=k,
-                                                 mode=mode, filters=filter, load_cheat_sheets=False,
-                                                 query_vector=query_vector)
+            result = self.service.store.retrieve(
+                query,
+                group=self.group,
+                collection=self.collection,
+                top_k=k,
+                mode=mode,
+                filters=filter,
+                load_cheat_sheets=False,
+                query_vector=query_vector,
+            )
         except NotFoundError:
             if self._group_exists():
                 raise
@@ -202,10 +250,18 @@ class LLoCOVectorStore(VectorStore):
         return True
 
     @classmethod
-    def from_texts(cls, texts: list[str], embedding: Embeddings | None = None,
-                   metadatas: list[dict] | None = None, *, ids: list[str] | None = None,
-                   service: LLoCOService | None = None, group: str | None = None, collection: str = "default",
-                   **kwargs: Any) -> LLoCOVectorStore:
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings | None = None,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        service: LLoCOService | None = None,
+        group: str | None = None,
+        collection: str = "default",
+        **kwargs: Any,
+    ) -> LLoCOVectorStore:
         """Build over ``service``/``group`` and add ``texts`` (``embedding``: see the module doc)."""
         if service is None or group is None:
             raise ConfigError("LLoCOVectorStore.from_texts needs service=LLoCOService(...) and group=...")
@@ -225,7 +281,8 @@ def _check_embedding(service: LLoCOService, embedding: Embeddings | None) -> Emb
         f"this store indexes chunks with its embedder {own.name!r}, so queries must be embedded by the same "
         f"model, not by the {type(embedding).__name__} passed as embedding=. Either pass embedding=None (the "
         "store embeds queries itself), or open the CheatSheetStore with embedder=LangChainEmbedder(embedding, "
-        "name=...) in a schema of its own and pass that same embedding object here")
+        "name=...) in a schema of its own and pass that same embedding object here"
+    )
 
 
 def _document_text(chunks: list[ChunkInfo]) -> str:
@@ -238,6 +295,6 @@ def _document_text(chunks: list[ChunkInfo]) -> str:
         if c.char_start >= end:
             text += (" " if c.char_start > end else "") + c.text  # the gap held whitespace
         else:
-            text += c.text[end - c.char_start:]
+            text += c.text[end - c.char_start :]
         end = max(end, c.char_end)
     return text

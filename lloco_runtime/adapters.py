@@ -32,8 +32,15 @@ FORMAT = "lloco-adapter/1"
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
 # LoraConfig fields an artifact records only when they differ from peft's defaults (so adapters trained here keep
 # their digests): they change which modules get a LoRA or how it is scaled, as in adapters imported from PEFT.
-_EXTRA_LORA_KEYS = ("rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "exclude_modules",
-                    "fan_in_fan_out", "lora_bias")
+_EXTRA_LORA_KEYS = (
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+    "fan_in_fan_out",
+    "lora_bias",
+)
 ARTIFACT_LORA_KEYS = _LORA_KEYS + _EXTRA_LORA_KEYS  # every LoraConfig field an artifact can record
 
 
@@ -49,10 +56,14 @@ class AdapterArtifact:
 
     def to_bytes(self) -> bytes:
         """safetensors bytes with the config and fingerprints in the header metadata."""
-        meta = {"format": FORMAT, "lora_config": json.dumps(self.lora_config, sort_keys=True),
-                "base_fingerprint": self.base_fingerprint,
-                "encoder_fingerprint": self.encoder_fingerprint or "",
-                "info": json.dumps(self.info, sort_keys=True, default=str), "digest": self.digest}
+        meta = {
+            "format": FORMAT,
+            "lora_config": json.dumps(self.lora_config, sort_keys=True),
+            "base_fingerprint": self.base_fingerprint,
+            "encoder_fingerprint": self.encoder_fingerprint or "",
+            "info": json.dumps(self.info, sort_keys=True, default=str),
+            "digest": self.digest,
+        }
         return st_save({k: v.detach().to("cpu").contiguous() for k, v in self.tensors.items()}, metadata=meta)
 
     @classmethod
@@ -67,12 +78,19 @@ class AdapterArtifact:
             info = json.loads(meta.get("info") or "{}")
         except Exception as exc:  # safetensors raises its own error types
             raise AdapterError(f"corrupted adapter bytes: {exc}") from exc
-        art = cls(tensors=tensors, lora_config=lora_config, base_fingerprint=meta.get("base_fingerprint", ""),
-                  encoder_fingerprint=meta.get("encoder_fingerprint") or None, info=info)
+        art = cls(
+            tensors=tensors,
+            lora_config=lora_config,
+            base_fingerprint=meta.get("base_fingerprint", ""),
+            encoder_fingerprint=meta.get("encoder_fingerprint") or None,
+            info=info,
+        )
         # safetensors has no checksum: the digest in the header catches damaged weights.
         if "digest" not in meta or art.digest != meta["digest"]:
-            raise AdapterError("corrupted adapter bytes: the weights do not match the recorded digest; "
-                               "register the adapter again from its source")
+            raise AdapterError(
+                "corrupted adapter bytes: the weights do not match the recorded digest; "
+                "register the adapter again from its source"
+            )
         return art
 
     @property
@@ -86,8 +104,15 @@ class AdapterArtifact:
         return h.hexdigest()
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, adapter_name: str, *, base_fingerprint: str,
-                   encoder_fingerprint: str | None, info: dict | None = None) -> AdapterArtifact:
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        adapter_name: str,
+        *,
+        base_fingerprint: str,
+        encoder_fingerprint: str | None,
+        info: dict | None = None,
+    ) -> AdapterArtifact:
         """Capture an adapter injected in ``model`` (e.g. after training) as an artifact."""
         from peft import get_peft_model_state_dict
 
@@ -96,8 +121,13 @@ class AdapterArtifact:
         state = get_peft_model_state_dict(model, adapter_name=adapter_name)
         # Copies, not views of the live parameters: training on must not change a captured artifact.
         tensors = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        return cls(tensors=tensors, lora_config=lora, base_fingerprint=base_fingerprint,
-                   encoder_fingerprint=encoder_fingerprint, info=info or {})
+        return cls(
+            tensors=tensors,
+            lora_config=lora,
+            base_fingerprint=base_fingerprint,
+            encoder_fingerprint=encoder_fingerprint,
+            info=info or {},
+        )
 
 
 def _jsonable(v):
@@ -114,7 +144,7 @@ def read_safetensors_metadata(data: bytes) -> dict[str, str]:
     if n <= 0 or 8 + n > len(data) or n > 100_000_000:
         raise AdapterError("adapter bytes are corrupted (bad safetensors header length)")
     try:
-        header = json.loads(bytes(data[8:8 + n]))
+        header = json.loads(bytes(data[8 : 8 + n]))
     except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested garbage
         raise AdapterError(f"adapter bytes are corrupted (header is not JSON: {exc})") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
@@ -153,8 +183,14 @@ class AdapterManager:
     An acquired adapter is pinned and never evicted until released.
     """
 
-    def __init__(self, host: LoadedModel, *, encoder_fingerprint: str | None, capacity: int = 4,
-                 source: AdapterSource | None = None) -> None:
+    def __init__(
+        self,
+        host: LoadedModel,
+        *,
+        encoder_fingerprint: str | None,
+        capacity: int = 4,
+        source: AdapterSource | None = None,
+    ) -> None:
         if capacity < 1:
             raise AdapterError("adapter capacity must be >= 1")
         self.host = host
@@ -177,7 +213,9 @@ class AdapterManager:
         art = data if isinstance(data, AdapterArtifact) else AdapterArtifact.from_bytes(data)
         self._check(adapter_id, art)
         with self._lock:
-            self._registered[adapter_id] = art.to_bytes() if isinstance(data, AdapterArtifact) else bytes(data)
+            self._registered[adapter_id] = (
+                art.to_bytes() if isinstance(data, AdapterArtifact) else bytes(data)
+            )
             if adapter_id in self._loaded and not self._pins.get(adapter_id):
                 self._unload(adapter_id)  # re-registered: reload the new weights on next use
 
@@ -188,7 +226,11 @@ class AdapterManager:
                 f"decoder is {self.host.name!r} ({self.host.fingerprint[:12]}); load the matching model or "
                 "fine-tune a new adapter for this one"
             )
-        if self.encoder_fingerprint and art.encoder_fingerprint and art.encoder_fingerprint != self.encoder_fingerprint:
+        if (
+            self.encoder_fingerprint
+            and art.encoder_fingerprint
+            and art.encoder_fingerprint != self.encoder_fingerprint
+        ):
             raise FingerprintMismatchError(
                 f"adapter {adapter_id!r} was trained on cheat sheets of encoder {art.encoder_fingerprint[:12]}, "
                 f"but the current encoder is {self.encoder_fingerprint[:12]}; load that encoder, or fine-tune "
@@ -253,8 +295,11 @@ class AdapterManager:
             if not self._pins.get(aid):
                 self._unload(aid)
         if len(self._loaded) > self.capacity:
-            log.warning("adapter LRU over capacity (%d > %d): all loaded adapters are in use",
-                        len(self._loaded), self.capacity)
+            log.warning(
+                "adapter LRU over capacity (%d > %d): all loaded adapters are in use",
+                len(self._loaded),
+                self.capacity,
+            )
 
     @contextlib.contextmanager
     def acquire(self, adapter_id: str | None) -> Iterator[str | None]:

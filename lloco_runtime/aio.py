@@ -51,7 +51,9 @@ async def iterate_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
         await asyncio.shield(_close_after(pending, iterator, ctx))
 
 
-async def _close_after(pending: asyncio.Future | None, iterator: Iterator[Any], ctx: contextvars.Context) -> None:
+async def _close_after(
+    pending: asyncio.Future | None, iterator: Iterator[Any], ctx: contextvars.Context
+) -> None:
     if pending is not None:
         with contextlib.suppress(BaseException):  # the step's own error already reached the consumer
             await pending

@@ -37,8 +37,16 @@ def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, list[
 # -- compression throughput ---------------------------------------------------------------------------------
 
 
-def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int = 16, batch_size: int = 8,
-                      reps: int = 3, split: bool = True, warmup: bool = True) -> dict[str, Any]:
+def bench_compression(
+    lloco: LLoCO,
+    token_ids: Sequence[int],
+    *,
+    segments: int = 16,
+    batch_size: int = 8,
+    reps: int = 3,
+    split: bool = True,
+    warmup: bool = True,
+) -> dict[str, Any]:
     """Encoder tokens/s (batched ``compress_chunks``) vs. the plain forward pass of the same backbone.
 
     The baseline runs the decoder's transformer body (no LM head, no adapter) over exactly the same
@@ -54,10 +62,12 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
     need = segments * seg
     if len(token_ids) < need:
         raise ValueError(f"need {need} tokens for {segments} segments of {seg}, got {len(token_ids)}")
-    chunks = [tuple(token_ids[i * seg:(i + 1) * seg]) for i in range(segments)]
+    chunks = [tuple(token_ids[i * seg : (i + 1) * seg]) for i in range(segments)]
     host = lloco.host
     backbone = getattr(host.model, host.model.base_model_prefix)
-    batches = [torch.tensor(chunks[b:b + batch_size], device=host.device) for b in range(0, segments, batch_size)]
+    batches = [
+        torch.tensor(chunks[b : b + batch_size], device=host.device) for b in range(0, segments, batch_size)
+    ]
 
     def encode() -> None:
         enc.compress_chunks(chunks, batch_size=batch_size)
@@ -76,6 +86,7 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
                 for ids in batches:
                     summ = enc.embed_summary.weight.expand(ids.shape[0], -1, -1)
                     backbone(inputs_embeds=torch.cat([emb(ids), summ], dim=1), use_cache=False)
+
         return run
 
     fns = {"encode": encode, "forward": forward}
@@ -89,34 +100,54 @@ def bench_compression(lloco: LLoCO, token_ids: Sequence[int], *, segments: int =
     n_tokens = segments * seg
     tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
     enc_tps, fwd_tps = tps["encode"], tps["forward"]
-    return {"lloco_tokens_per_s": round(enc_tps, 1), "forward_tokens_per_s": round(fwd_tps, 1),
-            "efficiency": round(enc_tps / fwd_tps, 4),
-            "with_summary_tokens_per_s": round(tps["summary"], 1) if "summary" in tps else None,
-            "with_summary_and_lora_tokens_per_s": round(tps["summary_lora"], 1) if "summary_lora" in tps else None,
-            "positions_ceiling": round(seg / (seg + enc.config.summary_length), 4),
-            "tokens": n_tokens, "segments": segments,
-            "batch_size": batch_size, "segment_length": seg, "summary_length": enc.config.summary_length,
-            "positions_per_segment": seg + enc.config.summary_length, "encoder_lora_r": enc.config.lora_r,
-            "compression_ratio": enc.config.ratio, "reps": reps}
+    return {
+        "lloco_tokens_per_s": round(enc_tps, 1),
+        "forward_tokens_per_s": round(fwd_tps, 1),
+        "efficiency": round(enc_tps / fwd_tps, 4),
+        "with_summary_tokens_per_s": round(tps["summary"], 1) if "summary" in tps else None,
+        "with_summary_and_lora_tokens_per_s": round(tps["summary_lora"], 1)
+        if "summary_lora" in tps
+        else None,
+        "positions_ceiling": round(seg / (seg + enc.config.summary_length), 4),
+        "tokens": n_tokens,
+        "segments": segments,
+        "batch_size": batch_size,
+        "segment_length": seg,
+        "summary_length": enc.config.summary_length,
+        "positions_per_segment": seg + enc.config.summary_length,
+        "encoder_lora_r": enc.config.lora_r,
+        "compression_ratio": enc.config.ratio,
+        "reps": reps,
+    }
 
 
 # -- adapters -----------------------------------------------------------------------------------------------
 
 
-def random_adapter(lloco: LLoCO, *, r: int = 8, seed: int = 0,
-                   target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> AdapterArtifact:
+def random_adapter(
+    lloco: LLoCO,
+    *,
+    r: int = 8,
+    seed: int = 0,
+    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+) -> AdapterArtifact:
     """A LoRA artifact with random (non-zero) weights for this decoder: what a finetuned one costs to serve."""
     from peft import LoraConfig
 
     host = lloco.host
     name = f"lloco_bench_tmp_{seed}"
     torch.manual_seed(seed)
-    host.add_adapter(name, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules),
-                                      init_lora_weights=False))
+    host.add_adapter(
+        name, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), init_lora_weights=False)
+    )
     try:
-        return AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                          encoder_fingerprint=lloco.encoder.fingerprint,
-                                          info={"benchmark": True, "seed": seed})
+        return AdapterArtifact.from_model(
+            host.model,
+            name,
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            info={"benchmark": True, "seed": seed},
+        )
     finally:
         host.delete_adapter(name)
 
@@ -143,9 +174,16 @@ def _pre_hook(fn, adapter_names):
     return lambda module, args, kwargs: fn(module, args, kwargs, adapter_names=adapter_names)
 
 
-def bench_adapters(lloco: LLoCO, *, source: Callable[[str], bytes] | None = None,
-                   adapter_ids: tuple[str, str] | None = None, reps: int = 5, switch_reps: int = 50,
-                   batch: int = 4, seq_len: int = 128) -> dict[str, Any]:
+def bench_adapters(
+    lloco: LLoCO,
+    *,
+    source: Callable[[str], bytes] | None = None,
+    adapter_ids: tuple[str, str] | None = None,
+    reps: int = 5,
+    switch_reps: int = 50,
+    batch: int = 4,
+    seq_len: int = 128,
+) -> dict[str, Any]:
     """Load (from ``source``, e.g. the store), switch between two loaded adapters, mixed-adapter batches.
 
     - ``load_ms``: fetch bytes + verify + inject + copy weights of one adapter (median over ``reps``), on an
@@ -190,8 +228,12 @@ def bench_adapters(lloco: LLoCO, *, source: Callable[[str], bytes] | None = None
                     pass
                 same_t.append(time.perf_counter() - t0)
 
-            ids = torch.randint(0, int(host.model.config.vocab_size), (batch, seq_len),
-                                generator=torch.Generator().manual_seed(0)).to(host.device)
+            ids = torch.randint(
+                0,
+                int(host.model.config.vocab_size),
+                (batch, seq_len),
+                generator=torch.Generator().manual_seed(0),
+            ).to(host.device)
             names = [a if i % 2 == 0 else b for i in range(batch)]
             backbone = getattr(host.model, host.model.base_model_prefix)
 
@@ -212,18 +254,35 @@ def bench_adapters(lloco: LLoCO, *, source: Callable[[str], bytes] | None = None
                 host.delete_adapter(name)
     one_s, mixed_s = statistics.median(times["one"]), statistics.median(times["mixed"])
     n_layers = sum(1 for m in host.model.modules() if hasattr(m, "lora_A"))
-    return {"load_ms": median_ms(load_t), "switch_ms": median_ms(switch_t), "same_ms": median_ms(same_t),
-            "mixed_batch_ratio": round(one_s / mixed_s, 4), "one_adapter_batch_s": round(one_s, 4),
-            "mixed_batch_s": round(mixed_s, 4), "batch": batch, "seq_len": seq_len, "source": where,
-            "adapter_bytes": len(source(a_id)), "lora_layers": n_layers, "reps": reps,
-            "switch_reps": switch_reps}
+    return {
+        "load_ms": median_ms(load_t),
+        "switch_ms": median_ms(switch_t),
+        "same_ms": median_ms(same_t),
+        "mixed_batch_ratio": round(one_s / mixed_s, 4),
+        "one_adapter_batch_s": round(one_s, 4),
+        "mixed_batch_s": round(mixed_s, 4),
+        "batch": batch,
+        "seq_len": seq_len,
+        "source": where,
+        "adapter_bytes": len(source(a_id)),
+        "lora_layers": n_layers,
+        "reps": reps,
+        "switch_reps": switch_reps,
+    }
 
 
 # -- decoding -----------------------------------------------------------------------------------------------
 
 
-def bench_decode(lloco: LLoCO, prompt_text: str | None = None, *, new_tokens: int = 32, reps: int = 3,
-                 batch_sizes: Sequence[int] = (1, 4, 8), warmup: bool = True) -> dict[str, Any]:
+def bench_decode(
+    lloco: LLoCO,
+    prompt_text: str | None = None,
+    *,
+    new_tokens: int = 32,
+    reps: int = 3,
+    batch_sizes: Sequence[int] = (1, 4, 8),
+    warmup: bool = True,
+) -> dict[str, Any]:
     """Decode speed: our loop vs. transformers' ``model.generate()``, and batched decoding throughput.
 
     - ``ours_ms_per_token``: :meth:`Generator.generate` (greedy, no adapter), (total - prefill) / decode steps;
@@ -246,8 +305,10 @@ def bench_decode(lloco: LLoCO, prompt_text: str | None = None, *, new_tokens: in
     gen = Generator(host)
     gen._eos_ids = set  # type: ignore[method-assign]  # a private generator that ignores EOS
     tok = host.tokenizer
-    text = prompt_text or ("The river town kept its records in a stone archive near the old mill. Each spring "
-                           "the council counted the boats, the looms and the wells. Write the story of the town:")
+    text = prompt_text or (
+        "The river town kept its records in a stone archive near the old mill. Each spring "
+        "the council counted the boats, the looms and the wells. Write the story of the town:"
+    )
     words = text.split()
     prompt = Prompt.from_text(text)
     cfg = GenerationConfig(max_new_tokens=new_tokens)
@@ -264,19 +325,29 @@ def bench_decode(lloco: LLoCO, prompt_text: str | None = None, *, new_tokens: in
     def hf(n: int) -> Callable[[], None]:
         def run() -> None:
             with torch.no_grad(), host.using(None) as model:
-                model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, pad_token_id=pad)
+                model.generate(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=pad,
+                )
+
         return run
 
     # b prompts of different lengths: the text cut after a different number of words each
-    batches = {b: [Prompt.from_text(" ".join(words[:max(4, len(words) - 3 * i)])) for i in range(b)]
-               for b in batch_sizes}
+    batches = {
+        b: [Prompt.from_text(" ".join(words[: max(4, len(words) - 3 * i)])) for i in range(b)]
+        for b in batch_sizes
+    }
     batch_tokens: dict[int, list[int]] = {b: [] for b in batch_sizes}
 
     def batched(b: int) -> Callable[[], None]:
         def run() -> None:
             res = gen.generate_batch(batches[b], cfg, [None] * b)
             batch_tokens[b].append(sum(len(r.token_ids) for r in res))
+
         return run
 
     fns: dict[str, Callable[[], None]] = {"ours": ours, "hf_1": hf(1), "hf_n": hf(new_tokens)}
@@ -288,16 +359,31 @@ def bench_decode(lloco: LLoCO, prompt_text: str | None = None, *, new_tokens: in
         v.clear()
     times = interleaved(fns, reps)
     ours_ms = 1000 * statistics.median(ours_steps)
-    hf_ms = 1000 * max(statistics.median(times["hf_n"]) - statistics.median(times["hf_1"]), 0.0) / (new_tokens - 1)
+    hf_ms = (
+        1000
+        * max(statistics.median(times["hf_n"]) - statistics.median(times["hf_1"]), 0.0)
+        / (new_tokens - 1)
+    )
     batch = []
     for b in batch_sizes:
         tps = [n / t for n, t in zip(batch_tokens[b], times[f"batch_{b}"], strict=True)]
-        batch.append({"batch": b, "tokens_per_s": round(statistics.median(tps), 2),
-                      "tokens": int(statistics.median(batch_tokens[b])),
-                      "seconds": round(statistics.median(times[f"batch_{b}"]), 4)})
+        batch.append(
+            {
+                "batch": b,
+                "tokens_per_s": round(statistics.median(tps), 2),
+                "tokens": int(statistics.median(batch_tokens[b])),
+                "seconds": round(statistics.median(times[f"batch_{b}"]), 4),
+            }
+        )
     base = next((r["tokens_per_s"] for r in batch if r["batch"] == 1), None)
     for r in batch:
         r["speedup_vs_1"] = round(r["tokens_per_s"] / base, 3) if base else None
-    return {"ours_ms_per_token": round(ours_ms, 3), "generate_ms_per_token": round(hf_ms, 3),
-            "overhead": round(ours_ms / hf_ms - 1, 4) if hf_ms else None, "batch": batch,
-            "prompt_tokens": int(embeds.shape[1]), "new_tokens": new_tokens, "reps": reps}
+    return {
+        "ours_ms_per_token": round(ours_ms, 3),
+        "generate_ms_per_token": round(hf_ms, 3),
+        "overhead": round(ours_ms / hf_ms - 1, 4) if hf_ms else None,
+        "batch": batch,
+        "prompt_tokens": int(embeds.shape[1]),
+        "new_tokens": new_tokens,
+        "reps": reps,
+    }

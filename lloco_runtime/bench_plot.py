@@ -27,8 +27,13 @@ def plot_latency(report: dict[str, Any], path: str | Path) -> Path:
     beyond = report.get("prefill_beyond_window", [])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if rows:
-        ax.plot([r["context_tokens"] for r in rows], [r["full_s"] for r in rows], "o-", color="tab:red",
-                label="full text in the prompt")
+        ax.plot(
+            [r["context_tokens"] for r in rows],
+            [r["full_s"] for r in rows],
+            "o-",
+            color="tab:red",
+            label="full text in the prompt",
+        )
     settings = report.get("settings", {})
     ratio = settings.get("prefill_segment_length", 512) / settings.get("prefill_summary_length", 16)
     pts = [(r["context_tokens"], r["lloco_s"]) for r in rows + beyond if r.get("lloco_s")]
@@ -47,7 +52,9 @@ def plot_latency(report: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("source context (tokens)")
     ax.set_ylabel("time to first token (s, median)")
     m = report.get("machine", {})
-    ax.set_title(f"{m.get('model', 'decoder')} on {m.get('device', '?')}, {m.get('torch_threads', '?')} threads")
+    ax.set_title(
+        f"{m.get('model', 'decoder')} on {m.get('device', '?')}, {m.get('torch_threads', '?')} threads"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -73,9 +80,18 @@ def load_eval_points(paths: list[str | Path], default_ratio: float | None = None
             name, val = main_score(r)
             if val is None:
                 continue
-            points.append({"dataset": r.get("dataset"), "mode": r["mode"], "ratio": compression_ratio(r, default_ratio),
-                           "score": val, "metric": name, "n": r.get("n"),
-                           "context_tokens": r.get("context_tokens_mean"), "file": str(p)})
+            points.append(
+                {
+                    "dataset": r.get("dataset"),
+                    "mode": r["mode"],
+                    "ratio": compression_ratio(r, default_ratio),
+                    "score": val,
+                    "metric": name,
+                    "n": r.get("n"),
+                    "context_tokens": r.get("context_tokens_mean"),
+                    "file": str(p),
+                }
+            )
     return points
 
 
@@ -106,16 +122,34 @@ def plot_eval(points: list[dict[str, Any]], path: str | Path) -> Path:
     for i, ds in enumerate(datasets):
         for p in points:
             if str(p["dataset"]) == ds and p["ratio"] is None:
-                ax.axhline(100 * p["score"], linestyle="--", linewidth=1, color=f"C{i}",
-                           label=f"{ds}: no context")
-        pts = [p for p in points if str(p["dataset"]) == ds and p["ratio"] is not None and p["ratio"] == p["ratio"]]
-        ax.scatter([p["ratio"] for p in pts], [100 * p["score"] for p in pts], marker=markers[i % len(markers)],
-                   s=45, label=ds, color=f"C{i}")
+                ax.axhline(
+                    100 * p["score"], linestyle="--", linewidth=1, color=f"C{i}", label=f"{ds}: no context"
+                )
+        pts = [
+            p
+            for p in points
+            if str(p["dataset"]) == ds and p["ratio"] is not None and p["ratio"] == p["ratio"]
+        ]
+        ax.scatter(
+            [p["ratio"] for p in pts],
+            [100 * p["score"] for p in pts],
+            marker=markers[i % len(markers)],
+            s=45,
+            label=ds,
+            color=f"C{i}",
+        )
         for p in pts:
-            ax.annotate(p["mode"], (p["ratio"], 100 * p["score"]), textcoords="offset points", xytext=(5, 3),
-                        fontsize=8)
+            ax.annotate(
+                p["mode"],
+                (p["ratio"], 100 * p["score"]),
+                textcoords="offset points",
+                xytext=(5, 3),
+                fontsize=8,
+            )
     ax.set_xscale("log")
-    top = max([p["ratio"] for p in points if p["ratio"] is not None and p["ratio"] == p["ratio"]], default=1.0)
+    top = max(
+        [p["ratio"] for p in points if p["ratio"] is not None and p["ratio"] == p["ratio"]], default=1.0
+    )
     ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= 2 * top]
     ax.set_xticks(ticks, [f"{t}x" for t in ticks])
     ax.minorticks_off()

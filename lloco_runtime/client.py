@@ -37,8 +37,9 @@ def _httpx():
     try:
         import httpx
     except ImportError:
-        raise ConfigError("a remote lloco client needs httpx, which is in lloco's [serve] extra: "
-                          "pip install 'lloco[serve]'") from None
+        raise ConfigError(
+            "a remote lloco client needs httpx, which is in lloco's [serve] extra: pip install 'lloco[serve]'"
+        ) from None
     return httpx
 
 
@@ -92,24 +93,57 @@ class LLoCOClient:
     # -- request bodies -------------------------------------------------------------------------------------
 
     @staticmethod
-    def ask_body(question: str, *, group: str, collection: str = "default", top_k: int = 4,
-                 mode: str = "hybrid", adapter: AdapterChoice | None = "active", max_new_tokens: int = 64,
-                 stream: bool = False, with_text: bool = False) -> dict[str, Any]:
+    def ask_body(
+        question: str,
+        *,
+        group: str,
+        collection: str = "default",
+        top_k: int = 4,
+        mode: str = "hybrid",
+        adapter: AdapterChoice | None = "active",
+        max_new_tokens: int = 64,
+        stream: bool = False,
+        with_text: bool = False,
+    ) -> dict[str, Any]:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty")
         if not group:
-            raise InputError("a remote question needs group= (the server retrieves that group's cheat sheets)")
-        return {"question": question, "group": group, "collection": collection, "top_k": top_k, "mode": mode,
-                "adapter": "none" if adapter is None else adapter, "max_new_tokens": max_new_tokens,
-                "stream": stream, "with_text": with_text}
+            raise InputError(
+                "a remote question needs group= (the server retrieves that group's cheat sheets)"
+            )
+        return {
+            "question": question,
+            "group": group,
+            "collection": collection,
+            "top_k": top_k,
+            "mode": mode,
+            "adapter": "none" if adapter is None else adapter,
+            "max_new_tokens": max_new_tokens,
+            "stream": stream,
+            "with_text": with_text,
+        }
 
     @staticmethod
-    def chat_body(messages: Sequence[Mapping[str, str]], *, group: str | None = None, collection: str = "default",
-                  top_k: int = 4, max_tokens: int = 64, temperature: float = 0.0,
-                  stop: Sequence[str] | None = None, stream: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": "lloco", "messages": [dict(m) for m in messages], "max_tokens": max_tokens,
-                                "temperature": temperature, "stream": stream, "collection": collection,
-                                "top_k": top_k}
+    def chat_body(
+        messages: Sequence[Mapping[str, str]],
+        *,
+        group: str | None = None,
+        collection: str = "default",
+        top_k: int = 4,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        stream: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": "lloco",
+            "messages": [dict(m) for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": stream,
+            "collection": collection,
+            "top_k": top_k,
+        }
         if group is not None:
             body["group"] = group
         if stop:
@@ -119,8 +153,10 @@ class LLoCOClient:
     # -- plumbing -------------------------------------------------------------------------------------------
 
     def _unreachable(self, exc: Exception) -> RemoteError:
-        return RemoteError(f"no lloco server answered at {self.url} ({type(exc).__name__}: {exc}); start one "
-                           "with `lloco serve` or check the endpoint URL")
+        return RemoteError(
+            f"no lloco server answered at {self.url} ({type(exc).__name__}: {exc}); start one "
+            "with `lloco serve` or check the endpoint URL"
+        )
 
     def _json(self, resp) -> Any:
         try:
@@ -130,8 +166,10 @@ class LLoCOClient:
         if resp.status_code >= 400:
             raise _error(resp.status_code, body, self.url)
         if body is None:
-            raise RemoteError(f"{self.url} answered HTTP {resp.status_code} without JSON; is it a lloco server?",
-                              resp.status_code)
+            raise RemoteError(
+                f"{self.url} answered HTTP {resp.status_code} without JSON; is it a lloco server?",
+                resp.status_code,
+            )
         return body
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
@@ -145,8 +183,10 @@ class LLoCOClient:
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         httpx = _httpx()
         try:
-            with httpx.Client(timeout=self.timeout, headers=self.headers) as c, \
-                    c.stream("POST", self.url + path, json=body) as resp:
+            with (
+                httpx.Client(timeout=self.timeout, headers=self.headers) as c,
+                c.stream("POST", self.url + path, json=body) as resp,
+            ):
                 if resp.status_code >= 400:
                     resp.read()
                     self._json(resp)
@@ -180,7 +220,9 @@ class LLoCOClient:
     async def aask(self, question: str, **options: Any) -> dict[str, Any]:
         return await self._apost("/v1/ask", self.ask_body(question, **options))
 
-    def stream_ask(self, question: str, *, state: dict[str, Any] | None = None, **options: Any) -> Iterator[str]:
+    def stream_ask(
+        self, question: str, *, state: dict[str, Any] | None = None, **options: Any
+    ) -> Iterator[str]:
         """Text deltas as the server decodes them; ``state["answer"]`` receives the final answer dict."""
         for obj in self._stream("/v1/ask", self.ask_body(question, stream=True, **options)):
             if "delta" in obj:
@@ -188,8 +230,9 @@ class LLoCOClient:
             elif state is not None:
                 state["answer"] = obj
 
-    async def astream_ask(self, question: str, *, state: dict[str, Any] | None = None,
-                          **options: Any) -> AsyncIterator[str]:
+    async def astream_ask(
+        self, question: str, *, state: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncIterator[str]:
         body = self.ask_body(question, stream=True, **options)
         async for obj in self._astream_live("/v1/ask", body):
             if "delta" in obj:
@@ -224,8 +267,10 @@ class LLoCOClient:
         """Server-sent events as they arrive (not buffered)."""
         httpx = _httpx()
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as c, \
-                    c.stream("POST", self.url + path, json=body) as resp:
+            async with (
+                httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as c,
+                c.stream("POST", self.url + path, json=body) as resp,
+            ):
                 if resp.status_code >= 400:
                     await resp.aread()
                     self._json(resp)

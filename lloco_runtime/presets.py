@@ -36,33 +36,53 @@ class Preset:
 
     def encoder_config(self) -> EncoderConfig:
         """A fresh encoder's config (summary tokens, no encoder LoRA) with the preset's segmentation."""
-        return EncoderConfig(segment_length=self.segment_length, summary_length=self.summary_length,
-                             accumulate=self.accumulate, lora_r=0)
+        return EncoderConfig(
+            segment_length=self.segment_length,
+            summary_length=self.summary_length,
+            accumulate=self.accumulate,
+            lora_r=0,
+        )
 
     def encoder_mismatches(self, config: EncoderConfig) -> list[str]:
         """How an encoder's config departs from the preset (``[]`` if it compresses as the preset says)."""
-        wanted = {"segment_length": self.segment_length, "summary_length": self.summary_length,
-                  "accumulate": self.accumulate, "pooling": "summary"}
-        return [f"{k} is {getattr(config, k)!r}, the preset says {v!r}" for k, v in wanted.items()
-                if getattr(config, k) != v]
+        wanted = {
+            "segment_length": self.segment_length,
+            "summary_length": self.summary_length,
+            "accumulate": self.accumulate,
+            "pooling": "summary",
+        }
+        return [
+            f"{k} is {getattr(config, k)!r}, the preset says {v!r}"
+            for k, v in wanted.items()
+            if getattr(config, k) != v
+        ]
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name, "description": self.description,
+            "name": self.name,
+            "description": self.description,
             "prompt_template": self.chat_format or "the tokenizer's chat template",
-            "encoder": {"segment_length": self.segment_length, "summary_length": self.summary_length,
-                        "accumulate": self.accumulate, "pooling": "summary",
-                        "compression_ratio": self.segment_length / self.summary_length},
-            "adapter_lora": {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
-                             "target_modules": list(self.lora_target_modules)},
+            "encoder": {
+                "segment_length": self.segment_length,
+                "summary_length": self.summary_length,
+                "accumulate": self.accumulate,
+                "pooling": "summary",
+                "compression_ratio": self.segment_length / self.summary_length,
+            },
+            "adapter_lora": {
+                "r": self.lora_r,
+                "alpha": self.lora_alpha,
+                "dropout": self.lora_dropout,
+                "target_modules": list(self.lora_target_modules),
+            },
         }
 
 
 LLOCO_PAPER = Preset(
     name="lloco-paper",
     description="The LLoCO paper's setup: LLaMA-2-chat prompt, AutoCompressor-Llama-2-7b-6k encoder (50 summary "
-                "vectors per 1,536-token segment, accumulated across a document's segments), group LoRA r8 "
-                "alpha16 on q/k/v/o",
+    "vectors per 1,536-token segment, accumulated across a document's segments), group LoRA r8 "
+    "alpha16 on q/k/v/o",
     chat_format=LLAMA2_CHAT,
     segment_length=1536,
     summary_length=50,

@@ -50,15 +50,18 @@ def chat_messages(messages: Sequence[MessageLike]) -> list[ChatMessage]:
         elif isinstance(m, tuple) and len(m) == 2:
             role, content = m
         else:
-            raise InputError(f"message {i} is a {type(m).__name__}; use ChatMessage, a {{'role', 'content'}} "
-                             "dict or a (role, content) pair")
+            raise InputError(
+                f"message {i} is a {type(m).__name__}; use ChatMessage, a {{'role', 'content'}} "
+                "dict or a (role, content) pair"
+            )
         if role not in ROLES:
             raise InputError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise InputError(f"message {i} content must be a string, got {type(content).__name__}")
         if role == "system" and any(o.role != "system" for o in out):
-            raise InputError(f"message {i} is a system message after the conversation started; put system "
-                             "messages first")
+            raise InputError(
+                f"message {i} is a system message after the conversation started; put system messages first"
+            )
         out.append(ChatMessage(role, content.replace(_SLOT, "")))
     if out[-1].role != "user" or not out[-1].content.strip():
         raise InputError("the last message must be a non-empty user message (the question to answer)")
@@ -72,8 +75,10 @@ def _fields(name: str, template: object) -> list[str]:
     try:
         parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise ConfigError(f"PromptTemplate.{name} is not a valid format string ({exc}); "
-                          "write literal braces as {{ and }}") from None
+        raise ConfigError(
+            f"PromptTemplate.{name} is not a valid format string ({exc}); "
+            "write literal braces as {{ and }}"
+        ) from None
     if any(spec or conv for _, spec, conv in parsed):
         raise ConfigError(f"PromptTemplate.{name}: placeholders take no conversion or format spec")
     return [f for f, _, _ in parsed]
@@ -113,19 +118,26 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
-            raise ConfigError(f"unknown chat_format {self.chat_format!r}; use None (the tokenizer's chat template) "
-                              f"or one of {', '.join(CHAT_FORMATS)}")
+            raise ConfigError(
+                f"unknown chat_format {self.chat_format!r}; use None (the tokenizer's chat template) "
+                f"or one of {', '.join(CHAT_FORMATS)}"
+            )
         user = _fields("user", self.user)
         if user.count("context") != 1 or "question" not in user or set(user) - {"context", "question"}:
-            raise ConfigError("PromptTemplate.user needs exactly one {context} and a {question} placeholder and "
-                              f"no others (found {user}); write literal braces as {{{{ and }}}}")
+            raise ConfigError(
+                "PromptTemplate.user needs exactly one {context} and a {question} placeholder and "
+                f"no others (found {user}); write literal braces as {{{{ and }}}}"
+            )
         plain = _fields("user_no_context", self.user_no_context)
         if "question" not in plain or set(plain) - {"question"}:
-            raise ConfigError("PromptTemplate.user_no_context needs {question} and no other placeholder "
-                              f"(found {plain}); write literal braces as {{{{ and }}}}")
+            raise ConfigError(
+                "PromptTemplate.user_no_context needs {question} and no other placeholder "
+                f"(found {plain}); write literal braces as {{{{ and }}}}"
+            )
 
-    def _render(self, tokenizer, user_text: str, system: str | None = None,
-                history: Sequence[ChatMessage] = ()) -> str:
+    def _render(
+        self, tokenizer, user_text: str, system: str | None = None, history: Sequence[ChatMessage] = ()
+    ) -> str:
         """The decoder's text for earlier turns ``history`` (user/assistant, in order) and the last user turn
         ``user_text``, under ``system`` (the template's system message when None)."""
         system = self.system if system is None else (system or None)
@@ -142,24 +154,31 @@ class PromptTemplate:
                 else:
                     text += f" {t.content.strip()} {eos}"
             return text
-        messages = ([{"role": "system", "content": system}] if system else [])
+        messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in turns]
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         head = f"{system}\n\n" if system else ""
-        past = "".join(f"{t.content}\n\n" if t.role == "user" else f"Answer: {t.content}\n\n" for t in history)
+        past = "".join(
+            f"{t.content}\n\n" if t.role == "user" else f"Answer: {t.content}\n\n" for t in history
+        )
         return f"{head}{past}{user_text}\n\nAnswer:"
 
-    def build(self, tokenizer, question: str,
-              context: str | torch.Tensor | Sequence[torch.Tensor] | None = None) -> Prompt:
+    def build(
+        self, tokenizer, question: str, context: str | torch.Tensor | Sequence[torch.Tensor] | None = None
+    ) -> Prompt:
         """Render ``question`` with ``context``: text, one tensor ``[n, hidden]``, a list of tensors (one per
         chunk, concatenated in order), or ``None`` for the no-context variant."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty")
         return self._build(tokenizer, question, context)
 
-    def build_chat(self, tokenizer, messages: Sequence[MessageLike],
-                   context: str | torch.Tensor | Sequence[torch.Tensor] | None = None) -> Prompt:
+    def build_chat(
+        self,
+        tokenizer,
+        messages: Sequence[MessageLike],
+        context: str | torch.Tensor | Sequence[torch.Tensor] | None = None,
+    ) -> Prompt:
         """Render a conversation: the last user message is the question and takes the context exactly as
         :meth:`build` does; earlier user/assistant turns come before it verbatim, and a leading system
         message replaces the template's. One user message gives the same prompt as :meth:`build`."""
@@ -168,11 +187,19 @@ class PromptTemplate:
         turns = [m for m in msgs if m.role != "system"]
         return self._build(tokenizer, turns[-1].content, context, system=system, history=turns[:-1])
 
-    def _build(self, tokenizer, question: str, context, *, system: str | None = None,
-               history: Sequence[ChatMessage] = ()) -> Prompt:
+    def _build(
+        self,
+        tokenizer,
+        question: str,
+        context,
+        *,
+        system: str | None = None,
+        history: Sequence[ChatMessage] = (),
+    ) -> Prompt:
         if context is None:
-            return Prompt((self._render(tokenizer, self.user_no_context.format(question=question), system,
-                                        history),))
+            return Prompt(
+                (self._render(tokenizer, self.user_no_context.format(question=question), system, history),)
+            )
         question = question.replace(_SLOT, "")
         text = self._render(tokenizer, self.user.format(context=_SLOT, question=question), system, history)
         prefix, suffix = text.split(_SLOT)

@@ -1,9 +1,9 @@
 """The framework-free entry point: one decoder, its context encoder, adapters and the prompt template.
 
-    from lloco_runtime import LLoCO
-    lloco = LLoCO.from_pretrained()                 # bundled SmolLM2-135M + default encoder
-    sheets = lloco.compress(long_text)              # offline: cheat sheets (32x fewer vectors)
-    print(lloco.answer("Who ...?", sheets).text)    # online: spliced into the prompt
+from lloco_runtime import LLoCO
+lloco = LLoCO.from_pretrained()                 # bundled SmolLM2-135M + default encoder
+sheets = lloco.compress(long_text)              # offline: cheat sheets (32x fewer vectors)
+print(lloco.answer("Who ...?", sheets).text)    # online: spliced into the prompt
 """
 
 from __future__ import annotations
@@ -50,16 +50,24 @@ def shipped_teacher_adapter() -> Path | None:
 class LLoCO:
     """Compress offline, answer online: the core API every integration wraps."""
 
-    def __init__(self, host: LoadedModel, encoder: ContextEncoder, *, template: PromptTemplate | None = None,
-                 adapter_capacity: int = 4, adapter_source: AdapterSource | None = None) -> None:
+    def __init__(
+        self,
+        host: LoadedModel,
+        encoder: ContextEncoder,
+        *,
+        template: PromptTemplate | None = None,
+        adapter_capacity: int = 4,
+        adapter_source: AdapterSource | None = None,
+    ) -> None:
         if encoder.host is not host:
             raise InputError("the encoder must be built on the same LoadedModel as the decoder")
         self.host = host
         self.encoder = encoder
         self.template = template or PromptTemplate()
         self.generator = Generator(host)
-        self.adapters = AdapterManager(host, encoder_fingerprint=encoder.fingerprint,
-                                       capacity=adapter_capacity, source=adapter_source)
+        self.adapters = AdapterManager(
+            host, encoder_fingerprint=encoder.fingerprint, capacity=adapter_capacity, source=adapter_source
+        )
         #: runtime id of the encoder's reader adapter (see :meth:`adapter_for`), None if it has none
         self.reader_id: str | None = None
         if encoder.reader is not None:
@@ -67,9 +75,16 @@ class LLoCO:
             self.reader_id = READER_ADAPTER_ID
 
     @classmethod
-    def from_pretrained(cls, model: str | Path | None = None, *, encoder: str | Path | EncoderConfig | None = None,
-                        device: str | None = None, dtype: str | torch.dtype | None = None,
-                        template: PromptTemplate | None = None, **kwargs) -> LLoCO:
+    def from_pretrained(
+        cls,
+        model: str | Path | None = None,
+        *,
+        encoder: str | Path | EncoderConfig | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        template: PromptTemplate | None = None,
+        **kwargs,
+    ) -> LLoCO:
         """Load a decoder (default: bundled SmolLM2-135M-Instruct) and an encoder.
 
         ``encoder``: a folder saved by :meth:`ContextEncoder.save`, an :class:`EncoderConfig` for a fresh
@@ -113,7 +128,9 @@ class LLoCO:
         """The prompt the decoder sees: template prefix | context (text or cheat sheets) | question."""
         return self.template.build(self.host.tokenizer, question, self._context(context))
 
-    def adapter_for(self, prompt: Prompt, adapter_id: str | None = None, *, use_reader: bool = True) -> str | None:
+    def adapter_for(
+        self, prompt: Prompt, adapter_id: str | None = None, *, use_reader: bool = True
+    ) -> str | None:
         """The adapter a prompt is answered with: ``adapter_id`` if given (a group adapter; those trained by
         ``lloco finetune`` start from the reader, so they read cheat sheets too); else, when the prompt
         carries cheat sheets and the encoder has a reader adapter, the reader (``use_reader=False`` turns
@@ -129,54 +146,124 @@ class LLoCO:
         :meth:`PromptTemplate.build_chat`)."""
         return self.template.build_chat(self.host.tokenizer, messages, self._context(context))
 
-    def answer(self, question: str, context: Context = None, *, adapter_id: str | None = None,
-               use_reader: bool = True, config: GenerationConfig | None = None, **gen) -> GenerationResult:
+    def answer(
+        self,
+        question: str,
+        context: Context = None,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> GenerationResult:
         """Answer ``question`` over ``context`` (text, cheat sheets, or None) with an optional adapter (see
         :meth:`adapter_for` for the encoder's reader adapter, used with cheat sheets when none is given)."""
-        return self.generate(self.prompt(question, context), adapter_id=adapter_id, use_reader=use_reader,
-                             config=config, **gen)
+        return self.generate(
+            self.prompt(question, context), adapter_id=adapter_id, use_reader=use_reader, config=config, **gen
+        )
 
-    def stream(self, question: str, context: Context = None, *, adapter_id: str | None = None,
-               use_reader: bool = True, config: GenerationConfig | None = None, state: StreamStats | None = None,
-               **gen) -> Iterator[str]:
+    def stream(
+        self,
+        question: str,
+        context: Context = None,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        state: StreamStats | None = None,
+        **gen,
+    ) -> Iterator[str]:
         """Like :meth:`answer` but yields text as it is generated."""
-        return self.generate_stream(self.prompt(question, context), adapter_id=adapter_id, use_reader=use_reader,
-                                    config=config, state=state, **gen)
+        return self.generate_stream(
+            self.prompt(question, context),
+            adapter_id=adapter_id,
+            use_reader=use_reader,
+            config=config,
+            state=state,
+            **gen,
+        )
 
-    def answer_chat(self, messages: Sequence[MessageLike], context: Context = None, *,
-                    adapter_id: str | None = None, use_reader: bool = True, config: GenerationConfig | None = None,
-                    **gen) -> GenerationResult:
+    def answer_chat(
+        self,
+        messages: Sequence[MessageLike],
+        context: Context = None,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> GenerationResult:
         """Answer the last user message of a conversation over ``context`` (see :meth:`prompt_chat`)."""
-        return self.generate(self.prompt_chat(messages, context), adapter_id=adapter_id, use_reader=use_reader,
-                             config=config, **gen)
+        return self.generate(
+            self.prompt_chat(messages, context),
+            adapter_id=adapter_id,
+            use_reader=use_reader,
+            config=config,
+            **gen,
+        )
 
-    def stream_chat(self, messages: Sequence[MessageLike], context: Context = None, *,
-                    adapter_id: str | None = None, use_reader: bool = True, config: GenerationConfig | None = None,
-                    state: StreamStats | None = None, **gen) -> Iterator[str]:
+    def stream_chat(
+        self,
+        messages: Sequence[MessageLike],
+        context: Context = None,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        state: StreamStats | None = None,
+        **gen,
+    ) -> Iterator[str]:
         """Like :meth:`answer_chat` but yields text as it is generated."""
-        return self.generate_stream(self.prompt_chat(messages, context), adapter_id=adapter_id,
-                                    use_reader=use_reader, config=config, state=state, **gen)
+        return self.generate_stream(
+            self.prompt_chat(messages, context),
+            adapter_id=adapter_id,
+            use_reader=use_reader,
+            config=config,
+            state=state,
+            **gen,
+        )
 
-    def generate(self, prompt: Prompt, *, adapter_id: str | None = None, use_reader: bool = True,
-                 config: GenerationConfig | None = None, **gen) -> GenerationResult:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> GenerationResult:
         """Decode a built :class:`Prompt` with the adapter :meth:`adapter_for` picks."""
         cfg = config or GenerationConfig(**gen)
         with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             return self.generator.generate(prompt, cfg, adapter=name)
 
-    def generate_stream(self, prompt: Prompt, *, adapter_id: str | None = None, use_reader: bool = True,
-                        config: GenerationConfig | None = None, state: StreamStats | None = None,
-                        **gen) -> Iterator[str]:
+    def generate_stream(
+        self,
+        prompt: Prompt,
+        *,
+        adapter_id: str | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        state: StreamStats | None = None,
+        **gen,
+    ) -> Iterator[str]:
         """Like :meth:`generate` but yields text as it is generated; the adapter stays pinned until the
         iterator ends or is closed."""
         cfg = config or GenerationConfig(**gen)
         with self.adapters.acquire(self.adapter_for(prompt, adapter_id, use_reader=use_reader)) as name:
             yield from self.generator.stream(prompt, cfg, adapter=name, state=state)
 
-    def answer_batch(self, questions: Sequence[str], contexts: Sequence[Context] | None = None, *,
-                     adapter_ids: Sequence[str | None] | None = None, use_reader: bool = True,
-                     config: GenerationConfig | None = None, configs: Sequence[GenerationConfig] | None = None,
-                     **gen) -> list[GenerationResult]:
+    def answer_batch(
+        self,
+        questions: Sequence[str],
+        contexts: Sequence[Context] | None = None,
+        *,
+        adapter_ids: Sequence[str | None] | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        configs: Sequence[GenerationConfig] | None = None,
+        **gen,
+    ) -> list[GenerationResult]:
         """Answer several questions, each with its own context and adapter, decoded as one batch (see
         :meth:`generate_batch`); the same results as calling :meth:`answer` on each (greedy decoding gives
         the same tokens)."""
@@ -184,15 +271,25 @@ class LLoCO:
         contexts = list(contexts) if contexts is not None else [None] * n
         adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * n
         if len(contexts) != n or len(adapter_ids) != n:
-            raise InputError(f"answer_batch: {n} questions but {len(contexts)} contexts and {len(adapter_ids)} "
-                             "adapter ids; give one of each per question")
+            raise InputError(
+                f"answer_batch: {n} questions but {len(contexts)} contexts and {len(adapter_ids)} "
+                "adapter ids; give one of each per question"
+            )
         prompts = [self.prompt(q, c) for q, c in zip(questions, contexts, strict=True)]
-        return self.generate_batch(prompts, adapter_ids=adapter_ids, use_reader=use_reader, config=config,
-                                   configs=configs, **gen)
+        return self.generate_batch(
+            prompts, adapter_ids=adapter_ids, use_reader=use_reader, config=config, configs=configs, **gen
+        )
 
-    def generate_batch(self, prompts: Sequence[Prompt], *, adapter_ids: Sequence[str | None] | None = None,
-                       use_reader: bool = True, config: GenerationConfig | None = None,
-                       configs: Sequence[GenerationConfig] | None = None, **gen) -> list[GenerationResult]:
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        adapter_ids: Sequence[str | None] | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        configs: Sequence[GenerationConfig] | None = None,
+        **gen,
+    ) -> list[GenerationResult]:
         """Decode several built prompts as one batch, each with the adapter :meth:`adapter_for` picks for it
         (rows with different adapters share the forward passes; see :meth:`Generator.generate_batch`).
 
@@ -213,15 +310,22 @@ class LLoCO:
             raise InputError(f"generate_batch: {n} prompts but {len(adapter_ids)} adapter ids")
         if not n:
             return []
-        chosen = [self.adapter_for(p, a, use_reader=use_reader) for p, a in zip(prompts, adapter_ids, strict=True)]
+        chosen = [
+            self.adapter_for(p, a, use_reader=use_reader) for p, a in zip(prompts, adapter_ids, strict=True)
+        ]
         with contextlib.ExitStack() as pins:
-            names = {aid: pins.enter_context(self.adapters.acquire(aid)) for aid in dict.fromkeys(chosen)
-                     if aid is not None}
-            return self.generator.generate_batch(prompts, cfg, [names.get(a) if a is not None else None
-                                                                for a in chosen])
+            names = {
+                aid: pins.enter_context(self.adapters.acquire(aid))
+                for aid in dict.fromkeys(chosen)
+                if aid is not None
+            }
+            return self.generator.generate_batch(
+                prompts, cfg, [names.get(a) if a is not None else None for a in chosen]
+            )
 
-    def complete(self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None,
-                 **gen) -> GenerationResult:
+    def complete(
+        self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None, **gen
+    ) -> GenerationResult:
         """Plain-text completion through the same decoding path (no template)."""
         cfg = config or GenerationConfig(**gen)
         with self.adapters.acquire(adapter_id) as name:

@@ -48,8 +48,17 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "lloco"
 MAX_ADAPTERS_PER_REPLICA = 4  # Serve multiplexing: adapters a decoder replica keeps loaded (LRU)
-_ENV_PASSED = ("LLOCO_HOME", "LLOCO_CACHE_DIR", "LLOCO_DATABASE_URL", "LLOCO_SCHEMA", "HF_HUB_OFFLINE",
-               "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")
+_ENV_PASSED = (
+    "LLOCO_HOME",
+    "LLOCO_CACHE_DIR",
+    "LLOCO_DATABASE_URL",
+    "LLOCO_SCHEMA",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "OMP_WAIT_POLICY",
+    "TOKENIZERS_PARALLELISM",
+)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,9 @@ class AskRequest(BaseModel):
     top_k: int = Field(4, ge=1, le=100, description="chunks to retrieve")
     mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
     adapter: int | Literal["active", "none"] = Field(
-        "active", description="'active': the group's active adapter; 'none': no group adapter; or an adapter id")
+        "active",
+        description="'active': the group's active adapter; 'none': no group adapter; or an adapter id",
+    )
     max_new_tokens: int = Field(64, ge=1, le=4096)
     stream: bool = False
     with_text: bool = Field(False, description="include each source chunk's text in `sources`")
@@ -142,7 +153,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     # lloco extras
-    group: str | None = Field(None, min_length=1, description="retrieve from this group with the last user message")
+    group: str | None = Field(
+        None, min_length=1, description="retrieve from this group with the last user message"
+    )
     collection: str = Field("default", min_length=1)
     top_k: int = Field(4, ge=1, le=100)
     mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
@@ -214,12 +227,22 @@ def error_status(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, InputError):
         return 422, "invalid_request", str(exc)
     if isinstance(exc, BackPressureError):
-        return 503, "overloaded", ("the server is at capacity (every decoder replica's queue is full); retry "
-                                   "later, or start it with more --replicas")
+        return (
+            503,
+            "overloaded",
+            (
+                "the server is at capacity (every decoder replica's queue is full); retry "
+                "later, or start it with more --replicas"
+            ),
+        )
     if isinstance(exc, ServiceUnavailable):
         return 503, "unavailable", str(exc)
     if _is_replica_lost(exc):
-        return 503, "unavailable", "the decoder replica serving this request was lost; retry (Serve restarts it)"
+        return (
+            503,
+            "unavailable",
+            "the decoder replica serving this request was lost; retry (Serve restarts it)",
+        )
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return 503, "timeout", "the request was not answered in time (server busy); retry later"
     if isinstance(exc, StoreError):
@@ -250,8 +273,13 @@ def _sse(obj: Any) -> str:
 def _build_runtime(opts: ServeOptions):
     from .runtime import LLoCO
 
-    return LLoCO.from_pretrained(opts.model, encoder=opts.encoder, device=opts.device, dtype=opts.dtype,
-                                 adapter_capacity=MAX_ADAPTERS_PER_REPLICA + 1)  # + the encoder's reader
+    return LLoCO.from_pretrained(
+        opts.model,
+        encoder=opts.encoder,
+        device=opts.device,
+        dtype=opts.dtype,
+        adapter_capacity=MAX_ADAPTERS_PER_REPLICA + 1,
+    )  # + the encoder's reader
 
 
 def _open_store(opts: ServeOptions):
@@ -278,13 +306,20 @@ class LLoCODecoder:
 
     def info(self) -> dict[str, Any]:
         host = self.lloco.host
-        return {"model": host.name, "model_fingerprint": host.fingerprint, "dtype": str(host.dtype),
-                "device": str(host.device), "encoder_fingerprint": self.lloco.encoder.fingerprint,
-                "pid": os.getpid(), "replica": serve.get_replica_context().replica_id.unique_id}
+        return {
+            "model": host.name,
+            "model_fingerprint": host.fingerprint,
+            "dtype": str(host.dtype),
+            "device": str(host.device),
+            "encoder_fingerprint": self.lloco.encoder.fingerprint,
+            "pid": os.getpid(),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+        }
 
     @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
     async def get_adapter(self, adapter_id: str) -> str:
         """Load a stored adapter into this replica (Serve calls this once per id; LRU beyond the limit)."""
+
         def load() -> None:
             with self._lock, self.lloco.adapters.acquire(adapter_id):
                 pass  # fetched from the store, checked against the decoder and encoder, kept loaded
@@ -309,8 +344,13 @@ class LLoCODecoder:
     def _config(job: DecodeJob):
         from .generation import GenerationConfig
 
-        return GenerationConfig(max_new_tokens=job.max_new_tokens, temperature=job.temperature, top_p=job.top_p,
-                                stop=job.stop, seed=job.seed)
+        return GenerationConfig(
+            max_new_tokens=job.max_new_tokens,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            stop=job.stop,
+            seed=job.seed,
+        )
 
     def _decode_sync(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
         """One :meth:`LLoCO.generate_batch` call for the batch (each request with its own decoding options);
@@ -323,20 +363,27 @@ class LLoCODecoder:
                 configs.append(self._config(job))
                 idx.append(i)
             except Exception as exc:  # noqa: BLE001 - reported to that request only
-                del prompts[len(idx):]
+                del prompts[len(idx) :]
                 outs[i] = DecodeOut(error=exc)
         if idx:
             try:
                 with self._lock:
-                    results = self.lloco.generate_batch(prompts, adapter_ids=[jobs[i].adapter_id for i in idx],
-                                                        configs=configs)
+                    results = self.lloco.generate_batch(
+                        prompts, adapter_ids=[jobs[i].adapter_id for i in idx], configs=configs
+                    )
             except Exception as exc:  # noqa: BLE001 - the batch failed: every request in it gets the error
                 results = []
                 for i in idx:
                     outs[i] = DecodeOut(error=exc)
-            for i, r in zip(idx[:len(results)], results, strict=True):
-                outs[i] = DecodeOut(text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
-                                    completion_tokens=len(r.token_ids), prefill_s=r.prefill_s, total_s=r.total_s)
+            for i, r in zip(idx[: len(results)], results, strict=True):
+                outs[i] = DecodeOut(
+                    text=r.text,
+                    finish_reason=r.finish_reason,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=len(r.token_ids),
+                    prefill_s=r.prefill_s,
+                    total_s=r.total_s,
+                )
         return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -361,14 +408,22 @@ class LLoCODecoder:
         def produce() -> Iterator[str]:
             prompt = self._prompt(job)
             with self._lock:
-                yield from self.lloco.generate_stream(prompt, adapter_id=job.adapter_id, config=self._config(job),
-                                                      state=state)
+                yield from self.lloco.generate_stream(
+                    prompt, adapter_id=job.adapter_id, config=self._config(job), state=state
+                )
 
         async for delta in _iterate_in_thread(produce):
             yield {"delta": delta}
-        yield {"done": {"text": state.text, "finish_reason": state.finish_reason,
-                        "prompt_tokens": state.prompt_tokens, "completion_tokens": len(state.token_ids),
-                        "prefill_s": state.prefill_s, "total_s": state.total_s}}
+        yield {
+            "done": {
+                "text": state.text,
+                "finish_reason": state.finish_reason,
+                "prompt_tokens": state.prompt_tokens,
+                "completion_tokens": len(state.token_ids),
+                "prefill_s": state.prefill_s,
+                "total_s": state.total_s,
+            }
+        }
 
 
 async def _iterate_in_thread(factory: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
@@ -405,7 +460,9 @@ async def _iterate_in_thread(factory: Callable[[], Iterator[str]]) -> AsyncItera
 
 # -- the HTTP ingress -------------------------------------------------------------------------------------
 
-app = FastAPI(title="lloco", description="LLoCO: answers over compressed cheat sheets with per-group adapters")
+app = FastAPI(
+    title="lloco", description="LLoCO: answers over compressed cheat sheets with per-group adapters"
+)
 
 
 @app.exception_handler(RequestValidationError)
@@ -470,26 +527,43 @@ class LLoCOIngress:
                 if not _is_replica_lost(cause) and not _is_replica_lost(exc):
                     raise cause from None
                 if attempt == 1:
-                    raise ServiceUnavailable("the decoder replica serving this request was lost and the retry "
-                                             "failed too; retry shortly (Serve is restarting it)") from None
+                    raise ServiceUnavailable(
+                        "the decoder replica serving this request was lost and the retry "
+                        "failed too; retry shortly (Serve is restarting it)"
+                    ) from None
                 log.warning("decoder replica lost (%s); retrying the request once", type(exc).__name__)
                 await asyncio.sleep(0.2)
         raise AssertionError("unreachable")
 
-    async def _retrieve(self, question: str, *, group: str, collection: str, top_k: int, mode: str,
-                        adapter: int | str) -> _Retrieved:
+    async def _retrieve(
+        self, question: str, *, group: str, collection: str, top_k: int, mode: str, adapter: int | str
+    ) -> _Retrieved:
         from .service import LLoCOService
 
         fingerprint = (await self._info())["encoder_fingerprint"]
-        result = await asyncio.to_thread(self.store.retrieve, question, group=group, collection=collection,
-                                         top_k=top_k, mode=mode, encoder_fingerprint=fingerprint)
+        result = await asyncio.to_thread(
+            self.store.retrieve,
+            question,
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode=mode,
+            encoder_fingerprint=fingerprint,
+        )
         if not result.chunks:
             raise InputError(f"group {group!r} has no chunks matching the query; ingest documents first")
         ordered = sorted(result.chunks, key=lambda c: (c.doc_id, c.ordinal))  # as LLoCOService does
         sheets = [c.cheat_sheet for c in ordered if c.cheat_sheet is not None]
-        adapter_id = result.adapter_id if adapter == "active" else (None if adapter == "none" else int(adapter))
-        return _Retrieved(sheets, adapter_id, LLoCOService._sources(result), result.context_tokens,
-                          result.raw_context_tokens)
+        adapter_id = (
+            result.adapter_id if adapter == "active" else (None if adapter == "none" else int(adapter))
+        )
+        return _Retrieved(
+            sheets,
+            adapter_id,
+            LLoCOService._sources(result),
+            result.context_tokens,
+            result.raw_context_tokens,
+        )
 
     def _handle(self, job: DecodeJob, **options: Any) -> DeploymentHandle:
         if job.adapter_id is not None:
@@ -509,7 +583,9 @@ class LLoCOIngress:
                 deadline = time.monotonic() + self.opts.request_timeout_s
                 while True:
                     try:
-                        item = await asyncio.wait_for(gen.__anext__(), timeout=max(0.1, deadline - time.monotonic()))
+                        item = await asyncio.wait_for(
+                            gen.__anext__(), timeout=max(0.1, deadline - time.monotonic())
+                        )
                     except StopAsyncIteration:
                         return
                     sent = True
@@ -522,7 +598,9 @@ class LLoCOIngress:
                 if not lost:
                     raise cause from None
                 if sent or attempt == 1:
-                    raise ServiceUnavailable("the decoder replica streaming this answer was lost; retry") from None
+                    raise ServiceUnavailable(
+                        "the decoder replica streaming this answer was lost; retry"
+                    ) from None
                 await asyncio.sleep(0.2)
 
     # -- endpoints --------------------------------------------------------------------------------------
@@ -530,8 +608,13 @@ class LLoCOIngress:
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         info = await self._info()
-        return {"status": "ok", "model": info["model"], "encoder_fingerprint": info["encoder_fingerprint"],
-                "replicas": self.opts.replicas, "max_batch_size": self.opts.max_batch_size}
+        return {
+            "status": "ok",
+            "model": info["model"],
+            "encoder_fingerprint": info["encoder_fingerprint"],
+            "replicas": self.opts.replicas,
+            "max_batch_size": self.opts.max_batch_size,
+        }
 
     @app.post("/v1/ask", response_model=None)
     async def ask(self, req: AskRequest) -> dict[str, Any] | JSONResponse | StreamingResponse:
@@ -540,15 +623,32 @@ class LLoCOIngress:
         try:
             if not req.question.strip():
                 raise InputError("the question is empty")
-            r = await self._retrieve(req.question, group=req.group, collection=req.collection, top_k=req.top_k,
-                                     mode=req.mode, adapter=req.adapter)
-            job = DecodeJob(req.question, None, r.sheets, None if r.adapter_id is None else str(r.adapter_id),
-                            max_new_tokens=req.max_new_tokens)
+            r = await self._retrieve(
+                req.question,
+                group=req.group,
+                collection=req.collection,
+                top_k=req.top_k,
+                mode=req.mode,
+                adapter=req.adapter,
+            )
+            job = DecodeJob(
+                req.question,
+                None,
+                r.sheets,
+                None if r.adapter_id is None else str(r.adapter_id),
+                max_new_tokens=req.max_new_tokens,
+            )
 
             def answer(text: str, prefill_s: float, total_s: float) -> dict[str, Any]:
-                return Answer(answer=text.strip(), sources=r.sources, adapter_id=r.adapter_id,
-                              context_tokens=r.context_tokens, raw_context_tokens=r.raw_context_tokens,
-                              prefill_s=prefill_s, total_s=total_s).to_dict(with_text=req.with_text)
+                return Answer(
+                    answer=text.strip(),
+                    sources=r.sources,
+                    adapter_id=r.adapter_id,
+                    context_tokens=r.context_tokens,
+                    raw_context_tokens=r.raw_context_tokens,
+                    prefill_s=prefill_s,
+                    total_s=total_s,
+                ).to_dict(with_text=req.with_text)
 
             if not req.stream:
                 out = await self._decode(job)
@@ -580,32 +680,72 @@ class LLoCOIngress:
             r = None
             if req.group is not None:
                 question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-                r = await self._retrieve(question, group=req.group, collection=req.collection, top_k=req.top_k,
-                                         mode=req.mode, adapter=req.adapter)
+                r = await self._retrieve(
+                    question,
+                    group=req.group,
+                    collection=req.collection,
+                    top_k=req.top_k,
+                    mode=req.mode,
+                    adapter=req.adapter,
+                )
             stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
             adapter = None if r is None or r.adapter_id is None else str(r.adapter_id)
             if r is None and isinstance(req.adapter, int):
                 adapter = str(req.adapter)
-            job = DecodeJob(None, messages, r.sheets if r else [], adapter,
-                            max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
-                            temperature=req.temperature or 0.0, top_p=req.top_p, stop=stop, seed=req.seed)
+            job = DecodeJob(
+                None,
+                messages,
+                r.sheets if r else [],
+                adapter,
+                max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
+                temperature=req.temperature or 0.0,
+                top_p=req.top_p,
+                stop=stop,
+                seed=req.seed,
+            )
             cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            extra = {} if r is None else {"lloco": {
-                "sources": [{"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score} for s in r.sources],
-                "adapter_id": r.adapter_id, "context_tokens": r.context_tokens,
-                "raw_context_tokens": r.raw_context_tokens}}
+            extra = (
+                {}
+                if r is None
+                else {
+                    "lloco": {
+                        "sources": [
+                            {"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score} for s in r.sources
+                        ],
+                        "adapter_id": r.adapter_id,
+                        "context_tokens": r.context_tokens,
+                        "raw_context_tokens": r.raw_context_tokens,
+                    }
+                }
+            )
             if not req.stream:
                 out = await self._decode(job)
-                return {"id": cid, "object": "chat.completion", "created": created, "model": req.model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text.strip()},
-                                     "logprobs": None, "finish_reason": _finish(out.finish_reason)}],
-                        "usage": _usage(out.prompt_tokens, out.completion_tokens)} | extra
+                return {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": req.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": out.text.strip()},
+                            "logprobs": None,
+                            "finish_reason": _finish(out.finish_reason),
+                        }
+                    ],
+                    "usage": _usage(out.prompt_tokens, out.completion_tokens),
+                } | extra
         except Exception as exc:  # noqa: BLE001
             return error_response(exc)
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -621,9 +761,16 @@ class LLoCOIngress:
                         d = ev["done"]
                         yield _sse(chunk({}, _finish(d["finish_reason"])) | extra)
                         if req.stream_options is not None and req.stream_options.include_usage:
-                            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                        "model": req.model, "choices": [],
-                                        "usage": _usage(d["prompt_tokens"], d["completion_tokens"])})
+                            yield _sse(
+                                {
+                                    "id": cid,
+                                    "object": "chat.completion.chunk",
+                                    "created": created,
+                                    "model": req.model,
+                                    "choices": [],
+                                    "usage": _usage(d["prompt_tokens"], d["completion_tokens"]),
+                                }
+                            )
             except Exception as exc:  # noqa: BLE001
                 yield _sse(error_body(*error_status(exc)))
             yield "data: [DONE]\n\n"
@@ -637,23 +784,28 @@ class LLoCOIngress:
 def build_app(opts: ServeOptions):
     """The Serve application: the ingress bound to ``opts.replicas`` decoder replicas."""
     decoder = LLoCODecoder.options(
-        num_replicas=opts.replicas, max_ongoing_requests=max(opts.max_ongoing_requests, opts.max_batch_size),
-        max_queued_requests=opts.max_queued_requests, ray_actor_options={"num_cpus": 0},
+        num_replicas=opts.replicas,
+        max_ongoing_requests=max(opts.max_ongoing_requests, opts.max_batch_size),
+        max_queued_requests=opts.max_queued_requests,
+        ray_actor_options={"num_cpus": 0},
     ).bind(opts)
-    return LLoCOIngress.options(num_replicas=1, max_ongoing_requests=1024, max_queued_requests=-1,
-                                ray_actor_options={"num_cpus": 0}).bind(decoder, opts)
+    return LLoCOIngress.options(
+        num_replicas=1, max_ongoing_requests=1024, max_queued_requests=-1, ray_actor_options={"num_cpus": 0}
+    ).bind(decoder, opts)
 
 
-def start_server(opts: ServeOptions, *, num_cpus: int | None = None, name: str = APP_NAME,
-                 route_prefix: str = "/") -> str:
+def start_server(
+    opts: ServeOptions, *, num_cpus: int | None = None, name: str = APP_NAME, route_prefix: str = "/"
+) -> str:
     """Start Ray (if needed) and Serve on ``opts.host:opts.port``, deploy the app as ``name`` under
     ``route_prefix``, return its base URL. Serve's HTTP options apply when Serve starts: a second app in the
     same Serve (another name and prefix) shares its host and port."""
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in _ENV_PASSED if k in os.environ}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+        )
     http = {"host": opts.host, "port": opts.port, "request_timeout_s": opts.request_timeout_s + 30}
     for attempt in range(3):  # on a busy machine Serve's HTTP proxy can miss its 60 s start deadline
         try:
@@ -663,8 +815,10 @@ def start_server(opts: ServeOptions, *, num_cpus: int | None = None, name: str =
             log.warning("Ray Serve did not start (%s); retrying", type(exc).__name__)
             serve.shutdown()
             if attempt == 2:
-                raise ServeStartError(f"Ray Serve's HTTP proxy did not start on {opts.host}:{opts.port} in 3 tries "
-                                      "(machine overloaded, or the port is taken?); free the port or retry") from None
+                raise ServeStartError(
+                    f"Ray Serve's HTTP proxy did not start on {opts.host}:{opts.port} in 3 tries "
+                    "(machine overloaded, or the port is taken?); free the port or retry"
+                ) from None
     serve.run(build_app(opts), name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{opts.host}:{opts.port}{route_prefix.rstrip('/')}"
 
@@ -677,6 +831,7 @@ def stop_server() -> None:
 def run_server(opts: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Start the server and block until Ctrl-C (or SIGTERM), then shut Serve and Ray down."""
     if threading.current_thread() is threading.main_thread():
+
         def stop(signum, frame):  # SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C
             raise KeyboardInterrupt
 
@@ -703,8 +858,14 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def run_load(base_url: str, requests: Sequence[dict[str, Any]], *, concurrency: int,
-                   path: str = "/v1/ask", timeout_s: float = 120.0) -> dict[str, Any]:
+async def run_load(
+    base_url: str,
+    requests: Sequence[dict[str, Any]],
+    *,
+    concurrency: int,
+    path: str = "/v1/ask",
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
     """Send ``requests`` (JSON bodies) with ``concurrency`` clients; each client takes the next request.
 
     Returns ``{"results": [(status, body or None, latency_s)], "seconds", "throughput_rps", "p50_s",
@@ -720,7 +881,9 @@ async def run_load(base_url: str, requests: Sequence[dict[str, Any]], *, concurr
             t0 = time.perf_counter()
             try:
                 r = await c.post(path, json=requests[i])
-                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+                body = (
+                    r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+                )
                 results[i] = (r.status_code, body, time.perf_counter() - t0)
             except httpx.TimeoutException:
                 results[i] = (0, "client timeout", time.perf_counter() - t0)
@@ -734,15 +897,27 @@ async def run_load(base_url: str, requests: Sequence[dict[str, Any]], *, concurr
     seconds = time.perf_counter() - t0
     done = [r for r in results if r is not None]
     lat = [r[2] for r in done if r[0] == 200]
-    return {"results": done, "seconds": round(seconds, 3), "concurrency": concurrency,
-            "requests": len(requests), "ok": len(lat), "errors": len(done) - len(lat),
-            "throughput_rps": round(len(lat) / seconds, 3) if seconds > 0 else 0.0,
-            "p50_s": round(_percentile(lat, 0.5), 4), "p95_s": round(_percentile(lat, 0.95), 4)}
+    return {
+        "results": done,
+        "seconds": round(seconds, 3),
+        "concurrency": concurrency,
+        "requests": len(requests),
+        "ok": len(lat),
+        "errors": len(done) - len(lat),
+        "throughput_rps": round(len(lat) / seconds, 3) if seconds > 0 else 0.0,
+        "p50_s": round(_percentile(lat, 0.5), 4),
+        "p95_s": round(_percentile(lat, 0.95), 4),
+    }
 
 
-def bench_serving_http(base_url: str, requests: Sequence[dict[str, Any]], *,
-                       concurrency: Sequence[int] = (1, 4, 8), path: str = "/v1/ask",
-                       timeout_s: float = 120.0) -> dict[str, Any]:
+def bench_serving_http(
+    base_url: str,
+    requests: Sequence[dict[str, Any]],
+    *,
+    concurrency: Sequence[int] = (1, 4, 8),
+    path: str = "/v1/ask",
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
     """Throughput and p50/p95 latency of a running server at each client concurrency (1 = one at a time).
 
     ``requests``: JSON bodies for ``path`` (e.g. ``{"question", "group", "max_new_tokens"}`` for /v1/ask).
@@ -766,14 +941,32 @@ def bench_serving_http(base_url: str, requests: Sequence[dict[str, Any]], *,
 
 def format_bench(report: dict[str, Any]) -> str:
     """A small table of :func:`bench_serving_http`'s report."""
-    lines = [f"{report['requests']} requests to {report['url']}{report['path']}",
-             "clients  req/s   p50 s   p95 s   ok/err  x vs 1"]
+    lines = [
+        f"{report['requests']} requests to {report['url']}{report['path']}",
+        "clients  req/s   p50 s   p95 s   ok/err  x vs 1",
+    ]
     for r in report["runs"]:
-        lines.append(f"{r['concurrency']:>7}  {r['throughput_rps']:>5.2f}  {r['p50_s']:>6.3f}  {r['p95_s']:>6.3f}  "
-                     f"{r['ok']:>3}/{r['errors']:<3} {r['speedup_vs_1'] or 0:>5.2f}")
+        lines.append(
+            f"{r['concurrency']:>7}  {r['throughput_rps']:>5.2f}  {r['p50_s']:>6.3f}  {r['p95_s']:>6.3f}  "
+            f"{r['ok']:>3}/{r['errors']:<3} {r['speedup_vs_1'] or 0:>5.2f}"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["AskRequest", "ChatRequest", "DecodeJob", "LLoCODecoder", "LLoCOIngress", "ServeOptions", "app",
-           "bench_serving_http", "build_app", "error_status", "format_bench", "run_load", "run_server",
-           "start_server", "stop_server"]
+__all__ = [
+    "AskRequest",
+    "ChatRequest",
+    "DecodeJob",
+    "LLoCODecoder",
+    "LLoCOIngress",
+    "ServeOptions",
+    "app",
+    "bench_serving_http",
+    "build_app",
+    "error_status",
+    "format_bench",
+    "run_load",
+    "run_server",
+    "start_server",
+    "stop_server",
+]

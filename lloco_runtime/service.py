@@ -47,11 +47,20 @@ class Answer:
 
     def to_dict(self, *, with_text: bool = False) -> dict[str, Any]:
         """The ``lloco ask --json`` shape."""
-        sources = [{"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score}
-                   | ({"text": s.text} if with_text else {}) for s in self.sources]
-        return {"answer": self.answer, "sources": sources, "adapter_id": self.adapter_id,
-                "context_tokens": self.context_tokens, "raw_context_tokens": self.raw_context_tokens,
-                "prefill_s": self.prefill_s, "total_s": self.total_s}
+        sources = [
+            {"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score}
+            | ({"text": s.text} if with_text else {})
+            for s in self.sources
+        ]
+        return {
+            "answer": self.answer,
+            "sources": sources,
+            "adapter_id": self.adapter_id,
+            "context_tokens": self.context_tokens,
+            "raw_context_tokens": self.raw_context_tokens,
+            "prefill_s": self.prefill_s,
+            "total_s": self.total_s,
+        }
 
 
 class LLoCOService:
@@ -67,12 +76,16 @@ class LLoCOService:
         try:
             key = int(adapter_id)
         except (TypeError, ValueError):
-            raise NotFoundError(f"unknown adapter {adapter_id!r}: stored adapters have integer ids; list them "
-                                "with `lloco adapters list`") from None
+            raise NotFoundError(
+                f"unknown adapter {adapter_id!r}: stored adapters have integer ids; list them "
+                "with `lloco adapters list`"
+            ) from None
         return self.store.adapter_weights(key)
 
     @classmethod
-    def from_defaults(cls, *, url: str | None = None, schema: str | None = None, **runtime_kwargs) -> LLoCOService:
+    def from_defaults(
+        cls, *, url: str | None = None, schema: str | None = None, **runtime_kwargs
+    ) -> LLoCOService:
         """Default runtime (or ``LLoCO.from_pretrained(**runtime_kwargs)``) over the default store."""
         from .runtime import load_default_runtime
 
@@ -81,27 +94,69 @@ class LLoCOService:
 
     # -- offline --------------------------------------------------------------------------------------------
 
-    def ingest(self, paths: Sequence[str], *, group: str, collection: str = "default", progress: bool = False,
-               batch_size: int = 8):
+    def ingest(
+        self,
+        paths: Sequence[str],
+        *,
+        group: str,
+        collection: str = "default",
+        progress: bool = False,
+        batch_size: int = 8,
+    ):
         """Read files/folders, compress with the runtime's encoder, store (one transaction per document)."""
-        return self.store.ingest_paths(paths, group=group, collection=collection, encoder=self.lloco.encoder,
-                                       progress=progress, batch_size=batch_size)
+        return self.store.ingest_paths(
+            paths,
+            group=group,
+            collection=collection,
+            encoder=self.lloco.encoder,
+            progress=progress,
+            batch_size=batch_size,
+        )
 
-    def recompress(self, *, group: str, collection: str = "default", progress: bool = False, batch_size: int = 8,
-                   deactivate_stale: bool = True) -> RecompressReport:
+    def recompress(
+        self,
+        *,
+        group: str,
+        collection: str = "default",
+        progress: bool = False,
+        batch_size: int = 8,
+        deactivate_stale: bool = True,
+    ) -> RecompressReport:
         """Re-encode the group's stored chunks with the runtime's encoder (after an encoder change), from the
         stored text: see :meth:`CheatSheetStore.recompress`. Then retrain its adapter (``lloco finetune``)."""
-        return self.store.recompress(group=group, collection=collection, encoder=self.lloco.encoder,
-                                     batch_size=batch_size, progress=progress, deactivate_stale=deactivate_stale)
+        return self.store.recompress(
+            group=group,
+            collection=collection,
+            encoder=self.lloco.encoder,
+            batch_size=batch_size,
+            progress=progress,
+            deactivate_stale=deactivate_stale,
+        )
 
     # -- online ---------------------------------------------------------------------------------------------
 
-    def retrieve(self, question: str, *, group: str, collection: str = "default", top_k: int = 4,
-                 mode: str = "hybrid", filters: Any = None, load_cheat_sheets: bool = True) -> RetrievalResult:
+    def retrieve(
+        self,
+        question: str,
+        *,
+        group: str,
+        collection: str = "default",
+        top_k: int = 4,
+        mode: str = "hybrid",
+        filters: Any = None,
+        load_cheat_sheets: bool = True,
+    ) -> RetrievalResult:
         """Top-k chunks of ``group`` with cheat sheets made by this runtime's encoder (else an error)."""
-        return self.store.retrieve(question, group=group, collection=collection, top_k=top_k, mode=mode,
-                                   filters=filters, load_cheat_sheets=load_cheat_sheets,
-                                   encoder_fingerprint=self.lloco.encoder.fingerprint)
+        return self.store.retrieve(
+            question,
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode=mode,
+            filters=filters,
+            load_cheat_sheets=load_cheat_sheets,
+            encoder_fingerprint=self.lloco.encoder.fingerprint,
+        )
 
     def cheat_sheets(self, chunk_ids: Sequence[int]) -> list[torch.Tensor]:
         """Cheat sheets of ``chunk_ids`` (fingerprint-checked) in the decoder's dtype, in the given order."""
@@ -115,48 +170,92 @@ class LLoCOService:
 
     @staticmethod
     def _sources(result: RetrievalResult) -> list[Source]:
-        return [Source(c.doc_id, c.chunk_id, float(c.score), c.ordinal, c.text, dict(c.metadata))
-                for c in result.chunks]
+        return [
+            Source(c.doc_id, c.chunk_id, float(c.score), c.ordinal, c.text, dict(c.metadata))
+            for c in result.chunks
+        ]
 
-    def answer(self, question: str, *, group: str, collection: str = "default", top_k: int = 4,
-               mode: str = "hybrid", filters: Any = None, use_adapter: bool = True,
-               config: GenerationConfig | None = None, **gen) -> Answer:
+    def answer(
+        self,
+        question: str,
+        *,
+        group: str,
+        collection: str = "default",
+        top_k: int = 4,
+        mode: str = "hybrid",
+        filters: Any = None,
+        use_adapter: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> Answer:
         """Retrieve, splice the cheat sheets, apply the group's active adapter, generate."""
         st = StreamStats()
-        result = self.retrieve(question, group=group, collection=collection, top_k=top_k, mode=mode,
-                               filters=filters)
+        result = self.retrieve(
+            question, group=group, collection=collection, top_k=top_k, mode=mode, filters=filters
+        )
         for _ in self._stream(question, result, use_adapter, config, st, gen):
             pass
         return self._answer(result, use_adapter, st)
 
-    def stream(self, question: str, *, group: str, collection: str = "default", top_k: int = 4,
-               mode: str = "hybrid", filters: Any = None, use_adapter: bool = True,
-               config: GenerationConfig | None = None, **gen) -> tuple[Iterator[str], RetrievalResult]:
+    def stream(
+        self,
+        question: str,
+        *,
+        group: str,
+        collection: str = "default",
+        top_k: int = 4,
+        mode: str = "hybrid",
+        filters: Any = None,
+        use_adapter: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> tuple[Iterator[str], RetrievalResult]:
         """Retrieve now; return (text deltas iterator, retrieval result with the sources)."""
-        result = self.retrieve(question, group=group, collection=collection, top_k=top_k, mode=mode,
-                               filters=filters)
+        result = self.retrieve(
+            question, group=group, collection=collection, top_k=top_k, mode=mode, filters=filters
+        )
         return self._stream(question, result, use_adapter, config, None, gen), result
 
     def _stream(self, question, result, use_adapter, config, state, gen) -> Iterator[str]:
         if not result.chunks:
-            raise InputError(f"group {result.group!r} has no chunks matching the query and filters; "
-                             "ingest documents first or relax the filters")
+            raise InputError(
+                f"group {result.group!r} has no chunks matching the query and filters; "
+                "ingest documents first or relax the filters"
+            )
         adapter = str(result.adapter_id) if (use_adapter and result.adapter_id is not None) else None
-        yield from self.lloco.stream(question, self._context(result), adapter_id=adapter, config=config,
-                                     state=state, **gen)
+        yield from self.lloco.stream(
+            question, self._context(result), adapter_id=adapter, config=config, state=state, **gen
+        )
 
     def _answer(self, result: RetrievalResult, use_adapter: bool, st: StreamStats) -> Answer:
-        return Answer(answer=st.text.strip(), sources=self._sources(result),
-                      adapter_id=result.adapter_id if use_adapter else None,
-                      context_tokens=result.context_tokens, raw_context_tokens=result.raw_context_tokens,
-                      prefill_s=st.prefill_s, total_s=st.total_s)
+        return Answer(
+            answer=st.text.strip(),
+            sources=self._sources(result),
+            adapter_id=result.adapter_id if use_adapter else None,
+            context_tokens=result.context_tokens,
+            raw_context_tokens=result.raw_context_tokens,
+            prefill_s=st.prefill_s,
+            total_s=st.total_s,
+        )
 
-    def answer_chunks(self, question: str, chunk_ids: Sequence[int], *, adapter_id: int | str | None = None,
-                      config: GenerationConfig | None = None, **gen):
+    def answer_chunks(
+        self,
+        question: str,
+        chunk_ids: Sequence[int],
+        *,
+        adapter_id: int | str | None = None,
+        config: GenerationConfig | None = None,
+        **gen,
+    ):
         """Answer over given chunk ids (what the framework LLM classes receive) with an optional adapter."""
         sheets = self.cheat_sheets(chunk_ids)
-        return self.lloco.answer(question, sheets or None,
-                                 adapter_id=None if adapter_id is None else str(adapter_id), config=config, **gen)
+        return self.lloco.answer(
+            question,
+            sheets or None,
+            adapter_id=None if adapter_id is None else str(adapter_id),
+            config=config,
+            **gen,
+        )
 
 
 def answer_dict(answer: Answer) -> dict[str, Any]:

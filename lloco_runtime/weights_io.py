@@ -22,8 +22,9 @@ def listing(directory: Path, limit: int = 12) -> str:
     return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) if names else "nothing"
 
 
-def load_bin_weights(file: Path, *, error: type[LLoCOError], fix: str, not_tensors_fix: str = "",
-                     mmap: bool = False) -> dict[str, torch.Tensor]:
+def load_bin_weights(
+    file: Path, *, error: type[LLoCOError], fix: str, not_tensors_fix: str = "", mmap: bool = False
+) -> dict[str, torch.Tensor]:
     """A ``.bin`` state dict through ``torch.load(weights_only=True)`` only: tensors and plain containers. A
     pickle that names any other global (the way a pickle runs code) is refused before anything of it runs, with
     ``error`` naming what torch found and ``fix`` saying what to do (``not_tensors_fix``: appended when the file
@@ -38,8 +39,12 @@ def load_bin_weights(file: Path, *, error: type[LLoCOError], fix: str, not_tenso
         raise error(
             f"refused to load {file}: it is not a plain tensor file that torch.load(weights_only=True) can read "
             f"({type(exc).__name__}: {detail}); lloco never unpickles arbitrary objects, which could run code. "
-            + fix) from None
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in data.items()):
-        raise error(f"{file} holds a {type(data).__name__}, not a state dict of named tensors{not_tensors_fix}")
+            + fix
+        ) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise error(
+            f"{file} holds a {type(data).__name__}, not a state dict of named tensors{not_tensors_fix}"
+        )
     return data

@@ -37,28 +37,43 @@ def main() -> int:
     for line in (args.dataset / "documents.jsonl").read_text().splitlines():
         r = json.loads(line)
         docs[r["doc_id"]] = r["text"]
-    qs = [json.loads(line) for line in (args.dataset / "questions.jsonl").read_text().splitlines() if line.strip()]
-    qs = qs[:args.limit] if args.limit else qs
-    items = [ReadingItem(q["doc_id"], 0, docs[q["doc_id"]], q["question"], tuple(q["answers"]), q["qid"])
-             for q in qs]
+    qs = [
+        json.loads(line)
+        for line in (args.dataset / "questions.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    qs = qs[: args.limit] if args.limit else qs
+    items = [
+        ReadingItem(q["doc_id"], 0, docs[q["doc_id"]], q["question"], tuple(q["answers"]), q["qid"])
+        for q in qs
+    ]
     host = load_model()
     encoder = ContextEncoder.load(args.encoder or shipped_encoder_dir(), host)
     rules = answers_kept(encoder, items)
-    own = answers_kept(encoder, items, selector_scores(encoder, [it.context for it in items])) \
-        if encoder.selector is not None else rules
+    own = (
+        answers_kept(encoder, items, selector_scores(encoder, [it.context for it in items]))
+        if encoder.selector is not None
+        else rules
+    )
     n = len(items)
-    print(f"{n} questions; encoder {encoder.fingerprint[:12]} ({encoder.config.literal_selector} selection, "
-          f"{encoder.config.literal_tokens} literal tokens per {encoder.config.segment_length}-token segment)")
-    print(f"answers kept whole as literal tokens: {100 * sum(own) / n:.1f}% (this encoder), "
-          f"{100 * sum(rules) / n:.1f}% (rules)")
+    print(
+        f"{n} questions; encoder {encoder.fingerprint[:12]} ({encoder.config.literal_selector} selection, "
+        f"{encoder.config.literal_tokens} literal tokens per {encoder.config.segment_length}-token segment)"
+    )
+    print(
+        f"answers kept whole as literal tokens: {100 * sum(own) / n:.1f}% (this encoder), "
+        f"{100 * sum(rules) / n:.1f}% (rules)"
+    )
     kept = {it.qid: k for it, k in zip(items, own, strict=True)}
     for path in args.runs:
         for run in _runs(path):
             rows = [q for q in run["per_question"] if q["qid"] in kept]
             yes = [q["f1"] for q in rows if kept[q["qid"]]]
             no = [q["f1"] for q in rows if not kept[q["qid"]]]
-            print(f"{path.name} {run['mode']:>22}: F1 {100 * sum(yes) / max(1, len(yes)):5.1f} where kept "
-                  f"({len(yes)}), {100 * sum(no) / max(1, len(no)):5.1f} where not ({len(no)})")
+            print(
+                f"{path.name} {run['mode']:>22}: F1 {100 * sum(yes) / max(1, len(yes)):5.1f} where kept "
+                f"({len(yes)}), {100 * sum(no) / max(1, len(no)):5.1f} where not ({len(no)})"
+            )
     return 0
 
 

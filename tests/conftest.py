@@ -45,9 +45,16 @@ torch.set_num_threads(2)
 # Tiny random decoder: small enough that a forward pass takes milliseconds.
 # initializer_range 0.2 (not 0.02): with tied embeddings a near-identity random model keeps repeating its
 # last token; larger weights make greedy output vary with the context, as the generation tests need.
-TINY_CONFIG = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-               "intermediate_size": 128, "max_position_embeddings": 4096, "tie_word_embeddings": True,
-               "initializer_range": 0.2}
+TINY_CONFIG = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.2,
+}
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +95,13 @@ def save_tiny_llama(directory: Path, tokenizer, *, seed: int = 0, **overrides) -
     from transformers import LlamaConfig, LlamaForCausalLM
 
     eos = tokenizer.eos_token_id
-    cfg = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-                      **{**TINY_CONFIG, **overrides})
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        **{**TINY_CONFIG, **overrides},
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(directory)

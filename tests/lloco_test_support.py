@@ -29,8 +29,14 @@ class HashingEmbedder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def make_adapter_bytes(host, encoder_fingerprint: str | None, *, seed: int, r: int = 4,
-                       target_modules: Sequence[str] = ("q_proj", "v_proj", "o_proj")) -> bytes:
+def make_adapter_bytes(
+    host,
+    encoder_fingerprint: str | None,
+    *,
+    seed: int,
+    r: int = 4,
+    target_modules: Sequence[str] = ("q_proj", "v_proj", "o_proj"),
+) -> bytes:
     """A random LoRA (non-zero lora_B, so it changes outputs) as lloco adapter bytes; the host is left clean."""
     import torch
     from peft import LoraConfig
@@ -44,7 +50,8 @@ def make_adapter_bytes(host, encoder_fingerprint: str | None, *, seed: int, r: i
         for pname, p in host.model.named_parameters():
             if "lora_B" in pname and name in pname:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder_fingerprint)
+    art = AdapterArtifact.from_model(
+        host.model, name, base_fingerprint=host.fingerprint, encoder_fingerprint=encoder_fingerprint
+    )
     host.delete_adapter(name)
     return art.to_bytes()

@@ -79,7 +79,9 @@ def test_no_eval_paragraph_occurs_verbatim_in_the_squad_train_split():
     evals = eval_paragraphs()
     assert len(train) > 18000 and len(evals) >= 649
     shared = evals & train
-    assert not shared, f"{len(shared)} eval paragraphs occur in corpus/squad_train, e.g. {next(iter(shared))[:80]!r}"
+    assert not shared, (
+        f"{len(shared)} eval paragraphs occur in corpus/squad_train, e.g. {next(iter(shared))[:80]!r}"
+    )
 
 
 @pytest.mark.skipif(not (WIKI.is_dir() and WIKI_QA.is_file()), reason=f"{WIKI} / {WIKI_QA} absent")

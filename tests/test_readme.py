@@ -62,8 +62,17 @@ SHELL = shell_lines()
 
 def test_readme_has_the_promised_parts():
     assert len(PY_BLOCKS) >= 5, "core, LlamaIndex, LangChain, own-Postgres and GPU snippets"
-    for needle in ("make demo", "make test", "LLOCO_DATABASE_URL", "LLOCO_SCHEMA", "lloco finetune",
-                   "from_autocompressor", "## Troubleshooting", "measured-numbers:start", "measured-numbers:end"):
+    for needle in (
+        "make demo",
+        "make test",
+        "LLOCO_DATABASE_URL",
+        "LLOCO_SCHEMA",
+        "lloco finetune",
+        "from_autocompressor",
+        "## Troubleshooting",
+        "measured-numbers:start",
+        "measured-numbers:end",
+    ):
         assert needle in README, needle
     for body in PY_BLOCKS:
         if "lloco_index" in body or "lloco_langchain" in body:
@@ -117,7 +126,9 @@ def tiny_autocompressor(tmp_path_factory, tiny_model_dir) -> Path:
     cfg.update(architectures=["LlamaAutoCompressorModel"], summary_length=4, segment_lengths=[64, 64])
     (d / "config.json").write_text(json.dumps(cfg))
     weights = load_file(str(tiny_model_dir / "model.safetensors"))
-    weights["embed_summary.weight"] = torch.randn(4, cfg["hidden_size"], generator=torch.Generator().manual_seed(0))
+    weights["embed_summary.weight"] = torch.randn(
+        4, cfg["hidden_size"], generator=torch.Generator().manual_seed(0)
+    )
     save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(d)
     return d
@@ -129,13 +140,22 @@ def test_python_block_runs(code, fresh_db, tiny_autocompressor):
     if AUTOCOMPRESSOR in code:
         code = code.replace(AUTOCOMPRESSOR, str(tiny_autocompressor))
     assert not any(p in code for p in PLACEHOLDERS)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env(fresh_db()), capture_output=True,
-                          text=True, check=False, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=run_env(fresh_db()),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert proc.returncode == 0, f"README block failed:\n{code}\n--- stderr ---\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip(), f"README block printed nothing:\n{code}"
 
 
-@pytest.mark.parametrize("code", [body for _, body in blocks("py")], ids=[block_id(h) for h, _ in blocks("py")])
+@pytest.mark.parametrize(
+    "code", [body for _, body in blocks("py")], ids=[block_id(h) for h, _ in blocks("py")]
+)
 def test_py_block_compiles(code):
     """``py`` blocks need a running `lloco serve` (tests/serve runs the same calls against one): they must at
     least be valid Python."""
@@ -177,8 +197,15 @@ def test_cheap_lloco_commands_run(fresh_db):
     assert {tuple(lloco_argv(s)[:2]) for s in lines} == RUN_FOR_REAL
     env = run_env(fresh_db())
     for line in lines:
-        proc = subprocess.run([sys.executable, "-m", "lloco_runtime.cli", *lloco_argv(line)], cwd=REPO, env=env,
-                              capture_output=True, text=True, check=False, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lloco_runtime.cli", *lloco_argv(line)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-2000:]}"
         assert proc.stdout.strip(), line
 
@@ -189,7 +216,9 @@ def test_make_targets_and_exports_exist():
         argv = shlex.split(line, comments=True)
         if argv[0] == "make":
             for target in argv[1:]:
-                assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"no Makefile target {target!r}"
+                assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), (
+                    f"no Makefile target {target!r}"
+                )
         elif argv[0] == "export":
             name = argv[1].split("=", 1)[0]
             assert name in DOCUMENTED_VARS, f"README exports an undocumented variable: {line}"

@@ -40,35 +40,82 @@ DESCRIPTION = (
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """The options of ``lloco eval``."""
     s.add_argument("dataset", help="folder with documents.jsonl and questions.jsonl")
-    s.add_argument("--mode", type=_mode, default="lloco", metavar="MODE", help="context mode, one of those "
-                   "above (default lloco)")
-    s.add_argument("--compare", nargs="?", const="default", default=None, metavar="MODES",
-                   help="run several modes (comma-separated; default none,full,rag,lloco,lloco-adapter) and "
-                   "print a markdown table; cheat-sheet adapter modes are skipped when the group has no active "
-                   "adapter and no --adapter-file is given")
-    s.add_argument("--text-adapter", default=None, metavar="PATH", help="adapter file (`lloco train-teacher`) "
-                   "of full-adapter and rag-adapter (default: the shipped teacher)")
-    s.add_argument("--adapter-file", default=None, metavar="PATH", help="adapter file used by the cheat-sheet "
-                   "adapter modes (lloco-adapter, lloco-doc-adapter, lloco-adapter-control, lloco-doc-control) "
-                   "instead of the group's active adapter, e.g. the reader.safetensors of `lloco train-encoder`")
+    s.add_argument(
+        "--mode",
+        type=_mode,
+        default="lloco",
+        metavar="MODE",
+        help="context mode, one of those above (default lloco)",
+    )
+    s.add_argument(
+        "--compare",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODES",
+        help="run several modes (comma-separated; default none,full,rag,lloco,lloco-adapter) and "
+        "print a markdown table; cheat-sheet adapter modes are skipped when the group has no active "
+        "adapter and no --adapter-file is given",
+    )
+    s.add_argument(
+        "--text-adapter",
+        default=None,
+        metavar="PATH",
+        help="adapter file (`lloco train-teacher`) "
+        "of full-adapter and rag-adapter (default: the shipped teacher)",
+    )
+    s.add_argument(
+        "--adapter-file",
+        default=None,
+        metavar="PATH",
+        help="adapter file used by the cheat-sheet "
+        "adapter modes (lloco-adapter, lloco-doc-adapter, lloco-adapter-control, lloco-doc-control) "
+        "instead of the group's active adapter, e.g. the reader.safetensors of `lloco train-encoder`",
+    )
     s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
     s.add_argument("--collection", default="default", help="collection of the group (default: default)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     s.add_argument("--top-k", type=int, default=4, help="chunks retrieved per question (default 4)")
-    s.add_argument("--retrieval", choices=["dense", "fulltext", "hybrid"], default="hybrid",
-                   help="retrieval mode for rag/lloco (default hybrid)")
-    s.add_argument("--max-new-tokens", type=int, default=None,
-                   help="answer length limit (default: 32 for QA, 8 for multiple choice, 128 for ROUGE sets)")
-    s.add_argument("--max-context-tokens", type=int, default=None,
-                   help="cap the context of full / lloco-doc modes below the decoder's window")
-    s.add_argument("--metric", choices=["auto", "qa", "choice", "contains", "rouge"], default="auto",
-                   help="scoring (default auto: choice with options, rouge for qmsum, contains for niah and "
-                   "longeval_lines, else qa)")
-    s.add_argument("--only-needed-docs", action="store_true", help="ingest only the documents of the selected "
-                   "questions (faster with --limit; retrieval then sees fewer distractors)")
-    s.add_argument("--json", default=None, metavar="PATH", help="write the report (one mode) or "
-                   "{dataset, runs: [...]} (--compare) as JSON")
-    s.add_argument("--plot", default=None, metavar="PATH", help="PNG of the main metric vs. mean context tokens")
+    s.add_argument(
+        "--retrieval",
+        choices=["dense", "fulltext", "hybrid"],
+        default="hybrid",
+        help="retrieval mode for rag/lloco (default hybrid)",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="answer length limit (default: 32 for QA, 8 for multiple choice, 128 for ROUGE sets)",
+    )
+    s.add_argument(
+        "--max-context-tokens",
+        type=int,
+        default=None,
+        help="cap the context of full / lloco-doc modes below the decoder's window",
+    )
+    s.add_argument(
+        "--metric",
+        choices=["auto", "qa", "choice", "contains", "rouge"],
+        default="auto",
+        help="scoring (default auto: choice with options, rouge for qmsum, contains for niah and "
+        "longeval_lines, else qa)",
+    )
+    s.add_argument(
+        "--only-needed-docs",
+        action="store_true",
+        help="ingest only the documents of the selected "
+        "questions (faster with --limit; retrieval then sees fewer distractors)",
+    )
+    s.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the report (one mode) or {dataset, runs: [...]} (--compare) as JSON",
+    )
+    s.add_argument(
+        "--plot", default=None, metavar="PATH", help="PNG of the main metric vs. mean context tokens"
+    )
     s.add_argument("--url", default=None, help="Postgres URL (default: LLOCO_DATABASE_URL or embedded)")
     s.add_argument("--schema", default=None, help="schema (default: LLOCO_SCHEMA or lloco)")
 
@@ -85,8 +132,10 @@ def _summary_line(r: dict[str, Any]) -> str:
 
     name, val = main_score(r)
     shown = "n/a" if val is None else f"{100 * val:.1f}"
-    return (f"{r['dataset']} {r['mode']}: n={r['n']} {name}={shown} context_tokens={r['context_tokens_mean']:.0f} "
-            f"latency={r['latency_s_mean']:.2f}s prefill={r['prefill_s_mean']:.3f}s")
+    return (
+        f"{r['dataset']} {r['mode']}: n={r['n']} {name}={shown} context_tokens={r['context_tokens_mean']:.0f} "
+        f"latency={r['latency_s_mean']:.2f}s prefill={r['prefill_s_mean']:.3f}s"
+    )
 
 
 def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], Any]) -> int:
@@ -113,10 +162,16 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
     text_adapter = resolve_text_adapter(args.text_adapter, modes)  # before any model loads
     if args.adapter_file is not None and not Path(args.adapter_file).is_file():
         raise InputError(f"--adapter-file {args.adapter_file} is not a file")
-    settings = EvalSettings(group=args.group or dataset.name, collection=args.collection, top_k=args.top_k,
-                            retrieval=args.retrieval, max_new_tokens=args.max_new_tokens,
-                            max_context_tokens=args.max_context_tokens, limit=args.limit,
-                            only_needed_docs=args.only_needed_docs)
+    settings = EvalSettings(
+        group=args.group or dataset.name,
+        collection=args.collection,
+        top_k=args.top_k,
+        retrieval=args.retrieval,
+        max_new_tokens=args.max_new_tokens,
+        max_context_tokens=args.max_context_tokens,
+        limit=args.limit,
+        only_needed_docs=args.only_needed_docs,
+    )
     from ..store.names import validate_name
 
     validate_name(settings.group, "group")
@@ -133,8 +188,9 @@ def run(args: argparse.Namespace, make_runtime: Callable[[argparse.Namespace], A
 
         store = CheatSheetStore(args.url, schema=args.schema)
     try:
-        h = Harness(lloco, dataset, settings, store=store, text_adapter=text_adapter,
-                    adapter_file=args.adapter_file)
+        h = Harness(
+            lloco, dataset, settings, store=store, text_adapter=text_adapter, adapter_file=args.adapter_file
+        )
         if store is not None:
             rep = h.ingest(progress=sys.stderr.isatty())
             print(f"ingest: {rep.summary()}", file=sys.stderr)

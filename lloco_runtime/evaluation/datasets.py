@@ -74,16 +74,21 @@ def _question(obj: Any, where: str) -> Question:
         if len(options) > 26:
             raise InputError(f"{where}: at most 26 options (letters A-Z)")
         if not isinstance(label, str) or label.strip().upper() not in letters(len(options)):
-            raise InputError(f"{where}: a multiple-choice question needs 'gold_label', one of "
-                             f"{', '.join(letters(len(options)))}; got {label!r}")
+            raise InputError(
+                f"{where}: a multiple-choice question needs 'gold_label', one of "
+                f"{', '.join(letters(len(options)))}; got {label!r}"
+            )
         label = label.strip().upper()
         options = tuple(options)
     elif not answers:
         raise InputError(f"{where}: 'answers' is empty (and there are no 'options' to score by)")
     else:
         label = None
-    extra = {k: v for k, v in obj.items()
-             if k not in ("qid", "doc_id", "question", "answers", "options", "gold_label")}
+    extra = {
+        k: v
+        for k, v in obj.items()
+        if k not in ("qid", "doc_id", "question", "answers", "options", "gold_label")
+    }
     return Question(qid, doc_id, text, tuple(answers), options, label, extra)
 
 
@@ -122,9 +127,11 @@ def load_dataset(path: str | Path, *, metric: str = "auto") -> Dataset:
         raise InputError(f"{root}: no such dataset folder (it needs documents.jsonl and questions.jsonl)")
     missing = [n for n in ("documents.jsonl", "questions.jsonl") if not (root / n).is_file()]
     if missing:
-        raise InputError(f"{root}: missing {' and '.join(missing)}; a dataset folder holds documents.jsonl "
-                         "({doc_id, text} per line) and questions.jsonl ({doc_id, qid, question, answers, "
-                         "options} per line)")
+        raise InputError(
+            f"{root}: missing {' and '.join(missing)}; a dataset folder holds documents.jsonl "
+            "({doc_id, text} per line) and questions.jsonl ({doc_id, qid, question, answers, "
+            "options} per line)"
+        )
     docs: dict[str, DocumentInput] = {}
     for d in read_jsonl(root / "documents.jsonl"):
         if d.doc_id in docs:
@@ -134,8 +141,15 @@ def load_dataset(path: str | Path, *, metric: str = "auto") -> Dataset:
     orphans = [q for q in questions if q.doc_id not in docs]
     if orphans:
         shown = ", ".join(f"{q.qid} -> {q.doc_id!r}" for q in orphans[:5])
-        raise InputError(f"{root / 'questions.jsonl'}: {len(orphans)} question(s) refer to documents missing "
-                         f"from documents.jsonl ({shown}{', ...' if len(orphans) > 5 else ''})")
+        raise InputError(
+            f"{root / 'questions.jsonl'}: {len(orphans)} question(s) refer to documents missing "
+            f"from documents.jsonl ({shown}{', ...' if len(orphans) > 5 else ''})"
+        )
     name = root.resolve().name
-    return Dataset(name=name, path=root, documents=docs, questions=questions,
-                   metric=choose_metric(name, questions, metric))
+    return Dataset(
+        name=name,
+        path=root,
+        documents=docs,
+        questions=questions,
+        metric=choose_metric(name, questions, metric),
+    )

@@ -56,17 +56,33 @@ from .datasets import Dataset, Question
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "full", "full-adapter", "rag", "rag-adapter", "lloco", "lloco-adapter", "lloco-doc",
-         "lloco-doc-adapter", "lloco-control", "lloco-adapter-control", "lloco-doc-control")
+MODES = (
+    "none",
+    "full",
+    "full-adapter",
+    "rag",
+    "rag-adapter",
+    "lloco",
+    "lloco-adapter",
+    "lloco-doc",
+    "lloco-doc-adapter",
+    "lloco-control",
+    "lloco-adapter-control",
+    "lloco-doc-control",
+)
 FULL_MODES = frozenset({"full", "full-adapter"})  # the document as text
 RAG_TEXT_MODES = frozenset({"rag", "rag-adapter"})  # the retrieved chunks as text
-RETRIEVAL_MODES = frozenset({"rag", "rag-adapter", "lloco", "lloco-adapter", "lloco-control", "lloco-adapter-control"})
+RETRIEVAL_MODES = frozenset(
+    {"rag", "rag-adapter", "lloco", "lloco-adapter", "lloco-control", "lloco-adapter-control"}
+)
 DOC_MODES = frozenset({"lloco-doc", "lloco-doc-adapter", "lloco-doc-control"})  # the document's cheat sheets
 CONTROL_MODES = frozenset({"lloco-control", "lloco-adapter-control", "lloco-doc-control"})
 COMPARE_DEFAULT = ("none", "full", "rag", "lloco", "lloco-adapter")
 STORE_MODES = frozenset(MODES) - {"none"} - FULL_MODES
 TEXT_ADAPTER_MODES = frozenset({"full-adapter", "rag-adapter"})  # with the text adapter (the teacher)
-SHEET_ADAPTER_MODES = frozenset({"lloco-adapter", "lloco-doc-adapter", "lloco-adapter-control", "lloco-doc-control"})
+SHEET_ADAPTER_MODES = frozenset(
+    {"lloco-adapter", "lloco-doc-adapter", "lloco-adapter-control", "lloco-doc-control"}
+)
 ADAPTER_MODES = TEXT_ADAPTER_MODES | SHEET_ADAPTER_MODES
 TEXT_ADAPTER_ID = "file:text"  # runtime ids of adapters registered from files
 READER_ADAPTER_ID = "file:reader"
@@ -109,7 +125,9 @@ def parse_modes(spec: str | Sequence[str] | None) -> list[str]:
     modes = [m.strip() for m in items if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise InputError(f"unknown mode(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
+        raise InputError(
+            f"unknown mode(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}"
+        )
     return list(dict.fromkeys(modes))
 
 
@@ -119,7 +137,9 @@ def resolve_text_adapter(path: str | Path | None, modes: Sequence[str]) -> Path 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise InputError(f"--text-adapter {p} is not a file; train a text adapter with `lloco train-teacher`")
+            raise InputError(
+                f"--text-adapter {p} is not a file; train a text adapter with `lloco train-teacher`"
+            )
         return p
     needing = [m for m in modes if m in TEXT_ADAPTER_MODES]
     if not needing:
@@ -128,9 +148,11 @@ def resolve_text_adapter(path: str | Path | None, modes: Sequence[str]) -> Path 
 
     shipped = runtime.shipped_teacher_adapter()
     if shipped is None:
-        raise InputError(f"mode(s) {', '.join(needing)} answer with the text adapter (a LoRA trained to answer "
-                         "from text), but none was given and no shipped teacher was found: pass --text-adapter "
-                         "FILE, or train one with `lloco train-teacher`")
+        raise InputError(
+            f"mode(s) {', '.join(needing)} answer with the text adapter (a LoRA trained to answer "
+            "from text), but none was given and no shipped teacher was found: pass --text-adapter "
+            "FILE, or train one with `lloco train-teacher`"
+        )
     return Path(shipped)
 
 
@@ -163,20 +185,27 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def summarise(dataset: str, mode: str, metric: str, rows: list[dict[str, Any]],
-              settings: dict[str, Any]) -> dict[str, Any]:
+def summarise(
+    dataset: str, mode: str, metric: str, rows: list[dict[str, Any]], settings: dict[str, Any]
+) -> dict[str, Any]:
     """The report of one mode: means over ``rows`` (None where the metric does not apply)."""
     rouge = None
     if metric == "rouge":
         rouge = {k: _mean([r["rouge"][k] for r in rows]) for k in ("rouge1", "rouge2", "rougeL")}
     return {
-        "dataset": dataset, "mode": mode, "n": len(rows), "metric": metric,
-        "f1": _mean([r["f1"] for r in rows]), "em": _mean([r["em"] for r in rows]),
-        "accuracy": _mean([r["correct"] for r in rows]), "rouge": rouge,
+        "dataset": dataset,
+        "mode": mode,
+        "n": len(rows),
+        "metric": metric,
+        "f1": _mean([r["f1"] for r in rows]),
+        "em": _mean([r["em"] for r in rows]),
+        "accuracy": _mean([r["correct"] for r in rows]),
+        "rouge": rouge,
         "context_tokens_mean": _mean([r["context_tokens"] for r in rows]),
         "latency_s_mean": _mean([r["latency_s"] for r in rows]),
         "prefill_s_mean": _mean([r["prefill_s"] for r in rows]),
-        "settings": settings, "per_question": rows,
+        "settings": settings,
+        "per_question": rows,
     }
 
 
@@ -200,8 +229,16 @@ class Harness:
     here, so a fingerprint mismatch is refused before anything runs.
     """
 
-    def __init__(self, lloco, dataset: Dataset, settings: EvalSettings, store=None, *,
-                 text_adapter: str | Path | None = None, adapter_file: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        lloco,
+        dataset: Dataset,
+        settings: EvalSettings,
+        store=None,
+        *,
+        text_adapter: str | Path | None = None,
+        adapter_file: str | Path | None = None,
+    ) -> None:
         self.lloco = lloco
         self.dataset = dataset
         self.settings = settings
@@ -216,10 +253,16 @@ class Harness:
         self._doc_ids: dict[str, list[int]] = {}
         self._doc_sheets: dict[str, list[torch.Tensor]] = {}
         self.ingest_report = None
-        self.text_adapter = None if text_adapter is None else self._register_file(
-            TEXT_ADAPTER_ID, text_adapter, "--text-adapter", text_only=True)
-        self.adapter_file = None if adapter_file is None else self._register_file(
-            READER_ADAPTER_ID, adapter_file, "--adapter-file", text_only=False)
+        self.text_adapter = (
+            None
+            if text_adapter is None
+            else self._register_file(TEXT_ADAPTER_ID, text_adapter, "--text-adapter", text_only=True)
+        )
+        self.adapter_file = (
+            None
+            if adapter_file is None
+            else self._register_file(READER_ADAPTER_ID, adapter_file, "--adapter-file", text_only=False)
+        )
 
     def _register_file(self, adapter_id: str, path: str | Path, flag: str, *, text_only: bool) -> Path:
         """Register an adapter file on the runtime as ``adapter_id`` (AdapterManager checks fingerprints)."""
@@ -249,8 +292,13 @@ class Harness:
         if self.store is None:
             raise InputError("this mode needs a store (retrieval or cheat sheets); open a CheatSheetStore")
         docs = self.dataset.documents_for(self.questions if self.settings.only_needed_docs else None)
-        self.ingest_report = self.store.ingest(docs, group=self.settings.group, collection=self.settings.collection,
-                                               encoder=self.lloco.encoder, progress=progress)
+        self.ingest_report = self.store.ingest(
+            docs,
+            group=self.settings.group,
+            collection=self.settings.collection,
+            encoder=self.lloco.encoder,
+            progress=progress,
+        )
         log.info("ingest: %s", self.ingest_report.summary())
         return self.ingest_report
 
@@ -263,30 +311,44 @@ class Harness:
         if mode in TEXT_ADAPTER_MODES:
             return self.text_adapter is not None
         if mode in SHEET_ADAPTER_MODES:
-            return (self.adapter_file is not None or self.active_adapter() is not None
-                    or self.lloco.reader_id is not None)
+            return (
+                self.adapter_file is not None
+                or self.active_adapter() is not None
+                or self.lloco.reader_id is not None
+            )
         return True
 
     def adapter_for(self, mode: str) -> tuple[int | str | None, dict[str, Any] | None]:
         """(id passed to the runtime, description for the report) of the adapter ``mode`` answers with."""
         if mode in TEXT_ADAPTER_MODES:
             if self.text_adapter is None:
-                raise InputError(f"mode {mode!r} answers with the text adapter, but none was given: pass "
-                                 "--text-adapter FILE, or train one with `lloco train-teacher`")
+                raise InputError(
+                    f"mode {mode!r} answers with the text adapter, but none was given: pass "
+                    "--text-adapter FILE, or train one with `lloco train-teacher`"
+                )
             return TEXT_ADAPTER_ID, {"source": "file", "id": TEXT_ADAPTER_ID, "path": str(self.text_adapter)}
         if mode not in SHEET_ADAPTER_MODES:
             return None, None
         if self.adapter_file is not None:
-            return READER_ADAPTER_ID, {"source": "file", "id": READER_ADAPTER_ID, "path": str(self.adapter_file)}
+            return READER_ADAPTER_ID, {
+                "source": "file",
+                "id": READER_ADAPTER_ID,
+                "path": str(self.adapter_file),
+            }
         adapter_id = self.active_adapter()
         if adapter_id is None and self.lloco.reader_id is not None:
             return self.lloco.reader_id, {"source": "encoder", "id": self.lloco.reader_id, "path": None}
         if adapter_id is None:
-            plain = {"lloco-adapter": "lloco", "lloco-doc-adapter": "lloco-doc",
-                     "lloco-adapter-control": "lloco-control"}.get(mode)
-            raise InputError(f"group {self.settings.collection}/{self.settings.group} has no active adapter; "
-                             f"train one with `lloco finetune --group {self.settings.group}`, pass --adapter-file "
-                             "FILE" + (f", or use mode {plain!r}" if plain else ""))
+            plain = {
+                "lloco-adapter": "lloco",
+                "lloco-doc-adapter": "lloco-doc",
+                "lloco-adapter-control": "lloco-control",
+            }.get(mode)
+            raise InputError(
+                f"group {self.settings.collection}/{self.settings.group} has no active adapter; "
+                f"train one with `lloco finetune --group {self.settings.group}`, pass --adapter-file "
+                "FILE" + (f", or use mode {plain!r}" if plain else "")
+            )
         return adapter_id, {"source": "group", "id": adapter_id, "path": None}
 
     # -- context ------------------------------------------------------------------------------------------
@@ -302,8 +364,10 @@ class Harness:
         if self.settings.max_context_tokens is not None:
             room = min(room, self.settings.max_context_tokens)
         if room < 1:
-            raise InputError(f"no room for context: the decoder's window is {self.lloco.host.context_window} "
-                             f"tokens and the prompt takes {template} plus {self.max_new_tokens} new tokens")
+            raise InputError(
+                f"no room for context: the decoder's window is {self.lloco.host.context_window} "
+                f"tokens and the prompt takes {template} plus {self.max_new_tokens} new tokens"
+            )
         return room
 
     def _doc_token_ids(self, doc_id: str) -> list[int]:
@@ -324,19 +388,21 @@ class Harness:
             text = self.lloco.host.tokenizer.decode(ids[:keep])
         return text, {"truncated": True, "context_fraction": keep / len(ids)}
 
-    def doc_sheets(self, q: Question, qtext: str,
-                   doc_id: str | None = None) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    def doc_sheets(
+        self, q: Question, qtext: str, doc_id: str | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """The document's own cheat sheets in order (``doc_id``'s if given), head-truncated to the window."""
         doc_id = q.doc_id if doc_id is None else doc_id
         if doc_id not in self._doc_sheets:
             chunks = self.store.list_chunks(self.settings.group, self.settings.collection, doc_ids=[doc_id])
             if not chunks:
-                raise InputError(f"document {doc_id!r} has no chunks in group {self.settings.group!r}; "
-                                 "was it ingested?")
+                raise InputError(
+                    f"document {doc_id!r} has no chunks in group {self.settings.group!r}; was it ingested?"
+                )
             ids = [c.chunk_id for c in sorted(chunks, key=lambda c: c.ordinal)]
             sheets: list[torch.Tensor] = []
             for i in range(0, len(ids), 500):
-                sheets.extend(self.service.cheat_sheets(ids[i:i + 500]))
+                sheets.extend(self.service.cheat_sheets(ids[i : i + 500]))
             self._doc_sheets[doc_id] = sheets
         sheets = self._doc_sheets[doc_id]
         room, kept, used = self.budget(qtext), [], 0
@@ -369,12 +435,19 @@ class Harness:
                 other = self.control_question(q)
                 query, info["control_qid"] = other.question, other.qid
             t0 = time.perf_counter()
-            res = self.service.retrieve(query, group=self.settings.group, collection=self.settings.collection,
-                                        top_k=self.settings.top_k, mode=self.settings.retrieval,
-                                        load_cheat_sheets=mode not in RAG_TEXT_MODES)
+            res = self.service.retrieve(
+                query,
+                group=self.settings.group,
+                collection=self.settings.collection,
+                top_k=self.settings.top_k,
+                mode=self.settings.retrieval,
+                load_cheat_sheets=mode not in RAG_TEXT_MODES,
+            )
             info["retrieval_s"] = time.perf_counter() - t0
             if not res.chunks:
-                raise InputError(f"group {self.settings.group!r} returned no chunks; ingest the documents first")
+                raise InputError(
+                    f"group {self.settings.group!r} returned no chunks; ingest the documents first"
+                )
             ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
             info["chunk_ids"] = [c.chunk_id for c in ordered]
             info["gold_doc_retrieved"] = any(c.doc_id == q.doc_id for c in ordered)
@@ -397,13 +470,24 @@ class Harness:
         if mode in ADAPTER_MODES:
             adapter = None if adapter_id is None else str(adapter_id)
         # adapters are explicit here (adapter_for): modes without one run the plain decoder, not the reader
-        result = self.lloco.answer(qtext, context, adapter_id=adapter, use_reader=False,
-                                   max_new_tokens=self.max_new_tokens)
+        result = self.lloco.answer(
+            qtext, context, adapter_id=adapter, use_reader=False, max_new_tokens=self.max_new_tokens
+        )
         latency = time.perf_counter() - start
-        return {"qid": q.qid, "doc_id": q.doc_id, "question": q.question, "prediction": result.text.strip(),
-                "answers": list(q.answers), "gold_label": q.gold_label, "context_tokens": n_ctx,
-                "prompt_tokens": result.prompt_tokens, "prefill_s": result.prefill_s,
-                "generate_s": result.total_s, "latency_s": latency, **info}
+        return {
+            "qid": q.qid,
+            "doc_id": q.doc_id,
+            "question": q.question,
+            "prediction": result.text.strip(),
+            "answers": list(q.answers),
+            "gold_label": q.gold_label,
+            "context_tokens": n_ctx,
+            "prompt_tokens": result.prompt_tokens,
+            "prefill_s": result.prefill_s,
+            "generate_s": result.total_s,
+            "latency_s": latency,
+            **info,
+        }
 
     def control_question(self, q: Question) -> Question:
         """The next selected question (cyclically) about a different document: whose retrieval is the
@@ -424,8 +508,11 @@ class Harness:
             raise InputError(f"mode {mode!r} needs a store (retrieval / cheat sheets)")
         adapter_id, adapter_info = self.adapter_for(mode)
         if mode in CONTROL_MODES and len({q.doc_id for q in self.questions}) < 2:
-            log.warning("%s: the selected questions are about one document, so the control reads the "
-                        "question's own document", mode)
+            log.warning(
+                "%s: the selected questions are about one document, so the control reads the "
+                "question's own document",
+                mode,
+            )
         rows = []
         for i, q in enumerate(self.questions):
             row = self.answer(q, mode, adapter_id)
@@ -434,11 +521,17 @@ class Harness:
             if progress:
                 progress(i + 1, len(self.questions))
         settings = asdict(self.settings) | {
-            "max_new_tokens": self.max_new_tokens, "adapter_id": adapter_id, "adapter": adapter_info,
-            "context_window": self.lloco.host.context_window, "model": self.lloco.host.name,
+            "max_new_tokens": self.max_new_tokens,
+            "adapter_id": adapter_id,
+            "adapter": adapter_info,
+            "context_window": self.lloco.host.context_window,
+            "model": self.lloco.host.name,
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
-            "truncation": ("head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
-                           if mode in FULL_MODES | DOC_MODES else None),
+            "truncation": (
+                "head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
+                if mode in FULL_MODES | DOC_MODES
+                else None
+            ),
             "retrieval_scope": "group" if mode in RETRIEVAL_MODES else None,
         }
         return summarise(self.dataset.name, mode, self.dataset.metric, rows, settings)
@@ -454,7 +547,12 @@ def _pct(v: float | None) -> str:
 def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
     """One row per mode: n, the set's metric(s), mean context tokens, mean latency (scores in %)."""
     metric = reports[0]["metric"] if reports else "qa"
-    head = {"qa": "F1 | EM", "contains": "accuracy | F1", "choice": "accuracy", "rouge": "ROUGE-1 | ROUGE-2 | ROUGE-L"}
+    head = {
+        "qa": "F1 | EM",
+        "contains": "accuracy | F1",
+        "choice": "accuracy",
+        "rouge": "ROUGE-1 | ROUGE-2 | ROUGE-L",
+    }
     lines = [f"| mode | n | {head[metric]} | context tokens (mean) | latency s (mean) |"]
     cols = head[metric].count("|") + 1
     lines.append("|" + "---|" * (4 + cols))
@@ -469,8 +567,10 @@ def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None
             rg = r["rouge"] or {}
             vals = [_pct(rg.get("rouge1")), _pct(rg.get("rouge2")), _pct(rg.get("rougeL"))]
         ctx = r["context_tokens_mean"]
-        lines.append(f"| {r['mode']} | {r['n']} | {' | '.join(vals)} | {0 if ctx is None else ctx:.0f} | "
-                     f"{r['latency_s_mean'] or 0:.2f} |")
+        lines.append(
+            f"| {r['mode']} | {r['n']} | {' | '.join(vals)} | {0 if ctx is None else ctx:.0f} | "
+            f"{r['latency_s_mean'] or 0:.2f} |"
+        )
     for mode, why in (skipped or {}).items():
         lines.append(f"| {mode} (skipped: {why}) | 0 | {' | '.join(['-'] * cols)} | - | - |")
     return "\n".join(lines)

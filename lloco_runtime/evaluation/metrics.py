@@ -62,8 +62,9 @@ def contains_answer(prediction: str, golds: Sequence[str]) -> float:
 
 # -- multiple choice ----------------------------------------------------------------------------------------
 
-_MARKER = re.compile(r"\b(?:answer|option|choice)\s*(?:is|:|=|-)?\s*(?:option\s*)?[\(\[]?([A-Za-z])\b[\)\]]?",
-                     re.IGNORECASE)
+_MARKER = re.compile(
+    r"\b(?:answer|option|choice)\s*(?:is|:|=|-)?\s*(?:option\s*)?[\(\[]?([A-Za-z])\b[\)\]]?", re.IGNORECASE
+)
 _ALONE = re.compile(r"^[\(\[]?([A-Za-z])[\)\]]?[.:]?$")
 _LEAD = re.compile(r"^[\(\[]([A-Za-z])[\)\]]|^([A-Za-z])[\).:\]]")
 _LEAD_WORD = re.compile(r"^([A-Z])(?:\s+(\S+)|$)")
@@ -153,7 +154,7 @@ def _f(overlap: float, n_pred: int, n_ref: int) -> float:
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def rouge_n(prediction: str, reference: str, n: int) -> float:
@@ -182,6 +183,8 @@ def rouge_l(prediction: str, reference: str) -> float:
 def rouge(prediction: str, references: Sequence[str]) -> dict[str, float]:
     """``{"rouge1", "rouge2", "rougeL"}`` F-measures, each the max over ``references``."""
     refs = list(references) or [""]
-    return {"rouge1": max(rouge_n(prediction, r, 1) for r in refs),
-            "rouge2": max(rouge_n(prediction, r, 2) for r in refs),
-            "rougeL": max(rouge_l(prediction, r) for r in refs)}
+    return {
+        "rouge1": max(rouge_n(prediction, r, 1) for r in refs),
+        "rouge2": max(rouge_n(prediction, r, 2) for r in refs),
+        "rougeL": max(rouge_l(prediction, r) for r in refs),
+    }

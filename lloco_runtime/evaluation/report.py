@@ -64,8 +64,9 @@ def question_scores(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_ci(
+    values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean (None for fewer than two values)."""
     n = len(values)
     if n < 2:
@@ -102,9 +103,13 @@ def summary_rows(reports: list[dict[str, Any]], baseline: str | None = None) -> 
         scores = question_scores(r)
         vals = list(scores.values())
         row: dict[str, Any] = {
-            "dataset": r.get("dataset"), "mode": r["mode"], "n": len(vals),
-            "score": sum(vals) / len(vals) if vals else None, "ci95": bootstrap_ci(vals),
-            "context_tokens_mean": r.get("context_tokens_mean"), "latency_s_mean": r.get("latency_s_mean"),
+            "dataset": r.get("dataset"),
+            "mode": r["mode"],
+            "n": len(vals),
+            "score": sum(vals) / len(vals) if vals else None,
+            "ci95": bootstrap_ci(vals),
+            "context_tokens_mean": r.get("context_tokens_mean"),
+            "latency_s_mean": r.get("latency_s_mean"),
             "delta": None,
         }
         base = by_mode.get((r.get("dataset"), baseline)) if baseline else None
@@ -120,8 +125,10 @@ def markdown(reports: list[dict[str, Any]], baseline: str | None = None) -> str:
     metric = reports[0].get("metric", "qa")
     name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(metric, "score")
     delta_head = f" | vs {baseline} (paired)" if baseline else ""
-    lines = [f"| set | mode | n | {name} [95% CI]{delta_head} | context tokens (mean) | latency s (mean) |",
-             "|---|---|---:|---:|" + ("---:|" if baseline else "") + "---:|---:|"]
+    lines = [
+        f"| set | mode | n | {name} [95% CI]{delta_head} | context tokens (mean) | latency s (mean) |",
+        "|---|---|---:|---:|" + ("---:|" if baseline else "") + "---:|---:|",
+    ]
     for r in rows:
         delta = ""
         if baseline:
@@ -129,8 +136,10 @@ def markdown(reports: list[dict[str, Any]], baseline: str | None = None) -> str:
             delta = " | " + ("-" if d is None else f"{100 * d['delta']:+.1f}{_ci(d['ci95'])}")
         ctx = r["context_tokens_mean"]
         lat = r["latency_s_mean"]
-        lines.append(f"| {r['dataset']} | {r['mode']} | {r['n']} | {_pct(r['score'])}{_ci(r['ci95'])}{delta} | "
-                     f"{'-' if ctx is None else f'{ctx:.0f}'} | {'-' if lat is None else f'{lat:.2f}'} |")
+        lines.append(
+            f"| {r['dataset']} | {r['mode']} | {r['n']} | {_pct(r['score'])}{_ci(r['ci95'])}{delta} | "
+            f"{'-' if ctx is None else f'{ctx:.0f}'} | {'-' if lat is None else f'{lat:.2f}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -147,14 +156,22 @@ def parse_u_modes(spec: str | Sequence[str] | None) -> tuple[str, str, str, str]
         return U_MODES
     modes = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec)]
     if len(modes) != 4 or not all(modes):
-        raise InputError("--u-modes takes four comma-separated modes, right,wrong,text,none (default "
-                         f"{','.join(U_MODES)})")
+        raise InputError(
+            f"--u-modes takes four comma-separated modes, right,wrong,text,none (default {','.join(U_MODES)})"
+        )
     return modes[0], modes[1], modes[2], modes[3]
 
 
-def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Mapping[str, float],
-                none: Mapping[str, float], *, resamples: int = 2000, seed: int = 0,
-                level: float = 0.95) -> dict[str, Any]:
+def utilisation(
+    right: Mapping[str, float],
+    wrong: Mapping[str, float],
+    text: Mapping[str, float],
+    none: Mapping[str, float],
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """U = (right - wrong) / (text - none) over the questions in all four ``qid -> score`` maps.
 
     Returns the four means, ``reading`` (right - wrong) and ``text_gain`` (text - none) with their paired
@@ -165,9 +182,19 @@ def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Ma
     """
     common = sorted(set(right) & set(wrong) & set(text) & set(none))
     n = len(common)
-    out: dict[str, Any] = {"n": n, **{role: None for role in U_ROLES}, "reading": None, "reading_ci95": None,
-                           "text_gain": None, "text_gain_ci95": None, "u": None, "u_ci95": None,
-                           "u_undefined_resamples": None, "undefined": None, "u_ci_undefined": None}
+    out: dict[str, Any] = {
+        "n": n,
+        **{role: None for role in U_ROLES},
+        "reading": None,
+        "reading_ci95": None,
+        "text_gain": None,
+        "text_gain_ci95": None,
+        "u": None,
+        "u_ci95": None,
+        "u_undefined_resamples": None,
+        "undefined": None,
+        "u_ci_undefined": None,
+    }
     if not n:
         out["undefined"] = "no question was answered in all four modes"
         return out
@@ -180,9 +207,11 @@ def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Ma
     out["reading"], out["reading_ci95"] = means[0] - means[1], bootstrap_ci(reading, **kw)
     out["text_gain"], out["text_gain_ci95"] = means[2] - means[3], bootstrap_ci(gain, **kw)
     if out["text_gain"] <= 0:
-        out["undefined"] = (f"the text does not beat no context on these questions (text {100 * means[2]:.1f} - "
-                            f"none {100 * means[3]:.1f} = {100 * out['text_gain']:+.1f} <= 0), so there is "
-                            "nothing for the cheat sheets to recover")
+        out["undefined"] = (
+            f"the text does not beat no context on these questions (text {100 * means[2]:.1f} - "
+            f"none {100 * means[3]:.1f} = {100 * out['text_gain']:+.1f} <= 0), so there is "
+            "nothing for the cheat sheets to recover"
+        )
         return out
     out["u"] = out["reading"] / out["text_gain"]
     if n < 2:
@@ -197,8 +226,10 @@ def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Ma
             us.append(sum(reading[i] for i in idx) / den)
     out["u_undefined_resamples"] = resamples - len(us)
     if resamples - len(us) > (1 - level) / 2 * resamples:
-        out["u_ci_undefined"] = (f"text - none <= 0 in {resamples - len(us)} of {resamples} resamples: the "
-                                 "denominator is too uncertain for an interval (more questions needed)")
+        out["u_ci_undefined"] = (
+            f"text - none <= 0 in {resamples - len(us)} of {resamples} resamples: the "
+            "denominator is too uncertain for an interval (more questions needed)"
+        )
         return out
     us.sort()
     m = len(us)
@@ -206,16 +237,20 @@ def utilisation(right: Mapping[str, float], wrong: Mapping[str, float], text: Ma
     return out
 
 
-def utilisation_rows(reports: list[dict[str, Any]], modes: Sequence[str] = U_MODES,
-                     **kw: Any) -> list[dict[str, Any]]:
+def utilisation_rows(
+    reports: list[dict[str, Any]], modes: Sequence[str] = U_MODES, **kw: Any
+) -> list[dict[str, Any]]:
     """U per dataset of ``reports`` (``modes`` = right, wrong, text, none). A dataset without a run of one of
     the modes gets ``missing``; InputError if no dataset has all four."""
     modes = parse_u_modes(modes)
     rows = []
     for dataset in dict.fromkeys(r.get("dataset") for r in reports):
         by_mode = {r["mode"]: r for r in reports if r.get("dataset") == dataset}
-        row: dict[str, Any] = {"dataset": dataset, "modes": dict(zip(U_ROLES, modes, strict=True)),
-                               "metric": next(iter(by_mode.values())).get("metric", "qa")}
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "modes": dict(zip(U_ROLES, modes, strict=True)),
+            "metric": next(iter(by_mode.values())).get("metric", "qa"),
+        }
         missing = [m for m in dict.fromkeys(modes) if m not in by_mode]
         if missing:
             row["missing"] = missing
@@ -224,9 +259,11 @@ def utilisation_rows(reports: list[dict[str, Any]], modes: Sequence[str] = U_MOD
         rows.append(row)
     if all("missing" in r for r in rows):
         lacking = sorted({m for r in rows for m in r["missing"]})
-        raise InputError(f"U needs runs of the modes {', '.join(modes)} (right, wrong, text, none); missing: "
-                         f"{', '.join(lacking)}. Run them with `lloco eval DATASET --compare {','.join(modes)} "
-                         "--json PATH` (see `lloco eval --help` for the adapters they need)")
+        raise InputError(
+            f"U needs runs of the modes {', '.join(modes)} (right, wrong, text, none); missing: "
+            f"{', '.join(lacking)}. Run them with `lloco eval DATASET --compare {','.join(modes)} "
+            "--json PATH` (see `lloco eval --help` for the adapters they need)"
+        )
     return rows
 
 
@@ -239,13 +276,17 @@ def _num(v: float | None, ci: tuple[float, float] | None = None, *, signed: bool
 def utilisation_markdown(rows: list[dict[str, Any]]) -> str:
     """A table of U per dataset and one plain line each saying what U is (or why it is undefined)."""
     modes = rows[0]["modes"]
-    name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(rows[0]["metric"],
-                                                                                              "score")
-    lines = [f"Reading utilisation U = ({name} right - {name} wrong) / ({name} text - {name} none); "
-             + ", ".join(f"{role} = {mode}" for role, mode in modes.items())
-             + "; over the questions all four answered, paired bootstrap 95% intervals.", "",
-             "| set | n | right | wrong | text | none | right - wrong [95% CI] | text - none [95% CI] | U [95% CI] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(
+        rows[0]["metric"], "score"
+    )
+    lines = [
+        f"Reading utilisation U = ({name} right - {name} wrong) / ({name} text - {name} none); "
+        + ", ".join(f"{role} = {mode}" for role, mode in modes.items())
+        + "; over the questions all four answered, paired bootstrap 95% intervals.",
+        "",
+        "| set | n | right | wrong | text | none | right - wrong [95% CI] | text - none [95% CI] | U [95% CI] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     notes = []
     for r in rows:
         if "missing" in r:
@@ -254,13 +295,18 @@ def utilisation_markdown(rows: list[dict[str, Any]]) -> str:
         u = "undefined" if r["u"] is None else f"{r['u']:.2f}"
         if r["u_ci95"] is not None:
             u += f" [{r['u_ci95'][0]:.2f}, {r['u_ci95'][1]:.2f}]"
-        lines.append(f"| {r['dataset']} | {r['n']} | {_num(r['right'])} | {_num(r['wrong'])} | {_num(r['text'])} | "
-                     f"{_num(r['none'])} | {_num(r['reading'], r['reading_ci95'], signed=True)} | "
-                     f"{_num(r['text_gain'], r['text_gain_ci95'], signed=True)} | {u} |")
+        lines.append(
+            f"| {r['dataset']} | {r['n']} | {_num(r['right'])} | {_num(r['wrong'])} | {_num(r['text'])} | "
+            f"{_num(r['none'])} | {_num(r['reading'], r['reading_ci95'], signed=True)} | "
+            f"{_num(r['text_gain'], r['text_gain_ci95'], signed=True)} | {u} |"
+        )
         if r["u"] is None:
             notes.append(f"{r['dataset']}: U is undefined: {r['undefined']}")
         else:
-            ci = (f"95% CI [{r['u_ci95'][0]:.2f}, {r['u_ci95'][1]:.2f}]" if r["u_ci95"] is not None
-                  else f"no interval: {r['u_ci_undefined']}")
+            ci = (
+                f"95% CI [{r['u_ci95'][0]:.2f}, {r['u_ci95'][1]:.2f}]"
+                if r["u_ci95"] is not None
+                else f"no interval: {r['u_ci_undefined']}"
+            )
             notes.append(f"{r['dataset']}: U = {r['u']:.2f} ({ci}) over {r['n']} questions")
     return "\n".join(lines + [""] + notes)

@@ -20,7 +20,9 @@ def collection_id(conn: Connection, t: Tables, name: str, *, create: bool = Fals
     """The id of collection ``name``; created when ``create`` (idempotent under concurrency)."""
     validate_name(name, "collection")
     if create:
-        conn.execute(pg_insert(t.collections).values(name=name).on_conflict_do_nothing(index_elements=["name"]))
+        conn.execute(
+            pg_insert(t.collections).values(name=name).on_conflict_do_nothing(index_elements=["name"])
+        )
     found = conn.execute(select(t.collections.c.id).where(t.collections.c.name == name)).scalar_one_or_none()
     if found is None:
         raise NotFoundError(
@@ -30,18 +32,31 @@ def collection_id(conn: Connection, t: Tables, name: str, *, create: bool = Fals
     return int(found)
 
 
-def group_row(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION, *,
-              create: bool = False, lock: bool = False):
+def group_row(
+    conn: Connection,
+    t: Tables,
+    group: str,
+    collection: str = DEFAULT_COLLECTION,
+    *,
+    create: bool = False,
+    lock: bool = False,
+):
     """The row ``(id, active_adapter_id)`` of ``collection/group``; created when ``create``."""
     validate_name(group, "group")
     validate_name(collection, "collection")
     if create:
         cid = collection_id(conn, t, collection, create=True)
-        conn.execute(pg_insert(t.groups).values(collection_id=cid, name=group)
-                     .on_conflict_do_nothing(index_elements=["collection_id", "name"]))
+        conn.execute(
+            pg_insert(t.groups)
+            .values(collection_id=cid, name=group)
+            .on_conflict_do_nothing(index_elements=["collection_id", "name"])
+        )
     g, c = t.groups, t.collections
-    stmt = (select(g.c.id, g.c.active_adapter_id).select_from(g.join(c, g.c.collection_id == c.c.id))
-            .where(g.c.name == group, c.c.name == collection))
+    stmt = (
+        select(g.c.id, g.c.active_adapter_id)
+        .select_from(g.join(c, g.c.collection_id == c.c.id))
+        .where(g.c.name == group, c.c.name == collection)
+    )
     if lock:
         stmt = stmt.with_for_update(of=g)
     row = conn.execute(stmt).one_or_none()
@@ -55,20 +70,29 @@ def group_row(conn: Connection, t: Tables, group: str, collection: str = DEFAULT
 
 def list_collections(conn: Connection, t: Tables) -> list[CollectionInfo]:
     c, g = t.collections, t.groups
-    stmt = (select(c.c.id, c.c.name, func.count(g.c.id), c.c.created_at)
-            .select_from(c.outerjoin(g, g.c.collection_id == c.c.id))
-            .group_by(c.c.id).order_by(c.c.name))
+    stmt = (
+        select(c.c.id, c.c.name, func.count(g.c.id), c.c.created_at)
+        .select_from(c.outerjoin(g, g.c.collection_id == c.c.id))
+        .group_by(c.c.id)
+        .order_by(c.c.name)
+    )
     return [CollectionInfo(int(r[0]), r[1], int(r[2]), r[3]) for r in conn.execute(stmt)]
 
 
-def list_groups(conn: Connection, t: Tables, collection: str | None = None, *,
-                name: str | None = None) -> list[GroupInfo]:
+def list_groups(
+    conn: Connection, t: Tables, collection: str | None = None, *, name: str | None = None
+) -> list[GroupInfo]:
     """Groups (of one collection, or all), with document and chunk counts; only ``name`` if given."""
     g, c, d = t.groups, t.collections, t.documents
     n_docs = (select(func.count()).select_from(d).where(d.c.group_id == g.c.id)).scalar_subquery()
-    n_chunks = (select(func.coalesce(func.sum(d.c.n_chunks), 0)).where(d.c.group_id == g.c.id)).scalar_subquery()
-    stmt = (select(g.c.id, g.c.name, c.c.name, g.c.active_adapter_id, n_docs, n_chunks, g.c.created_at)
-            .select_from(g.join(c, g.c.collection_id == c.c.id)).order_by(c.c.name, g.c.name))
+    n_chunks = (
+        select(func.coalesce(func.sum(d.c.n_chunks), 0)).where(d.c.group_id == g.c.id)
+    ).scalar_subquery()
+    stmt = (
+        select(g.c.id, g.c.name, c.c.name, g.c.active_adapter_id, n_docs, n_chunks, g.c.created_at)
+        .select_from(g.join(c, g.c.collection_id == c.c.id))
+        .order_by(c.c.name, g.c.name)
+    )
     if collection is not None:
         stmt = stmt.where(c.c.name == validate_name(collection, "collection"))
     if name is not None:
@@ -80,19 +104,31 @@ def list_groups(conn: Connection, t: Tables, collection: str | None = None, *,
     sheets = group_fingerprints(conn, t, ids)
     a = t.adapters
     adapters: dict[int, dict[int, str]] = {}
-    for gid, aid, fp in conn.execute(select(a.c.group_id, a.c.id, a.c.encoder_fingerprint)
-                                     .where(a.c.group_id.in_(ids))):
+    for gid, aid, fp in conn.execute(
+        select(a.c.group_id, a.c.id, a.c.encoder_fingerprint).where(a.c.group_id.in_(ids))
+    ):
         adapters.setdefault(int(gid), {})[int(aid)] = fp
     out = []
     for r in rows:
         gid, active = int(r[0]), r[3]
         fps, stored = sheets.get(gid, {}), adapters.get(gid, {})
         active_fp = stored.get(int(active)) if active is not None else None
-        out.append(GroupInfo(gid, r[1], r[2], active, int(r[4]), int(r[5]), r[6], encoder_fingerprints=fps,
-                             adapter_encoder_fingerprint=active_fp,
-                             adapter_stale=active is not None and is_stale(active_fp, fps),
-                             n_adapters=len(stored),
-                             n_stale_adapters=sum(1 for fp in stored.values() if is_stale(fp, fps))))
+        out.append(
+            GroupInfo(
+                gid,
+                r[1],
+                r[2],
+                active,
+                int(r[4]),
+                int(r[5]),
+                r[6],
+                encoder_fingerprints=fps,
+                adapter_encoder_fingerprint=active_fp,
+                adapter_stale=active is not None and is_stale(active_fp, fps),
+                n_adapters=len(stored),
+                n_stale_adapters=sum(1 for fp in stored.values() if is_stale(fp, fps)),
+            )
+        )
     return out
 
 
@@ -101,9 +137,11 @@ def group_fingerprints(conn: Connection, t: Tables, group_ids: list[int]) -> dic
     sheets are left out). A document's fingerprint changes with its sheets in one transaction (ingest and
     recompress both), so the documents table answers without reading the sheets."""
     d = t.documents
-    stmt = (select(d.c.group_id, d.c.encoder_fingerprint, func.coalesce(func.sum(d.c.n_chunks), 0))
-            .where(d.c.group_id.in_(group_ids), d.c.encoder_fingerprint.is_not(None))
-            .group_by(d.c.group_id, d.c.encoder_fingerprint))
+    stmt = (
+        select(d.c.group_id, d.c.encoder_fingerprint, func.coalesce(func.sum(d.c.n_chunks), 0))
+        .where(d.c.group_id.in_(group_ids), d.c.encoder_fingerprint.is_not(None))
+        .group_by(d.c.group_id, d.c.encoder_fingerprint)
+    )
     out: dict[int, dict[str, int]] = {}
     for gid, fp, n in conn.execute(stmt):
         out.setdefault(int(gid), {})[fp] = int(n)
@@ -124,35 +162,59 @@ def get_group(conn: Connection, t: Tables, group: str, collection: str = DEFAULT
     return found[0]
 
 
-def list_documents(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION, *,
-                   limit: int = 1000, offset: int = 0) -> list[DocumentInfo]:
+def list_documents(
+    conn: Connection,
+    t: Tables,
+    group: str,
+    collection: str = DEFAULT_COLLECTION,
+    *,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[DocumentInfo]:
     gid = int(group_row(conn, t, group, collection).id)
     d = t.documents
-    stmt = (select(d).where(d.c.group_id == gid).order_by(d.c.doc_id)
-            .limit(max(1, min(int(limit), 100_000))).offset(max(0, int(offset))))
+    stmt = (
+        select(d)
+        .where(d.c.group_id == gid)
+        .order_by(d.c.doc_id)
+        .limit(max(1, min(int(limit), 100_000)))
+        .offset(max(0, int(offset)))
+    )
     return [_document_info(r, group, collection) for r in conn.execute(stmt)]
 
 
-def get_document(conn: Connection, t: Tables, doc_id: str, group: str,
-                 collection: str = DEFAULT_COLLECTION) -> DocumentInfo:
+def get_document(
+    conn: Connection, t: Tables, doc_id: str, group: str, collection: str = DEFAULT_COLLECTION
+) -> DocumentInfo:
     gid = int(group_row(conn, t, group, collection).id)
     d = t.documents
-    row = conn.execute(select(d).where(d.c.group_id == gid,
-                                       d.c.doc_id == validate_doc_id(doc_id))).one_or_none()
+    row = conn.execute(
+        select(d).where(d.c.group_id == gid, d.c.doc_id == validate_doc_id(doc_id))
+    ).one_or_none()
     if row is None:
         raise NotFoundError(f"document {doc_id!r} is not in {collection}/{group}; see `lloco docs list`")
     return _document_info(row, group, collection)
 
 
 def _document_info(r, group: str, collection: str) -> DocumentInfo:
-    return DocumentInfo(id=int(r.id), doc_id=r.doc_id, group=group, collection=collection, sha256=r.sha256,
-                        encoder_fingerprint=r.encoder_fingerprint, metadata=dict(r.meta),
-                        n_chunks=int(r.n_chunks), n_tokens=int(r.n_tokens), n_chars=int(r.n_chars),
-                        updated_at=r.updated_at)
+    return DocumentInfo(
+        id=int(r.id),
+        doc_id=r.doc_id,
+        group=group,
+        collection=collection,
+        sha256=r.sha256,
+        encoder_fingerprint=r.encoder_fingerprint,
+        metadata=dict(r.meta),
+        n_chunks=int(r.n_chunks),
+        n_tokens=int(r.n_tokens),
+        n_chars=int(r.n_chars),
+        updated_at=r.updated_at,
+    )
 
 
-def delete_document(conn: Connection, t: Tables, doc_id: str, group: str,
-                    collection: str = DEFAULT_COLLECTION) -> None:
+def delete_document(
+    conn: Connection, t: Tables, doc_id: str, group: str, collection: str = DEFAULT_COLLECTION
+) -> None:
     """Delete one document with its chunks and cheat sheets."""
     gid = int(group_row(conn, t, group, collection).id)
     d = t.documents

@@ -27,10 +27,19 @@ def _ids(values: Sequence[int], what: str) -> list[int]:
         raise InputError(f"{what} must be integers (chunk ids), got {list(values)[:5]!r}") from None
 
 
-def list_chunks(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION, *,
-                doc_ids: Sequence[str] | None = None, chunk_ids: Sequence[int] | None = None,
-                where: Filter | None = None, with_embeddings: bool = False, limit: int = MAX_LIST,
-                offset: int = 0) -> list[ChunkInfo]:
+def list_chunks(
+    conn: Connection,
+    t: Tables,
+    group: str,
+    collection: str = DEFAULT_COLLECTION,
+    *,
+    doc_ids: Sequence[str] | None = None,
+    chunk_ids: Sequence[int] | None = None,
+    where: Filter | None = None,
+    with_embeddings: bool = False,
+    limit: int = MAX_LIST,
+    offset: int = 0,
+) -> list[ChunkInfo]:
     """Chunks of one group (optionally of some documents / chunk ids / matching a filter), ordered by
     ``(doc_id, ordinal)``; at most ``limit`` (capped at 100,000) from ``offset``."""
     gid = int(group_row(conn, t, group, collection).id)
@@ -46,21 +55,42 @@ def list_chunks(conn: Connection, t: Tables, group: str, collection: str = DEFAU
     cond = compile_filter(where, c.c.meta)
     if cond is not None:
         stmt = stmt.where(cond)
-    stmt = (stmt.order_by(d.c.doc_id, c.c.ordinal)
-            .limit(max(1, min(int(limit), MAX_LIST))).offset(max(0, int(offset))))
+    stmt = (
+        stmt.order_by(d.c.doc_id, c.c.ordinal)
+        .limit(max(1, min(int(limit), MAX_LIST)))
+        .offset(max(0, int(offset)))
+    )
     out = []
     for r in conn.execute(stmt):
         emb = None
         if with_embeddings and r.embedding is not None:
             v = r.embedding
             emb = [float(x) for x in (v.to_list() if hasattr(v, "to_list") else v)]
-        out.append(ChunkInfo(int(r.id), r.doc_id, int(r.ordinal), r.text, int(r.n_tokens), r.char_start,
-                             r.char_end, dict(r.meta), emb))
+        out.append(
+            ChunkInfo(
+                int(r.id),
+                r.doc_id,
+                int(r.ordinal),
+                r.text,
+                int(r.n_tokens),
+                r.char_start,
+                r.char_end,
+                dict(r.meta),
+                emb,
+            )
+        )
     return out
 
 
-def delete_chunks(conn: Connection, t: Tables, group: str, collection: str = DEFAULT_COLLECTION, *,
-                  chunk_ids: Sequence[int] | None = None, where: Filter | None = None) -> int:
+def delete_chunks(
+    conn: Connection,
+    t: Tables,
+    group: str,
+    collection: str = DEFAULT_COLLECTION,
+    *,
+    chunk_ids: Sequence[int] | None = None,
+    where: Filter | None = None,
+) -> int:
     """Delete chunks (with their cheat sheets) of one group by id and/or filter; returns how many.
 
     Documents left without chunks are deleted; the others get their chunk/token counts updated and their
@@ -78,13 +108,17 @@ def delete_chunks(conn: Connection, t: Tables, group: str, collection: str = DEF
         stmt = stmt.where(cond)
     touched = conn.execute(stmt.returning(c.c.document_id)).scalars().all()
     for doc_pk in sorted(set(touched)):
-        n, toks = conn.execute(select(func.count(), func.coalesce(func.sum(c.c.n_tokens), 0))
-                               .where(c.c.document_id == doc_pk)).one()
+        n, toks = conn.execute(
+            select(func.count(), func.coalesce(func.sum(c.c.n_tokens), 0)).where(c.c.document_id == doc_pk)
+        ).one()
         if n == 0:
             conn.execute(delete(d).where(d.c.id == doc_pk))
         else:
-            conn.execute(update(d).where(d.c.id == doc_pk).values(n_chunks=int(n), n_tokens=int(toks),
-                                                                  sha256=CLEARED_SHA256))
+            conn.execute(
+                update(d)
+                .where(d.c.id == doc_pk)
+                .values(n_chunks=int(n), n_tokens=int(toks), sha256=CLEARED_SHA256)
+            )
     return len(touched)
 
 

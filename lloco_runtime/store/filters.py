@@ -50,8 +50,16 @@ class FilterOp(str, Enum):
     TEXT_MATCH = "text_match"
 
 
-_OP_ALIASES = {"eq": FilterOp.EQ, "=": FilterOp.EQ, "ne": FilterOp.NE, "gt": FilterOp.GT, "gte": FilterOp.GTE,
-               "lt": FilterOp.LT, "lte": FilterOp.LTE, "not_in": FilterOp.NIN}
+_OP_ALIASES = {
+    "eq": FilterOp.EQ,
+    "=": FilterOp.EQ,
+    "ne": FilterOp.NE,
+    "gt": FilterOp.GT,
+    "gte": FilterOp.GTE,
+    "lt": FilterOp.LT,
+    "lte": FilterOp.LTE,
+    "not_in": FilterOp.NIN,
+}
 
 
 def _parse_op(op: object) -> FilterOp:
@@ -94,7 +102,9 @@ class FilterGroup:
             raise InputError("FilterGroup.filters must be a list of MetadataFilter or FilterGroup")
         for f in self.filters:
             if not isinstance(f, (MetadataFilter, FilterGroup)):
-                raise InputError(f"filter entries must be MetadataFilter or FilterGroup, got {type(f).__name__}")
+                raise InputError(
+                    f"filter entries must be MetadataFilter or FilterGroup, got {type(f).__name__}"
+                )
         if not self.filters:
             raise InputError("a filter group needs at least one filter")
         object.__setattr__(self, "filters", tuple(self.filters))
@@ -123,8 +133,9 @@ def _is_text(v: str) -> bool:
 def _check_value(op: FilterOp, value: object, key: str) -> None:
     where = f"filter on {key!r} ({op.value})"
     if isinstance(value, str) and not _is_text(value):
-        raise InputError(f"{where}: string values must be valid Unicode, at most {MAX_STRING} characters, "
-                         "without NUL")
+        raise InputError(
+            f"{where}: string values must be valid Unicode, at most {MAX_STRING} characters, without NUL"
+        )
     if op in (FilterOp.IN, FilterOp.NIN):
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
             raise InputError(f"{where}: value must be a list of strings or numbers")
@@ -159,8 +170,12 @@ def _compile_one(f: MetadataFilter, column: ColumnElement) -> ColumnElement[bool
     if op in (FilterOp.GT, FilterOp.GTE, FilterOp.LT, FilterOp.LTE):
         # jsonb orders mixed types by type; guarding on jsonb_typeof keeps comparisons within one type.
         want = "string" if isinstance(v, str) else "number"
-        cmp = {FilterOp.GT: x > _jsonb(v), FilterOp.GTE: x >= _jsonb(v),
-               FilterOp.LT: x < _jsonb(v), FilterOp.LTE: x <= _jsonb(v)}[op]  # type: ignore[index]
+        cmp = {
+            FilterOp.GT: x > _jsonb(v),
+            FilterOp.GTE: x >= _jsonb(v),
+            FilterOp.LT: x < _jsonb(v),
+            FilterOp.LTE: x <= _jsonb(v),
+        }[op]  # type: ignore[index]
         return and_(kind == want, cmp)
     if op is FilterOp.IN:
         return or_(*[x == _jsonb(item) for item in v])

@@ -47,8 +47,9 @@ class EncoderLike(Protocol):
 
     def split(self, text: str) -> list[Any]: ...
 
-    def compress_chunks(self, chunks: list[Any], *, batch_size: int = 8,
-                        progress: bool = False) -> list[torch.Tensor]: ...
+    def compress_chunks(
+        self, chunks: list[Any], *, batch_size: int = 8, progress: bool = False
+    ) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -71,8 +72,9 @@ def storage_tensor(t: torch.Tensor, sheet_dtype: str | None) -> torch.Tensor:
     return t.to(getattr(torch, sheet_dtype))
 
 
-def prepare(doc: DocumentInput, encoder: EncoderLike, embedder: Embedder, *, compress: bool,
-            batch_size: int) -> PreparedDocument:
+def prepare(
+    doc: DocumentInput, encoder: EncoderLike, embedder: Embedder, *, compress: bool, batch_size: int
+) -> PreparedDocument:
     """Split, embed and compress one document (no database access)."""
     chunks = split_document(doc.source, doc.text, encoder)
     vectors = embed_chunks(chunks, embedder)
@@ -97,7 +99,9 @@ def embed_chunks(chunks: Sequence[Any], embedder: Embedder) -> np.ndarray:
     return as_matrix(embedder.embed([c.text for c in chunks]), len(chunks), embedder.dim, embedder.name)
 
 
-def compress_document(source: str, chunks: list[Any], encoder: EncoderLike, *, batch_size: int) -> list[torch.Tensor]:
+def compress_document(
+    source: str, chunks: list[Any], encoder: EncoderLike, *, batch_size: int
+) -> list[torch.Tensor]:
     """One checked cheat sheet per chunk of one document (see :func:`check_sheets`)."""
     sheets = list(encoder.compress_chunks(chunks, batch_size=batch_size, progress=False))
     check_sheets(source, sheets, len(chunks), encoder.hidden_size)
@@ -110,8 +114,10 @@ def check_sheets(source: str, sheets: list[Any], n_chunks: int, hidden_size: int
         raise CheatSheetError(f"{source}: encoder returned {len(sheets)} cheat sheets for {n_chunks} chunks")
     for i, s in enumerate(sheets):
         if not isinstance(s, torch.Tensor) or s.ndim != 2 or s.shape[-1] != hidden_size:
-            raise CheatSheetError(f"{source}: cheat sheet {i} has shape "
-                                  f"{tuple(getattr(s, 'shape', ()))}, expected [n, {hidden_size}]")
+            raise CheatSheetError(
+                f"{source}: cheat sheet {i} has shape "
+                f"{tuple(getattr(s, 'shape', ()))}, expected [n, {hidden_size}]"
+            )
         if not torch.isfinite(s).all():
             raise CheatSheetError(f"{source}: cheat sheet {i} holds NaN or infinite values")
 
@@ -119,8 +125,9 @@ def check_sheets(source: str, sheets: list[Any], n_chunks: int, hidden_size: int
 def existing_state(conn: Connection, t: Tables, group_id: int, doc_id: str) -> tuple[str, str | None] | None:
     """``(sha256, encoder_fingerprint)`` of a stored document, or None."""
     d = t.documents
-    row = conn.execute(select(d.c.sha256, d.c.encoder_fingerprint)
-                       .where(d.c.group_id == group_id, d.c.doc_id == doc_id)).one_or_none()
+    row = conn.execute(
+        select(d.c.sha256, d.c.encoder_fingerprint).where(d.c.group_id == group_id, d.c.doc_id == doc_id)
+    ).one_or_none()
     return None if row is None else (row[0], row[1])
 
 
@@ -129,8 +136,9 @@ def is_unchanged(state: tuple[str, str | None] | None, doc: DocumentInput, finge
     return state is not None and state[0] == doc.sha256 and state[1] == fingerprint
 
 
-def write_document(engine: Engine, t: Tables, group: str, collection: str, prep: PreparedDocument, *,
-                   sheet_dtype: str | None) -> DocumentOutcome:
+def write_document(
+    engine: Engine, t: Tables, group: str, collection: str, prep: PreparedDocument, *, sheet_dtype: str | None
+) -> DocumentOutcome:
     """Replace ``prep.doc`` in the group inside ONE transaction (delete old rows, insert new ones)."""
     doc = prep.doc
     d = t.documents
@@ -138,62 +146,117 @@ def write_document(engine: Engine, t: Tables, group: str, collection: str, prep:
         # Lock the group row: concurrent writers of one group take turns, so two ingests of the same new
         # document cannot both insert it (the loser then sees it and reports "unchanged").
         gid = int(group_row(conn, t, group, collection, lock=True).id)
-        old = conn.execute(select(d.c.id, d.c.sha256, d.c.encoder_fingerprint)
-                           .where(d.c.group_id == gid, d.c.doc_id == doc.doc_id).with_for_update()).one_or_none()
+        old = conn.execute(
+            select(d.c.id, d.c.sha256, d.c.encoder_fingerprint)
+            .where(d.c.group_id == gid, d.c.doc_id == doc.doc_id)
+            .with_for_update()
+        ).one_or_none()
         if old is not None and old.sha256 == doc.sha256 and old.encoder_fingerprint == prep.fingerprint:
             return DocumentOutcome(doc.doc_id, "unchanged", 0)  # a concurrent ingest got here first
         if old is not None:
             conn.execute(delete(d).where(d.c.id == old.id))
-        doc_pk = conn.execute(insert(d).values(
-            group_id=gid, doc_id=doc.doc_id, sha256=doc.sha256, encoder_fingerprint=prep.fingerprint,
-            meta=doc.metadata, n_chunks=len(prep.chunks),
-            n_tokens=sum(len(ch.token_ids) for ch in prep.chunks), n_chars=len(doc.text),
-        ).returning(d.c.id)).scalar_one()
-        chunk_ids = insert_chunks(conn, t, doc_pk, gid, prep.chunks, prep.embeddings, prep.sheets, prep.fingerprint,
-                                  doc.metadata, sheet_dtype=sheet_dtype)
-    return DocumentOutcome(doc.doc_id, "replaced" if old is not None else "added", len(prep.chunks),
-                           tuple(chunk_ids))
+        doc_pk = conn.execute(
+            insert(d)
+            .values(
+                group_id=gid,
+                doc_id=doc.doc_id,
+                sha256=doc.sha256,
+                encoder_fingerprint=prep.fingerprint,
+                meta=doc.metadata,
+                n_chunks=len(prep.chunks),
+                n_tokens=sum(len(ch.token_ids) for ch in prep.chunks),
+                n_chars=len(doc.text),
+            )
+            .returning(d.c.id)
+        ).scalar_one()
+        chunk_ids = insert_chunks(
+            conn,
+            t,
+            doc_pk,
+            gid,
+            prep.chunks,
+            prep.embeddings,
+            prep.sheets,
+            prep.fingerprint,
+            doc.metadata,
+            sheet_dtype=sheet_dtype,
+        )
+    return DocumentOutcome(
+        doc.doc_id, "replaced" if old is not None else "added", len(prep.chunks), tuple(chunk_ids)
+    )
 
 
-def sheet_rows(chunk_ids: Sequence[int], sheets: Sequence[torch.Tensor], fingerprint: str | None, *,
-               sheet_dtype: str | None) -> list[dict[str, Any]]:
+def sheet_rows(
+    chunk_ids: Sequence[int],
+    sheets: Sequence[torch.Tensor],
+    fingerprint: str | None,
+    *,
+    sheet_dtype: str | None,
+) -> list[dict[str, Any]]:
     """``cheat_sheets`` rows for ``sheets`` (cast for storage, encoded as codec bytes)."""
     rows = []
     for chunk_pk, tensor in zip(chunk_ids, sheets, strict=True):
         stored = storage_tensor(tensor, sheet_dtype)
         blob = encode_tensor(stored)
-        rows.append({"chunk_id": int(chunk_pk), "encoder_fingerprint": fingerprint,
-                     "dtype": dtype_name(stored.dtype), "shape": list(stored.shape), "n_bytes": len(blob),
-                     "data": blob})
+        rows.append(
+            {
+                "chunk_id": int(chunk_pk),
+                "encoder_fingerprint": fingerprint,
+                "dtype": dtype_name(stored.dtype),
+                "shape": list(stored.shape),
+                "n_bytes": len(blob),
+                "data": blob,
+            }
+        )
     return rows
 
 
-def insert_chunks(conn: Connection, t: Tables, doc_pk: int, gid: int, chunks: Sequence[Any], embeddings: np.ndarray,
-                  sheets: Sequence[torch.Tensor] | None, fingerprint: str | None, metadata: dict[str, Any], *,
-                  sheet_dtype: str | None, char_offset: int | None = 0) -> list[int]:
+def insert_chunks(
+    conn: Connection,
+    t: Tables,
+    doc_pk: int,
+    gid: int,
+    chunks: Sequence[Any],
+    embeddings: np.ndarray,
+    sheets: Sequence[torch.Tensor] | None,
+    fingerprint: str | None,
+    metadata: dict[str, Any],
+    *,
+    sheet_dtype: str | None,
+    char_offset: int | None = 0,
+) -> list[int]:
     """Insert a document's chunks (and their cheat sheets, if any) in the caller's transaction; their ids.
 
     ``char_offset`` shifts the chunks' character spans (None: spans unknown, stored as NULL)."""
     c = t.chunks
     chunk_ids: list[int] = []
     for start in range(0, len(chunks), INSERT_BATCH):
-        part = chunks[start:start + INSERT_BATCH]
+        part = chunks[start : start + INSERT_BATCH]
         rows = []
         for i, ch in enumerate(part):
             c0, c1 = getattr(ch, "char_start", None), getattr(ch, "char_end", None)
             if char_offset is None:
                 c0 = c1 = None
-            rows.append({
-                "document_id": doc_pk, "group_id": gid, "ordinal": int(ch.ordinal), "text": ch.text,
-                "n_tokens": len(ch.token_ids), "char_start": None if c0 is None else c0 + char_offset,
-                "char_end": None if c1 is None else c1 + char_offset, "meta": metadata,
-                "embedding": embeddings[start + i],
-            })
+            rows.append(
+                {
+                    "document_id": doc_pk,
+                    "group_id": gid,
+                    "ordinal": int(ch.ordinal),
+                    "text": ch.text,
+                    "n_tokens": len(ch.token_ids),
+                    "char_start": None if c0 is None else c0 + char_offset,
+                    "char_end": None if c1 is None else c1 + char_offset,
+                    "meta": metadata,
+                    "embedding": embeddings[start + i],
+                }
+            )
         ids = conn.execute(insert(c).returning(c.c.id, sort_by_parameter_order=True), rows).scalars().all()
         chunk_ids.extend(int(i) for i in ids)
         if sheets is not None:
-            conn.execute(insert(t.cheat_sheets), sheet_rows(ids, sheets[start:start + INSERT_BATCH], fingerprint,
-                                                            sheet_dtype=sheet_dtype))
+            conn.execute(
+                insert(t.cheat_sheets),
+                sheet_rows(ids, sheets[start : start + INSERT_BATCH], fingerprint, sheet_dtype=sheet_dtype),
+            )
     return chunk_ids
 
 
@@ -246,18 +309,24 @@ class RecompressPlan:
     embeddings: np.ndarray | None = None
 
 
-def pending_documents(conn: Connection, t: Tables, gid: int, fingerprint: str, *,
-                      doc_id: str | None = None) -> list[PendingDocument]:
+def pending_documents(
+    conn: Connection, t: Tables, gid: int, fingerprint: str, *, doc_id: str | None = None
+) -> list[PendingDocument]:
     """Documents of group ``gid`` with a chunk lacking a cheat sheet of ``fingerprint``, by doc_id."""
     d, c, cs = t.documents, t.chunks, t.cheat_sheets
     has_new = exists().where(cs.c.chunk_id == c.c.id, cs.c.encoder_fingerprint == fingerprint)
     lacking = exists().where(c.c.document_id == d.c.id, ~has_new)
-    stmt = (select(d.c.id, d.c.doc_id, d.c.sha256, d.c.meta, d.c.n_chunks)
-            .where(d.c.group_id == gid, or_(lacking, d.c.encoder_fingerprint.is_distinct_from(fingerprint)))
-            .order_by(d.c.doc_id))
+    stmt = (
+        select(d.c.id, d.c.doc_id, d.c.sha256, d.c.meta, d.c.n_chunks)
+        .where(d.c.group_id == gid, or_(lacking, d.c.encoder_fingerprint.is_distinct_from(fingerprint)))
+        .order_by(d.c.doc_id)
+    )
     if doc_id is not None:
         stmt = stmt.where(d.c.doc_id == doc_id)
-    return [PendingDocument(int(r.id), r.doc_id, r.sha256, dict(r.meta), int(r.n_chunks)) for r in conn.execute(stmt)]
+    return [
+        PendingDocument(int(r.id), r.doc_id, r.sha256, dict(r.meta), int(r.n_chunks))
+        for r in conn.execute(stmt)
+    ]
 
 
 def count_documents(conn: Connection, t: Tables, gid: int) -> int:
@@ -267,9 +336,15 @@ def count_documents(conn: Connection, t: Tables, gid: int) -> int:
 
 def stored_chunks(conn: Connection, t: Tables, doc_pk: int) -> list[StoredChunk]:
     c = t.chunks
-    rows = conn.execute(select(c.c.id, c.c.ordinal, c.c.text, c.c.n_tokens, c.c.char_start, c.c.char_end)
-                        .where(c.c.document_id == doc_pk).order_by(c.c.ordinal))
-    return [StoredChunk(int(r.id), int(r.ordinal), r.text, int(r.n_tokens), r.char_start, r.char_end) for r in rows]
+    rows = conn.execute(
+        select(c.c.id, c.c.ordinal, c.c.text, c.c.n_tokens, c.c.char_start, c.c.char_end)
+        .where(c.c.document_id == doc_pk)
+        .order_by(c.c.ordinal)
+    )
+    return [
+        StoredChunk(int(r.id), int(r.ordinal), r.text, int(r.n_tokens), r.char_start, r.char_end)
+        for r in rows
+    ]
 
 
 def span_offset(stored: list[StoredChunk]) -> int | None:
@@ -290,7 +365,9 @@ def _split_or_none(encoder: EncoderLike, text: str) -> list[Any] | None:
         return None
 
 
-def plan_tokens(encoder: EncoderLike, stored: list[StoredChunk]) -> tuple[list[tuple[int, ...]] | None, list[Any]]:
+def plan_tokens(
+    encoder: EncoderLike, stored: list[StoredChunk]
+) -> tuple[list[tuple[int, ...]] | None, list[Any]]:
     """``(token ids per stored chunk, [])`` when the stored boundaries fit the encoder, else ``(None, new
     chunks of the document's stored text)``.
 
@@ -311,13 +388,21 @@ def plan_tokens(encoder: EncoderLike, stored: list[StoredChunk]) -> tuple[list[t
     else:
         return ids, []
     if not whole:
-        raise InputError("the stored text of this document gives the encoder no chunks; delete the document "
-                         "(`lloco delete --doc`) or ingest it again")
+        raise InputError(
+            "the stored text of this document gives the encoder no chunks; delete the document "
+            "(`lloco delete --doc`) or ingest it again"
+        )
     return None, whole
 
 
-def prepare_recompress(doc: PendingDocument, stored: list[StoredChunk], encoder: EncoderLike,
-                       embedder: Embedder, *, batch_size: int) -> RecompressPlan:
+def prepare_recompress(
+    doc: PendingDocument,
+    stored: list[StoredChunk],
+    encoder: EncoderLike,
+    embedder: Embedder,
+    *,
+    batch_size: int,
+) -> RecompressPlan:
     """Re-encode one stored document's chunks (no database access)."""
     source = f"document {doc.doc_id!r}"
     try:
@@ -334,8 +419,9 @@ def prepare_recompress(doc: PendingDocument, stored: list[StoredChunk], encoder:
     return RecompressPlan(doc, stored, sheets, chunks=chunks, embeddings=vectors)
 
 
-def write_recompressed(engine: Engine, t: Tables, plan: RecompressPlan, fingerprint: str, *,
-                       sheet_dtype: str | None) -> RecompressOutcome:
+def write_recompressed(
+    engine: Engine, t: Tables, plan: RecompressPlan, fingerprint: str, *, sheet_dtype: str | None
+) -> RecompressOutcome:
     """Replace one document's cheat sheets (or, re-split, its chunks) inside ONE transaction.
 
     The document row is locked, and nothing is written if it changed since ``plan`` was read (a concurrent
@@ -344,8 +430,9 @@ def write_recompressed(engine: Engine, t: Tables, plan: RecompressPlan, fingerpr
     d, c, cs = t.documents, t.chunks, t.cheat_sheets
     doc = plan.doc
     with engine.begin() as conn:
-        row = conn.execute(select(d.c.id, d.c.group_id, d.c.sha256).where(d.c.id == doc.id)
-                           .with_for_update()).one_or_none()
+        row = conn.execute(
+            select(d.c.id, d.c.group_id, d.c.sha256).where(d.c.id == doc.id).with_for_update()
+        ).one_or_none()
         now = [ch.id for ch in stored_chunks(conn, t, doc.id)] if row is not None else []
         if row is None or row.sha256 != doc.sha256 or now != [ch.id for ch in plan.stored]:
             return RecompressOutcome(doc.doc_id, "changed", 0)
@@ -354,21 +441,45 @@ def write_recompressed(engine: Engine, t: Tables, plan: RecompressPlan, fingerpr
             conn.execute(delete(cs).where(cs.c.chunk_id.in_(ids)))
             rows = sheet_rows(ids, plan.sheets, fingerprint, sheet_dtype=sheet_dtype)
             for start in range(0, len(rows), INSERT_BATCH):
-                conn.execute(insert(cs), rows[start:start + INSERT_BATCH])
+                conn.execute(insert(cs), rows[start : start + INSERT_BATCH])
             for ch, toks in zip(plan.stored, plan.token_ids, strict=True):
                 if ch.n_tokens != len(toks):  # another tokenizer: keep the raw-token counts true
                     conn.execute(update(c).where(c.c.id == ch.id).values(n_tokens=len(toks)))
-            conn.execute(update(d).where(d.c.id == doc.id).values(
-                encoder_fingerprint=fingerprint, n_tokens=sum(len(x) for x in plan.token_ids),
-                updated_at=func.now()))
+            conn.execute(
+                update(d)
+                .where(d.c.id == doc.id)
+                .values(
+                    encoder_fingerprint=fingerprint,
+                    n_tokens=sum(len(x) for x in plan.token_ids),
+                    updated_at=func.now(),
+                )
+            )
             return RecompressOutcome(doc.doc_id, "recompressed", len(ids))
         assert plan.chunks is not None and plan.embeddings is not None
         conn.execute(delete(c).where(c.c.document_id == doc.id))  # their cheat sheets cascade
-        insert_chunks(conn, t, doc.id, int(row.group_id), plan.chunks, plan.embeddings, plan.sheets, fingerprint,
-                      doc.metadata, sheet_dtype=sheet_dtype, char_offset=span_offset(plan.stored))
-        conn.execute(update(d).where(d.c.id == doc.id).values(
-            encoder_fingerprint=fingerprint, n_chunks=len(plan.chunks),
-            n_tokens=sum(len(ch.token_ids) for ch in plan.chunks), updated_at=func.now()))
+        insert_chunks(
+            conn,
+            t,
+            doc.id,
+            int(row.group_id),
+            plan.chunks,
+            plan.embeddings,
+            plan.sheets,
+            fingerprint,
+            doc.metadata,
+            sheet_dtype=sheet_dtype,
+            char_offset=span_offset(plan.stored),
+        )
+        conn.execute(
+            update(d)
+            .where(d.c.id == doc.id)
+            .values(
+                encoder_fingerprint=fingerprint,
+                n_chunks=len(plan.chunks),
+                n_tokens=sum(len(ch.token_ids) for ch in plan.chunks),
+                updated_at=func.now(),
+            )
+        )
         return RecompressOutcome(doc.doc_id, "resplit", len(plan.chunks))
 
 
@@ -384,7 +495,9 @@ class AdapterState:
     activated: int | None
 
 
-def settle_adapters(conn: Connection, t: Tables, gid: int, fingerprint: str, *, deactivate_stale: bool) -> AdapterState:
+def settle_adapters(
+    conn: Connection, t: Tables, gid: int, fingerprint: str, *, deactivate_stale: bool
+) -> AdapterState:
     """Report the group's stale adapters; once every document has the new encoder's sheets, take a stale
     active adapter off (``deactivate_stale``): the runtime refuses an adapter trained for another encoder,
     so answers would fail with it. The newest stored adapter trained for the new encoder (a group switched
@@ -393,8 +506,9 @@ def settle_adapters(conn: Connection, t: Tables, gid: int, fingerprint: str, *, 
     active = conn.execute(select(g.c.active_adapter_id).where(g.c.id == gid).with_for_update()).scalar_one()
     complete = not pending_documents(conn, t, gid, fingerprint)
     fps = group_fingerprints(conn, t, [gid]).get(gid, {})
-    adapters = conn.execute(select(a.c.id, a.c.version, a.c.encoder_fingerprint).where(a.c.group_id == gid)
-                            .order_by(a.c.version)).all()
+    adapters = conn.execute(
+        select(a.c.id, a.c.version, a.c.encoder_fingerprint).where(a.c.group_id == gid).order_by(a.c.version)
+    ).all()
     stale = [int(r.id) for r in adapters if is_stale(r.encoder_fingerprint, fps)]
     fresh = [int(r.id) for r in adapters if r.encoder_fingerprint == fingerprint]
     deactivated = activated = None
@@ -403,4 +517,6 @@ def settle_adapters(conn: Connection, t: Tables, gid: int, fingerprint: str, *, 
         activated = fresh[-1] if fresh else None
         conn.execute(update(g).where(g.c.id == gid).values(active_adapter_id=activated))
         active = activated
-    return AdapterState(complete, None if active is None else int(active), stale, fresh, deactivated, activated)
+    return AdapterState(
+        complete, None if active is None else int(active), stale, fresh, deactivated, activated
+    )

@@ -43,8 +43,10 @@ def max_document_bytes() -> int:
 
 
 def _too_large(source: str, n_bytes: int, limit: int) -> InputError:
-    return InputError(f"{source}: {n_bytes / 2**20:.1f} MiB is over the limit of {limit / 2**20:.1f} MiB per "
-                      f"document; split it into smaller documents, or raise {MAX_DOCUMENT_ENV}")
+    return InputError(
+        f"{source}: {n_bytes / 2**20:.1f} MiB is over the limit of {limit / 2**20:.1f} MiB per "
+        f"document; split it into smaller documents, or raise {MAX_DOCUMENT_ENV}"
+    )
 
 
 def check_size(text: str, source: str) -> None:
@@ -64,8 +66,10 @@ def check_unicode(value: str, source: str, what: str = "text") -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"{source}: {what} holds an unpaired surrogate (\\u{ord(value[exc.start]):04x}) at "
-                         f"position {exc.start}; it is not valid Unicode text, fix the source data") from None
+        raise InputError(
+            f"{source}: {what} holds an unpaired surrogate (\\u{ord(value[exc.start]):04x}) at "
+            f"position {exc.start}; it is not valid Unicode text, fix the source data"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,9 @@ def _decode(path: Path, *, limit: int | None = None) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: is not valid UTF-8 (byte {exc.start}); convert it to UTF-8 first") from None
+        raise InputError(
+            f"{path}: is not valid UTF-8 (byte {exc.start}); convert it to UTF-8 first"
+        ) from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:

@@ -52,7 +52,9 @@ def validate_doc_id(doc_id: object, source: str = "document") -> str:
     if any(ord(ch) < 32 for ch in value):
         raise InputError(f"{source}: doc_id {value[:40]!r} contains control characters")
     if not _is_utf8(value):
-        raise InputError(f"{source}: doc_id {value[:40]!r} holds an unpaired surrogate; it is not valid Unicode")
+        raise InputError(
+            f"{source}: doc_id {value[:40]!r} holds an unpaired surrogate; it is not valid Unicode"
+        )
     return value
 
 
@@ -89,8 +91,10 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
         if "\x00" in value:
             raise InputError(f"{where}: metadata strings cannot contain NUL characters")
         if not _is_utf8(value):
-            raise InputError(f"{where}: metadata string {value[:40]!r} holds an unpaired surrogate; it is not "
-                             "valid Unicode")
+            raise InputError(
+                f"{where}: metadata string {value[:40]!r} holds an unpaired surrogate; it is not "
+                "valid Unicode"
+            )
         return
     if isinstance(value, (list, tuple)):
         for item in value:
@@ -99,8 +103,9 @@ def check_json_value(value: Any, where: str, depth: int = 0) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str) or "\x00" in k or not _is_utf8(k):
-                raise InputError(f"{where}: metadata keys must be strings without NUL characters or unpaired "
-                                 "surrogates")
+                raise InputError(
+                    f"{where}: metadata keys must be strings without NUL characters or unpaired surrogates"
+                )
             check_json_value(v, where, depth + 1)
         return
     raise InputError(f"{where}: metadata value of type {type(value).__name__} is not JSON")

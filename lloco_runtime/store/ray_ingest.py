@@ -64,8 +64,10 @@ def import_ray():
         import ray
         import ray.data
     except ImportError as exc:
-        raise ConfigError(f"`lloco ingest --ray` needs Ray Data, which is not installed ({exc.name or exc}); "
-                          f"install it with {INSTALL_HINT}") from None
+        raise ConfigError(
+            f"`lloco ingest --ray` needs Ray Data, which is not installed ({exc.name or exc}); "
+            f"install it with {INSTALL_HINT}"
+        ) from None
     return ray
 
 
@@ -82,11 +84,19 @@ class RuntimeSpec:
     dtype: str | None = None
 
     @classmethod
-    def of(cls, model: str | os.PathLike | None = None, encoder: str | os.PathLike | None = None,
-           device: str | None = None, dtype: str | None = None, *, check_paths: bool = True) -> RuntimeSpec:
+    def of(
+        cls,
+        model: str | os.PathLike | None = None,
+        encoder: str | os.PathLike | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        *,
+        check_paths: bool = True,
+    ) -> RuntimeSpec:
         """Local paths made absolute (workers do not share the driver's working directory). ``check_paths``:
         refuse a path that does not exist here (a local Ray's workers read the same files); off for a remote
         cluster, whose nodes may hold files the driver does not."""
+
         def absolute(p: str | os.PathLike | None, what: str) -> str | None:
             if p is None or str(p) == "default":
                 return None if p is None else str(p)
@@ -94,8 +104,10 @@ class RuntimeSpec:
             if path.exists():
                 return str(path.resolve())
             if check_paths:
-                raise ModelLoadError(f"{what} path {str(p)!r} does not exist; pass a local folder (with a remote "
-                                     "Ray cluster, a path that exists on its nodes)")
+                raise ModelLoadError(
+                    f"{what} path {str(p)!r} does not exist; pass a local folder (with a remote "
+                    "Ray cluster, a path that exists on its nodes)"
+                )
             return str(p)
 
         return cls(absolute(model, "model"), absolute(encoder, "encoder"), device, dtype)
@@ -124,16 +136,23 @@ def embedder_factory(embedder: Embedder) -> Callable[[], Embedder]:
     Ray's own serialisation), and one that cannot be is refused with a ConfigError.
     """
     if type(embedder) is MiniLMEmbedder:
-        return functools.partial(MiniLMEmbedder, embedder.model_dir, batch_size=embedder.batch_size,
-                                 max_length=embedder.max_length, device=embedder.device)
+        return functools.partial(
+            MiniLMEmbedder,
+            embedder.model_dir,
+            batch_size=embedder.batch_size,
+            max_length=embedder.max_length,
+            device=embedder.device,
+        )
     from ray import cloudpickle
 
     try:
         cloudpickle.dumps(embedder)
     except Exception as exc:  # noqa: BLE001 - any serialisation failure means the same thing
-        raise ConfigError(f"the store's retrieval embedder {getattr(embedder, 'name', embedder)!r} cannot be sent "
-                          f"to Ray workers ({type(exc).__name__}: {exc}); pass embedder_factory=, a function "
-                          "that builds the same embedder inside a worker") from None
+        raise ConfigError(
+            f"the store's retrieval embedder {getattr(embedder, 'name', embedder)!r} cannot be sent "
+            f"to Ray workers ({type(exc).__name__}: {exc}); pass embedder_factory=, a function "
+            "that builds the same embedder inside a worker"
+        ) from None
     return functools.partial(_same, embedder)
 
 
@@ -170,15 +189,28 @@ def _vectors_from_bytes(blob: bytes) -> np.ndarray:
 
 
 def _chunks_to_json(chunks: Sequence[Any]) -> str:
-    return json.dumps([[int(c.ordinal), c.text, [int(i) for i in c.token_ids], getattr(c, "char_start", None),
-                        getattr(c, "char_end", None)] for c in chunks], ensure_ascii=False)
+    return json.dumps(
+        [
+            [
+                int(c.ordinal),
+                c.text,
+                [int(i) for i in c.token_ids],
+                getattr(c, "char_start", None),
+                getattr(c, "char_end", None),
+            ]
+            for c in chunks
+        ],
+        ensure_ascii=False,
+    )
 
 
 def _chunks_from_json(raw: str) -> list[Any]:
     from ..encoder import Chunk
 
-    return [Chunk(ordinal=o, text=t, token_ids=tuple(ids), char_start=a, char_end=b)
-            for o, t, ids, a, b in json.loads(raw)]
+    return [
+        Chunk(ordinal=o, text=t, token_ids=tuple(ids), char_start=a, char_end=b)
+        for o, t, ids, a, b in json.loads(raw)
+    ]
 
 
 class CompressDocuments:
@@ -194,10 +226,20 @@ class CompressDocuments:
     def __call__(self, batch):
         import pyarrow as pa
 
-        cols: dict[str, list] = {"idx": [], "chunks": [], "sheets": [], "fingerprint": [], "error_type": [],
-                                 "error": []}
-        for idx, text, source in zip(batch.column("idx").to_pylist(), batch.column("text").to_pylist(),
-                                     batch.column("source").to_pylist(), strict=True):
+        cols: dict[str, list] = {
+            "idx": [],
+            "chunks": [],
+            "sheets": [],
+            "fingerprint": [],
+            "error_type": [],
+            "error": [],
+        }
+        for idx, text, source in zip(
+            batch.column("idx").to_pylist(),
+            batch.column("text").to_pylist(),
+            batch.column("source").to_pylist(),
+            strict=True,
+        ):
             chunks_json, blob, etype, err = None, None, None, None
             try:
                 chunks = split_document(source, text, self.encoder)
@@ -211,11 +253,16 @@ class CompressDocuments:
             cols["fingerprint"].append(self.encoder.fingerprint)
             cols["error_type"].append(etype)
             cols["error"].append(err)
-        return pa.table({"idx": pa.array(cols["idx"], pa.int64()), "chunks": pa.array(cols["chunks"], pa.string()),
-                         "sheets": pa.array(cols["sheets"], pa.binary()),
-                         "fingerprint": pa.array(cols["fingerprint"], pa.string()),
-                         "error_type": pa.array(cols["error_type"], pa.string()),
-                         "error": pa.array(cols["error"], pa.string())})
+        return pa.table(
+            {
+                "idx": pa.array(cols["idx"], pa.int64()),
+                "chunks": pa.array(cols["chunks"], pa.string()),
+                "sheets": pa.array(cols["sheets"], pa.binary()),
+                "fingerprint": pa.array(cols["fingerprint"], pa.string()),
+                "error_type": pa.array(cols["error_type"], pa.string()),
+                "error": pa.array(cols["error"], pa.string()),
+            }
+        )
 
 
 class EmbedChunks:
@@ -239,10 +286,12 @@ class EmbedChunks:
                 except LLoCOError as exc:
                     etypes[i], errs[i] = _error_fields(exc)
             out.append(blob)
-        return (batch.drop_columns(["error_type", "error"])
-                .append_column("embeddings", pa.array(out, pa.binary()))
-                .append_column("error_type", pa.array(etypes, pa.string()))
-                .append_column("error", pa.array(errs, pa.string())))
+        return (
+            batch.drop_columns(["error_type", "error"])
+            .append_column("embeddings", pa.array(out, pa.binary()))
+            .append_column("error_type", pa.array(etypes, pa.string()))
+            .append_column("error", pa.array(errs, pa.string()))
+        )
 
 
 def _probe_fingerprint(spec: RuntimeSpec) -> str:
@@ -276,8 +325,10 @@ def worker_failure(exc: BaseException) -> LLoCOError:
         detail = f"{name}: {message}"
     else:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ModelLoadError(f"a Ray worker failed ({detail[:500]}); documents written so far are kept: fix the cause "
-                          "(model/encoder files on every node, memory) and run the same command again")
+    return ModelLoadError(
+        f"a Ray worker failed ({detail[:500]}); documents written so far are kept: fix the cause "
+        "(model/encoder files on every node, memory) and run the same command again"
+    )
 
 
 # -- the driver ------------------------------------------------------------------------------------------------
@@ -298,7 +349,11 @@ class RaySettings:
             raise InputError(f"--ray-workers must be a positive integer, got {self.workers!r}")
         if not (isinstance(self.cpus_per_worker, (int, float)) and self.cpus_per_worker > 0):
             raise InputError(f"--ray-cpus-per-worker must be a positive number, got {self.cpus_per_worker!r}")
-        if isinstance(self.embed_workers, bool) or not isinstance(self.embed_workers, int) or self.embed_workers < 1:
+        if (
+            isinstance(self.embed_workers, bool)
+            or not isinstance(self.embed_workers, int)
+            or self.embed_workers < 1
+        ):
             raise InputError(f"embed_workers must be a positive integer, got {self.embed_workers!r}")
 
     @property
@@ -317,8 +372,10 @@ def start_ray(settings: RaySettings) -> bool:
         try:
             ray.init(address=settings.address, **quiet)
         except ConnectionError as exc:
-            raise ConfigError(f"cannot reach a Ray cluster at {settings.address!r} ({exc}); start one with "
-                              "`ray start --head` or pass --ray without an address for a local Ray") from None
+            raise ConfigError(
+                f"cannot reach a Ray cluster at {settings.address!r} ({exc}); start one with "
+                "`ray start --head` or pass --ray without an address for a local Ray"
+            ) from None
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(settings.cpus_needed))), **quiet)
     return True
@@ -330,10 +387,12 @@ def check_resources(settings: RaySettings) -> None:
 
     total = float(ray.cluster_resources().get("CPU", 0))
     if settings.cpus_needed > total + 1e-9:
-        raise ConfigError(f"{settings.workers} Ray workers x {settings.cpus_per_worker:g} CPUs + "
-                          f"{settings.embed_workers * settings.embed_cpus:g} for retrieval embedding need "
-                          f"{settings.cpus_needed:g} CPUs, but the Ray cluster has {total:g}; use fewer --ray-workers "
-                          "or a smaller --ray-cpus-per-worker")
+        raise ConfigError(
+            f"{settings.workers} Ray workers x {settings.cpus_per_worker:g} CPUs + "
+            f"{settings.embed_workers * settings.embed_cpus:g} for retrieval embedding need "
+            f"{settings.cpus_needed:g} CPUs, but the Ray cluster has {total:g}; use fewer --ray-workers "
+            "or a smaller --ray-cpus-per-worker"
+        )
 
 
 def stored_states(store: CheatSheetStore, gid: int) -> dict[str, tuple[str, str | None]]:
@@ -342,14 +401,24 @@ def stored_states(store: CheatSheetStore, gid: int) -> dict[str, tuple[str, str 
 
     d = store.tables.documents
     with store.engine.connect() as conn:
-        rows = conn.execute(select(d.c.doc_id, d.c.sha256, d.c.encoder_fingerprint).where(d.c.group_id == gid))
+        rows = conn.execute(
+            select(d.c.doc_id, d.c.sha256, d.c.encoder_fingerprint).where(d.c.group_id == gid)
+        )
         return {r.doc_id: (r.sha256, r.encoder_fingerprint) for r in rows}
 
 
-def ray_ingest(store: CheatSheetStore, documents: Iterable[DocumentInput], *, group: str,
-               collection: str = DEFAULT_COLLECTION, runtime: RuntimeSpec | None = None,
-               settings: RaySettings | None = None, batch_size: int = 8, progress: bool = False,
-               embedder_factory_fn: Callable[[], Embedder] | None = None) -> IngestReport:
+def ray_ingest(
+    store: CheatSheetStore,
+    documents: Iterable[DocumentInput],
+    *,
+    group: str,
+    collection: str = DEFAULT_COLLECTION,
+    runtime: RuntimeSpec | None = None,
+    settings: RaySettings | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    embedder_factory_fn: Callable[[], Embedder] | None = None,
+) -> IngestReport:
     """Ingest ``documents`` into ``collection/group`` of ``store`` with a Ray Data pipeline (see the module doc).
 
     Same rows as :meth:`CheatSheetStore.ingest` with the runtime ``runtime`` describes; one transaction per
@@ -359,7 +428,9 @@ def ray_ingest(store: CheatSheetStore, documents: Iterable[DocumentInput], *, gr
     validate_name(group, "group")
     validate_name(collection, "collection")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer (chunks per encoder batch), got {batch_size!r}")
+        raise InputError(
+            f"batch_size must be a positive integer (chunks per encoder batch), got {batch_size!r}"
+        )
     runtime = runtime or RuntimeSpec()
     settings = settings or RaySettings()
     settings.check()
@@ -396,8 +467,20 @@ def ray_ingest(store: CheatSheetStore, documents: Iterable[DocumentInput], *, gr
             else:
                 pending.append(i)
         if pending:
-            _run_pipeline(store, docs, pending, outcomes, group, collection, runtime, settings, batch_size,
-                          factory, fingerprint, progress)
+            _run_pipeline(
+                store,
+                docs,
+                pending,
+                outcomes,
+                group,
+                collection,
+                runtime,
+                settings,
+                batch_size,
+                factory,
+                fingerprint,
+                progress,
+            )
         report.documents = [outcomes[i] for i in range(len(docs))]
     finally:
         if started:
@@ -406,10 +489,20 @@ def ray_ingest(store: CheatSheetStore, documents: Iterable[DocumentInput], *, gr
     return report
 
 
-def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: list[int],
-                  outcomes: dict[int, DocumentOutcome], group: str, collection: str, runtime: RuntimeSpec,
-                  settings: RaySettings, batch_size: int, factory: Callable[[], Embedder], fingerprint: str | None,
-                  progress: bool) -> None:
+def _run_pipeline(
+    store: CheatSheetStore,
+    docs: list[DocumentInput],
+    pending: list[int],
+    outcomes: dict[int, DocumentOutcome],
+    group: str,
+    collection: str,
+    runtime: RuntimeSpec,
+    settings: RaySettings,
+    batch_size: int,
+    factory: Callable[[], Embedder],
+    fingerprint: str | None,
+    progress: bool,
+) -> None:
     import logging
 
     import ray.data
@@ -422,15 +515,30 @@ def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: li
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     items = [{"idx": i, "text": docs[i].text, "source": docs[i].source} for i in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(CompressDocuments, batch_size=1, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=settings.workers),
-                        num_cpus=settings.cpus_per_worker, num_gpus=1 if runtime.uses_gpu else None,
-                        fn_constructor_kwargs={"spec": runtime, "batch_size": batch_size,
-                                               "threads": int(settings.cpus_per_worker)})
-    ds = ds.map_batches(EmbedChunks, batch_size=1, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=settings.embed_workers), num_cpus=settings.embed_cpus,
-                        fn_constructor_kwargs={"factory": factory, "threads": 1})
-    bar = tqdm(total=len(pending), desc=f"ingest {collection}/{group} (ray)", unit="doc", disable=not progress)
+    ds = ds.map_batches(
+        CompressDocuments,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.workers),
+        num_cpus=settings.cpus_per_worker,
+        num_gpus=1 if runtime.uses_gpu else None,
+        fn_constructor_kwargs={
+            "spec": runtime,
+            "batch_size": batch_size,
+            "threads": int(settings.cpus_per_worker),
+        },
+    )
+    ds = ds.map_batches(
+        EmbedChunks,
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.embed_workers),
+        num_cpus=settings.embed_cpus,
+        fn_constructor_kwargs={"factory": factory, "threads": 1},
+    )
+    bar = tqdm(
+        total=len(pending), desc=f"ingest {collection}/{group} (ray)", unit="doc", disable=not progress
+    )
     written = 0
     try:
         for row in _rows(ds):
@@ -440,12 +548,20 @@ def _run_pipeline(store: CheatSheetStore, docs: list[DocumentInput], pending: li
             if fingerprint is None:
                 fingerprint = row["fingerprint"]
             elif row["fingerprint"] != fingerprint:
-                raise ConfigError(f"Ray workers loaded different encoders ({fingerprint[:12]} and "
-                                  f"{row['fingerprint'][:12]}); give every node the same model and encoder files")
-            prep = PreparedDocument(doc, _chunks_from_json(row["chunks"]), _vectors_from_bytes(row["embeddings"]),
-                                    _sheets_from_bytes(row["sheets"]), fingerprint)
-            outcome = write_document(store.engine, store.tables, group, collection, prep,
-                                     sheet_dtype=store.cheat_sheet_dtype)
+                raise ConfigError(
+                    f"Ray workers loaded different encoders ({fingerprint[:12]} and "
+                    f"{row['fingerprint'][:12]}); give every node the same model and encoder files"
+                )
+            prep = PreparedDocument(
+                doc,
+                _chunks_from_json(row["chunks"]),
+                _vectors_from_bytes(row["embeddings"]),
+                _sheets_from_bytes(row["sheets"]),
+                fingerprint,
+            )
+            outcome = write_document(
+                store.engine, store.tables, group, collection, prep, sheet_dtype=store.cheat_sheet_dtype
+            )
             outcomes[int(row["idx"])] = outcome
             written += outcome.n_chunks
             bar.update(1)

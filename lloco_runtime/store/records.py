@@ -53,8 +53,10 @@ class GroupInfo:
         if self.active_adapter_id is None:
             out = "none"
         elif self.adapter_stale:
-            out = (f"{self.active_adapter_id} (stale: trained for encoder "
-                   f"{(self.adapter_encoder_fingerprint or '?')[:12]})")
+            out = (
+                f"{self.active_adapter_id} (stale: trained for encoder "
+                f"{(self.adapter_encoder_fingerprint or '?')[:12]})"
+            )
         else:
             out = str(self.active_adapter_id)
         if self.n_stale_adapters and not (self.n_stale_adapters == 1 and self.adapter_stale):
@@ -178,9 +180,11 @@ class IngestReport:
 
     def summary(self) -> str:
         rate = self.chunks_written / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.count('added')} added, {self.count('replaced')} replaced, "
-                f"{self.count('unchanged')} unchanged; {self.chunks_written} chunks in {self.seconds:.1f}s "
-                f"({rate:.1f} chunks/s) into {self.collection}/{self.group}")
+        return (
+            f"{self.count('added')} added, {self.count('replaced')} replaced, "
+            f"{self.count('unchanged')} unchanged; {self.chunks_written} chunks in {self.seconds:.1f}s "
+            f"({rate:.1f} chunks/s) into {self.collection}/{self.group}"
+        )
 
 
 @dataclass(frozen=True)
@@ -221,12 +225,16 @@ class RecompressReport:
 
     def summary(self) -> str:
         rate = self.chunks_encoded / self.seconds if self.seconds > 0 else 0.0
-        before = ", ".join(f"{fp[:12]}: {n}" for fp, n in sorted(self.previous_fingerprints.items())) or "none"
-        return (f"{self.collection}/{self.group}: {len(self.documents) - self.count('changed')} documents "
-                f"recompressed ({self.count('resplit')} re-split), {self.skipped} already current"
-                + (f", {self.count('changed')} changed meanwhile" if self.count("changed") else "")
-                + f"; {self.chunks_encoded} chunks in {self.seconds:.1f}s ({rate:.1f} chunks/s); encoder "
-                f"{self.encoder_fingerprint[:12]} (before: {before})")
+        before = (
+            ", ".join(f"{fp[:12]}: {n}" for fp, n in sorted(self.previous_fingerprints.items())) or "none"
+        )
+        return (
+            f"{self.collection}/{self.group}: {len(self.documents) - self.count('changed')} documents "
+            f"recompressed ({self.count('resplit')} re-split), {self.skipped} already current"
+            + (f", {self.count('changed')} changed meanwhile" if self.count("changed") else "")
+            + f"; {self.chunks_encoded} chunks in {self.seconds:.1f}s ({rate:.1f} chunks/s); encoder "
+            f"{self.encoder_fingerprint[:12]} (before: {before})"
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from .records import AdapterInfo
 from .schema import Tables
 
 MAX_HEADER = 100 * 1024 * 1024
-ADAPTER_FORMAT = "lloco-adapter/1"  # lloco_runtime.adapters.FORMAT (not imported: the store stays torch-model free)
+ADAPTER_FORMAT = (
+    "lloco-adapter/1"  # lloco_runtime.adapters.FORMAT (not imported: the store stays torch-model free)
+)
 
 
 def check_safetensors(blob: bytes) -> dict:
@@ -29,7 +31,7 @@ def check_safetensors(blob: bytes) -> dict:
     if n < 2 or n > MAX_HEADER or 8 + n > len(blob):
         raise AdapterError("adapter weights are not a safetensors file (bad header length)")
     try:
-        header = json.loads(bytes(blob[8:8 + n]))
+        header = json.loads(bytes(blob[8 : 8 + n]))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise AdapterError("adapter weights are not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
@@ -42,7 +44,10 @@ def check_declared_fingerprints(header: dict, base_fingerprint: str, encoder_fin
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
         return  # plain safetensors: checked when loaded
-    for name, declared in (("base_fingerprint", base_fingerprint), ("encoder_fingerprint", encoder_fingerprint)):
+    for name, declared in (
+        ("base_fingerprint", base_fingerprint),
+        ("encoder_fingerprint", encoder_fingerprint),
+    ):
         recorded = meta.get(name) or None
         if recorded is not None and recorded != declared:
             raise FingerprintMismatchError(
@@ -52,23 +57,51 @@ def check_declared_fingerprints(header: dict, base_fingerprint: str, encoder_fin
 
 
 def _info(r, active_id: int | None) -> AdapterInfo:
-    return AdapterInfo(id=int(r.id), group=r.group_name, collection=r.collection_name, version=int(r.version),
-                       base_fingerprint=r.base_fingerprint, encoder_fingerprint=r.encoder_fingerprint,
-                       n_bytes=int(r.n_bytes), config=dict(r.config), metrics=dict(r.metrics),
-                       active=active_id == int(r.id), created_at=r.created_at)
+    return AdapterInfo(
+        id=int(r.id),
+        group=r.group_name,
+        collection=r.collection_name,
+        version=int(r.version),
+        base_fingerprint=r.base_fingerprint,
+        encoder_fingerprint=r.encoder_fingerprint,
+        n_bytes=int(r.n_bytes),
+        config=dict(r.config),
+        metrics=dict(r.metrics),
+        active=active_id == int(r.id),
+        created_at=r.created_at,
+    )
 
 
 def _select_infos(t: Tables):
     a, g, c = t.adapters, t.groups, t.collections
-    return (select(a.c.id, a.c.version, a.c.base_fingerprint, a.c.encoder_fingerprint, a.c.n_bytes, a.c.config,
-                   a.c.metrics, a.c.created_at, g.c.name.label("group_name"), c.c.name.label("collection_name"),
-                   g.c.active_adapter_id)
-            .select_from(a.join(g, a.c.group_id == g.c.id).join(c, g.c.collection_id == c.c.id)))
+    return select(
+        a.c.id,
+        a.c.version,
+        a.c.base_fingerprint,
+        a.c.encoder_fingerprint,
+        a.c.n_bytes,
+        a.c.config,
+        a.c.metrics,
+        a.c.created_at,
+        g.c.name.label("group_name"),
+        c.c.name.label("collection_name"),
+        g.c.active_adapter_id,
+    ).select_from(a.join(g, a.c.group_id == g.c.id).join(c, g.c.collection_id == c.c.id))
 
 
-def register(conn: Connection, t: Tables, group: str, collection: str, weights: bytes, *,
-             base_fingerprint: str, encoder_fingerprint: str, config: dict[str, Any] | None,
-             metrics: dict[str, Any] | None, create_group: bool = True) -> int:
+def register(
+    conn: Connection,
+    t: Tables,
+    group: str,
+    collection: str,
+    weights: bytes,
+    *,
+    base_fingerprint: str,
+    encoder_fingerprint: str,
+    config: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    create_group: bool = True,
+) -> int:
     """Insert the next version of the group's adapter; returns its id. Locks the group row for the version.
 
     ``create_group=False``: an unknown group is a NotFoundError instead of being created.
@@ -83,11 +116,25 @@ def register(conn: Connection, t: Tables, group: str, collection: str, weights: 
     check_json_value(metrics, "adapter metrics")
     gid = int(group_row(conn, t, group, collection, create=create_group, lock=True).id)
     a = t.adapters
-    version = conn.execute(select(func.coalesce(func.max(a.c.version), 0) + 1).where(a.c.group_id == gid)).scalar_one()
-    return int(conn.execute(insert(a).values(
-        group_id=gid, version=version, base_fingerprint=base_fingerprint, encoder_fingerprint=encoder_fingerprint,
-        weights=bytes(weights), n_bytes=len(weights), config=config, metrics=metrics,
-    ).returning(a.c.id)).scalar_one())
+    version = conn.execute(
+        select(func.coalesce(func.max(a.c.version), 0) + 1).where(a.c.group_id == gid)
+    ).scalar_one()
+    return int(
+        conn.execute(
+            insert(a)
+            .values(
+                group_id=gid,
+                version=version,
+                base_fingerprint=base_fingerprint,
+                encoder_fingerprint=encoder_fingerprint,
+                weights=bytes(weights),
+                n_bytes=len(weights),
+                config=config,
+                metrics=metrics,
+            )
+            .returning(a.c.id)
+        ).scalar_one()
+    )
 
 
 def get(conn: Connection, t: Tables, adapter_id: int) -> AdapterInfo:
@@ -104,7 +151,9 @@ def list_for_group(conn: Connection, t: Tables, group: str, collection: str) -> 
 
 
 def weights(conn: Connection, t: Tables, adapter_id: int) -> bytes:
-    data = conn.execute(select(t.adapters.c.weights).where(t.adapters.c.id == int(adapter_id))).scalar_one_or_none()
+    data = conn.execute(
+        select(t.adapters.c.weights).where(t.adapters.c.id == int(adapter_id))
+    ).scalar_one_or_none()
     if data is None:
         raise NotFoundError(f"adapter {adapter_id} does not exist; list adapters with `lloco adapters list`")
     return bytes(data)
@@ -116,13 +165,24 @@ def activate(conn: Connection, t: Tables, adapter_id: int) -> None:
     Refuses an adapter trained for another encoder than the one that compressed the group's documents.
     """
     a, d, g = t.adapters, t.documents, t.groups
-    row = conn.execute(select(a.c.group_id, a.c.encoder_fingerprint).where(a.c.id == int(adapter_id))
-                       .with_for_update()).one_or_none()
+    row = conn.execute(
+        select(a.c.group_id, a.c.encoder_fingerprint).where(a.c.id == int(adapter_id)).with_for_update()
+    ).one_or_none()
     if row is None:
         raise NotFoundError(f"adapter {adapter_id} does not exist; list adapters with `lloco adapters list`")
-    others = conn.execute(select(d.c.encoder_fingerprint).distinct()
-                          .where(d.c.group_id == row.group_id, d.c.encoder_fingerprint.is_not(None),
-                                 d.c.encoder_fingerprint != row.encoder_fingerprint)).scalars().all()
+    others = (
+        conn.execute(
+            select(d.c.encoder_fingerprint)
+            .distinct()
+            .where(
+                d.c.group_id == row.group_id,
+                d.c.encoder_fingerprint.is_not(None),
+                d.c.encoder_fingerprint != row.encoder_fingerprint,
+            )
+        )
+        .scalars()
+        .all()
+    )
     if others:
         raise FingerprintMismatchError(
             f"adapter {adapter_id} was trained for encoder {row.encoder_fingerprint[:12]}, but the group's "
@@ -147,7 +207,9 @@ def remove(conn: Connection, t: Tables, adapter_id: int) -> None:
     same); both run in the caller's transaction, with the adapter row locked.
     """
     a, g = t.adapters, t.groups
-    found = conn.execute(select(a.c.id).where(a.c.id == int(adapter_id)).with_for_update()).scalar_one_or_none()
+    found = conn.execute(
+        select(a.c.id).where(a.c.id == int(adapter_id)).with_for_update()
+    ).scalar_one_or_none()
     if found is None:
         raise NotFoundError(f"adapter {adapter_id} does not exist; list adapters with `lloco adapters list`")
     conn.execute(update(g).where(g.c.active_adapter_id == int(adapter_id)).values(active_adapter_id=None))

@@ -41,8 +41,13 @@ def check_ef_search(ef_search: object | None, top_k: int) -> int:
     return ef_search
 
 
-def restrict(t: Tables, where: ColumnElement[bool] | None, *, doc_ids: Sequence[str] | None = None,
-             chunk_ids: Sequence[int] | None = None) -> ColumnElement[bool] | None:
+def restrict(
+    t: Tables,
+    where: ColumnElement[bool] | None,
+    *,
+    doc_ids: Sequence[str] | None = None,
+    chunk_ids: Sequence[int] | None = None,
+) -> ColumnElement[bool] | None:
     """``where`` narrowed to chunks of the documents ``doc_ids`` and/or with ids ``chunk_ids`` (bound values;
     None: no restriction, an empty list: nothing qualifies). InputError for malformed ids."""
     parts = [] if where is None else [where]
@@ -58,9 +63,13 @@ def restrict(t: Tables, where: ColumnElement[bool] | None, *, doc_ids: Sequence[
         parts.append(c.c.document_id.in_(select(d.c.id).where(d.c.doc_id.in_(list(doc_ids)))))
     if chunk_ids is not None:
         if isinstance(chunk_ids, (str, bytes)) or not isinstance(chunk_ids, Sequence):
-            raise InputError(f"chunk_ids must be a list of chunk ids (integers), got {type(chunk_ids).__name__}")
+            raise InputError(
+                f"chunk_ids must be a list of chunk ids (integers), got {type(chunk_ids).__name__}"
+            )
         if len(chunk_ids) > MAX_IDS:
-            raise InputError(f"at most {MAX_IDS} chunk_ids per query; narrow with doc_ids or a metadata filter")
+            raise InputError(
+                f"at most {MAX_IDS} chunk_ids per query; narrow with doc_ids or a metadata filter"
+            )
         bad = [x for x in chunk_ids if isinstance(x, bool) or not isinstance(x, (int, np.integer))]
         if bad:
             raise InputError(f"chunk_ids must be integers (chunk ids), got {bad[0]!r}")
@@ -74,8 +83,15 @@ def _set_local(conn: Connection, name: str, value: str) -> None:
     conn.execute(select(func.set_config(name, value, True)))
 
 
-def dense_hits(conn: Connection, t: Tables, group_id: int, query_vector: np.ndarray, k: int,
-               where: ColumnElement[bool] | None, ef_search: int) -> list[tuple[int, float]]:
+def dense_hits(
+    conn: Connection,
+    t: Tables,
+    group_id: int,
+    query_vector: np.ndarray,
+    k: int,
+    where: ColumnElement[bool] | None,
+    ef_search: int,
+) -> list[tuple[int, float]]:
     """``(chunk_id, cosine similarity)`` of the ``k`` nearest chunks of the group, best first."""
     _set_local(conn, "hnsw.ef_search", str(ef_search))
     # The group (and any filter) is applied after the index scan; iterative scans keep going until k
@@ -102,8 +118,9 @@ def any_words_tsquery(query: str) -> ColumnElement:
     return cast(func.replace(cast(plain, Text), " & ", " | "), TSQUERY)
 
 
-def fulltext_hits(conn: Connection, t: Tables, group_id: int, query: str, k: int,
-                  where: ColumnElement[bool] | None) -> list[tuple[int, float]]:
+def fulltext_hits(
+    conn: Connection, t: Tables, group_id: int, query: str, k: int, where: ColumnElement[bool] | None
+) -> list[tuple[int, float]]:
     """``(chunk_id, ts_rank_cd)`` of the best ``k`` chunks containing any query word, best first."""
     c = t.chunks
     tsq = any_words_tsquery(query)
@@ -115,8 +132,9 @@ def fulltext_hits(conn: Connection, t: Tables, group_id: int, query: str, k: int
     return [(int(r[0]), float(r[1])) for r in rows]
 
 
-def reciprocal_rank_fusion(rankings: Sequence[Sequence[tuple[int, float]]], k: int = RRF_K
-                           ) -> list[tuple[int, float]]:
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[tuple[int, float]]], k: int = RRF_K
+) -> list[tuple[int, float]]:
     """Fuse ranked lists: score(id) = sum over lists of 1 / (k + rank), rank starting at 1."""
     scores: dict[int, float] = {}
     for ranking in rankings:
@@ -131,16 +149,30 @@ def fetch_chunks(conn: Connection, t: Tables, hits: Sequence[tuple[int, float]])
         return []
     c, d = t.chunks, t.documents
     ids = [h[0] for h in hits]
-    stmt = (select(c.c.id, d.c.doc_id, c.c.ordinal, c.c.text, c.c.n_tokens, c.c.meta)
-            .select_from(c.join(d, c.c.document_id == d.c.id)).where(c.c.id.in_(ids)))
+    stmt = (
+        select(c.c.id, d.c.doc_id, c.c.ordinal, c.c.text, c.c.n_tokens, c.c.meta)
+        .select_from(c.join(d, c.c.document_id == d.c.id))
+        .where(c.c.id.in_(ids))
+    )
     rows = {int(r.id): r for r in conn.execute(stmt)}
-    return [RetrievedChunk(chunk_id=i, doc_id=rows[i].doc_id, ordinal=int(rows[i].ordinal), text=rows[i].text,
-                           n_tokens=int(rows[i].n_tokens), score=score, metadata=dict(rows[i].meta))
-            for i, score in hits if i in rows]
+    return [
+        RetrievedChunk(
+            chunk_id=i,
+            doc_id=rows[i].doc_id,
+            ordinal=int(rows[i].ordinal),
+            text=rows[i].text,
+            n_tokens=int(rows[i].n_tokens),
+            score=score,
+            metadata=dict(rows[i].meta),
+        )
+        for i, score in hits
+        if i in rows
+    ]
 
 
-def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
-                       encoder_fingerprint: str | None = None) -> list[torch.Tensor]:
+def fetch_cheat_sheets(
+    conn: Connection, t: Tables, chunk_ids: Sequence[int], encoder_fingerprint: str | None = None
+) -> list[torch.Tensor]:
     """Decoded cheat sheets for ``chunk_ids``, in order.
 
     Raises NotFound-style CheatSheetError for chunks without a sheet, CheatSheetError for corrupted bytes,
@@ -150,21 +182,27 @@ def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
     if not chunk_ids:
         return []
     cs, c, d = t.cheat_sheets, t.chunks, t.documents
-    stmt = (select(c.c.id, d.c.doc_id, c.c.ordinal, cs.c.encoder_fingerprint, cs.c.dtype, cs.c.shape, cs.c.data)
-            .select_from(c.join(d, c.c.document_id == d.c.id).outerjoin(cs, cs.c.chunk_id == c.c.id))
-            .where(c.c.id.in_(list(chunk_ids))))
+    stmt = (
+        select(c.c.id, d.c.doc_id, c.c.ordinal, cs.c.encoder_fingerprint, cs.c.dtype, cs.c.shape, cs.c.data)
+        .select_from(c.join(d, c.c.document_id == d.c.id).outerjoin(cs, cs.c.chunk_id == c.c.id))
+        .where(c.c.id.in_(list(chunk_ids)))
+    )
     rows = {int(r.id): r for r in conn.execute(stmt)}
     out = []
     seen_fingerprints: set[str] = set()
     for cid in chunk_ids:
         r = rows.get(int(cid))
         if r is None:
-            raise ChunkNotFoundError(f"chunk {cid} does not exist (deleted or never ingested); retrieve again "
-                                     "for current chunk ids")
+            raise ChunkNotFoundError(
+                f"chunk {cid} does not exist (deleted or never ingested); retrieve again "
+                "for current chunk ids"
+            )
         where = f"chunk {cid} (document {r.doc_id!r}, part {r.ordinal})"
         if r.data is None:
-            raise CheatSheetError(f"{where} has no cheat sheet: it was ingested without compression; "
-                                  "re-ingest it with an encoder")
+            raise CheatSheetError(
+                f"{where} has no cheat sheet: it was ingested without compression; "
+                "re-ingest it with an encoder"
+            )
         if encoder_fingerprint is not None and r.encoder_fingerprint != encoder_fingerprint:
             raise FingerprintMismatchError(
                 f"{where} was compressed by encoder {r.encoder_fingerprint[:12]}, but the current encoder is "
@@ -177,8 +215,10 @@ def fetch_cheat_sheets(conn: Connection, t: Tables, chunk_ids: Sequence[int],
         except CheatSheetError as exc:
             raise CheatSheetError(f"{where}: {exc}") from exc
         if list(tensor.shape) != list(r.shape) or r.dtype != str(tensor.dtype).removeprefix("torch."):
-            raise CheatSheetError(f"{where}: stored shape/dtype {r.dtype}{list(r.shape)} disagree with its "
-                                  f"bytes ({tensor.dtype}{list(tensor.shape)}); re-ingest the document")
+            raise CheatSheetError(
+                f"{where}: stored shape/dtype {r.dtype}{list(r.shape)} disagree with its "
+                f"bytes ({tensor.dtype}{list(tensor.shape)}); re-ingest the document"
+            )
         out.append(tensor)
     if len(seen_fingerprints) > 1:
         raise FingerprintMismatchError(

@@ -78,35 +78,43 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
     validate_schema(schema)
     md = MetaData(schema=schema)
     schema_version = Table(
-        "schema_version", md,
+        "schema_version",
+        md,
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("description", Text, nullable=False),
         Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
     settings = Table(
-        "settings", md,
+        "settings",
+        md,
         Column("key", Text, primary_key=True),
         Column("value", JSONB, nullable=False),
     )
     collections = Table(
-        "collections", md,
+        "collections",
+        md,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("name", Text, nullable=False, unique=True),
         _created_at(),
     )
     groups = Table(
-        "groups", md,
+        "groups",
+        md,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("collection_id", BigInteger, ForeignKey(collections.c.id, ondelete="CASCADE"), nullable=False),
         Column("name", Text, nullable=False),
-        Column("active_adapter_id", BigInteger,
-               ForeignKey("adapters.id", ondelete="SET NULL", use_alter=True, name="fk_groups_active_adapter"),
-               nullable=True),
+        Column(
+            "active_adapter_id",
+            BigInteger,
+            ForeignKey("adapters.id", ondelete="SET NULL", use_alter=True, name="fk_groups_active_adapter"),
+            nullable=True,
+        ),
         _created_at(),
         UniqueConstraint("collection_id", "name", name="uq_groups_collection_name"),
     )
     documents = Table(
-        "documents", md,
+        "documents",
+        md,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("group_id", BigInteger, ForeignKey(groups.c.id, ondelete="CASCADE"), nullable=False),
         Column("doc_id", Text, nullable=False),
@@ -121,7 +129,8 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
         UniqueConstraint("group_id", "doc_id", name="uq_documents_group_doc"),
     )
     chunks = Table(
-        "chunks", md,
+        "chunks",
+        md,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("document_id", BigInteger, ForeignKey(documents.c.id, ondelete="CASCADE"), nullable=False),
         # Denormalised from the document so a group's top-k is one indexed scan without a join.
@@ -139,7 +148,8 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
         Index("ix_chunks_tsv", "tsv", postgresql_using="gin"),
     )
     cheat_sheets = Table(
-        "cheat_sheets", md,
+        "cheat_sheets",
+        md,
         Column("chunk_id", BigInteger, ForeignKey(chunks.c.id, ondelete="CASCADE"), primary_key=True),
         Column("encoder_fingerprint", Text, nullable=False),
         Column("dtype", Text, nullable=False),
@@ -148,7 +158,8 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
         Column("data", LargeBinary, nullable=False),
     )
     adapters = Table(
-        "adapters", md,
+        "adapters",
+        md,
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("group_id", BigInteger, ForeignKey(groups.c.id, ondelete="CASCADE"), nullable=False),
         Column("version", Integer, nullable=False),
@@ -161,8 +172,9 @@ def build_tables(schema: str, dim: int | None = None) -> Tables:
         _created_at(),
         UniqueConstraint("group_id", "version", name="uq_adapters_group_version"),
     )
-    return Tables(schema, md, schema_version, settings, collections, groups, documents, chunks,
-                  cheat_sheets, adapters)
+    return Tables(
+        schema, md, schema_version, settings, collections, groups, documents, chunks, cheat_sheets, adapters
+    )
 
 
 def hnsw_index(t: Tables) -> Index:
@@ -171,9 +183,13 @@ def hnsw_index(t: Tables) -> Index:
     Kept out of the table definition because some pgvector builds cannot run HNSW on some CPUs (see
     ``server.embedded_ann_supported``); without it dense retrieval is an exact scan of the group's rows.
     """
-    index = Index(HNSW_INDEX, t.chunks.c.embedding, postgresql_using="hnsw",
-                  postgresql_with={"m": 16, "ef_construction": 64},
-                  postgresql_ops={"embedding": "halfvec_cosine_ops"})
+    index = Index(
+        HNSW_INDEX,
+        t.chunks.c.embedding,
+        postgresql_using="hnsw",
+        postgresql_with={"m": 16, "ef_construction": 64},
+        postgresql_ops={"embedding": "halfvec_cosine_ops"},
+    )
     t.chunks.indexes.discard(index)  # keep it out of create_all(): it is managed on its own
     return index
 
@@ -211,12 +227,16 @@ def _v1_initial(conn: Connection, t: Tables, settings: dict) -> None:
     order = [t.settings, t.collections, t.groups, t.documents, t.chunks, t.cheat_sheets, t.adapters]
     t.metadata.create_all(conn, tables=order)
     # Cheat sheets are dense fp16/bf16 bytes: TOAST compression would cost CPU and save nothing.
-    conn.execute(DDL("ALTER TABLE %(fullname)s ALTER COLUMN data SET STORAGE EXTERNAL").against(t.cheat_sheets))
+    conn.execute(
+        DDL("ALTER TABLE %(fullname)s ALTER COLUMN data SET STORAGE EXTERNAL").against(t.cheat_sheets)
+    )
     conn.execute(insert(t.settings), [{"key": k, "value": v} for k, v in settings.items()])
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "initial tables: collections, groups, documents, chunks, cheat_sheets, adapters", _v1_initial),
+    Migration(
+        1, "initial tables: collections, groups, documents, chunks, cheat_sheets, adapters", _v1_initial
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -226,9 +246,11 @@ _pg_namespace = table("pg_namespace", column("oid"), column("nspname"), schema="
 
 def vector_extension_schema(conn: Connection) -> str | None:
     """The schema holding the ``vector`` extension in this database, or None if it is not installed."""
-    stmt = (select(_pg_namespace.c.nspname)
-            .select_from(_pg_extension.join(_pg_namespace, _pg_extension.c.extnamespace == _pg_namespace.c.oid))
-            .where(_pg_extension.c.extname == "vector"))
+    stmt = (
+        select(_pg_namespace.c.nspname)
+        .select_from(_pg_extension.join(_pg_namespace, _pg_extension.c.extnamespace == _pg_namespace.c.oid))
+        .where(_pg_extension.c.extname == "vector")
+    )
     return conn.execute(stmt).scalar_one_or_none()
 
 

@@ -126,8 +126,14 @@ def redact(url: str | URL) -> str:
 
 def create_store_engine(url: str | URL, *, echo: bool = False) -> Engine:
     """A pooled SQLAlchemy engine on psycopg 3 (pre-ping so a restarted server is survived)."""
-    return create_engine(sqlalchemy_url(url), echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         insertmanyvalues_page_size=500)
+    return create_engine(
+        sqlalchemy_url(url),
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        insertmanyvalues_page_size=500,
+    )
 
 
 def install_search_path(engine: Engine, schemas: list[str]) -> None:

@@ -104,9 +104,17 @@ class CheatSheetStore:
             None to keep the encoder's dtype.
     """
 
-    def __init__(self, url: str | None = None, *, schema: str | None = None, embedder: Embedder | None = None,
-                 create: bool = True, ann_index: str = "auto", cheat_sheet_dtype: str | None = "float16",
-                 echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        schema: str | None = None,
+        embedder: Embedder | None = None,
+        create: bool = True,
+        ann_index: str = "auto",
+        cheat_sheet_dtype: str | None = "float16",
+        echo: bool = False,
+    ) -> None:
         self.schema = validate_schema(config.schema_name() if schema is None else schema)
         if cheat_sheet_dtype not in SHEET_DTYPES:
             raise ConfigError(f"cheat_sheet_dtype must be one of {SHEET_DTYPES}, got {cheat_sheet_dtype!r}")
@@ -141,22 +149,32 @@ class CheatSheetStore:
                 if version < LATEST_VERSION and create:
                     _, version, _ = migrate(conn, self.schema, self._settings())
                 elif version == 0:
-                    raise StoreError(f"schema {self.schema!r} is not initialised in {self.url}; run `lloco db init`")
+                    raise StoreError(
+                        f"schema {self.schema!r} is not initialised in {self.url}; run `lloco db init`"
+                    )
                 elif version > LATEST_VERSION:
-                    raise StoreError(f"schema {self.schema!r} is at version {version}, newer than this lloco "
-                                     f"({LATEST_VERSION}); upgrade lloco")
+                    raise StoreError(
+                        f"schema {self.schema!r} is at version {version}, newer than this lloco "
+                        f"({LATEST_VERSION}); upgrade lloco"
+                    )
                 elif version < LATEST_VERSION:
-                    raise StoreError(f"schema {self.schema!r} is at version {version}; run `lloco db init` "
-                                     "to upgrade it")
+                    raise StoreError(
+                        f"schema {self.schema!r} is at version {version}; run `lloco db init` to upgrade it"
+                    )
                 vector_schema = vector_extension_schema(conn)
                 settings = {r.key: r.value for r in conn.execute(select(self.tables.settings))}
                 self._sync_ann_index(conn, vector_schema, create)
         except OperationalError as exc:
-            raise StoreError(f"cannot reach Postgres at {self.url}: {str(exc.orig).strip().splitlines()[0]}; "
-                             "check LLOCO_DATABASE_URL or unset it to use the embedded server") from exc
+            raise StoreError(
+                f"cannot reach Postgres at {self.url}: {str(exc.orig).strip().splitlines()[0]}; "
+                "check LLOCO_DATABASE_URL or unset it to use the embedded server"
+            ) from exc
         self.version, self.vector_schema = version, vector_schema
         want = self._settings()
-        if settings.get("embedding_dim") != want["embedding_dim"] or settings.get("embedder") != want["embedder"]:
+        if (
+            settings.get("embedding_dim") != want["embedding_dim"]
+            or settings.get("embedder") != want["embedder"]
+        ):
             raise ConfigError(
                 f"schema {self.schema!r} indexes embeddings of {settings.get('embedder')!r} "
                 f"({settings.get('embedding_dim')} dims) but this store was opened with {want['embedder']!r} "
@@ -173,8 +191,11 @@ class CheatSheetStore:
                 conn.execute(select(func.set_config("search_path", search_path_value([vector_schema]), True)))
                 ensure_hnsw_index(conn, self.tables)
         elif has_hnsw_index(conn, self.tables):
-            _log.warning("dropping the HNSW index of schema %s: this pgvector build cannot run it here "
-                         "(retrieval uses exact search)", self.schema)
+            _log.warning(
+                "dropping the HNSW index of schema %s: this pgvector build cannot run it here "
+                "(retrieval uses exact search)",
+                self.schema,
+            )
             drop_hnsw_index(conn, self.tables)
 
     def close(self) -> None:
@@ -197,29 +218,59 @@ class CheatSheetStore:
         """Schema version, embedder, row counts and bytes of cheat sheets and adapters."""
         t = self.tables
         with self.engine.begin() as conn:
-            counts = {name: int(conn.execute(select(func.count()).select_from(tab)).scalar_one())
-                      for name, tab in (("collections", t.collections), ("groups", t.groups),
-                                        ("documents", t.documents), ("chunks", t.chunks),
-                                        ("cheat_sheets", t.cheat_sheets), ("adapters", t.adapters))}
+            counts = {
+                name: int(conn.execute(select(func.count()).select_from(tab)).scalar_one())
+                for name, tab in (
+                    ("collections", t.collections),
+                    ("groups", t.groups),
+                    ("documents", t.documents),
+                    ("chunks", t.chunks),
+                    ("cheat_sheets", t.cheat_sheets),
+                    ("adapters", t.adapters),
+                )
+            }
             sizes = {
-                "cheat_sheets": int(conn.execute(select(func.coalesce(func.sum(t.cheat_sheets.c.n_bytes), 0)))
-                                    .scalar_one()),
-                "adapters": int(conn.execute(select(func.coalesce(func.sum(t.adapters.c.n_bytes), 0))).scalar_one()),
-                "chunk_text": int(conn.execute(select(func.coalesce(func.sum(func.octet_length(t.chunks.c.text)), 0)))
-                                  .scalar_one()),
+                "cheat_sheets": int(
+                    conn.execute(select(func.coalesce(func.sum(t.cheat_sheets.c.n_bytes), 0))).scalar_one()
+                ),
+                "adapters": int(
+                    conn.execute(select(func.coalesce(func.sum(t.adapters.c.n_bytes), 0))).scalar_one()
+                ),
+                "chunk_text": int(
+                    conn.execute(
+                        select(func.coalesce(func.sum(func.octet_length(t.chunks.c.text)), 0))
+                    ).scalar_one()
+                ),
             }
             settings = {r.key: r.value for r in conn.execute(select(t.settings))}
             ann = "hnsw" if has_hnsw_index(conn, t) else "none"
-        return StoreStatus(url=self.url, embedded=self.embedded, schema=self.schema, version=self.version,
-                           latest_version=LATEST_VERSION, vector_schema=self.vector_schema,
-                           embedder=settings.get("embedder"), embedding_dim=settings.get("embedding_dim"),
-                           ann_index=ann, counts=counts, bytes=sizes)
+        return StoreStatus(
+            url=self.url,
+            embedded=self.embedded,
+            schema=self.schema,
+            version=self.version,
+            latest_version=LATEST_VERSION,
+            vector_schema=self.vector_schema,
+            embedder=settings.get("embedder"),
+            embedding_dim=settings.get("embedding_dim"),
+            ann_index=ann,
+            counts=counts,
+            bytes=sizes,
+        )
 
     # -- ingest ------------------------------------------------------------------------------------------
 
-    def ingest(self, documents: Iterable[DocumentInput], *, group: str, collection: str = DEFAULT_COLLECTION,
-               encoder: EncoderLike, compress: bool = True, batch_size: int = 8,
-               progress: bool = False) -> IngestReport:
+    def ingest(
+        self,
+        documents: Iterable[DocumentInput],
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        encoder: EncoderLike,
+        compress: bool = True,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> IngestReport:
         """Ingest documents into ``collection/group`` (both created if missing), one transaction each.
 
         Unchanged documents (same text, metadata and encoder) are skipped without compressing; a changed
@@ -249,8 +300,9 @@ class CheatSheetStore:
                     outcome = DocumentOutcome(doc.doc_id, "unchanged", 0)
                 else:
                     prep = prepare(doc, encoder, self.embedder, compress=compress, batch_size=batch_size)
-                    outcome = write_document(self.engine, self.tables, group, collection, prep,
-                                             sheet_dtype=self.cheat_sheet_dtype)
+                    outcome = write_document(
+                        self.engine, self.tables, group, collection, prep, sheet_dtype=self.cheat_sheet_dtype
+                    )
                 report.documents.append(outcome)
                 bar.update(1)
                 bar.set_postfix(chunks=report.chunks_written)
@@ -263,9 +315,16 @@ class CheatSheetStore:
         """Read ``.txt``/``.md``/``.jsonl`` files and folders (all validated first), then :meth:`ingest`."""
         return self.ingest(read_paths(paths), **kwargs)
 
-    def recompress(self, *, group: str, collection: str = DEFAULT_COLLECTION, encoder: EncoderLike,
-                   batch_size: int = 8, progress: bool = False, deactivate_stale: bool = True,
-                   ) -> RecompressReport:
+    def recompress(
+        self,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        encoder: EncoderLike,
+        batch_size: int = 8,
+        progress: bool = False,
+        deactivate_stale: bool = True,
+    ) -> RecompressReport:
         """Re-encode every stored chunk of ``collection/group`` with ``encoder``, from the stored text.
 
         For a new encoder, whose fingerprint the stored cheat sheets do not match: no source file is read.
@@ -285,7 +344,9 @@ class CheatSheetStore:
         validate_name(group, "group")
         validate_name(collection, "collection")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer (chunks per encoder batch), got {batch_size!r}")
+            raise InputError(
+                f"batch_size must be a positive integer (chunks per encoder batch), got {batch_size!r}"
+            )
         fingerprint = encoder.fingerprint
         t = self.tables
         start = time.perf_counter()
@@ -294,12 +355,21 @@ class CheatSheetStore:
             before = catalog.group_fingerprints(conn, t, [gid]).get(gid, {})
             pending = pending_documents(conn, t, gid, fingerprint)
             n_docs = count_documents(conn, t, gid)
-        report = RecompressReport(group=group, collection=collection, encoder_fingerprint=fingerprint,
-                                  previous_fingerprints=before, skipped=n_docs - len(pending))
+        report = RecompressReport(
+            group=group,
+            collection=collection,
+            encoder_fingerprint=fingerprint,
+            previous_fingerprints=before,
+            skipped=n_docs - len(pending),
+        )
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(d.n_chunks for d in pending), desc=f"recompress {collection}/{group}", unit="chunk",
-                   disable=not progress)
+        bar = tqdm(
+            total=sum(d.n_chunks for d in pending),
+            desc=f"recompress {collection}/{group}",
+            unit="chunk",
+            disable=not progress,
+        )
         try:
             for doc in pending:
                 outcome = self._recompress_document(gid, doc, encoder, fingerprint, batch_size)
@@ -322,8 +392,15 @@ class CheatSheetStore:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _recompress_document(self, gid: int, doc: PendingDocument, encoder: EncoderLike, fingerprint: str,
-                             batch_size: int, attempts: int = 3) -> RecompressOutcome | None:
+    def _recompress_document(
+        self,
+        gid: int,
+        doc: PendingDocument,
+        encoder: EncoderLike,
+        fingerprint: str,
+        batch_size: int,
+        attempts: int = 3,
+    ) -> RecompressOutcome | None:
         """Re-encode one document; read again and retry when a concurrent writer changed it meanwhile.
         None when it needs nothing (any more)."""
         outcome = None
@@ -335,20 +412,32 @@ class CheatSheetStore:
                 doc = now[0]
                 stored = stored_chunks(conn, self.tables, doc.id)
             plan = prepare_recompress(doc, stored, encoder, self.embedder, batch_size=batch_size)
-            outcome = write_recompressed(self.engine, self.tables, plan, fingerprint,
-                                         sheet_dtype=self.cheat_sheet_dtype)
+            outcome = write_recompressed(
+                self.engine, self.tables, plan, fingerprint, sheet_dtype=self.cheat_sheet_dtype
+            )
             if outcome.status != "changed":
                 return outcome
         return outcome
 
     # -- retrieve ----------------------------------------------------------------------------------------
 
-    def retrieve(self, query: str, *, group: str, collection: str = DEFAULT_COLLECTION, top_k: int = 4,
-                 mode: RetrievalMode = "dense", filters: Filter | dict | list | None = None,
-                 ef_search: int | None = None, load_cheat_sheets: bool = True,
-                 encoder_fingerprint: str | None = None, candidates: int | None = None,
-                 query_vector: Sequence[float] | np.ndarray | None = None, doc_ids: Sequence[str] | None = None,
-                 chunk_ids: Sequence[int] | None = None) -> RetrievalResult:
+    def retrieve(
+        self,
+        query: str,
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 4,
+        mode: RetrievalMode = "dense",
+        filters: Filter | dict | list | None = None,
+        ef_search: int | None = None,
+        load_cheat_sheets: bool = True,
+        encoder_fingerprint: str | None = None,
+        candidates: int | None = None,
+        query_vector: Sequence[float] | np.ndarray | None = None,
+        doc_ids: Sequence[str] | None = None,
+        chunk_ids: Sequence[int] | None = None,
+    ) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
         ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any
@@ -373,8 +462,9 @@ class CheatSheetStore:
         if mode == "hybrid":
             n_cand = check_top_k(n_cand)
         flt = None if filters is None else parse_filter(filters)
-        where = restrict(self.tables, compile_filter(flt, self.tables.chunks.c.meta), doc_ids=doc_ids,
-                         chunk_ids=chunk_ids)
+        where = restrict(
+            self.tables, compile_filter(flt, self.tables.chunks.c.meta), doc_ids=doc_ids, chunk_ids=chunk_ids
+        )
         qvec = None
         if mode in ("dense", "hybrid"):
             if query_vector is not None:
@@ -398,11 +488,18 @@ class CheatSheetStore:
                 sheets = fetch_cheat_sheets(conn, t, [c.chunk_id for c in chunks], encoder_fingerprint)
                 for c, s in zip(chunks, sheets, strict=True):
                     c.cheat_sheet = s
-        return RetrievalResult(query=query, group=group, collection=collection, mode=mode,
-                               adapter_id=g.active_adapter_id, chunks=chunks)
+        return RetrievalResult(
+            query=query,
+            group=group,
+            collection=collection,
+            mode=mode,
+            adapter_id=g.active_adapter_id,
+            chunks=chunks,
+        )
 
-    def cheat_sheets(self, chunk_ids: Sequence[int], *, encoder_fingerprint: str | None = None
-                     ) -> list[torch.Tensor]:
+    def cheat_sheets(
+        self, chunk_ids: Sequence[int], *, encoder_fingerprint: str | None = None
+    ) -> list[torch.Tensor]:
         """Decoded cheat sheets of ``chunk_ids`` in order (CheatSheetError / FingerprintMismatchError)."""
         ids = [int(i) for i in chunk_ids]
         if len(ids) > MAX_TOP_K:
@@ -431,8 +528,9 @@ class CheatSheetStore:
         with self.engine.begin() as conn:
             return catalog.list_groups(conn, self.tables, collection)
 
-    def list_documents(self, group: str, collection: str = DEFAULT_COLLECTION, *, limit: int = 1000,
-                       offset: int = 0) -> list[DocumentInfo]:
+    def list_documents(
+        self, group: str, collection: str = DEFAULT_COLLECTION, *, limit: int = 1000, offset: int = 0
+    ) -> list[DocumentInfo]:
         with self.engine.begin() as conn:
             return catalog.list_documents(conn, self.tables, group, collection, limit=limit, offset=offset)
 
@@ -445,9 +543,18 @@ class CheatSheetStore:
         with self.engine.begin() as conn:
             catalog.delete_document(conn, self.tables, doc_id, group, collection)
 
-    def list_chunks(self, group: str, collection: str = DEFAULT_COLLECTION, *, doc_ids: Sequence[str] | None = None,
-                    chunk_ids: Sequence[int] | None = None, filters: Filter | dict | list | None = None,
-                    with_embeddings: bool = False, limit: int = 100_000, offset: int = 0) -> list[ChunkInfo]:
+    def list_chunks(
+        self,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        doc_ids: Sequence[str] | None = None,
+        chunk_ids: Sequence[int] | None = None,
+        filters: Filter | dict | list | None = None,
+        with_embeddings: bool = False,
+        limit: int = 100_000,
+        offset: int = 0,
+    ) -> list[ChunkInfo]:
         """Stored chunks of one group, ordered by ``(doc_id, ordinal)`` (NotFoundError if the group is absent).
 
         Narrow with ``doc_ids``, ``chunk_ids`` and/or ``filters`` (the metadata filters of :meth:`retrieve`);
@@ -455,11 +562,27 @@ class CheatSheetStore:
         """
         flt = None if filters is None else parse_filter(filters)
         with self.engine.begin() as conn:
-            return chunks.list_chunks(conn, self.tables, group, collection, doc_ids=doc_ids, chunk_ids=chunk_ids,
-                                      where=flt, with_embeddings=with_embeddings, limit=limit, offset=offset)
+            return chunks.list_chunks(
+                conn,
+                self.tables,
+                group,
+                collection,
+                doc_ids=doc_ids,
+                chunk_ids=chunk_ids,
+                where=flt,
+                with_embeddings=with_embeddings,
+                limit=limit,
+                offset=offset,
+            )
 
-    def delete_chunks(self, group: str, collection: str = DEFAULT_COLLECTION, *,
-                      chunk_ids: Sequence[int] | None = None, filters: Filter | dict | list | None = None) -> int:
+    def delete_chunks(
+        self,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        chunk_ids: Sequence[int] | None = None,
+        filters: Filter | dict | list | None = None,
+    ) -> int:
         """Delete chunks (and their cheat sheets) of one group by id and/or metadata filter; returns how many.
 
         At least one of ``chunk_ids`` and ``filters`` is required (InputError). Documents left without
@@ -488,19 +611,37 @@ class CheatSheetStore:
 
     # -- adapters ----------------------------------------------------------------------------------------
 
-    def register_adapter(self, group: str, weights: bytes, *, base_fingerprint: str, encoder_fingerprint: str,
-                         config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                         collection: str = DEFAULT_COLLECTION, activate: bool = False,
-                         create_group: bool = True) -> AdapterInfo:
+    def register_adapter(
+        self,
+        group: str,
+        weights: bytes,
+        *,
+        base_fingerprint: str,
+        encoder_fingerprint: str,
+        config: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        activate: bool = False,
+        create_group: bool = True,
+    ) -> AdapterInfo:
         """Store a new version of the group's LoRA (safetensors bytes); optionally make it active.
 
         One transaction: a failed activation (encoder mismatch) leaves no row behind. ``create_group=False``
         refuses an unknown group (NotFoundError) instead of creating it.
         """
         with self.engine.begin() as conn:
-            aid = registry.register(conn, self.tables, group, collection, weights,
-                                    base_fingerprint=base_fingerprint, encoder_fingerprint=encoder_fingerprint,
-                                    config=config, metrics=metrics, create_group=create_group)
+            aid = registry.register(
+                conn,
+                self.tables,
+                group,
+                collection,
+                weights,
+                base_fingerprint=base_fingerprint,
+                encoder_fingerprint=encoder_fingerprint,
+                config=config,
+                metrics=metrics,
+                create_group=create_group,
+            )
             if activate:
                 registry.activate(conn, self.tables, aid)
             return registry.get(conn, self.tables, aid)
@@ -571,9 +712,11 @@ def _database_errors(method):
 
 def _unavailable(store: CheatSheetStore, exc: DBAPIError) -> StoreError:
     detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
-    return StoreError(f"the database at {store.url} is unavailable ({detail[0] if detail else type(exc).__name__}); "
-                      "its unfinished transaction was rolled back: check that the server is running and retry "
-                      "(retrying is safe)")
+    return StoreError(
+        f"the database at {store.url} is unavailable ({detail[0] if detail else type(exc).__name__}); "
+        "its unfinished transaction was rolled back: check that the server is running and retry "
+        "(retrying is safe)"
+    )
 
 
 for _name, _member in list(vars(CheatSheetStore).items()):

@@ -34,12 +34,15 @@ def load_optimizer(opt: torch.optim.Optimizer, names: list[str], tensors: dict[s
             opt.state[p] = {k: (v.to(p.device) if v.ndim else v) for k, v in st.items()}
 
 
-def write_checkpoint(directory: Path, *, params: dict[str, torch.Tensor], opt_state: dict[str, torch.Tensor],
-                     meta: dict) -> None:
+def write_checkpoint(
+    directory: Path, *, params: dict[str, torch.Tensor], opt_state: dict[str, torch.Tensor], meta: dict
+) -> None:
     """Write atomically: files go to ``.tmp`` names, then are renamed over the previous checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in params.items()},
-              str(directory / "params.safetensors.tmp"))
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in params.items()},
+        str(directory / "params.safetensors.tmp"),
+    )
     save_file(opt_state, str(directory / "optimizer.safetensors.tmp")) if opt_state else None
     (directory / "state.json.tmp").write_text(json.dumps(meta, indent=1))
     for name in ("params.safetensors", "optimizer.safetensors", "state.json"):
@@ -54,12 +57,25 @@ def read_checkpoint(directory: Path) -> tuple[dict, dict, dict] | None:
         return None
     meta = json.loads((directory / "state.json").read_text())
     params = load_file(str(directory / "params.safetensors"))
-    opt = load_file(str(directory / "optimizer.safetensors")) if (directory / "optimizer.safetensors").exists() else {}
+    opt = (
+        load_file(str(directory / "optimizer.safetensors"))
+        if (directory / "optimizer.safetensors").exists()
+        else {}
+    )
     return params, opt, meta
 
 
-def fit_steps(step: int, *, first: int, planned: int, max_steps: int, max_minutes: float | None,
-              seconds_done: float, elapsed: float, since_last: float) -> int:
+def fit_steps(
+    step: int,
+    *,
+    first: int,
+    planned: int,
+    max_steps: int,
+    max_minutes: float | None,
+    seconds_done: float,
+    elapsed: float,
+    since_last: float,
+) -> int:
     """The step count a time budget allows: after 10 steps of this run (``step - first``), the measured pace
     (``elapsed`` seconds since ``first``, evaluations included) is projected over the minutes left
     (``seconds_done`` recorded plus ``since_last`` not yet recorded); at most ``max_steps``, at least one more.
@@ -79,14 +95,17 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def plot_curves(path: Path, train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]],
-                title: str) -> None:
+def plot_curves(
+    path: Path, train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]], title: str
+) -> None:
     """Loss-curve PNG: smoothed training loss and validation curves (skipped, with a log line, without
     matplotlib: training never fails for a missing plot)."""
     from ..plotting import INSTALL_HINT, available, pyplot
 
     if not available():
-        logging.getLogger(__name__).info("no loss plot %s: matplotlib is not installed (%s)", path, INSTALL_HINT)
+        logging.getLogger(__name__).info(
+            "no loss plot %s: matplotlib is not installed (%s)", path, INSTALL_HINT
+        )
         return
     plt = pyplot()
 
@@ -95,7 +114,7 @@ def plot_curves(path: Path, train: list[tuple[int, float]], val: dict[str, list[
         xs, ys = zip(*train, strict=True)
         ax.plot(xs, ys, alpha=0.25, color="C0")
         k = max(1, len(ys) // 50)
-        sm = [sum(ys[max(0, i - k):i + 1]) / len(ys[max(0, i - k):i + 1]) for i in range(len(ys))]
+        sm = [sum(ys[max(0, i - k) : i + 1]) / len(ys[max(0, i - k) : i + 1]) for i in range(len(ys))]
         ax.plot(xs, sm, color="C0", label="train (smoothed)")
     for i, (name, pts) in enumerate(val.items()):
         if pts:
@@ -116,5 +135,9 @@ def token_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
     v = student.shape[-1]
-    return F.kl_div(F.log_softmax(student, -1).reshape(-1, v), F.log_softmax(teacher, -1).reshape(-1, v),
-                    log_target=True, reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(student, -1).reshape(-1, v),
+        F.log_softmax(teacher, -1).reshape(-1, v),
+        log_target=True,
+        reduction="batchmean",
+    )

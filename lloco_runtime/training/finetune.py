@@ -71,16 +71,30 @@ class FinetuneConfig:
     checkpoint_every: int = 25
     max_answer_tokens: int = 32
     seed: int = 0
-    from_reader: bool = field(default=True, metadata={
-        "help": "start from the encoder's reader adapter when it has one (its LoRA rank/targets replace lora_r, "
-                "lora_alpha and target_modules)"})
-    kl_weight: float = field(default=1.0, metadata={
-        "help": "weight of the KL to the text-reading teacher (0: off; used only where a teacher exists)"})
-    teacher: str | None = field(default=None, metadata={
-        "help": "teacher adapter file (default: the shipped teacher when it fits the decoder)"})
-    pairs: str = field(default="auto", metadata={
-        "help": "training pairs without QA data: auto (the QA file when given, else generated), generated "
-                "(extractive questions made from the group's chunks) or self-supervised (quote / continue)"})
+    from_reader: bool = field(
+        default=True,
+        metadata={
+            "help": "start from the encoder's reader adapter when it has one (its LoRA rank/targets replace lora_r, "
+            "lora_alpha and target_modules)"
+        },
+    )
+    kl_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the KL to the text-reading teacher (0: off; used only where a teacher exists)"
+        },
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "teacher adapter file (default: the shipped teacher when it fits the decoder)"},
+    )
+    pairs: str = field(
+        default="auto",
+        metadata={
+            "help": "training pairs without QA data: auto (the QA file when given, else generated), generated "
+            "(extractive questions made from the group's chunks) or self-supervised (quote / continue)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.pairs not in PAIR_SOURCES:
@@ -108,8 +122,9 @@ class Pair:
     text: str = ""  # the same chunks as text, in the same order (what the teacher reads)
 
 
-def read_qa(path: str | Path, known_docs: set[str], *, unknown: str = "not ingested in this group"
-            ) -> tuple[list[QARow], list[tuple[int, str]]]:
+def read_qa(
+    path: str | Path, known_docs: set[str], *, unknown: str = "not ingested in this group"
+) -> tuple[list[QARow], list[tuple[int, str]]]:
     """Valid rows and ``(line, reason)`` for every rejected line (malformed, unknown doc, empty answers);
     ``unknown`` says where a known ``doc_id`` would have come from."""
     p = Path(path)
@@ -138,8 +153,11 @@ def read_qa(path: str | Path, known_docs: set[str], *, unknown: str = "not inges
             bad.append((n, f"unknown doc_id {doc!r} ({unknown})"))
         elif not isinstance(q, str) or not q.strip():
             bad.append((n, "missing or empty question"))
-        elif (not isinstance(answers, list) or not answers
-              or not all(isinstance(a, str) and a.strip() for a in answers)):
+        elif (
+            not isinstance(answers, list)
+            or not answers
+            or not all(isinstance(a, str) and a.strip() for a in answers)
+        ):
             bad.append((n, "answers must be a non-empty list of non-empty strings"))
         else:
             rows.append(QARow(n, doc, q.strip(), [a.strip() for a in answers]))
@@ -157,14 +175,23 @@ def self_supervised_pairs(chunks, rng: random.Random, limit: int) -> list[Pair]:
         text = " ".join(c.text.split())
         sentences = [s for s in _SENT.split(text) if len(s.split()) >= 4]
         if sentences:
-            pairs.append(Pair("Quote the first sentence of the context.", " ".join(sentences[0].split()[:30]),
-                              [c.chunk_id], c.text))
+            pairs.append(
+                Pair(
+                    "Quote the first sentence of the context.",
+                    " ".join(sentences[0].split()[:30]),
+                    [c.chunk_id],
+                    c.text,
+                )
+            )
         words = text.split()
         if len(words) >= 24:
             i = rng.randrange(4, len(words) - 16)
-            snippet, follow = " ".join(words[i - 4:i]), " ".join(words[i:i + 8])
-            pairs.append(Pair(f'In the context, which words come right after "{snippet}"?', follow, [c.chunk_id],
-                              c.text))
+            snippet, follow = " ".join(words[i - 4 : i]), " ".join(words[i : i + 8])
+            pairs.append(
+                Pair(
+                    f'In the context, which words come right after "{snippet}"?', follow, [c.chunk_id], c.text
+                )
+            )
     rng.shuffle(pairs)
     return pairs[:limit]
 
@@ -173,8 +200,11 @@ def self_supervised_pairs(chunks, rng: random.Random, limit: int) -> list[Pair]:
 def lora_dropout_off(model: torch.nn.Module, adapter: str) -> Iterator[None]:
     """``adapter``'s LoRA dropout in eval mode for the block (peft injects modules in training mode, so
     validation would otherwise see random dropout), back in training mode afterwards."""
-    dropouts = [m.lora_dropout[adapter] for m in model.modules()
-                if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) and adapter in m.lora_dropout]
+    dropouts = [
+        m.lora_dropout[adapter]
+        for m in model.modules()
+        if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict) and adapter in m.lora_dropout
+    ]
     for d in dropouts:
         d.eval()
     try:
@@ -212,7 +242,7 @@ class _Batcher:
         x = torch.cat([embeds[0], host.model.get_input_embeddings()(target)], dim=0).unsqueeze(0)
         p = embeds.shape[1]
         with host.using(adapter) as model:
-            return model(inputs_embeds=x, use_cache=False).logits[0, p - 1:p - 1 + len(target)].float()
+            return model(inputs_embeds=x, use_cache=False).logits[0, p - 1 : p - 1 + len(target)].float()
 
     def loss(self, pair: Pair, adapter: str | None, *, kl: bool = True) -> torch.Tensor:
         target = self._target(pair)
@@ -242,16 +272,20 @@ def _load_teacher(lloco: LLoCO, cfg: FinetuneConfig) -> tuple[str | None, Path |
     except ConfigError:  # the shipped teacher is for another base model
         log.info("no teacher for this decoder (the shipped one is for another base model): no distillation")
     except AdapterError as exc:
-        log.warning("the shipped teacher adapter %s is unreadable (%s); fine-tuning without distillation", path, exc)
+        log.warning(
+            "the shipped teacher adapter %s is unreadable (%s); fine-tuning without distillation", path, exc
+        )
     return None, None
 
 
-def _retrieved_pair(service, group: str, collection: str, cfg: FinetuneConfig, question: str, answer: str,
-                    source=None) -> Pair | None:
+def _retrieved_pair(
+    service, group: str, collection: str, cfg: FinetuneConfig, question: str, answer: str, source=None
+) -> Pair | None:
     """A pair whose chunks are those retrieved for ``question`` (top_k, in reading order), with ``source`` (the
     chunk the answer is in, when known) replacing the last-ranked hit if retrieval missed it."""
-    res = service.retrieve(question, group=group, collection=collection, top_k=cfg.top_k, mode=cfg.mode,
-                           load_cheat_sheets=False)
+    res = service.retrieve(
+        question, group=group, collection=collection, top_k=cfg.top_k, mode=cfg.mode, load_cheat_sheets=False
+    )
     chunks = list(res.chunks)
     if source is not None and all(c.chunk_id != source.chunk_id for c in chunks):
         chunks = chunks[: cfg.top_k - 1] + [source]
@@ -261,8 +295,16 @@ def _retrieved_pair(service, group: str, collection: str, cfg: FinetuneConfig, q
     return Pair(question, answer, [c.chunk_id for c in ordered], "\n\n".join(c.text for c in ordered))
 
 
-def _generated_pairs(service, group: str, collection: str, chunks, rng: random.Random, cfg: FinetuneConfig, *,
-                     progress: bool = True) -> tuple[list[Pair], list[tuple[int, str]], str]:
+def _generated_pairs(
+    service,
+    group: str,
+    collection: str,
+    chunks,
+    rng: random.Random,
+    cfg: FinetuneConfig,
+    *,
+    progress: bool = True,
+) -> tuple[list[Pair], list[tuple[int, str]], str]:
     """Pairs for extractive questions generated from the group's chunks (:mod:`.questions`), retrieved like QA
     rows; topped up with self-supervised pairs when fewer than :data:`MIN_GENERATED` questions come out."""
     from tqdm.auto import tqdm
@@ -272,17 +314,34 @@ def _generated_pairs(service, group: str, collection: str, chunks, rng: random.R
     questions = generate_questions(chunks, seed=cfg.seed, limit=cfg.max_pairs)
     by_id = {c.chunk_id: c for c in chunks}
     log.info("generated %d questions from %d chunks: %s", len(questions), len(chunks), kinds_of(questions))
-    pairs = [p for q in tqdm(questions, desc="retrieving contexts", disable=not progress, unit="q")
-             if (p := _retrieved_pair(service, group, collection, cfg, q.question, q.answer, by_id[q.chunk_id]))]
+    pairs = [
+        p
+        for q in tqdm(questions, desc="retrieving contexts", disable=not progress, unit="q")
+        if (p := _retrieved_pair(service, group, collection, cfg, q.question, q.answer, by_id[q.chunk_id]))
+    ]
     if len(pairs) >= min(MIN_GENERATED, cfg.max_pairs):
         return pairs, [], "generated"
     extra = self_supervised_pairs(chunks, rng, cfg.max_pairs - len(pairs))
-    return pairs + extra, [], (f"generated+self-supervised (only {len(pairs)} generated questions, "
-                               f"{len(extra)} self-supervised pairs added)")
+    return (
+        pairs + extra,
+        [],
+        (
+            f"generated+self-supervised (only {len(pairs)} generated questions, "
+            f"{len(extra)} self-supervised pairs added)"
+        ),
+    )
 
 
-def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str | None,
-                cfg: FinetuneConfig, *, progress: bool = True) -> tuple[list[Pair], list[tuple[int, str]], str]:
+def build_pairs(
+    lloco: LLoCO,
+    service,
+    group: str,
+    collection: str,
+    qa_path: str | None,
+    cfg: FinetuneConfig,
+    *,
+    progress: bool = True,
+) -> tuple[list[Pair], list[tuple[int, str]], str]:
     """Training pairs and the rejected QA lines; ``source`` says where the pairs came from: ``qa`` (the QA
     file, with ``cfg.pairs == "auto"``), ``generated`` (questions generated from the group's chunks, each pair's
     chunks including the one its answer is in; ``generated+self-supervised (...)`` when too few came out) or
@@ -294,16 +353,21 @@ def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str
     if not docs:
         raise InputError(f"group {group!r} has no documents; run `lloco ingest PATH --group {group}` first")
     if qa_path and cfg.pairs != "auto":
-        raise ConfigError(f"pairs={cfg.pairs!r} builds pairs from the group's chunks and would ignore the QA "
-                          f"file {qa_path}; use pairs='auto' with a QA file, or drop the QA file")
+        raise ConfigError(
+            f"pairs={cfg.pairs!r} builds pairs from the group's chunks and would ignore the QA "
+            f"file {qa_path}; use pairs='auto' with a QA file, or drop the QA file"
+        )
     if qa_path:
         rows, bad = read_qa(qa_path, docs)
         if not rows:
             raise InputError(f"no usable rows in {qa_path} ({len(bad)} rejected); see the report above")
         rng.shuffle(rows)
         rows = rows[: cfg.max_pairs]
-        pairs = [p for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q")
-                 if (p := _retrieved_pair(service, group, collection, cfg, r.question, r.answers[0]))]
+        pairs = [
+            p
+            for r in tqdm(rows, desc="retrieving contexts", disable=not progress, unit="q")
+            if (p := _retrieved_pair(service, group, collection, cfg, r.question, r.answers[0]))
+        ]
         return pairs, bad, "qa"
     chunks = service.store.list_chunks(group, collection)
     if cfg.pairs == "self-supervised":
@@ -312,9 +376,18 @@ def build_pairs(lloco: LLoCO, service, group: str, collection: str, qa_path: str
 
 
 @torch.enable_grad()
-def finetune_group(service, group: str, *, collection: str = "default", qa_path: str | None = None,
-                   cfg: FinetuneConfig | None = None, out_dir: str | Path | None = None, resume: bool = True,
-                   activate: bool = True, progress: bool = True) -> dict:
+def finetune_group(
+    service,
+    group: str,
+    *,
+    collection: str = "default",
+    qa_path: str | None = None,
+    cfg: FinetuneConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    activate: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train a LoRA for ``group`` and register it as a new version (active when ``activate``)."""
     from peft import LoraConfig, set_peft_model_state_dict
     from tqdm.auto import tqdm
@@ -333,12 +406,21 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
 
     if TRAIN_ADAPTER in host.adapter_names():
         host.delete_adapter(TRAIN_ADAPTER)
-    reader = AdapterArtifact.from_bytes(lloco.encoder.reader) if (cfg.from_reader and lloco.encoder.reader) else None
+    reader = (
+        AdapterArtifact.from_bytes(lloco.encoder.reader)
+        if (cfg.from_reader and lloco.encoder.reader)
+        else None
+    )
     if reader is not None:  # the group adapter starts as the reader: its rank and targets
         lora = lora_config_from_dict({**reader.lora_config, "lora_dropout": cfg.lora_dropout})
     else:
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.target_modules), bias="none")
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules),
+            bias="none",
+        )
     host.add_adapter(TRAIN_ADAPTER, lora)
     if reader is not None:
         set_peft_model_state_dict(host.model, reader.tensors, adapter_name=TRAIN_ADAPTER)
@@ -351,16 +433,28 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     batcher = _Batcher(lloco, service, cfg, teacher)
-    history: dict = {"config": asdict(cfg), "source": source, "n_train": len(train), "n_val": len(val),
-                     "rejected": len(bad), "train": [], "val": [], "seconds": 0.0,
-                     "init": "reader" if reader is not None else "fresh",
-                     "teacher": None if teacher_file is None else str(teacher_file)}
+    history: dict = {
+        "config": asdict(cfg),
+        "source": source,
+        "n_train": len(train),
+        "n_val": len(val),
+        "rejected": len(bad),
+        "train": [],
+        "val": [],
+        "seconds": 0.0,
+        "init": "reader" if reader is not None else "fresh",
+        "teacher": None if teacher_file is None else str(teacher_file),
+    }
     start = 0
     ckpt = out / "checkpoint" if out else None
     if ckpt and resume and (ck := read_checkpoint(ckpt)) is not None:
         saved, opt_t, meta = ck
-        if meta.get("group") != [collection, group] or meta["history"]["config"] != json.loads(json.dumps(asdict(cfg))):
-            raise ConfigError(f"checkpoint in {ckpt} belongs to another run; use another --out or --no-resume")
+        if meta.get("group") != [collection, group] or meta["history"]["config"] != json.loads(
+            json.dumps(asdict(cfg))
+        ):
+            raise ConfigError(
+                f"checkpoint in {ckpt} belongs to another run; use another --out or --no-resume"
+            )
         set_peft_model_state_dict(host.model, saved, adapter_name=TRAIN_ADAPTER)
         load_optimizer(opt, names, opt_t)
         history, start = meta["history"], int(meta["step"])
@@ -372,9 +466,16 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
 
     try:
         if start == 0:
-            history["val"].append({"step": 0, "adapter": val_loss(TRAIN_ADAPTER), "no_adapter": val_loss(None)})
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"finetune {group}",
-                   disable=not progress)
+            history["val"].append(
+                {"step": 0, "adapter": val_loss(TRAIN_ADAPTER), "no_adapter": val_loss(None)}
+            )
+        bar = tqdm(
+            range(start, cfg.steps),
+            initial=start,
+            total=cfg.steps,
+            desc=f"finetune {group}",
+            disable=not progress,
+        )
         t_last = time.perf_counter()
         for step in bar:
             for g in opt.param_groups:
@@ -396,25 +497,48 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
             bar.set_postfix(loss=f"{total:.3f}")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 history["val"].append({"step": step + 1, "adapter": val_loss(TRAIN_ADAPTER)})
-                bar.write(f"step {step + 1}: validation answer loss {history['val'][-1]['adapter']:.3f} "
-                          f"(no adapter {history['val'][0]['no_adapter']:.3f})")
+                bar.write(
+                    f"step {step + 1}: validation answer loss {history['val'][-1]['adapter']:.3f} "
+                    f"(no adapter {history['val'][0]['no_adapter']:.3f})"
+                )
             if ckpt and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 from peft import get_peft_model_state_dict
 
-                write_checkpoint(ckpt, params=get_peft_model_state_dict(host.model, adapter_name=TRAIN_ADAPTER),
-                                 opt_state=save_optimizer(opt, names),
-                                 meta={"step": step + 1, "group": [collection, group], "history": history})
+                write_checkpoint(
+                    ckpt,
+                    params=get_peft_model_state_dict(host.model, adapter_name=TRAIN_ADAPTER),
+                    opt_state=save_optimizer(opt, names),
+                    meta={"step": step + 1, "group": [collection, group], "history": history},
+                )
         bar.close()
-        metrics = {"val_loss": history["val"][-1]["adapter"], "val_loss_no_adapter": history["val"][0]["no_adapter"],
-                   "train_loss": history["train"][-1]["loss"] if history["train"] else None, "steps": cfg.steps,
-                   "pairs": len(train), "source": source, "seconds": round(history["seconds"], 1),
-                   "init": history["init"], "distilled": teacher is not None}
-        art = AdapterArtifact.from_model(host.model, TRAIN_ADAPTER, base_fingerprint=host.fingerprint,
-                                         encoder_fingerprint=lloco.encoder.fingerprint, info=metrics)
+        metrics = {
+            "val_loss": history["val"][-1]["adapter"],
+            "val_loss_no_adapter": history["val"][0]["no_adapter"],
+            "train_loss": history["train"][-1]["loss"] if history["train"] else None,
+            "steps": cfg.steps,
+            "pairs": len(train),
+            "source": source,
+            "seconds": round(history["seconds"], 1),
+            "init": history["init"],
+            "distilled": teacher is not None,
+        }
+        art = AdapterArtifact.from_model(
+            host.model,
+            TRAIN_ADAPTER,
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            info=metrics,
+        )
         info = service.store.register_adapter(
-            group, art.to_bytes(), base_fingerprint=host.fingerprint,
-            encoder_fingerprint=lloco.encoder.fingerprint, config=art.lora_config, metrics=metrics,
-            collection=collection, activate=activate)
+            group,
+            art.to_bytes(),
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            config=art.lora_config,
+            metrics=metrics,
+            collection=collection,
+            activate=activate,
+        )
     finally:
         for p in params:
             p.requires_grad_(False)
@@ -426,7 +550,10 @@ def finetune_group(service, group: str, *, collection: str = "default", qa_path:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "history.json").write_text(json.dumps(history, indent=1))
-        plot_curves(out / "loss.png", [(r["step"], r["loss"]) for r in history["train"]],
-                    {"validation (adapter)": [(r["step"], r["adapter"]) for r in history["val"]]},
-                    f"lloco finetune {group}")
+        plot_curves(
+            out / "loss.png",
+            [(r["step"], r["loss"]) for r in history["train"]],
+            {"validation (adapter)": [(r["step"], r["adapter"]) for r in history["val"]]},
+            f"lloco finetune {group}",
+        )
     return history

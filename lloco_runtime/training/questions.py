@@ -18,39 +18,134 @@ from typing import Protocol
 #: kinds of generated questions, in the order overlapping spans are preferred
 KINDS = ("date", "amount", "count", "year", "person", "place", "name")
 
-_MONTH = (r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
-          r"Jan\.|Feb\.|Aug\.|Sept?\.|Oct\.|Nov\.|Dec\.)")
-_DATE = re.compile(rf"\b(?:{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{3,4}}|\d{{1,2}}\s+{_MONTH}\s+\d{{3,4}}"
-                   rf"|{_MONTH}\s+\d{{4}})\b")
+_MONTH = (
+    r"(?:January|February|March|April|May|June|July|August|September|October|November|December|"
+    r"Jan\.|Feb\.|Aug\.|Sept?\.|Oct\.|Nov\.|Dec\.)"
+)
+_DATE = re.compile(
+    rf"\b(?:{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{3,4}}|\d{{1,2}}\s+{_MONTH}\s+\d{{3,4}}"
+    rf"|{_MONTH}\s+\d{{4}})\b"
+)
 _SCALE = r"(?:\s(?:thousand|million|billion|trillion))?"
-_AMOUNT = re.compile(rf"(?:US)?[$£€¥]\s?\d[\d,]*(?:\.\d+)?{_SCALE}|\b\d[\d,]*(?:\.\d+)?\s?(?:%|percent\b|per cent\b)")
+_AMOUNT = re.compile(
+    rf"(?:US)?[$£€¥]\s?\d[\d,]*(?:\.\d+)?{_SCALE}|\b\d[\d,]*(?:\.\d+)?\s?(?:%|percent\b|per cent\b)"
+)
 _WORDNUM = r"(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|forty|fifty|hundred)"
-_COUNT = re.compile(rf"\b(\d[\d,]*(?:\.\d+)?{_SCALE}|{_WORDNUM}(?:\s(?:hundred|thousand|million))?)"
-                    r"\s+(?!(?:of|to|and|or|in|on|at|by|for|from|the|a|an|is|was|were|are|had|has)\b)([a-z]{3,}s)\b")
+_COUNT = re.compile(
+    rf"\b(\d[\d,]*(?:\.\d+)?{_SCALE}|{_WORDNUM}(?:\s(?:hundred|thousand|million))?)"
+    r"\s+(?!(?:of|to|and|or|in|on|at|by|for|from|the|a|an|is|was|were|are|had|has)\b)([a-z]{3,}s)\b"
+)
 _YEAR = re.compile(r"\b(?:1[0-9]{3}|20[0-9]{2})(?:s\b|\b)(?![,.]?\d)")
-_YEAR_BEFORE = re.compile(r"(?:\b(?:in|since|until|by|from|to|during|before|after|around|of|c\.)\s+|[-–(]\s*)$",
-                          re.IGNORECASE)
+_YEAR_BEFORE = re.compile(
+    r"(?:\b(?:in|since|until|by|from|to|during|before|after|around|of|c\.)\s+|[-–(]\s*)$", re.IGNORECASE
+)
 _CAP = r"[A-ZÀ-ÖØ-Þ][\w'’.-]*"
 _NAME = re.compile(rf"{_CAP}(?:\s+(?:(?:of|the|de|da|del|du|la|le|von|van|der|for|on)\s+)*{_CAP})*")
 _DAYS = {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
 _ROLE = re.compile(r"\b(?:the|a|an)\s+([a-z]{3,})\s+$")
-_PERSON_ROLE = re.compile(r"(?:[a-z]+(?:ist|ian)|[a-z]*(?:writer|maker|player|singer|leader|founder|owner|keeper|"
-                          r"engineer|astronomer|actor|actress|author|director|governor|emperor|officer|painter)|"
-                          r"king|queen|prince|princess|pope|general|captain|president|poet|saint|bishop|minister)")
-_NOT_NAMES = {"I", "The", "A", "An", "It", "In", "On", "At", "By", "He", "She", "They", "This", "That", "These",
-              "Those", "However", "Although", "When", "While", "After", "Before", "During", "Since", "His", "Her"}
-_ORG_WORDS = {"University", "College", "School", "Church", "Company", "Corporation", "Inc", "Inc.", "Party",
-              "Council", "Association", "Society", "Institute", "Museum", "Office", "Department", "Army", "Navy",
-              "Court", "House", "Hall", "Street", "River", "Mountains", "Ocean", "Sea", "Island", "Islands",
-              "Kingdom", "Empire", "Republic", "States", "Union", "War", "Act", "Award", "Awards", "Prize", "League",
-              "Lake", "Peninsula", "Center", "Centre", "Theatre", "Park", "Bay", "Valley", "County", "City",
-              "Hill", "Point", "Castle", "Cathedral", "Bridge", "Station", "Square", "Road", "Avenue"}
-_PERSON_NEXT = re.compile(r"\s*(?:,\s*(?:who|a|an|the)\b|(?:was|is|had|has|became|won|wrote|said|led|died|married|"
-                          r"joined|returned|served|argued|claimed|stated|[a-z]{3,}ed)\b)")
+_PERSON_ROLE = re.compile(
+    r"(?:[a-z]+(?:ist|ian)|[a-z]*(?:writer|maker|player|singer|leader|founder|owner|keeper|"
+    r"engineer|astronomer|actor|actress|author|director|governor|emperor|officer|painter)|"
+    r"king|queen|prince|princess|pope|general|captain|president|poet|saint|bishop|minister)"
+)
+_NOT_NAMES = {
+    "I",
+    "The",
+    "A",
+    "An",
+    "It",
+    "In",
+    "On",
+    "At",
+    "By",
+    "He",
+    "She",
+    "They",
+    "This",
+    "That",
+    "These",
+    "Those",
+    "However",
+    "Although",
+    "When",
+    "While",
+    "After",
+    "Before",
+    "During",
+    "Since",
+    "His",
+    "Her",
+}
+_ORG_WORDS = {
+    "University",
+    "College",
+    "School",
+    "Church",
+    "Company",
+    "Corporation",
+    "Inc",
+    "Inc.",
+    "Party",
+    "Council",
+    "Association",
+    "Society",
+    "Institute",
+    "Museum",
+    "Office",
+    "Department",
+    "Army",
+    "Navy",
+    "Court",
+    "House",
+    "Hall",
+    "Street",
+    "River",
+    "Mountains",
+    "Ocean",
+    "Sea",
+    "Island",
+    "Islands",
+    "Kingdom",
+    "Empire",
+    "Republic",
+    "States",
+    "Union",
+    "War",
+    "Act",
+    "Award",
+    "Awards",
+    "Prize",
+    "League",
+    "Lake",
+    "Peninsula",
+    "Center",
+    "Centre",
+    "Theatre",
+    "Park",
+    "Bay",
+    "Valley",
+    "County",
+    "City",
+    "Hill",
+    "Point",
+    "Castle",
+    "Cathedral",
+    "Bridge",
+    "Station",
+    "Square",
+    "Road",
+    "Avenue",
+}
+_PERSON_NEXT = re.compile(
+    r"\s*(?:,\s*(?:who|a|an|the)\b|(?:was|is|had|has|became|won|wrote|said|led|died|married|"
+    r"joined|returned|served|argued|claimed|stated|[a-z]{3,}ed)\b)"
+)
 _CONNECT = {"of", "the", "for", "on"}
 _PLACE_BEFORE = re.compile(r"\b(?:in|at|on|near|across|throughout)\s+(?:the\s+)?$", re.IGNORECASE)
 _SENT_END = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_ABBREV = re.compile(r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Lt|Mt|No|vs|etc|ca|c|e\.g|i\.e)|\b[A-Z]|\.[A-Z])$")
+_ABBREV = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Lt|Mt|No|vs|etc|ca|c|e\.g|i\.e)|\b[A-Z]|\.[A-Z])$"
+)
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")
 
 
@@ -78,7 +173,7 @@ def sentences(text: str) -> list[tuple[int, int]]:
     one)."""
     spans, start = [], 0
     for m in _SENT_END.finditer(text):
-        if _ABBREV.search(text[start:m.start()]):
+        if _ABBREV.search(text[start : m.start()]):
             continue
         spans.append((start, m.start() + 1))
         start = m.end()
@@ -92,7 +187,7 @@ def _candidates(s: str) -> list[tuple[int, int, int, int, str, str]]:
     region the wh-phrase replaces (the answer plus a preposition or article) and the phrase."""
     out = []
     for m in _DATE.finditer(s):
-        pre = re.search(r"\b(?:on|in)\s+$", s[:m.start()], re.IGNORECASE)
+        pre = re.search(r"\b(?:on|in)\s+$", s[: m.start()], re.IGNORECASE)
         out.append((m.start(), m.end(), pre.start() if pre else m.start(), m.end(), "when", "date"))
     for m in _AMOUNT.finditer(s):
         wh = "what percentage" if re.search(r"%|cent$", m.group()) else "how much"
@@ -102,8 +197,8 @@ def _candidates(s: str) -> list[tuple[int, int, int, int, str, str]]:
             continue
         out.append((m.start(1), m.end(1), m.start(1), m.end(1), "how many", "count"))
     for m in _YEAR.finditer(s):
-        pre = _YEAR_BEFORE.search(s[:m.start()])
-        if pre is None and not re.match(r"\s*(?:[,;:.)]|$)", s[m.end():]):
+        pre = _YEAR_BEFORE.search(s[: m.start()])
+        if pre is None and not re.match(r"\s*(?:[,;:.)]|$)", s[m.end() :]):
             continue
         decade = m.group().endswith("s")
         wh = "what decade" if decade else "what year"
@@ -114,8 +209,13 @@ def _candidates(s: str) -> list[tuple[int, int, int, int, str, str]]:
     for m in _NAME.finditer(s):
         a, b, span = m.start(), m.end(), m.group()
         while span and (re.search(r"(?:[a-z]{2}\.|[-'’]|['’]s)$", span) or span.split()[-1] in _CONNECT):
-            span = (span[:-2] if re.search(r"['’]s$", span) else span[:-1] if span[-1] in ".-'’"
-                    else span.rsplit(None, 1)[0].rstrip())
+            span = (
+                span[:-2]
+                if re.search(r"['’]s$", span)
+                else span[:-1]
+                if span[-1] in ".-'’"
+                else span.rsplit(None, 1)[0].rstrip()
+            )
         b = a + len(span)
         words = span.split()
         if a == 0 or not words or span in _NOT_NAMES | _DAYS or re.fullmatch(_MONTH, span) or len(span) < 3:
@@ -130,8 +230,13 @@ def _candidates(s: str) -> list[tuple[int, int, int, int, str, str]]:
             out.append((a, b, place.start(), b, "where", "place"))
         elif re.search(r"\bby\s+$", s[:a]) and not _ORG_WORDS & set(words):
             out.append((a, b, a, b, "whom", "person"))
-        elif (2 <= len(words) <= 3 and all(w[:1].isupper() for w in words) and not _ORG_WORDS & set(words)
-              and not re.search(r"\bthe\s+$", s[:a]) and _PERSON_NEXT.match(s[b:])):
+        elif (
+            2 <= len(words) <= 3
+            and all(w[:1].isupper() for w in words)
+            and not _ORG_WORDS & set(words)
+            and not re.search(r"\bthe\s+$", s[:a])
+            and _PERSON_NEXT.match(s[b:])
+        ):
             out.append((a, b, a, b, "who", "person"))
         else:
             the = re.search(r"\bthe\s+$", s[:a])
@@ -160,8 +265,12 @@ def chunk_questions(text: str, chunk_id: int) -> list[GeneratedQuestion]:
     out = []
     for sa, sb in sentences(text):
         s = text[sa:sb]
-        if (len(_ALPHA_WORD.findall(s)) < 5 or len(s.split()) > 40 or not s[0].isupper()
-                or (sb == len(text.rstrip()) and not re.search(r"[.!?][\"')\]”]*$", s))):
+        if (
+            len(_ALPHA_WORD.findall(s)) < 5
+            or len(s.split()) > 40
+            or not s[0].isupper()
+            or (sb == len(text.rstrip()) and not re.search(r"[.!?][\"')\]”]*$", s))
+        ):
             continue  # too short or long, or cut by the chunk boundary
         taken: list[tuple[int, int]] = []
         for a, b, ra, rb, wh, kind in sorted(_candidates(s), key=lambda c: (KINDS.index(c[5]), c[0])):
@@ -176,8 +285,9 @@ def chunk_questions(text: str, chunk_id: int) -> list[GeneratedQuestion]:
     return sorted(out, key=lambda q: q.start)
 
 
-def generate_questions(chunks: Iterable[ChunkLike], *, seed: int = 0, per_chunk: int = 2,
-                       limit: int | None = None) -> list[GeneratedQuestion]:
+def generate_questions(
+    chunks: Iterable[ChunkLike], *, seed: int = 0, per_chunk: int = 2, limit: int | None = None
+) -> list[GeneratedQuestion]:
     """Up to ``per_chunk`` questions per chunk (of different kinds where possible), shuffled, at most
     ``limit``; the same chunks and ``seed`` give the same list."""
     rng = random.Random(seed)

@@ -45,8 +45,14 @@ class PreparedItem:
     answer: tuple[int, ...]
 
 
-def prepare_items(encoder: ContextEncoder, items: Sequence[ReadingItem], *, max_context_tokens: int,
-                  max_answer_tokens: int, template: PromptTemplate | None = None) -> list[PreparedItem]:
+def prepare_items(
+    encoder: ContextEncoder,
+    items: Sequence[ReadingItem],
+    *,
+    max_context_tokens: int,
+    max_answer_tokens: int,
+    template: PromptTemplate | None = None,
+) -> list[PreparedItem]:
     """Tokenise items the way serving does (:meth:`PromptTemplate.build` + the generator's per-piece
     tokenisation); paragraphs longer than ``max_context_tokens`` are left out.
 
@@ -66,6 +72,7 @@ def prepare_items(encoder: ContextEncoder, items: Sequence[ReadingItem], *, max_
         return prefix, suffix_form.replace(qmark, question.replace(_SLOT_TEXT, ""))
 
     if any(render(it.question) != _pieces(template, tok, it.question, marker) for it in items[:20]):
+
         def render(question: str) -> tuple[str, str]:
             return _pieces(template, tok, question, marker)
 
@@ -86,9 +93,16 @@ def prepare_items(encoder: ContextEncoder, items: Sequence[ReadingItem], *, max_
         if not ans:
             continue
         para = paragraph_ids[it.context]
-        out.append(PreparedItem(it, tuple(prefixes[pre]), tuple(suf), tuple(para),
-                                tuple(tuple(para[i:i + seg]) for i in range(0, len(para), seg)),
-                                tuple(ans[:max_answer_tokens]) + tail))
+        out.append(
+            PreparedItem(
+                it,
+                tuple(prefixes[pre]),
+                tuple(suf),
+                tuple(para),
+                tuple(tuple(para[i : i + seg]) for i in range(0, len(para), seg)),
+                tuple(ans[:max_answer_tokens]) + tail,
+            )
+        )
     return out
 
 
@@ -96,7 +110,7 @@ def _pieces(template: PromptTemplate, tok, question: str, marker: torch.Tensor) 
     """The template's text before and after the context slot for ``question``."""
     pieces = template.build(tok, question, marker).pieces
     at = next(i for i, p in enumerate(pieces) if p is marker)
-    return "".join(pieces[:at]), "".join(pieces[at + 1:])
+    return "".join(pieces[:at]), "".join(pieces[at + 1 :])
 
 
 def paragraph_sheets(encoder: ContextEncoder, items: Sequence[PreparedItem]) -> list[torch.Tensor]:
@@ -108,13 +122,17 @@ def paragraph_sheets(encoder: ContextEncoder, items: Sequence[PreparedItem]) -> 
     out, i = [], 0
     for it in items:
         n = len(it.segments)
-        out.append(torch.cat(vectors[i:i + n], dim=0))
+        out.append(torch.cat(vectors[i : i + n], dim=0))
         i += n
     return out
 
 
-def answer_logits(encoder: ContextEncoder, items: Sequence[PreparedItem], contexts: Sequence[torch.Tensor | None],
-                  adapter: str | None) -> torch.Tensor:
+def answer_logits(
+    encoder: ContextEncoder,
+    items: Sequence[PreparedItem],
+    contexts: Sequence[torch.Tensor | None],
+    adapter: str | None,
+) -> torch.Tensor:
     """Logits ``[n_answer_tokens_total, vocab]`` predicting each item's answer tokens after
     ``prefix | context | suffix``; ``context`` is a cheat sheet ``[n, H]``, or None for the paragraph as text.
     Only the answer positions go through the LM head (the vocabulary projection dominates otherwise)."""
@@ -125,17 +143,24 @@ def answer_logits(encoder: ContextEncoder, items: Sequence[PreparedItem], contex
     rows, starts = [], []
     for it, ctx in zip(items, contexts, strict=True):
         middle = embed(torch.tensor(it.text, device=dev)) if ctx is None else ctx.to(dev)
-        head = torch.cat([embed(torch.tensor(it.prefix, device=dev)), middle,
-                          embed(torch.tensor(it.suffix + it.answer, device=dev))], dim=0)
+        head = torch.cat(
+            [
+                embed(torch.tensor(it.prefix, device=dev)),
+                middle,
+                embed(torch.tensor(it.suffix + it.answer, device=dev)),
+            ],
+            dim=0,
+        )
         rows.append(head)
         starts.append(head.shape[0] - len(it.answer))
     length = max(r.shape[0] for r in rows)
     x = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
     for i, r in enumerate(rows):
-        x[i, :r.shape[0]] = r  # right padding: causal attention never looks ahead at it
+        x[i, : r.shape[0]] = r  # right padding: causal attention never looks ahead at it
     batch_idx = torch.tensor([i for i, it in enumerate(items) for _ in it.answer], device=dev)
-    pos_idx = torch.tensor([s - 1 + j for s, it in zip(starts, items, strict=True) for j in range(len(it.answer))],
-                           device=dev)
+    pos_idx = torch.tensor(
+        [s - 1 + j for s, it in zip(starts, items, strict=True) for j in range(len(it.answer))], device=dev
+    )
     with host.using(adapter):
         hidden = getattr(model, model.base_model_prefix)(inputs_embeds=x, use_cache=False).last_hidden_state
         return model.get_output_embeddings()(hidden[batch_idx, pos_idx]).float()
@@ -145,8 +170,14 @@ def answer_targets(items: Sequence[PreparedItem], device: torch.device) -> torch
     return torch.tensor([t for it in items for t in it.answer], device=device)
 
 
-def reading_losses(encoder: ContextEncoder, items: Sequence[PreparedItem], *, reader: str | None,
-                   teacher: str | None, kl: bool) -> dict[str, torch.Tensor]:
+def reading_losses(
+    encoder: ContextEncoder,
+    items: Sequence[PreparedItem],
+    *,
+    reader: str | None,
+    teacher: str | None,
+    kl: bool,
+) -> dict[str, torch.Tensor]:
     """``reading`` (answer CE from cheat sheets) and, with ``kl`` and a teacher, ``reading_kl``."""
     sheets = paragraph_sheets(encoder, items)
     student = answer_logits(encoder, items, sheets, reader)
@@ -180,9 +211,16 @@ def control_partner(items: Sequence[PreparedItem], i: int) -> PreparedItem:
 
 
 @torch.no_grad()
-def reading_validation(encoder: ContextEncoder, items: Sequence[PreparedItem], *, reader: str | None,
-                       teacher: str | None, baselines: dict | None = None, max_new_tokens: int = 24,
-                       batch_size: int = 8) -> dict:
+def reading_validation(
+    encoder: ContextEncoder,
+    items: Sequence[PreparedItem],
+    *,
+    reader: str | None,
+    teacher: str | None,
+    baselines: dict | None = None,
+    max_new_tokens: int = 24,
+    batch_size: int = 8,
+) -> dict:
     """Held-out reading: answer loss and greedy token F1 with the right and the wrong cheat sheets; text and
     no-context F1 (``baselines``, computed when not given: they do not change while the encoder trains)."""
     from ..evaluation import metrics as M
@@ -194,7 +232,7 @@ def reading_validation(encoder: ContextEncoder, items: Sequence[PreparedItem], *
     template = PromptTemplate()
     sheets: list[torch.Tensor] = []
     for b in range(0, len(items), batch_size):
-        sheets.extend(s.to(host.dtype) for s in paragraph_sheets(encoder, items[b:b + batch_size]))
+        sheets.extend(s.to(host.dtype) for s in paragraph_sheets(encoder, items[b : b + batch_size]))
     index = {id(it): k for k, it in enumerate(items)}
     wrong = [sheets[index[id(control_partner(items, i))]] for i in range(len(items))]
 
@@ -208,17 +246,23 @@ def reading_validation(encoder: ContextEncoder, items: Sequence[PreparedItem], *
     out: dict = {"n": len(items)}
     loss_right = loss_wrong = 0.0
     for b in range(0, len(items), batch_size):
-        part = items[b:b + batch_size]
+        part = items[b : b + batch_size]
         gold = answer_targets(part, host.device)
-        loss_right += F.cross_entropy(answer_logits(encoder, part, sheets[b:b + batch_size], reader), gold,
-                                      reduction="sum").item()
-        loss_wrong += F.cross_entropy(answer_logits(encoder, part, wrong[b:b + batch_size], reader), gold,
-                                      reduction="sum").item()
+        loss_right += F.cross_entropy(
+            answer_logits(encoder, part, sheets[b : b + batch_size], reader), gold, reduction="sum"
+        ).item()
+        loss_wrong += F.cross_entropy(
+            answer_logits(encoder, part, wrong[b : b + batch_size], reader), gold, reduction="sum"
+        ).item()
     n_tokens = sum(len(it.answer) for it in items)
     out["answer_loss_right"] = loss_right / n_tokens
     out["answer_loss_wrong"] = loss_wrong / n_tokens
-    out["f1_right"] = sum(f1(answer(it, [s], reader), it) for it, s in zip(items, sheets, strict=True)) / len(items)
-    out["f1_wrong"] = sum(f1(answer(it, [s], reader), it) for it, s in zip(items, wrong, strict=True)) / len(items)
+    out["f1_right"] = sum(f1(answer(it, [s], reader), it) for it, s in zip(items, sheets, strict=True)) / len(
+        items
+    )
+    out["f1_wrong"] = sum(f1(answer(it, [s], reader), it) for it, s in zip(items, wrong, strict=True)) / len(
+        items
+    )
     if baselines is None:
         text = [f1(answer(it, it.item.context, teacher), it) for it in items]
         none = [f1(answer(it, None, None), it) for it in items]

@@ -59,7 +59,7 @@ def _segments(encoder: ContextEncoder, text: str) -> list[tuple[list[int], list[
     enc = encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     n = encoder.config.segment_length
-    return [(ids[s:s + n], offsets[s:s + n]) for s in range(0, len(ids), n)]
+    return [(ids[s : s + n], offsets[s : s + n]) for s in range(0, len(ids), n)]
 
 
 def _answer_spans(context: str, answers: Sequence[str]) -> list[tuple[int, int]]:
@@ -79,13 +79,14 @@ def _by_paragraph(items: Sequence[ReadingItem]) -> dict[str, list[ReadingItem]]:
 
 
 @torch.no_grad()
-def _states(encoder: ContextEncoder, token_lists: list[list[int]], batch_size: int, desc: str,
-            progress: bool) -> list[torch.Tensor]:
+def _states(
+    encoder: ContextEncoder, token_lists: list[list[int]], batch_size: int, desc: str, progress: bool
+) -> list[torch.Tensor]:
     adapter = ENCODER_ADAPTER if encoder.has_lora else None
     out: list[torch.Tensor] = []
     bar = tqdm(total=len(token_lists), desc=desc, unit="seg", disable=not progress)
     for b in range(0, len(token_lists), batch_size):
-        batch = token_lists[b:b + batch_size]
+        batch = token_lists[b : b + batch_size]
         with encoder.host.using(adapter):
             out.extend(h.float().cpu() for h in encoder.selector_states(batch))
         bar.update(len(batch))
@@ -93,8 +94,9 @@ def _states(encoder: ContextEncoder, token_lists: list[list[int]], batch_size: i
     return out
 
 
-def answers_kept(encoder: ContextEncoder, items: Sequence[ReadingItem],
-                 scores: dict[str, list[torch.Tensor]] | None = None) -> list[bool]:
+def answers_kept(
+    encoder: ContextEncoder, items: Sequence[ReadingItem], scores: dict[str, list[torch.Tensor]] | None = None
+) -> list[bool]:
     """For each item: does its answer (any of them) survive whole, after normalisation, inside one run of
     consecutive kept tokens of its paragraph's segments? ``scores`` (paragraph -> per-segment token scores)
     selects with the learned ranking, else the rules."""
@@ -122,59 +124,73 @@ def answers_kept(encoder: ContextEncoder, items: Sequence[ReadingItem],
     return out
 
 
-def kept_answer_share(encoder: ContextEncoder, items: Sequence[ReadingItem],
-                      scores: dict[str, list[torch.Tensor]] | None = None) -> float:
+def kept_answer_share(
+    encoder: ContextEncoder, items: Sequence[ReadingItem], scores: dict[str, list[torch.Tensor]] | None = None
+) -> float:
     """Share of ``items`` whose answer survives whole as literal tokens (:func:`answers_kept`)."""
     return sum(answers_kept(encoder, items, scores)) / len(items) if items else 0.0
 
 
-def selector_scores(encoder: ContextEncoder, contexts: Sequence[str], batch_size: int = 16
-                    ) -> dict[str, list[torch.Tensor]]:
+def selector_scores(
+    encoder: ContextEncoder, contexts: Sequence[str], batch_size: int = 16
+) -> dict[str, list[torch.Tensor]]:
     """The learned selector's token scores for each segment of each paragraph in ``contexts``."""
     segments = {c: [ids for ids, _ in _segments(encoder, c)] for c in dict.fromkeys(contexts)}
     flat = [ids for segs in segments.values() for ids in segs]
     scores: list[torch.Tensor] = []
     for b in range(0, len(flat), batch_size):
         with encoder.host.using(ENCODER_ADAPTER if encoder.has_lora else None):
-            scores.extend(encoder.literal_scores(flat[b:b + batch_size]))
+            scores.extend(encoder.literal_scores(flat[b : b + batch_size]))
     out, k = {}, 0
     for c, segs in segments.items():
-        out[c] = scores[k:k + len(segs)]
+        out[c] = scores[k : k + len(segs)]
         k += len(segs)
     return out
 
 
-def train_selector(encoder: ContextEncoder, reading_path: str | Path, config: SelectorConfig | None = None, *,
-                   progress: bool = True) -> dict:
+def train_selector(
+    encoder: ContextEncoder,
+    reading_path: str | Path,
+    config: SelectorConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict:
     """Fit ``encoder``'s learned selector (``literal_selector="learned"``) on a SQuAD-layout folder; returns
     the metrics (held-out loss, answers kept whole by the rules and by the selector). Changes the encoder's
     weights (and so its fingerprint)."""
     cfg = config or SelectorConfig()
     if encoder.selector is None:
-        raise ConfigError("this encoder chooses literal tokens by rules; configure a learned selector first "
-                          "(literal_selector='learned', e.g. `lloco train-encoder --literal-selector learned`)")
+        raise ConfigError(
+            "this encoder chooses literal tokens by rules; configure a learned selector first "
+            "(literal_selector='learned', e.g. `lloco train-encoder --literal-selector learned`)"
+        )
     t0 = time.time()
     items = read_reading_items(reading_path)
     train_items, val_items = split_by_article(items, val_articles=cfg.val_articles, seed=cfg.seed)
     paragraphs = _by_paragraph(train_items)
     contexts = sorted(paragraphs)
     random.Random(cfg.seed).shuffle(contexts)
-    contexts = contexts[:cfg.paragraphs]
+    contexts = contexts[: cfg.paragraphs]
     token_lists: list[list[int]] = []
     labels: list[torch.Tensor] = []
     for ctx in contexts:
         spans = _answer_spans(ctx, [a for it in paragraphs[ctx] for a in it.answers])
         for ids, offsets in _segments(encoder, ctx):
             token_lists.append(ids)
-            labels.append(torch.tensor([any(s < e2 and s2 < e for s2, e2 in spans) for s, e in offsets],
-                                       dtype=torch.float32))
+            labels.append(
+                torch.tensor(
+                    [any(s < e2 and s2 < e for s2, e2 in spans) for s, e in offsets], dtype=torch.float32
+                )
+            )
     if not token_lists:
         raise InputError(f"{reading_path}: no training paragraphs for the selector")
     x = torch.cat(_states(encoder, token_lists, cfg.batch_size, "selector features", progress))
     y = torch.cat(labels)
     if not 0 < float(y.mean()) < 1:
-        raise InputError(f"{reading_path}: the answers mark {'no' if float(y.mean()) == 0 else 'every'} token; "
-                         "the selector needs both kinds")
+        raise InputError(
+            f"{reading_path}: the answers mark {'no' if float(y.mean()) == 0 else 'every'} token; "
+            "the selector needs both kinds"
+        )
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(y), generator=g)
     cut = int(0.9 * len(y))
@@ -204,9 +220,14 @@ def train_selector(encoder: ContextEncoder, reading_path: str | Path, config: Se
     val = random.Random(cfg.seed).sample(val_items, min(cfg.val_questions, len(val_items)))
     scores = selector_scores(encoder, sorted({it.context for it in val}), cfg.batch_size)
     metrics = {
-        "config": asdict(cfg), "layer": encoder.config.selector_layer, "paragraphs": len(contexts),
-        "segments": len(token_lists), "tokens": len(y), "answer_token_share": round(base, 4),
-        "held_out_bce": round(held_loss, 4), "held_out_bce_constant": round(base_loss, 4),
+        "config": asdict(cfg),
+        "layer": encoder.config.selector_layer,
+        "paragraphs": len(contexts),
+        "segments": len(token_lists),
+        "tokens": len(y),
+        "answer_token_share": round(base, 4),
+        "held_out_bce": round(held_loss, 4),
+        "held_out_bce_constant": round(base_loss, 4),
         "val_questions": len(val),
         "kept_whole_rules": round(kept_answer_share(encoder, val), 4),
         "kept_whole_learned": round(kept_answer_share(encoder, val, scores), 4),

@@ -50,10 +50,13 @@ def read_reading_items(folder: str | Path, *, limit: int | None = None) -> list[
     """
     root = Path(folder)
     if not (root / PARAGRAPHS).is_file() or not (root / QUESTIONS).is_file():
-        raise InputError(f"{root} is not a reading-comprehension folder: it needs {PARAGRAPHS} "
-                         '({"doc_id", "paragraph_index", "context"} per line) and ' + QUESTIONS +
-                         ' ({"doc_id", "paragraph_index", "question", "answers"} per line), as in '
-                         "shared/corpus/squad_train")
+        raise InputError(
+            f"{root} is not a reading-comprehension folder: it needs {PARAGRAPHS} "
+            '({"doc_id", "paragraph_index", "context"} per line) and '
+            + QUESTIONS
+            + ' ({"doc_id", "paragraph_index", "question", "answers"} per line), as in '
+            "shared/corpus/squad_train"
+        )
     paragraphs: dict[tuple[str, int], str] = {}
     for row in _rows(root / PARAGRAPHS):
         doc, idx, ctx = row.get("doc_id"), row.get("paragraph_index"), row.get("context")
@@ -73,13 +76,16 @@ def read_reading_items(folder: str | Path, *, limit: int | None = None) -> list[
         if limit is not None and len(items) >= limit:
             break
     if not items:
-        raise InputError(f"no usable question in {root / QUESTIONS} (each needs a known doc_id/paragraph_index, "
-                         "a question and an answer that occurs in the paragraph)")
+        raise InputError(
+            f"no usable question in {root / QUESTIONS} (each needs a known doc_id/paragraph_index, "
+            "a question and an answer that occurs in the paragraph)"
+        )
     return items
 
 
-def split_by_article(items: Sequence[ReadingItem], *, val_articles: int, seed: int = 0
-                     ) -> tuple[list[ReadingItem], list[ReadingItem]]:
+def split_by_article(
+    items: Sequence[ReadingItem], *, val_articles: int, seed: int = 0
+) -> tuple[list[ReadingItem], list[ReadingItem]]:
     """``(train, held_out)``: ``val_articles`` whole articles (``doc_id``) go to the held-out side."""
     docs = sorted({it.doc_id for it in items})
     if val_articles >= len(docs):

@@ -62,27 +62,50 @@ class TeacherConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input while training"})
-    target_modules: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj", "o_proj"),
-                                            metadata={"help": "decoder modules that get a LoRA"})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata={"help": "decoder modules that get a LoRA"}
+    )
     max_answer_tokens: int = field(default=24, metadata={"help": "gold answers are cut to this many tokens"})
-    max_context_tokens: int = field(default=384, metadata={
-        "help": "paragraphs longer than this many tokens are left out (about 1% of SQuAD at 384)"})
+    max_context_tokens: int = field(
+        default=384,
+        metadata={"help": "paragraphs longer than this many tokens are left out (about 1% of SQuAD at 384)"},
+    )
     val_articles: int = field(default=8, metadata={"help": "whole articles held out for validation"})
     val_questions: int = field(default=64, metadata={"help": "held-out questions scored at each validation"})
     eval_every: int = field(default=100, metadata={"help": "validate every this many steps (and at the end)"})
-    checkpoint_every: int = field(default=25, metadata={"help": "checkpoint (and write the adapter) this often"})
-    max_minutes: float | None = field(default=None, metadata={
-        "help": "stop after about this many minutes; the step count and learning-rate schedule are fitted to "
-                "the pace of the first steps"})
-    group_by_length: bool = field(default=True, metadata={
-        "help": "batch items of similar length together (less padding; each item stays equally likely)"})
+    checkpoint_every: int = field(
+        default=25, metadata={"help": "checkpoint (and write the adapter) this often"}
+    )
+    max_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop after about this many minutes; the step count and learning-rate schedule are fitted to "
+            "the pace of the first steps"
+        },
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "batch items of similar length together (less padding; each item stays equally likely)"
+        },
+    )
     grad_clip: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
-        ints = ("steps", "batch_size", "lora_r", "lora_alpha", "max_answer_tokens", "max_context_tokens",
-                "val_articles", "val_questions", "eval_every", "checkpoint_every")
+        ints = (
+            "steps",
+            "batch_size",
+            "lora_r",
+            "lora_alpha",
+            "max_answer_tokens",
+            "max_context_tokens",
+            "val_articles",
+            "val_questions",
+            "eval_every",
+            "checkpoint_every",
+        )
         for name in ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -108,15 +131,17 @@ class TeacherConfig:
 def _text_side(host, cfg: TeacherConfig) -> SimpleNamespace:
     """What :func:`prepare_items` and :func:`answer_logits` read from an encoder when the context is text: the
     host, its tokenizer and a segment length (one segment per paragraph; segments are unused for text)."""
-    return SimpleNamespace(host=host, tokenizer=host.tokenizer,
-                           config=SimpleNamespace(segment_length=cfg.max_context_tokens))
+    return SimpleNamespace(
+        host=host, tokenizer=host.tokenizer, config=SimpleNamespace(segment_length=cfg.max_context_tokens)
+    )
 
 
 def _autocast(host):
     """bf16 autocast for float32 models on CUDA (master weights stay float32); a no-op elsewhere."""
     dev = host.device
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16,
-                          enabled=dev.type == "cuda" and host.dtype == torch.float32)
+    return torch.autocast(
+        device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and host.dtype == torch.float32
+    )
 
 
 def _length(it: PreparedItem) -> int:
@@ -133,11 +158,13 @@ def sample_batch(items: list[PreparedItem], step: int, cfg: TeacherConfig) -> li
         return rng.sample(items, n)
     pool = rng.sample(range(len(items)), min(len(items), 16 * n) // n * n)
     pool.sort(key=lambda i: _length(items[i]))
-    groups = [pool[i:i + n] for i in range(0, len(pool), n)]
+    groups = [pool[i : i + n] for i in range(0, len(pool), n)]
     return [items[i] for i in rng.choice(groups)]
 
 
-def answer_loss(host, items: list[PreparedItem], adapter: str | None, *, reduction: str = "mean") -> torch.Tensor:
+def answer_loss(
+    host, items: list[PreparedItem], adapter: str | None, *, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy of the gold answer tokens (answer + EOS) given the paragraph as text, under ``adapter``."""
     side = SimpleNamespace(host=host)
     logits = answer_logits(side, items, [None] * len(items), adapter)  # type: ignore[arg-type]
@@ -145,8 +172,15 @@ def answer_loss(host, items: list[PreparedItem], adapter: str | None, *, reducti
 
 
 @torch.no_grad()
-def validate(host, items: list[PreparedItem], adapter: str | None, *, batch_size: int = 8,
-             max_new_tokens: int = 24, generate: bool = True) -> dict:
+def validate(
+    host,
+    items: list[PreparedItem],
+    adapter: str | None,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    generate: bool = True,
+) -> dict:
     """Held-out answer loss (nats/token) and greedy token F1 / exact match against the gold answers, decoded
     from the serving prompt (template + paragraph as text) by the runtime's generator."""
     from ..evaluation import metrics as M
@@ -155,7 +189,7 @@ def validate(host, items: list[PreparedItem], adapter: str | None, *, batch_size
 
     total, n_tokens = 0.0, 0
     for b in range(0, len(items), batch_size):
-        part = items[b:b + batch_size]
+        part = items[b : b + batch_size]
         with _autocast(host):
             total += answer_loss(host, part, adapter, reduction="sum").item()
         n_tokens += sum(len(it.answer) for it in part)
@@ -184,7 +218,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_items(host, data_dir: str | Path, cfg: TeacherConfig) -> tuple[list[PreparedItem], list[PreparedItem], int]:
+def load_items(
+    host, data_dir: str | Path, cfg: TeacherConfig
+) -> tuple[list[PreparedItem], list[PreparedItem], int]:
     """``(train, held_out, left_out)``: tokenised training questions, ``cfg.val_questions`` held-out questions
     from ``cfg.val_articles`` whole articles, and how many training questions were left out (long paragraph)."""
     items = read_reading_items(data_dir)
@@ -193,20 +229,34 @@ def load_items(host, data_dir: str | Path, cfg: TeacherConfig) -> tuple[list[Pre
     prep = {"max_context_tokens": cfg.max_context_tokens, "max_answer_tokens": cfg.max_answer_tokens}
     train = prepare_items(side, train_items, **prep)  # type: ignore[arg-type]
     val_rng = random.Random(cfg.seed)
-    val = prepare_items(side, val_rng.sample(held, min(len(held), 4 * cfg.val_questions)),  # type: ignore[arg-type]
-                        **prep)[:cfg.val_questions]
+    val = prepare_items(
+        side,
+        val_rng.sample(held, min(len(held), 4 * cfg.val_questions)),  # type: ignore[arg-type]
+        **prep,
+    )[: cfg.val_questions]
     if not train or not val:
-        raise InputError(f"too few usable questions in {data_dir}: {len(train)} for training, {len(val)} held out "
-                         f"(paragraphs over {cfg.max_context_tokens} tokens are left out; raise --max-context-tokens "
-                         "or lower --val-articles)")
-    print(f"teacher data: {len(train)} training questions ({len(train_items) - len(train)} left out: paragraph "
-          f"over {cfg.max_context_tokens} tokens), {len(val)} held-out questions from {cfg.val_articles} articles")
+        raise InputError(
+            f"too few usable questions in {data_dir}: {len(train)} for training, {len(val)} held out "
+            f"(paragraphs over {cfg.max_context_tokens} tokens are left out; raise --max-context-tokens "
+            "or lower --val-articles)"
+        )
+    print(
+        f"teacher data: {len(train)} training questions ({len(train_items) - len(train)} left out: paragraph "
+        f"over {cfg.max_context_tokens} tokens), {len(val)} held-out questions from {cfg.val_articles} articles"
+    )
     return train, val, len(train_items) - len(train)
 
 
 @torch.enable_grad()
-def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherConfig | None = None, *,
-                  resume: bool = True, progress: bool = True) -> dict:
+def train_teacher(
+    host,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TeacherConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
     """Train the text-reading teacher LoRA on ``host`` from the SQuAD-layout folder ``data_dir``.
 
     Writes ``out_dir/adapter.safetensors`` (an :class:`AdapterArtifact`: base fingerprint, no encoder
@@ -225,9 +275,16 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
         host.delete_adapter(TRAIN_ADAPTER)
     with torch.random.fork_rng(devices=[]):  # a reproducible LoRA init, without touching the caller's RNG
         torch.manual_seed(cfg.seed)
-        host.add_adapter(TRAIN_ADAPTER, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                   lora_dropout=cfg.lora_dropout,
-                                                   target_modules=list(cfg.target_modules), bias="none"))
+        host.add_adapter(
+            TRAIN_ADAPTER,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.target_modules),
+                bias="none",
+            ),
+        )
     params: list[torch.nn.Parameter] = []
     try:
         for p in host.model.parameters():
@@ -237,19 +294,32 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        history: dict = {"config": asdict(cfg), "data": str(data_dir), "model": host.name,
-                         "base_fingerprint": host.fingerprint, "n_train": len(train), "n_val": len(val),
-                         "left_out": left_out,
-                         "train": [], "val": [], "seconds": 0.0}
+        history: dict = {
+            "config": asdict(cfg),
+            "data": str(data_dir),
+            "model": host.name,
+            "base_fingerprint": host.fingerprint,
+            "n_train": len(train),
+            "n_val": len(val),
+            "left_out": left_out,
+            "train": [],
+            "val": [],
+            "seconds": 0.0,
+        }
         start = 0
         ckpt = out / "checkpoint"
         if resume and (ck := read_checkpoint(ckpt)) is not None:
             saved, opt_tensors, meta = ck
             old = meta.get("history", {})
-            if (meta.get("kind") != "teacher" or old.get("base_fingerprint") != host.fingerprint
-                    or meta.get("identity") != cfg.identity()):
-                raise ConfigError(f"the checkpoint in {ckpt} belongs to another run (other settings or base "
-                                  "model); use another --out folder, the same settings, or --no-resume")
+            if (
+                meta.get("kind") != "teacher"
+                or old.get("base_fingerprint") != host.fingerprint
+                or meta.get("identity") != cfg.identity()
+            ):
+                raise ConfigError(
+                    f"the checkpoint in {ckpt} belongs to another run (other settings or base "
+                    "model); use another --out folder, the same settings, or --no-resume"
+                )
             set_peft_model_state_dict(host.model, saved, adapter_name=TRAIN_ADAPTER)
             load_optimizer(opt, names, opt_tensors)
             history = old | {"config": asdict(cfg)}
@@ -258,39 +328,65 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
 
         def evaluate(step: int) -> dict:
             with lora_dropout_off(host.model, TRAIN_ADAPTER):
-                row = {"step": step} | validate(host, val, TRAIN_ADAPTER, batch_size=cfg.batch_size,
-                                                max_new_tokens=cfg.max_answer_tokens)
+                row = {"step": step} | validate(
+                    host, val, TRAIN_ADAPTER, batch_size=cfg.batch_size, max_new_tokens=cfg.max_answer_tokens
+                )
                 if "baseline" not in history:  # the base model on the same questions (does not change)
-                    base = validate(host, val, None, batch_size=cfg.batch_size, max_new_tokens=cfg.max_answer_tokens)
+                    base = validate(
+                        host, val, None, batch_size=cfg.batch_size, max_new_tokens=cfg.max_answer_tokens
+                    )
                     history["baseline"] = {k: base[k] for k in ("loss", "f1", "em")}
                     history["baseline_samples"] = base["samples"]
                     row |= {f"{k}_no_adapter": v for k, v in history["baseline"].items()}
             history["val"].append(row)
             b = history["baseline"]
-            print(f"step {step}: held-out answer loss {row['loss']:.3f} (no adapter {b['loss']:.3f}) | greedy F1 "
-                  f"{100 * row['f1']:.1f} EM {100 * row['em']:.1f} (no adapter F1 {100 * b['f1']:.1f} EM "
-                  f"{100 * b['em']:.1f})", flush=True)
+            print(
+                f"step {step}: held-out answer loss {row['loss']:.3f} (no adapter {b['loss']:.3f}) | greedy F1 "
+                f"{100 * row['f1']:.1f} EM {100 * row['em']:.1f} (no adapter F1 {100 * b['f1']:.1f} EM "
+                f"{100 * b['em']:.1f})",
+                flush=True,
+            )
             return row
 
         def write_outputs(step: int) -> None:
             last = history["val"][-1] if history["val"] else {}
             b = history.get("baseline", {})
-            info = {"kind": "teacher", "step": step, "data": Path(str(data_dir)).name,
-                    "val_loss": last.get("loss"), "val_f1": last.get("f1"), "val_em": last.get("em"),
-                    "val_step": last.get("step"), "val_loss_no_adapter": b.get("loss"),
-                    "val_f1_no_adapter": b.get("f1"), "val_em_no_adapter": b.get("em"),
-                    "train_loss": history["train"][-1]["loss"] if history["train"] else None,
-                    "seconds": round(history["seconds"], 1), "n_train": len(train), "n_val": len(val),
-                    "max_context_tokens": cfg.max_context_tokens, "max_answer_tokens": cfg.max_answer_tokens}
-            art = AdapterArtifact.from_model(host.model, TRAIN_ADAPTER, base_fingerprint=host.fingerprint,
-                                             encoder_fingerprint=None, info=info)
+            info = {
+                "kind": "teacher",
+                "step": step,
+                "data": Path(str(data_dir)).name,
+                "val_loss": last.get("loss"),
+                "val_f1": last.get("f1"),
+                "val_em": last.get("em"),
+                "val_step": last.get("step"),
+                "val_loss_no_adapter": b.get("loss"),
+                "val_f1_no_adapter": b.get("f1"),
+                "val_em_no_adapter": b.get("em"),
+                "train_loss": history["train"][-1]["loss"] if history["train"] else None,
+                "seconds": round(history["seconds"], 1),
+                "n_train": len(train),
+                "n_val": len(val),
+                "max_context_tokens": cfg.max_context_tokens,
+                "max_answer_tokens": cfg.max_answer_tokens,
+            }
+            art = AdapterArtifact.from_model(
+                host.model,
+                TRAIN_ADAPTER,
+                base_fingerprint=host.fingerprint,
+                encoder_fingerprint=None,
+                info=info,
+            )
             _write_atomic(out / ADAPTER_FILE, art.to_bytes())
             (out / "history.json").write_text(json.dumps(history, indent=1))
             val_curves = {"held-out (adapter)": [(r["step"], r["loss"]) for r in history["val"]]}
             if b:
                 val_curves["held-out (no adapter)"] = [(0, b["loss"]), (max(step, 1), b["loss"])]
-            plot_curves(out / "loss.png", [(r["step"], r["loss"]) for r in history["train"]], val_curves,
-                        "lloco train-teacher (answer cross-entropy)")
+            plot_curves(
+                out / "loss.png",
+                [(r["step"], r["loss"]) for r in history["train"]],
+                val_curves,
+                "lloco train-teacher (answer cross-entropy)",
+            )
 
         if not history["val"]:
             evaluate(0)
@@ -303,8 +399,16 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
         while step < total:
             if cfg.max_minutes is not None:  # fit the plan to the time budget (the pace measured so far)
                 now = time.perf_counter()
-                total = fit_steps(step, first=start, planned=total, max_steps=cfg.steps, max_minutes=cfg.max_minutes,
-                                  seconds_done=history["seconds"], elapsed=now - t_begin, since_last=now - t_last)
+                total = fit_steps(
+                    step,
+                    first=start,
+                    planned=total,
+                    max_steps=cfg.steps,
+                    max_minutes=cfg.max_minutes,
+                    seconds_done=history["seconds"],
+                    elapsed=now - t_begin,
+                    since_last=now - t_last,
+                )
                 history["planned_steps"] = total
                 bar.total = total
             for g in opt.param_groups:
@@ -319,18 +423,31 @@ def train_teacher(host, data_dir: str | Path, out_dir: str | Path, cfg: TeacherC
             now = time.perf_counter()
             history["seconds"] += now - t_last
             t_last = now
-            history["train"].append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                                     "tokens": len(batch) * max(_length(it) for it in batch)})
+            history["train"].append(
+                {
+                    "step": step + 1,
+                    "loss": loss.item(),
+                    "lr": opt.param_groups[0]["lr"],
+                    "tokens": len(batch) * max(_length(it) for it in batch),
+                }
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             last = step + 1 == total
             if (step + 1) % cfg.eval_every == 0 or last:
                 evaluate(step + 1)
             if (step + 1) % cfg.checkpoint_every == 0 or last:
-                write_checkpoint(ckpt, params=get_peft_model_state_dict(host.model, adapter_name=TRAIN_ADAPTER),
-                                 opt_state=save_optimizer(opt, names),
-                                 meta={"kind": "teacher", "step": step + 1, "identity": cfg.identity(),
-                                       "history": history})
+                write_checkpoint(
+                    ckpt,
+                    params=get_peft_model_state_dict(host.model, adapter_name=TRAIN_ADAPTER),
+                    opt_state=save_optimizer(opt, names),
+                    meta={
+                        "kind": "teacher",
+                        "step": step + 1,
+                        "identity": cfg.identity(),
+                        "history": history,
+                    },
+                )
                 write_outputs(step + 1)
             step += 1
         bar.close()

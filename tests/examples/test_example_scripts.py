@@ -40,7 +40,11 @@ def app_db(pg_url):
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "app_{os.getpid()}"'))  # test-made name
     admin.dispose()
-    return make_url(sqlalchemy_url(pg_url)).set(database=f"app_{os.getpid()}").render_as_string(hide_password=False)
+    return (
+        make_url(sqlalchemy_url(pg_url))
+        .set(database=f"app_{os.getpid()}")
+        .render_as_string(hide_password=False)
+    )
 
 
 @pytest.mark.default_model
@@ -50,8 +54,15 @@ def test_existing_postgres_app(app_db):
     from lloco_runtime.store import CheatSheetStore
 
     env = {k: v for k, v in os.environ.items() if k not in ("LLOCO_DATABASE_URL", "LLOCO_SCHEMA")}
-    proc = subprocess.run([sys.executable, "examples/existing_postgres_app.py", "--url", app_db], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=False, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "examples/existing_postgres_app.py", "--url", app_db],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "The app's table kb_articles: 5 articles" in out
@@ -78,8 +89,15 @@ def test_existing_postgres_app(app_db):
     assert all(d.metadata["article_id"] == int(d.doc_id[3:]) for d in docs)
 
     # Running it again adds nothing: unchanged rows are not re-ingested.
-    again = subprocess.run([sys.executable, "examples/existing_postgres_app.py", "--url", app_db], cwd=REPO, env=env,
-                           capture_output=True, text=True, check=False, timeout=900)
+    again = subprocess.run(
+        [sys.executable, "examples/existing_postgres_app.py", "--url", app_db],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 added, 0 replaced, 5 unchanged" in again.stdout
     engine.dispose()
@@ -87,7 +105,9 @@ def test_existing_postgres_app(app_db):
 
 def test_demo_questions_are_held_out_from_the_adapter_training_data():
     demo = load_example("demo")
-    train = [json.loads(line) for line in (EXAMPLES / "demo" / "qa_train.jsonl").read_text().splitlines() if line]
+    train = [
+        json.loads(line) for line in (EXAMPLES / "demo" / "qa_train.jsonl").read_text().splitlines() if line
+    ]
     questions = [json.loads(line) for line in demo.QUESTIONS.read_text().splitlines() if line]
     assert len(questions) >= 3
     docs = {p.stem for p in demo.DATA.glob("*.txt")}

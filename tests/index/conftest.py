@@ -19,16 +19,28 @@ SCHEMA = "lloco_index_test"
 GROUP = "lighthouses"
 
 DOCS = {
-    "lighthouse": (("The old lighthouse on Gull Rock was built in 1872 by the harbour board. Its first keeper was "
-                   "Martha Quill, who kept the lamp burning for forty years and logged every storm in a green "
-                   "notebook. The tower is white with a red lantern room and stands thirty metres tall."),
-                   {"topic": "history", "year": 1872, "tags": ["coast", "tower"]}),
-    "bakery": (("The bakery on Mill Street opens at six in the morning. Its rye bread is baked in a wood oven, "
-               "and on Fridays the baker sells cardamom buns to the fishermen before they sail out of the harbour."),
-               {"topic": "food", "year": 1990, "tags": ["bread"]}),
-    "ferry": (("The ferry to the island leaves twice a day in summer and once a day in winter. Tickets are sold "
-              "on board; bicycles travel free, but cars must be booked a week ahead."),
-              {"topic": "travel", "year": 2005, "tags": ["coast", "boat"]}),
+    "lighthouse": (
+        (
+            "The old lighthouse on Gull Rock was built in 1872 by the harbour board. Its first keeper was "
+            "Martha Quill, who kept the lamp burning for forty years and logged every storm in a green "
+            "notebook. The tower is white with a red lantern room and stands thirty metres tall."
+        ),
+        {"topic": "history", "year": 1872, "tags": ["coast", "tower"]},
+    ),
+    "bakery": (
+        (
+            "The bakery on Mill Street opens at six in the morning. Its rye bread is baked in a wood oven, "
+            "and on Fridays the baker sells cardamom buns to the fishermen before they sail out of the harbour."
+        ),
+        {"topic": "food", "year": 1990, "tags": ["bread"]},
+    ),
+    "ferry": (
+        (
+            "The ferry to the island leaves twice a day in summer and once a day in winter. Tickets are sold "
+            "on board; bicycles travel free, but cars must be booked a week ahead."
+        ),
+        {"topic": "travel", "year": 2005, "tags": ["coast", "boat"]},
+    ),
 }
 
 

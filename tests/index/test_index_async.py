@@ -26,12 +26,21 @@ def adapter_id(index_lloco, index_store, ingested) -> int:
 
     host = index_lloco.host
     host.add_adapter("tmp_async_lora", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    art = AdapterArtifact.from_model(host.model, "tmp_async_lora", base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=index_lloco.encoder.fingerprint)
+    art = AdapterArtifact.from_model(
+        host.model,
+        "tmp_async_lora",
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=index_lloco.encoder.fingerprint,
+    )
     host.delete_adapter("tmp_async_lora")
     host.resync()
-    info = index_store.register_adapter(GROUP, art.to_bytes(), base_fingerprint=host.fingerprint,
-                                        encoder_fingerprint=index_lloco.encoder.fingerprint, activate=False)
+    info = index_store.register_adapter(
+        GROUP,
+        art.to_bytes(),
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=index_lloco.encoder.fingerprint,
+        activate=False,
+    )
     return info.id
 
 
@@ -42,7 +51,10 @@ def llm(index_lloco, index_store) -> LLoCOLLM:
 
 @pytest.fixture(scope="module")
 def ids(index_store, ingested) -> list[int]:
-    return [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)]
+    return [
+        n.node.metadata[keys.CHUNK_ID]
+        for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)
+    ]
 
 
 def pins(index_lloco) -> dict[str, int]:
@@ -91,12 +103,19 @@ async def consume_with_ticker(agen, loop_marks: list[bool]) -> tuple[list, int, 
 def test_async_streams_keep_the_event_loop_free(llm, ids, adapter_id, index_lloco, kind):
     async def main():
         if kind == "complete":
-            agen = await llm.astream_complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id,
-                                              max_new_tokens=48)
+            agen = await llm.astream_complete(
+                QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48
+            )
         else:
-            agen = await llm.astream_chat([ChatMessage(role="system", content="Answer briefly."),
-                                           ChatMessage(role="user", content=QUESTION)],
-                                          cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48)
+            agen = await llm.astream_chat(
+                [
+                    ChatMessage(role="system", content="Answer briefly."),
+                    ChatMessage(role="user", content=QUESTION),
+                ],
+                cheat_sheet_ids=ids,
+                adapter_id=adapter_id,
+                max_new_tokens=48,
+            )
         marks: list[bool] = []
         items, ticks, elapsed = await consume_with_ticker(agen, marks)
         return items, marks, ticks, elapsed
@@ -112,7 +131,9 @@ def test_async_streams_keep_the_event_loop_free(llm, ids, adapter_id, index_lloc
     assert text == "".join(r.delta for r in items)
     # the same tokens as the synchronous stream
     if kind == "complete":
-        sync = list(llm.stream_complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48))
+        sync = list(
+            llm.stream_complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48)
+        )
         assert [r.delta for r in sync] == [r.delta for r in items]
     assert not pins(index_lloco)
 
@@ -131,14 +152,20 @@ def test_acomplete_and_achat_run_on_a_worker_thread(llm, ids, adapter_id):
         await asyncio.sleep(0.02)
         before = ticks
         out = await llm.acomplete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48)
-        chat = await llm.achat([ChatMessage(role="user", content=QUESTION)], cheat_sheet_ids=ids,
-                               adapter_id=adapter_id, max_new_tokens=48)
+        chat = await llm.achat(
+            [ChatMessage(role="user", content=QUESTION)],
+            cheat_sheet_ids=ids,
+            adapter_id=adapter_id,
+            max_new_tokens=48,
+        )
         task.cancel()
         return out, chat, ticks - before
 
     out, chat, ticks = asyncio.run(main())
     assert ticks >= 3
-    assert out.text == llm.complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48).text
+    assert (
+        out.text == llm.complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=48).text
+    )
     assert chat.message.content == out.text  # one user message: the same prompt as complete
     assert out.raw["context_vectors"] == chat.raw["context_vectors"] == 8
 
@@ -151,11 +178,16 @@ def test_cancelled_async_stream_releases_the_adapter(llm, ids, adapter_id, index
 
         async def consume() -> None:
             if kind == "complete":
-                agen = await llm.astream_complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id,
-                                                  max_new_tokens=400)
+                agen = await llm.astream_complete(
+                    QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=400
+                )
             else:
-                agen = await llm.astream_chat([ChatMessage(role="user", content=QUESTION)], cheat_sheet_ids=ids,
-                                              adapter_id=adapter_id, max_new_tokens=400)
+                agen = await llm.astream_chat(
+                    [ChatMessage(role="user", content=QUESTION)],
+                    cheat_sheet_ids=ids,
+                    adapter_id=adapter_id,
+                    max_new_tokens=400,
+                )
             async for _ in agen:
                 if not first.is_set():
                     pinned_while_streaming.append(pins(index_lloco))
@@ -175,7 +207,9 @@ def test_cancelled_async_stream_releases_the_adapter(llm, ids, adapter_id, index
 
 def test_leaving_an_async_stream_early_releases_the_adapter(llm, ids, adapter_id, index_lloco):
     async def main():
-        agen = await llm.astream_complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=400)
+        agen = await llm.astream_complete(
+            QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, max_new_tokens=400
+        )
         async for _ in agen:
             break
         assert pins(index_lloco) == {str(adapter_id): 1}
@@ -190,16 +224,20 @@ def test_async_errors_are_raised_when_called(llm, ids):
         with pytest.raises(InputError, match="chunk ids"):
             await llm.astream_complete(QUESTION, cheat_sheet_ids=["abc"])
         with pytest.raises(InputError, match="role 'tool'"):
-            await llm.astream_chat([ChatMessage(role="tool", content="42"), ChatMessage(role="user", content="Q?")])
+            await llm.astream_chat(
+                [ChatMessage(role="tool", content="42"), ChatMessage(role="user", content="Q?")]
+            )
 
     asyncio.run(main())
 
 
 def test_aquery_streaming_returns_an_async_streaming_response(index_lloco, index_store, ingested):
-    streaming = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=index_lloco, store=index_store, top_k=2,
-                                               max_new_tokens=12, streaming=True)
-    plain = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=index_lloco, store=index_store, top_k=2,
-                                           max_new_tokens=12)
+    streaming = LLoCOQueryEngine.from_defaults(
+        group=GROUP, lloco=index_lloco, store=index_store, top_k=2, max_new_tokens=12, streaming=True
+    )
+    plain = LLoCOQueryEngine.from_defaults(
+        group=GROUP, lloco=index_lloco, store=index_store, top_k=2, max_new_tokens=12
+    )
     expected = plain.query(QUESTION).response
 
     async def main():

@@ -13,10 +13,12 @@ from lloco_runtime.service import LLoCOService
 
 GROUP = "lighthouses"
 QUESTION = "Who was the first keeper of the lighthouse?"
-HISTORY = [ChatMessage(role=MessageRole.SYSTEM, content="You answer in one word."),
-           ChatMessage(role=MessageRole.USER, content="Which town is this about?"),
-           ChatMessage(role=MessageRole.ASSISTANT, content="Gull Rock."),
-           ChatMessage(role=MessageRole.USER, content=QUESTION)]
+HISTORY = [
+    ChatMessage(role=MessageRole.SYSTEM, content="You answer in one word."),
+    ChatMessage(role=MessageRole.USER, content="Which town is this about?"),
+    ChatMessage(role=MessageRole.ASSISTANT, content="Gull Rock."),
+    ChatMessage(role=MessageRole.USER, content=QUESTION),
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +28,19 @@ def llm(index_lloco, index_store) -> LLoCOLLM:
 
 @pytest.fixture(scope="module")
 def ids(index_store, ingested) -> list[int]:
-    return [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)]
+    return [
+        n.node.metadata[keys.CHUNK_ID]
+        for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)
+    ]
 
 
 def test_roles_map_to_the_core_messages():
-    assert to_core_messages(HISTORY) == [CoreMessage("system", "You answer in one word."),
-                                         CoreMessage("user", "Which town is this about?"),
-                                         CoreMessage("assistant", "Gull Rock."), CoreMessage("user", QUESTION)]
+    assert to_core_messages(HISTORY) == [
+        CoreMessage("system", "You answer in one word."),
+        CoreMessage("user", "Which town is this about?"),
+        CoreMessage("assistant", "Gull Rock."),
+        CoreMessage("user", QUESTION),
+    ]
 
 
 def test_chat_answers_as_the_core_conversation_api(llm, ids, index_lloco, index_store):
@@ -60,8 +68,10 @@ def test_one_user_message_is_exactly_complete(llm, ids):
     assert no_ctx.raw["context_vectors"] == 0 and no_ctx.raw["cheat_sheets"] == 0
 
 
-@pytest.mark.parametrize("role", [MessageRole.TOOL, MessageRole.FUNCTION, MessageRole.DEVELOPER,
-                                  MessageRole.CHATBOT, MessageRole.MODEL])
+@pytest.mark.parametrize(
+    "role",
+    [MessageRole.TOOL, MessageRole.FUNCTION, MessageRole.DEVELOPER, MessageRole.CHATBOT, MessageRole.MODEL],
+)
 def test_other_roles_are_refused_with_the_fix(llm, role):
     with pytest.raises(InputError, match=rf"message 0 has role '{role.value}'.*system, user and assistant"):
         llm.chat([ChatMessage(role=role, content="x"), ChatMessage(role="user", content=QUESTION)])
@@ -76,6 +86,8 @@ def test_bad_conversations_are_refused(llm):
         llm.chat([HISTORY[1], HISTORY[0], HISTORY[3]])
     with pytest.raises(InputError, match="non-empty list"):
         llm.chat([])
-    image = ChatMessage(role="user", blocks=[TextBlock(text=QUESTION), ImageBlock(url="https://example.com/a.png")])
+    image = ChatMessage(
+        role="user", blocks=[TextBlock(text=QUESTION), ImageBlock(url="https://example.com/a.png")]
+    )
     with pytest.raises(InputError, match="ImageBlock.*text only"):
         llm.chat([image])

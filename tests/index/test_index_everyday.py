@@ -158,7 +158,9 @@ def test_embedding_batches_and_runs_async_off_the_event_loop():
 
     emb = LLoCOEmbedding(CallableEmbedder(fn, name="lengths", dim=2), embed_batch_size=2)
     assert emb.model_name == "lengths" and emb.dim == 2
-    with pytest.raises(InputError, match="does not match its embedder"):  # e.g. from_dict without the embedder
+    with pytest.raises(
+        InputError, match="does not match its embedder"
+    ):  # e.g. from_dict without the embedder
         LLoCOEmbedding.from_dict(emb.to_dict())
     assert LLoCOEmbedding.from_dict(LLoCOEmbedding().to_dict()).embedder.name == MiniLMEmbedder.name
     out = emb.get_text_embedding_batch(["a", "bb", "ccc", "dddd", "eeeee"])
@@ -218,7 +220,9 @@ def test_as_retriever_feeds_the_cheat_sheet_engine_sync_and_async(store, llm, co
     aresp = asyncio.run(engine.aquery(QUESTION))
     assert aresp.response == resp.response
     assert [n.score for n in aresp.source_nodes] == pytest.approx([n.score for n in nodes], abs=1e-5)
-    hybrid = index.as_retriever(similarity_top_k=2, vector_store_query_mode="hybrid").retrieve("cardamom buns")
+    hybrid = index.as_retriever(similarity_top_k=2, vector_store_query_mode="hybrid").retrieve(
+        "cardamom buns"
+    )
     assert hybrid[0].node.metadata[keys.DOC_ID] == "bakery"
     assert_settings_untouched()
 
@@ -235,8 +239,14 @@ def test_example_script_runs_from_a_fresh_store(pg_url, index_lloco, capsys):
     text = (EXAMPLE.parent / "data" / "lighthouse.txt").read_text(encoding="utf-8")[:1500]
     with CheatSheetStore(pg_url, schema="lloco_index_example") as store:
         try:
-            out = example.run(index_lloco, store, [Document(id_="lighthouse", text=text)],
-                              questions=["Who was the keeper?"], top_k=2, max_new_tokens=4)
+            out = example.run(
+                index_lloco,
+                store,
+                [Document(id_="lighthouse", text=text)],
+                questions=["Who was the keeper?"],
+                top_k=2,
+                max_new_tokens=4,
+            )
         finally:
             store.drop_schema()
     assert len(out) == 1 and out[0]["cheat_sheets"].metadata["cheat_sheets"] == 2
@@ -267,13 +277,17 @@ def test_another_model_of_the_same_dimension_is_refused(store, hash_embed, count
     count_embeds.clear()
     other = LLoCOEmbedding(hash_embedder(384, "hash-proj-384"))
     index = VectorStoreIndex.from_vector_store(LLoCOVectorStore(store, group=GROUP), embed_model=other)
-    with pytest.raises(ConfigError, match="embedded by 'hash-proj-384' but default/u is keyed by embeddings of"):
+    with pytest.raises(
+        ConfigError, match="embedded by 'hash-proj-384' but default/u is keyed by embeddings of"
+    ):
         index.as_retriever().retrieve(QUESTION)
     assert count_embeds == []
     # Settings.embed_model set by the app for other indexes: the same refusal, not a silent mis-scoring
     Settings.embed_model = foreign
     with pytest.raises(ConfigError, match="was not made by"):
-        VectorStoreIndex.from_vector_store(LLoCOVectorStore(store, group=GROUP)).as_retriever().retrieve(QUESTION)
+        VectorStoreIndex.from_vector_store(LLoCOVectorStore(store, group=GROUP)).as_retriever().retrieve(
+            QUESTION
+        )
 
 
 def test_store_opened_with_another_llama_embedding_is_refused(pg_url, store):

@@ -71,11 +71,13 @@ def test_cache_key_differs_per_encoder(index_lloco, index_store, documents):
     assert a.encoder_fingerprint != b.encoder_fingerprint
     assert get_transformation_hash(documents, a) != get_transformation_hash(documents, b)
     assert get_transformation_hash(documents, a) == get_transformation_hash(
-        documents, LLoCONodeParser.from_components(index_lloco.encoder, index_store, group=GROUP))
+        documents, LLoCONodeParser.from_components(index_lloco.encoder, index_store, group=GROUP)
+    )
 
 
 def test_parser_without_handles_says_how_to_build_it(documents):
-    parser = LLoCONodeParser(group=GROUP, encoder_fingerprint="x", encoder_name="x", embedder_name="x",
-                             store_location="x")
+    parser = LLoCONodeParser(
+        group=GROUP, encoder_fingerprint="x", encoder_name="x", embedder_name="x", store_location="x"
+    )
     with pytest.raises(InputError, match="from_components"):
         parser.get_nodes_from_documents(documents)

@@ -29,19 +29,29 @@ def adapter_id(index_lloco, index_store, ingested):
 
     host = index_lloco.host
     host.add_adapter("tmp_lora", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    art = AdapterArtifact.from_model(host.model, "tmp_lora", base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=index_lloco.encoder.fingerprint)
+    art = AdapterArtifact.from_model(
+        host.model,
+        "tmp_lora",
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=index_lloco.encoder.fingerprint,
+    )
     host.delete_adapter("tmp_lora")
     host.resync()
-    info = index_store.register_adapter(GROUP, art.to_bytes(), base_fingerprint=host.fingerprint,
-                                        encoder_fingerprint=index_lloco.encoder.fingerprint, activate=True)
+    info = index_store.register_adapter(
+        GROUP,
+        art.to_bytes(),
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=index_lloco.encoder.fingerprint,
+        activate=True,
+    )
     return info.id
 
 
 @pytest.fixture(scope="module")
 def engine(index_lloco, index_store, adapter_id):
-    return LLoCOQueryEngine.from_defaults(group=GROUP, lloco=index_lloco, store=index_store, top_k=2,
-                                          max_new_tokens=6)
+    return LLoCOQueryEngine.from_defaults(
+        group=GROUP, lloco=index_lloco, store=index_store, top_k=2, max_new_tokens=6
+    )
 
 
 def test_retriever_nodes_carry_ids_hidden_from_llm(index_store, adapter_id):
@@ -57,8 +67,10 @@ def test_retriever_nodes_carry_ids_hidden_from_llm(index_store, adapter_id):
     flt = MetadataFilters(filters=[MetadataFilter(key="topic", value="food")])
     only = LLoCORetriever(index_store, group=GROUP, top_k=5, filters=flt).retrieve(QUESTION)
     assert only and {n.node.metadata[keys.DOC_ID] for n in only} == {"bakery"}
-    assert keys.ADAPTER_ID not in LLoCORetriever(index_store, group=GROUP, use_adapter=False).retrieve(
-        QUESTION)[0].node.metadata
+    assert (
+        keys.ADAPTER_ID
+        not in LLoCORetriever(index_store, group=GROUP, use_adapter=False).retrieve(QUESTION)[0].node.metadata
+    )
 
 
 def test_query_engine_sync_response(engine, index_lloco, adapter_id):
@@ -73,8 +85,9 @@ def test_query_engine_sync_response(engine, index_lloco, adapter_id):
 
 def test_query_engine_streaming_and_async_agree(engine, index_lloco, index_store):
     sync_text = engine.query(QUESTION).response
-    streaming = LLoCOQueryEngine.from_defaults(group=GROUP, lloco=index_lloco, store=index_store, top_k=2,
-                                               max_new_tokens=6, streaming=True)
+    streaming = LLoCOQueryEngine.from_defaults(
+        group=GROUP, lloco=index_lloco, store=index_store, top_k=2, max_new_tokens=6, streaming=True
+    )
     sresp = streaming.query(QUESTION)
     assert isinstance(sresp, StreamingResponse) and len(sresp.source_nodes) == 2
     deltas = list(sresp.response_gen)
@@ -86,16 +99,22 @@ def test_query_engine_streaming_and_async_agree(engine, index_lloco, index_store
 
 
 def test_query_engine_over_vector_store_index_retriever(index_lloco, index_store, hash_embed, engine):
-    index = VectorStoreIndex.from_vector_store(LLoCOVectorStore(index_store, group=GROUP), embed_model=hash_embed)
-    qe = LLoCOQueryEngine(retriever=index.as_retriever(similarity_top_k=2), llm=engine.llm,
-                          generation_kwargs=GEN)
+    index = VectorStoreIndex.from_vector_store(
+        LLoCOVectorStore(index_store, group=GROUP), embed_model=hash_embed
+    )
+    qe = LLoCOQueryEngine(
+        retriever=index.as_retriever(similarity_top_k=2), llm=engine.llm, generation_kwargs=GEN
+    )
     resp = qe.query(QUESTION)
     assert resp.source_nodes and resp.metadata["cheat_sheets"] == 2
 
 
 def test_llm_complete_chat_and_metadata(engine, index_store, adapter_id):
     llm = engine.llm
-    ids = [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)]
+    ids = [
+        n.node.metadata[keys.CHUNK_ID]
+        for n in LLoCORetriever(index_store, group=GROUP, top_k=2).retrieve(QUESTION)
+    ]
     out = llm.complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, **GEN)
     assert out.raw["context_vectors"] == 8
     no_ctx = llm.complete(QUESTION, **GEN)
@@ -125,7 +144,10 @@ def test_foreign_nodes_give_a_clear_error(engine):
 
 
 def test_unknown_adapter_id_is_not_found(engine, index_store):
-    ids = [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=1).retrieve(QUESTION)]
+    ids = [
+        n.node.metadata[keys.CHUNK_ID]
+        for n in LLoCORetriever(index_store, group=GROUP, top_k=1).retrieve(QUESTION)
+    ]
     with pytest.raises(NotFoundError, match="adapter"):
         engine.llm.complete(QUESTION, cheat_sheet_ids=ids, adapter_id=987654)
     with pytest.raises(NotFoundError, match="adapter"):
@@ -139,8 +161,9 @@ def test_llm_without_store_refuses_cheat_sheet_ids(index_lloco):
         LLoCOLLM(index_lloco).complete(QUESTION, cheat_sheet_ids=[1])
 
 
-def test_from_defaults_uses_settings_embed_model_without_writing_it(index_lloco, hash_embed, monkeypatch, ingested,
-                                                                   pg_url):
+def test_from_defaults_uses_settings_embed_model_without_writing_it(
+    index_lloco, hash_embed, monkeypatch, ingested, pg_url
+):
     monkeypatch.setenv("LLOCO_DATABASE_URL", pg_url)  # the default store is the session's server
     monkeypatch.setenv("LLOCO_SCHEMA", "lloco_index_test")
     before = Settings._embed_model
@@ -173,8 +196,13 @@ def test_query_emits_instrumentation_spans(engine):
 
 
 def test_llm_async_complete_and_chat(engine, index_store):
-    ids = [n.node.metadata[keys.CHUNK_ID] for n in LLoCORetriever(index_store, group=GROUP, top_k=1).retrieve(QUESTION)]
+    ids = [
+        n.node.metadata[keys.CHUNK_ID]
+        for n in LLoCORetriever(index_store, group=GROUP, top_k=1).retrieve(QUESTION)
+    ]
     out = asyncio.run(engine.llm.acomplete(QUESTION, cheat_sheet_ids=ids, **GEN))
     assert out.raw["context_vectors"] == 4
-    chat = asyncio.run(engine.llm.achat([ChatMessage(role="user", content=QUESTION)], cheat_sheet_ids=ids, **GEN))
+    chat = asyncio.run(
+        engine.llm.achat([ChatMessage(role="user", content=QUESTION)], cheat_sheet_ids=ids, **GEN)
+    )
     assert chat.raw["context_vectors"] == 4

@@ -29,19 +29,36 @@ def F(key, value, op=FilterOperator.EQ):
 
 
 def test_filter_translation_nested_and_or():
-    flt = MetadataFilters(filters=[
-        F("topic", "history"),
-        MetadataFilters(filters=[F("year", 2000, FilterOperator.GT), F("tags", ["boat", "x"], FilterOperator.ANY)],
-                        condition=FilterCondition.OR),
-    ], condition=FilterCondition.AND)
+    flt = MetadataFilters(
+        filters=[
+            F("topic", "history"),
+            MetadataFilters(
+                filters=[F("year", 2000, FilterOperator.GT), F("tags", ["boat", "x"], FilterOperator.ANY)],
+                condition=FilterCondition.OR,
+            ),
+        ],
+        condition=FilterCondition.AND,
+    )
     out = to_store_filter(flt)
-    assert out == FilterGroup([StoreFilter("topic", "==", "history"), FilterGroup([
-        StoreFilter("year", ">", 2000),
-        FilterGroup([StoreFilter("tags", "contains", "boat"), StoreFilter("tags", "contains", "x")], "or"),
-    ], "or")], "and")
+    assert out == FilterGroup(
+        [
+            StoreFilter("topic", "==", "history"),
+            FilterGroup(
+                [
+                    StoreFilter("year", ">", 2000),
+                    FilterGroup(
+                        [StoreFilter("tags", "contains", "boat"), StoreFilter("tags", "contains", "x")], "or"
+                    ),
+                ],
+                "or",
+            ),
+        ],
+        "and",
+    )
     assert to_store_filter(MetadataFilters(filters=[])) is None
-    assert to_store_filter(MetadataFilters(filters=[F("t", "Ab", FilterOperator.TEXT_MATCH_INSENSITIVE)])) == \
-        StoreFilter("t", "text_match", "Ab")
+    assert to_store_filter(
+        MetadataFilters(filters=[F("t", "Ab", FilterOperator.TEXT_MATCH_INSENSITIVE)])
+    ) == StoreFilter("t", "text_match", "Ab")
     with pytest.raises(InputError, match="not supported"):
         to_store_filter(MetadataFilters(filters=[F("t", None, FilterOperator.IS_EMPTY)]))
     with pytest.raises(InputError, match="not supported"):
@@ -62,14 +79,20 @@ def test_vector_store_index_retrieval_with_filters(vstore, hash_embed):
     assert all(isinstance(n.score, float) for n in nodes)
     assert keys.CHUNK_ID in nodes[0].node.excluded_llm_metadata_keys
     # nested and/or filters: (topic == travel) or (year < 1900 and tags contains coast)
-    flt = MetadataFilters(filters=[
-        F("topic", "travel"),
-        MetadataFilters(filters=[F("year", 1900, FilterOperator.LT), F("tags", "coast", FilterOperator.CONTAINS)]),
-    ], condition=FilterCondition.OR)
+    flt = MetadataFilters(
+        filters=[
+            F("topic", "travel"),
+            MetadataFilters(
+                filters=[F("year", 1900, FilterOperator.LT), F("tags", "coast", FilterOperator.CONTAINS)]
+            ),
+        ],
+        condition=FilterCondition.OR,
+    )
     got = index.as_retriever(similarity_top_k=50, filters=flt).retrieve("lighthouse ferry bread")
     assert {n.node.metadata[keys.DOC_ID] for n in got} == {"lighthouse", "ferry"}
-    got = index.as_retriever(similarity_top_k=50, filters=MetadataFilters(
-        filters=[F("topic", ["food"], FilterOperator.IN)])).retrieve("bread oven baker")
+    got = index.as_retriever(
+        similarity_top_k=50, filters=MetadataFilters(filters=[F("topic", ["food"], FilterOperator.IN)])
+    ).retrieve("bread oven baker")
     assert {n.node.metadata[keys.DOC_ID] for n in got} == {"bakery"}
     # hybrid and text-search modes
     for mode in (VectorStoreQueryMode.HYBRID, VectorStoreQueryMode.TEXT_SEARCH):
@@ -84,8 +107,10 @@ def test_async_query_and_get_nodes(vstore):
     assert res.ids == [res.nodes[0].node_id]
     got = vstore.get_nodes(node_ids=[res.nodes[0].node_id])
     assert [n.node_id for n in got] == res.ids and got[0].embedding is not None
-    assert {n.metadata[keys.DOC_ID] for n in vstore.get_nodes(filters=MetadataFilters(filters=[F("topic", "food")]))} \
-        == {"bakery"}
+    assert {
+        n.metadata[keys.DOC_ID]
+        for n in vstore.get_nodes(filters=MetadataFilters(filters=[F("topic", "food")]))
+    } == {"bakery"}
 
 
 def test_add_accepts_parsed_nodes_and_rejects_foreign_ones(vstore, ingested):
@@ -102,8 +127,12 @@ def test_from_documents_then_delete_delete_nodes_clear(index_lloco, index_store,
     group = "deletions"
     parser = LLoCONodeParser.from_components(index_lloco.encoder, index_store, group=group)
     vs = LLoCOVectorStore(index_store, group=group)
-    index = VectorStoreIndex.from_documents(documents, storage_context=StorageContext.from_defaults(vector_store=vs),
-                                            transformations=[parser], embed_model=hash_embed)
+    index = VectorStoreIndex.from_documents(
+        documents,
+        storage_context=StorageContext.from_defaults(vector_store=vs),
+        transformations=[parser],
+        embed_model=hash_embed,
+    )
     all_nodes = vs.get_nodes()
     assert {n.metadata[keys.DOC_ID] for n in all_nodes} == {"lighthouse", "bakery", "ferry"}
     # delete(ref_doc_id) removes a document; unknown ids are ignored
@@ -143,15 +172,21 @@ def test_doc_ids_and_node_ids_narrow_before_top_k(vstore, hash_embed):
     top = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=k))
     assert top.nodes[0].metadata[keys.DOC_ID] == "lighthouse"  # ferry ranks low for this question
     for mode in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID):
-        res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=k, doc_ids=["ferry"], mode=mode))
+        res = vstore.query(
+            VectorStoreQuery(query_str=KEEPER, similarity_top_k=k, doc_ids=["ferry"], mode=mode)
+        )
         assert sorted(res.ids) == sorted(n.node_id for n in ferry)
-    res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3,
-                                        node_ids=[ferry[-1].node_id, "not-a-lloco-node"]))
+    res = vstore.query(
+        VectorStoreQuery(
+            query_str=KEEPER, similarity_top_k=3, node_ids=[ferry[-1].node_id, "not-a-lloco-node"]
+        )
+    )
     assert res.ids == [ferry[-1].node_id]
     res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3, node_ids=["not-a-lloco-node"]))
     assert res.ids == [] and res.nodes == []
-    res = vstore.query(VectorStoreQuery(query_str=KEEPER, similarity_top_k=3, doc_ids=["ferry"],
-                                        node_ids=[top.ids[0]]))
+    res = vstore.query(
+        VectorStoreQuery(query_str=KEEPER, similarity_top_k=3, doc_ids=["ferry"], node_ids=[top.ids[0]])
+    )
     assert res.ids == []  # both restrictions hold
     # through VectorStoreIndex retrievers (their doc_ids= / node_ids= arguments)
     index = VectorStoreIndex.from_vector_store(vstore, embed_model=hash_embed)
@@ -169,11 +204,18 @@ def test_query_embedding_drives_the_dense_search(vstore, hash_embed):
     assert without.nodes[0].metadata[keys.DOC_ID] == "lighthouse"
     # a vector of the right width from an unrecorded source is checked against the query text
     same = hash_embed.get_query_embedding(KEEPER)
-    assert vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=same, similarity_top_k=1)).ids == \
-        without.ids
+    assert (
+        vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=same, similarity_top_k=1)).ids
+        == without.ids
+    )
     with pytest.raises(ConfigError, match="was not made by"):
-        vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=hash_embed.get_query_embedding(
-            "cardamom buns"), similarity_top_k=1))
+        vstore.query(
+            VectorStoreQuery(
+                query_str=KEEPER,
+                query_embedding=hash_embed.get_query_embedding("cardamom buns"),
+                similarity_top_k=1,
+            )
+        )
     with pytest.raises(ConfigError, match=r"has 3 dims but default/lighthouses is keyed by 64-dim"):
         vstore.query(VectorStoreQuery(query_str=KEEPER, query_embedding=[0.1, 0.2, 0.3], similarity_top_k=1))
     with pytest.raises(InputError, match="needs query_str"):

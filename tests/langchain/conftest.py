@@ -66,10 +66,19 @@ def lc_lloco(tmp_path_factory, default_tokenizer):
     from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, load_model
 
     tok = default_tokenizer
-    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.eos_token_id, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
@@ -97,12 +106,20 @@ def lc_service(lc_lloco, lc_store):
     from lloco_runtime.store import DocumentInput
 
     for i, (group, docs) in enumerate(GROUP_TEXTS.items()):
-        lc_store.ingest([DocumentInput(doc_id, text, {"topic": group}) for doc_id, text in docs.items()],
-                        group=group, encoder=lc_lloco.encoder)
-        lc_store.register_adapter(group, make_adapter_bytes(lc_lloco.host, lc_lloco.encoder.fingerprint, seed=10 + i,
-                                              target_modules=LC_ADAPTER_MODULES),
-                                  base_fingerprint=lc_lloco.host.fingerprint,
-                                  encoder_fingerprint=lc_lloco.encoder.fingerprint, activate=True)
+        lc_store.ingest(
+            [DocumentInput(doc_id, text, {"topic": group}) for doc_id, text in docs.items()],
+            group=group,
+            encoder=lc_lloco.encoder,
+        )
+        lc_store.register_adapter(
+            group,
+            make_adapter_bytes(
+                lc_lloco.host, lc_lloco.encoder.fingerprint, seed=10 + i, target_modules=LC_ADAPTER_MODULES
+            ),
+            base_fingerprint=lc_lloco.host.fingerprint,
+            encoder_fingerprint=lc_lloco.encoder.fingerprint,
+            activate=True,
+        )
     return LLoCOService(lc_lloco, lc_store)
 
 

@@ -67,7 +67,9 @@ def test_stream_and_callbacks(chains, expected):
     answer = "".join(p["answer"] for p in parts if "answer" in p)
     assert answer == expected["alpha"] and len([p for p in parts if p.get("answer")]) > 1
     assert any("context" in p for p in parts)
-    assert "".join(rec.tokens) == expected["alpha"] and rec.tokens == [p["answer"] for p in parts if p.get("answer")]
+    assert "".join(rec.tokens) == expected["alpha"] and rec.tokens == [
+        p["answer"] for p in parts if p.get("answer")
+    ]
 
 
 async def test_async_invoke_stream_and_events(chains, expected):
@@ -89,9 +91,12 @@ def test_concurrent_threads_get_their_own_adapters(chains, expected):
     with ThreadPoolExecutor(max_workers=4) as pool:
         outs = list(pool.map(lambda g: (g, chains[g].invoke({"input": QUESTIONS[g]})["answer"]), jobs))
     assert all(answer == expected[g] for g, answer in outs)
-    streamed = list(ThreadPoolExecutor(2).map(
-        lambda g: (g, "".join(p.get("answer", "") for p in chains[g].stream({"input": QUESTIONS[g]}))),
-        list(QUESTIONS)))
+    streamed = list(
+        ThreadPoolExecutor(2).map(
+            lambda g: (g, "".join(p.get("answer", "") for p in chains[g].stream({"input": QUESTIONS[g]}))),
+            list(QUESTIONS),
+        )
+    )
     assert all(answer == expected[g] for g, answer in streamed)
 
 
@@ -109,7 +114,9 @@ async def test_concurrent_asyncio_gets_their_own_adapters(chains, expected):
 def test_custom_prompt_and_bound_llm(lc_service, lc_llm, expected):
     retriever = LLoCORetriever(service=lc_service, group="alpha", k=2)
     prompt = PromptTemplate.from_template("{input} Answer in one word.")
-    out = create_lloco_chain(retriever, lc_llm.bind(max_new_tokens=3), prompt).invoke({"input": QUESTIONS["alpha"]})
+    out = create_lloco_chain(retriever, lc_llm.bind(max_new_tokens=3), prompt).invoke(
+        {"input": QUESTIONS["alpha"]}
+    )
     assert out["answer"] and out["answer"] != expected["alpha"]
     with pytest.raises(ConfigError, match="must not use \\{context\\}"):
         create_lloco_chain(retriever, lc_llm, PromptTemplate.from_template("{context}\n{input}"))

@@ -34,23 +34,35 @@ def payload(lc_service):
 
 def runtime_answer(service, turns, ids, adapter):
     sheets = service.cheat_sheets(ids) if ids else None
-    return service.lloco.answer_chat(turns, sheets, adapter_id=None if adapter is None else str(adapter),
-                                     max_new_tokens=8)
+    return service.lloco.answer_chat(
+        turns, sheets, adapter_id=None if adapter is None else str(adapter), max_new_tokens=8
+    )
 
 
 def test_invoke_matches_the_runtimes_chat_answer(chat, lc_service, payload):
     ids, adapter = [d.metadata["chunk_id"] for d in payload], payload[0].metadata["adapter_id"]
     msgs = [SystemMessage("Answer briefly."), HumanMessage("Hi"), AIMessage("Hello."), HumanMessage(QUESTION)]
-    turns = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Hi"),
-             ChatMessage("assistant", "Hello."), ChatMessage("user", QUESTION)]
+    turns = [
+        ChatMessage("system", "Answer briefly."),
+        ChatMessage("user", "Hi"),
+        ChatMessage("assistant", "Hello."),
+        ChatMessage("user", QUESTION),
+    ]
     ref = runtime_answer(lc_service, turns, ids, adapter)
     out = chat.invoke(msgs, cheat_sheet_ids=ids, adapter_id=adapter)
     assert isinstance(out, AIMessage) and out.content == ref.text and out.content.strip()
-    assert out.usage_metadata == {"input_tokens": ref.prompt_tokens, "output_tokens": len(ref.token_ids),
-                                  "total_tokens": ref.prompt_tokens + len(ref.token_ids)}
+    assert out.usage_metadata == {
+        "input_tokens": ref.prompt_tokens,
+        "output_tokens": len(ref.token_ids),
+        "total_tokens": ref.prompt_tokens + len(ref.token_ids),
+    }
     meta = out.response_metadata
     assert meta["context_vectors"] == ref.context_vectors > 0 and meta["chunk_ids"] == ids
-    assert meta["model_name"] == lc_service.lloco.host.name and meta["finish_reason"] in ("length", "eos", "stop")
+    assert meta["model_name"] == lc_service.lloco.host.name and meta["finish_reason"] in (
+        "length",
+        "eos",
+        "stop",
+    )
     # .bind is the same inside LCEL; content blocks are read as their text
     bound = chat.bind(cheat_sheet_ids=ids, adapter_id=adapter)
     blocks = [*msgs[:-1], HumanMessage(content=[{"type": "text", "text": QUESTION}])]
@@ -131,15 +143,23 @@ def test_chain_takes_the_chat_model(lc_service, make_chain):
     retriever = LLoCORetriever(service=lc_service, group="alpha", k=2)
     chat = ChatLLoCO(service=lc_service, max_new_tokens=8)
     out = create_lloco_chain(retriever, chat).invoke({"input": QUESTION})
-    ids = [d.metadata["chunk_id"] for d in sorted(out["context"], key=lambda d: (d.metadata["doc_id"],
-                                                                                   d.metadata["ordinal"]))]
-    ref = runtime_answer(lc_service, [ChatMessage("user", QUESTION)], ids, out["context"][0].metadata["adapter_id"])
+    ids = [
+        d.metadata["chunk_id"]
+        for d in sorted(out["context"], key=lambda d: (d.metadata["doc_id"], d.metadata["ordinal"]))
+    ]
+    ref = runtime_answer(
+        lc_service, [ChatMessage("user", QUESTION)], ids, out["context"][0].metadata["adapter_id"]
+    )
     assert isinstance(out["answer"], str) and out["answer"] == ref.text
     prompt = ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{input}")])
-    streamed = [c for c in create_lloco_chain(retriever, chat, prompt).stream({"input": QUESTION}) if "answer" in c]
+    streamed = [
+        c for c in create_lloco_chain(retriever, chat, prompt).stream({"input": QUESTION}) if "answer" in c
+    ]
     assert "".join(c["answer"] for c in streamed).strip()
     with pytest.raises(ConfigError, match="context"):
-        create_lloco_chain(retriever, chat, ChatPromptTemplate.from_messages([("human", "{context} {input}")]))
+        create_lloco_chain(
+            retriever, chat, ChatPromptTemplate.from_messages([("human", "{context} {input}")])
+        )
 
 
 def test_refusals(chat, lc_service):
@@ -163,7 +183,9 @@ def test_refusals(chat, lc_service):
         ChatLLoCO(lloco=lc_service.lloco).invoke("hi", cheat_sheet_ids=[1])
     with pytest.raises(ConfigError, match="retriever"):
         ChatLLoCO(service=lc_service, retriever="alpha")
-    with pytest.raises(ConfigError, match=r"unknown ChatLLoCO parameter\(s\) \['max_new_token'\].*max_new_tokens"):
+    with pytest.raises(
+        ConfigError, match=r"unknown ChatLLoCO parameter\(s\) \['max_new_token'\].*max_new_tokens"
+    ):
         ChatLLoCO(service=lc_service, max_new_token=8)  # a typo is an error, not silently ignored
 
 

@@ -62,7 +62,9 @@ def test_payload_changes_the_answer(lc_llm, payload, expected):
 def test_stream_calls_on_llm_new_token_for_every_token(lc_llm, payload, expected):
     ids, adapter = payload
     rec = TokenRecorder()
-    chunks = list(lc_llm.stream(QUESTION, config={"callbacks": [rec]}, cheat_sheet_ids=ids, adapter_id=adapter))
+    chunks = list(
+        lc_llm.stream(QUESTION, config={"callbacks": [rec]}, cheat_sheet_ids=ids, adapter_id=adapter)
+    )
     assert "".join(chunks) == expected and len([c for c in chunks if c]) > 1
     assert rec.tokens == [c for c in chunks if c]
     info = rec.ends[0].generations[0][0].generation_info
@@ -116,9 +118,9 @@ def test_stopping_early_releases_the_adapter(lc_llm, lc_service, payload):
 
 def test_stop_strings_and_overrides(lc_llm, payload, expected):
     ids, adapter = payload
-    cut = expected[len(expected) // 2:]
+    cut = expected[len(expected) // 2 :]
     out = lc_llm.invoke(QUESTION, stop=[cut], cheat_sheet_ids=ids, adapter_id=adapter)
-    assert out == expected[:expected.index(cut)]
+    assert out == expected[: expected.index(cut)]
     assert len(lc_llm.invoke(QUESTION, max_new_tokens=2)) <= len(lc_llm.invoke(QUESTION))
 
 

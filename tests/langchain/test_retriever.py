@@ -30,7 +30,9 @@ def test_documents_carry_lloco_ids(lc_service):
 def test_per_call_overrides_and_filters(lc_service):
     retriever = LLoCORetriever(service=lc_service, group="alpha", k=4)
     assert len(retriever.invoke("lighthouse keeper", k=1)) == 1
-    docs = retriever.invoke("lighthouse", mode="dense", filters={"key": "topic", "op": "==", "value": "alpha"})
+    docs = retriever.invoke(
+        "lighthouse", mode="dense", filters={"key": "topic", "op": "==", "value": "alpha"}
+    )
     assert docs and all(d.metadata["topic"] == "alpha" for d in docs)
     with pytest.raises(InputError, match="unknown retriever argument"):
         retriever.invoke("lighthouse", top_k=2)

@@ -7,14 +7,21 @@ import pytest
 from lloco_langchain import LLoCOVectorStore, create_lloco_chain
 from lloco_runtime.errors import ConfigError, InputError
 
-TEXTS = ["The ferry to Skerra leaves the quay at nine every morning and returns at four in the afternoon.",
-         "Granite from the Skerra quarry was shipped to Glasgow for the new bank buildings in 1870."]
+TEXTS = [
+    "The ferry to Skerra leaves the quay at nine every morning and returns at four in the afternoon.",
+    "Granite from the Skerra quarry was shipped to Glasgow for the new bank buildings in 1870.",
+]
 
 
 @pytest.fixture(scope="module")
 def vstore(lc_service):
-    store = LLoCOVectorStore.from_texts(TEXTS, metadatas=[{"kind": "ferry"}, {"kind": "quarry"}],
-                                        ids=["ferry", "quarry"], service=lc_service, group="gamma")
+    store = LLoCOVectorStore.from_texts(
+        TEXTS,
+        metadatas=[{"kind": "ferry"}, {"kind": "quarry"}],
+        ids=["ferry", "quarry"],
+        service=lc_service,
+        group="gamma",
+    )
     yield store
     lc_service.store.delete_group("gamma")
 

@@ -22,8 +22,11 @@ def lc_embedded_service(pg_url, lc_lloco):
     from lloco_runtime.service import LLoCOService
     from lloco_runtime.store import CheatSheetStore
 
-    store = CheatSheetStore(pg_url, schema="lloco_langchain_fake_emb",
-                            embedder=LangChainEmbedder(FAKE, name="langchain/deterministic-fake-16"))
+    store = CheatSheetStore(
+        pg_url,
+        schema="lloco_langchain_fake_emb",
+        embedder=LangChainEmbedder(FAKE, name="langchain/deterministic-fake-16"),
+    )
     yield LLoCOService(lc_lloco, store)
     store.drop_schema()
     store.close()
@@ -62,18 +65,27 @@ def test_embedding_must_be_the_stores(lc_service, lc_embedded_service):
 
 
 def test_lloco_metadata_feeds_a_chain_and_long_texts_come_back_whole(lc_embedded_service):
-    text = " ".join(f"Sentence {i} says the harbour light was painted red in year {1900 + i}." for i in range(30))
+    text = " ".join(
+        f"Sentence {i} says the harbour light was painted red in year {1900 + i}." for i in range(30)
+    )
     for store in _fresh_group(lc_embedded_service, embedding=FAKE):
-        store.add_texts([text, "The quay has a ferry."], [{"kind": "long"}, {"kind": "short"}], ids=["long", "q"])
+        store.add_texts(
+            [text, "The quay has a ferry."], [{"kind": "long"}, {"kind": "short"}], ids=["long", "q"]
+        )
         assert lc_embedded_service.store.get_document("long", group=store.group).n_chunks > 1
         (doc,) = store.get_by_ids(["long"])
         assert doc.page_content == text and doc.metadata == {"kind": "long"} and doc.id == "long"
         hits = store.similarity_search("The quay has a ferry.", k=1)
         assert hits[0].id == "q" and hits[0].metadata["chunk_id"] and hits[0].metadata["kind"] == "short"
         chat = ChatLLoCO(service=lc_embedded_service, max_new_tokens=4)
-        out = create_lloco_chain(store.as_retriever(search_kwargs={"k": 1}), chat).invoke({"input": "The quay has a ferry."})
+        out = create_lloco_chain(store.as_retriever(search_kwargs={"k": 1}), chat).invoke(
+            {"input": "The quay has a ferry."}
+        )
         assert out["context"][0].id == "q" and out["answer"]
         # the same retriever straight into the chat model
-        reply = ChatLLoCO(service=lc_embedded_service, retriever=store.as_retriever(search_kwargs={"k": 1}),
-                          max_new_tokens=4).invoke("The quay has a ferry.")
+        reply = ChatLLoCO(
+            service=lc_embedded_service,
+            retriever=store.as_retriever(search_kwargs={"k": 1}),
+            max_new_tokens=4,
+        ).invoke("The quay has a ferry.")
         assert reply.response_metadata["chunk_ids"] == [hits[0].metadata["chunk_id"]] and reply.content

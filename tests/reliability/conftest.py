@@ -32,4 +32,6 @@ def filled(store, tiny_encoder):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a reliability test that runs subprocesses or servers (CI runs them)")
+    config.addinivalue_line(
+        "markers", "slow: a reliability test that runs subprocesses or servers (CI runs them)"
+    )

@@ -39,7 +39,10 @@ BAD_FILES = {
     "utf16.md": ("hello world".encode("utf-16"), "binary|UTF-8"),
     "image.png": (b"\x89PNG\r\n\x1a\n", "unsupported file type"),
     "empty.jsonl": (b"\n\n", "no documents"),
-    "bad_json.jsonl": (b'{"id": "a", "text": "fine"}\n{"id": "b", "text": \n', r"bad_json.jsonl:2: invalid JSON"),
+    "bad_json.jsonl": (
+        b'{"id": "a", "text": "fine"}\n{"id": "b", "text": \n',
+        r"bad_json.jsonl:2: invalid JSON",
+    ),
     "not_object.jsonl": (b'["a", "b"]\n', "must be a JSON object"),
     "no_id.jsonl": (b'{"text": "no id here"}\n', "missing 'doc_id'"),
     "no_text.jsonl": (b'{"id": "x"}\n', "missing 'text'"),
@@ -97,8 +100,9 @@ def _cli(argv, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["empty.txt", "binary.txt", "latin1.txt", "bad_json.jsonl", "surrogate_text.jsonl",
-                                  "image.png"])
+@pytest.mark.parametrize(
+    "name", ["empty.txt", "binary.txt", "latin1.txt", "bad_json.jsonl", "surrogate_text.jsonl", "image.png"]
+)
 def test_bad_files_cli(cli_filled, pg_url, tmp_path, capsys, name):
     filled = cli_filled
     before = snapshot(filled)
@@ -117,7 +121,9 @@ def test_missing_path_and_empty_folder(cli_filled, tiny_encoder, tmp_path, capsy
     for target, match in ((tmp_path / "nope.txt", "no such file"), (tmp_path / "empty_dir", "no .txt")):
         with pytest.raises(InputError, match=match):
             filled.ingest_paths([target], group="g", encoder=tiny_encoder)
-        code, err = _cli(["ingest", target, "--group", "g", "--url", pg_url, "--schema", filled.schema], capsys)
+        code, err = _cli(
+            ["ingest", target, "--group", "g", "--url", pg_url, "--schema", filled.schema], capsys
+        )
         assert code == 2 and match in err
     assert snapshot(filled) == before
 
@@ -164,13 +170,16 @@ def test_50mb_document_is_refused_before_it_is_read(cli_filled, tiny_encoder, tm
     filled = cli_filled
     before = snapshot(filled)
 
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(big)], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, str(big)], capture_output=True, text=True, timeout=120, check=True
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["outcome"].startswith("InputError") and "big.txt" in res["outcome"]
     assert "split" in res["outcome"] and "LLOCO_MAX_DOCUMENT_MB" in res["outcome"]
     growth_mb = (res["peak_rss_kb"] - res["before_kb"]) / 1024
-    print(f"\n50 MB file: peak RSS {res['peak_rss_kb'] / 1024:.0f} MB, growth while reading {growth_mb:.1f} MB")
+    print(
+        f"\n50 MB file: peak RSS {res['peak_rss_kb'] / 1024:.0f} MB, growth while reading {growth_mb:.1f} MB"
+    )
     assert growth_mb < 20, f"reading a refused 50 MB file grew RSS by {growth_mb:.0f} MB"
 
     with pytest.raises(InputError, match="over the limit"):
@@ -211,12 +220,19 @@ def test_document_at_the_limit_is_chunked_with_bounded_memory(tmp_path, tiny_mod
                           "growth_kb": peak - before, "peak_rss_kb": peak}))
     """)
     model_dir = str(tiny_model_dir)
-    out = subprocess.run([sys.executable, "-c", script, str(doc), model_dir], capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(doc), model_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     growth_mb = res["growth_kb"] / 1024
-    print(f"\ndocument of {doc.stat().st_size / 2**20:.1f} MiB: {res['tokens']} tokens in {res['chunks']} chunks, "
-          f"peak RSS {res['peak_rss_kb'] / 1024:.0f} MB (growth {growth_mb:.0f} MB)")
+    print(
+        f"\ndocument of {doc.stat().st_size / 2**20:.1f} MiB: {res['tokens']} tokens in {res['chunks']} chunks, "
+        f"peak RSS {res['peak_rss_kb'] / 1024:.0f} MB (growth {growth_mb:.0f} MB)"
+    )
     assert res["ok"]
     assert growth_mb < 1024, f"chunking a document at the size limit grew RSS by {growth_mb:.0f} MB"
 
@@ -266,11 +282,17 @@ def test_unknown_names_cli(cli_filled, pg_url, capsys, tiny_model_dir):
     filled = cli_filled
     before = snapshot(filled)
     db = ["--url", pg_url, "--schema", filled.schema]
-    for argv in (["retrieve", "q", "--group", "nope", *db], ["retrieve", "q", "--group", "g", "--collection", "x", *db],
-                 ["docs", "list", "--group", "nope", *db], ["adapters", "list", "--group", "nope", *db],
-                 ["adapters", "activate", "987654", *db], ["delete", "--group", "g", "--doc", "nope", *db],
-                 ["delete", "--group", "nope", "--yes", *db], ["delete", "--collection", "nope", "--yes", *db],
-                 ["ask", "q?", "--group", "nope", "--model", tiny_model_dir, *db]):
+    for argv in (
+        ["retrieve", "q", "--group", "nope", *db],
+        ["retrieve", "q", "--group", "g", "--collection", "x", *db],
+        ["docs", "list", "--group", "nope", *db],
+        ["adapters", "list", "--group", "nope", *db],
+        ["adapters", "activate", "987654", *db],
+        ["delete", "--group", "g", "--doc", "nope", *db],
+        ["delete", "--group", "nope", "--yes", *db],
+        ["delete", "--collection", "nope", "--yes", *db],
+        ["ask", "q?", "--group", "nope", "--model", tiny_model_dir, *db],
+    ):
         code, err = _cli(argv, capsys)
         assert code == 1, argv
         assert "error: " in err and ("does not exist" in err or "lloco " in err), err
@@ -310,8 +332,9 @@ def test_unknown_names_integrations(filled, tiny_lloco):
 # -- fingerprints ---------------------------------------------------------------------------------------------
 
 
-def test_fingerprints_that_do_not_match(filled, cli_filled, make_tiny_host, tiny_encoder, pg_url, capsys,
-                                        tiny_model_dir):
+def test_fingerprints_that_do_not_match(
+    filled, cli_filled, make_tiny_host, tiny_encoder, pg_url, capsys, tiny_model_dir
+):
     from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO
     from lloco_runtime.service import LLoCOService
 
@@ -330,8 +353,9 @@ def test_fingerprints_that_do_not_match(filled, cli_filled, make_tiny_host, tiny
         other.answer("q?", tiny_encoder.compress(TEXTS["pump"]))
     # An adapter trained for another encoder: refused at activation, nothing changes.
     weights = make_adapter_bytes(host, other.encoder.fingerprint, seed=3)
-    info = filled.register_adapter("g", weights, base_fingerprint=host.fingerprint,
-                                   encoder_fingerprint=other.encoder.fingerprint)
+    info = filled.register_adapter(
+        "g", weights, base_fingerprint=host.fingerprint, encoder_fingerprint=other.encoder.fingerprint
+    )
     mid = snapshot(filled)
     with pytest.raises(FingerprintMismatchError, match="re-ingest the group|train"):
         filled.activate_adapter(info.id)
@@ -339,15 +363,32 @@ def test_fingerprints_that_do_not_match(filled, cli_filled, make_tiny_host, tiny
     filled.delete_adapter(info.id)
     # Declared fingerprints that contradict the artifact's own header are refused at registration.
     with pytest.raises(FingerprintMismatchError, match="header"):
-        filled.register_adapter("g", weights, base_fingerprint=host.fingerprint,
-                                encoder_fingerprint=tiny_encoder.fingerprint)
+        filled.register_adapter(
+            "g", weights, base_fingerprint=host.fingerprint, encoder_fingerprint=tiny_encoder.fingerprint
+        )
     with pytest.raises(FingerprintMismatchError, match="header"):
-        filled.register_adapter("g", weights, base_fingerprint="f" * 64,
-                                encoder_fingerprint=other.encoder.fingerprint)
+        filled.register_adapter(
+            "g", weights, base_fingerprint="f" * 64, encoder_fingerprint=other.encoder.fingerprint
+        )
     # The CLI with a decoder whose (fresh, default) encoder did not make the group's cheat sheets.
     cli_before = snapshot(cli_filled)
-    code, err = _cli(["ask", "When was the lighthouse built?", "--group", "g", "--model", tiny_model_dir,
-                      "--url", pg_url, "--schema", cli_filled.schema, "--max-new-tokens", "2"], capsys)
+    code, err = _cli(
+        [
+            "ask",
+            "When was the lighthouse built?",
+            "--group",
+            "g",
+            "--model",
+            tiny_model_dir,
+            "--url",
+            pg_url,
+            "--schema",
+            cli_filled.schema,
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 1 and "lloco recompress --group" in err
     assert snapshot(cli_filled) == cli_before
     assert snapshot(filled) == before
@@ -384,8 +425,25 @@ def test_bad_top_k_everywhere(filled, tiny_lloco, top_k):
 @pytest.mark.parametrize("value", ["-1", "0", "100000000000", "2.5", "x"])
 def test_bad_top_k_cli(cli_filled, pg_url, capsys, value):
     filled = cli_filled
-    code, err = _cli(["retrieve", "lighthouse", "--group", "g", "--url", pg_url, "--schema", filled.schema,
-                      "--top-k", value], capsys) if value.lstrip("-").isdigit() else (None, None)
+    code, err = (
+        _cli(
+            [
+                "retrieve",
+                "lighthouse",
+                "--group",
+                "g",
+                "--url",
+                pg_url,
+                "--schema",
+                filled.schema,
+                "--top-k",
+                value,
+            ],
+            capsys,
+        )
+        if value.lstrip("-").isdigit()
+        else (None, None)
+    )
     if code is None:  # not an integer: argparse refuses it (exit 2, usage on stderr)
         with pytest.raises(SystemExit) as exc:
             main(["retrieve", "q", "--group", "g", "--top-k", value])
@@ -397,8 +455,11 @@ def test_bad_top_k_cli(cli_filled, pg_url, capsys, value):
 # -- queries and prompts --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("query", ["", "   \n", "nul\x00byte", "lone \ud800 surrogate", None, 42],
-                         ids=["empty", "blank", "nul", "surrogate", "none", "int"])
+@pytest.mark.parametrize(
+    "query",
+    ["", "   \n", "nul\x00byte", "lone \ud800 surrogate", None, 42],
+    ids=["empty", "blank", "nul", "surrogate", "none", "int"],
+)
 def test_bad_queries(filled, tiny_lloco, query):
     from lloco_langchain import LLoCORetriever
     from lloco_runtime.service import LLoCOService
@@ -416,12 +477,33 @@ def test_bad_queries(filled, tiny_lloco, query):
     assert snapshot(filled) == before
 
 
-@pytest.mark.parametrize("filt", ['{"key": "topic"', '{"key": "a) OR 1=1", "op": "==", "value": 1}',
-                                  '{"key": "topic", "op": "LIKE", "value": "x"}', '[1, 2]', '"topic"'])
+@pytest.mark.parametrize(
+    "filt",
+    [
+        '{"key": "topic"',
+        '{"key": "a) OR 1=1", "op": "==", "value": 1}',
+        '{"key": "topic", "op": "LIKE", "value": "x"}',
+        "[1, 2]",
+        '"topic"',
+    ],
+)
 def test_malformed_filter_cli(cli_filled, pg_url, capsys, filt):
     filled = cli_filled
-    code, err = _cli(["retrieve", "lighthouse", "--group", "g", "--url", pg_url, "--schema", filled.schema,
-                      "--filter", filt], capsys)
+    code, err = _cli(
+        [
+            "retrieve",
+            "lighthouse",
+            "--group",
+            "g",
+            "--url",
+            pg_url,
+            "--schema",
+            filled.schema,
+            "--filter",
+            filt,
+        ],
+        capsys,
+    )
     assert code == 2 and err.startswith("error: ")
 
 
@@ -435,20 +517,38 @@ def test_prompts_longer_than_the_window(filled, cli_filled, tiny_lloco, capsys, 
     question = "Why is the lighthouse tower so tall and grey? " * (window // 8)
     assert len(tiny_lloco.host.tokenizer(question)["input_ids"]) > window
     service = LLoCOService(tiny_lloco, filled)
-    for call in (lambda: service.answer(question, group="g", max_new_tokens=4),
-                 lambda: tiny_lloco.answer(question, max_new_tokens=4),
-                 lambda: tiny_lloco.answer("short?", TEXTS["pump"] + " more" * window, max_new_tokens=4),
-                 lambda: LLoCOLLM(service=service, max_new_tokens=4).invoke(question),
-                 lambda: IndexLLM(tiny_lloco, store=filled, max_new_tokens=4).complete(question)):
+    for call in (
+        lambda: service.answer(question, group="g", max_new_tokens=4),
+        lambda: tiny_lloco.answer(question, max_new_tokens=4),
+        lambda: tiny_lloco.answer("short?", TEXTS["pump"] + " more" * window, max_new_tokens=4),
+        lambda: LLoCOLLM(service=service, max_new_tokens=4).invoke(question),
+        lambda: IndexLLM(tiny_lloco, store=filled, max_new_tokens=4).complete(question),
+    ):
         with pytest.raises(ContextTooLongError, match="window") as err:
             call()
         assert "shorten" in str(err.value) or "fewer" in str(err.value) or "lower" in str(err.value)
     # max_new_tokens alone can push a short prompt over the window.
     with pytest.raises(ContextTooLongError):
         tiny_lloco.answer("short?", max_new_tokens=window)
-    code, err = _cli(["ask", question[: 40 * window], "--group", "g", "--model", tiny_model_dir, "--url", pg_url,
-                      "--schema", cli_filled.schema, "--no-adapter"], capsys)
-    assert code in (1, 2) and "error: " in err  # a fresh encoder: either the window or the fingerprint is named
+    code, err = _cli(
+        [
+            "ask",
+            question[: 40 * window],
+            "--group",
+            "g",
+            "--model",
+            tiny_model_dir,
+            "--url",
+            pg_url,
+            "--schema",
+            cli_filled.schema,
+            "--no-adapter",
+        ],
+        capsys,
+    )
+    assert (
+        code in (1, 2) and "error: " in err
+    )  # a fresh encoder: either the window or the fingerprint is named
     assert snapshot(filled) == before
 
 
@@ -464,7 +564,9 @@ def test_bad_integration_inputs(filled, tiny_lloco):
     parser = LLoCONodeParser.from_components(tiny_lloco.encoder, filled, group="g")
     for text in ("", "   ", "nul\x00"):
         with pytest.raises(InputError):
-            parser.get_nodes_from_documents([Document(id_="ok", text="Fine text."), Document(id_="bad", text=text)])
+            parser.get_nodes_from_documents(
+                [Document(id_="ok", text="Fine text."), Document(id_="bad", text=text)]
+            )
     vs = LLoCOVectorStore(service, group="g")
     with pytest.raises(InputError):
         vs.add_texts(["Fine text.", ""])
@@ -485,11 +587,19 @@ def test_every_error_is_an_lloco_error():
     """The hierarchy: one root, specific leaves, and the built-in base a Python user expects."""
     import lloco_runtime.errors as E
 
-    leaves = [E.ConfigError, E.InputError, E.ModelLoadError, E.FingerprintMismatchError, E.CheatSheetError,
-              E.NotFoundError, E.AdapterError, E.StoreError, E.ContextTooLongError]
+    leaves = [
+        E.ConfigError,
+        E.InputError,
+        E.ModelLoadError,
+        E.FingerprintMismatchError,
+        E.CheatSheetError,
+        E.NotFoundError,
+        E.AdapterError,
+        E.StoreError,
+        E.ContextTooLongError,
+    ]
     for cls in leaves:
         assert issubclass(cls, LLoCOError)
     assert issubclass(E.NotFoundError, LookupError) and issubclass(E.InputError, ValueError)
     assert issubclass(E.ContextTooLongError, E.InputError)
     assert not issubclass(CheatSheetError, NotFoundError) and not issubclass(AdapterError, InputError)
-

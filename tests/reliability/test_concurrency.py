@@ -19,8 +19,12 @@ from sqlalchemy import create_engine, func, select, text
 from lloco_runtime.errors import LLoCOError, StoreError
 
 GROUPS = ("alpha", "beta", "gamma")
-QUESTIONS = ["When was the lighthouse built?", "How do I reset the pump?", "How is sourdough baked?",
-             "What is the tower made of?"]
+QUESTIONS = [
+    "When was the lighthouse built?",
+    "How do I reset the pump?",
+    "How is sourdough baked?",
+    "What is the tower made of?",
+]
 
 
 @pytest.fixture
@@ -31,13 +35,19 @@ def three_groups(pg_url, make_tiny_host):
     from lloco_runtime.service import LLoCOService
 
     host = make_tiny_host()
-    lloco = LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)), adapter_capacity=2)
+    lloco = LLoCO(
+        host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)), adapter_capacity=2
+    )
     store = open_store(pg_url)
     for i, g in enumerate(GROUPS):
         store.ingest(docs(prefix=g, meta={"g": g}), group=g, encoder=lloco.encoder)
-        store.register_adapter(g, make_adapter_bytes(host, lloco.encoder.fingerprint, seed=100 + i),
-                               base_fingerprint=host.fingerprint, encoder_fingerprint=lloco.encoder.fingerprint,
-                               activate=True)
+        store.register_adapter(
+            g,
+            make_adapter_bytes(host, lloco.encoder.fingerprint, seed=100 + i),
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            activate=True,
+        )
     yield LLoCOService(lloco, store)
     store.drop_schema()
     store.close()
@@ -52,7 +62,9 @@ def test_8_threads_over_3_groups_answer_as_single_threaded(three_groups):
     ask = lambda job: service.answer(job[1], group=job[0], max_new_tokens=6, top_k=2).answer
     expected = {job: ask(job) for job in _jobs()}
     per_group = [{expected[(g, q)] for q in QUESTIONS} for g in GROUPS]
-    assert len({expected[(g, QUESTIONS[0])] for g in GROUPS}) > 1, "adapters must change answers for this test"
+    assert len({expected[(g, QUESTIONS[0])] for g in GROUPS}) > 1, (
+        "adapters must change answers for this test"
+    )
     assert all(per_group)
     work = _jobs() * 3
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -75,9 +87,12 @@ def test_8_async_tasks_through_both_integrations(three_groups):
     lc = LLoCOLLM(service=service, max_new_tokens=6)
     li = IndexLLM(service.lloco, store=store, max_new_tokens=6)
     jobs = _jobs()
-    expected_lc = {j: lc.invoke(j[1], cheat_sheet_ids=payload[j[0]][0], adapter_id=payload[j[0]][1]) for j in jobs}
-    expected_li = {j: li.complete(j[1], cheat_sheet_ids=payload[j[0]][0], adapter_id=payload[j[0]][1]).text
-                   for j in jobs}
+    expected_lc = {
+        j: lc.invoke(j[1], cheat_sheet_ids=payload[j[0]][0], adapter_id=payload[j[0]][1]) for j in jobs
+    }
+    expected_li = {
+        j: li.complete(j[1], cheat_sheet_ids=payload[j[0]][0], adapter_id=payload[j[0]][1]).text for j in jobs
+    }
     assert len(set(expected_lc.values())) > 1
 
     async def run():
@@ -140,8 +155,11 @@ def test_connection_pool_is_bounded(pg_url, tiny_encoder):
     def watch():
         with observer.connect() as conn:
             while not stop.is_set():
-                n = conn.execute(select(func.count()).select_from(text("pg_stat_activity"))
-                                 .where(text("application_name = :a").bindparams(a=app))).scalar_one()
+                n = conn.execute(
+                    select(func.count())
+                    .select_from(text("pg_stat_activity"))
+                    .where(text("application_name = :a").bindparams(a=app))
+                ).scalar_one()
                 peak[0] = max(peak[0], n)
                 time.sleep(0.01)
 
@@ -149,8 +167,14 @@ def test_connection_pool_is_bounded(pg_url, tiny_encoder):
     watcher.start()
     try:
         with ThreadPoolExecutor(max_workers=24) as pool:
-            results = list(pool.map(lambda i: store.retrieve(f"lighthouse {i}", group="g", mode="hybrid",
-                                                             load_cheat_sheets=True), range(240)))
+            results = list(
+                pool.map(
+                    lambda i: store.retrieve(
+                        f"lighthouse {i}", group="g", mode="hybrid", load_cheat_sheets=True
+                    ),
+                    range(240),
+                )
+            )
         assert all(r.chunks for r in results)
     finally:
         stop.set()
@@ -203,7 +227,9 @@ def test_requests_fail_cleanly_while_the_server_restarts_then_recover(tiny_encod
         raw = [o for _, o in outcomes if o.startswith("raw")]
         assert not raw, raw[:3]
         assert any(o == "ok" for ts, o in outcomes if ts < down_at)
-        assert any(o == "store-error" for ts, o in outcomes if down_at < ts < up_at), "no request saw the outage"
+        assert any(o == "store-error" for ts, o in outcomes if down_at < ts < up_at), (
+            "no request saw the outage"
+        )
         late = [o for ts, o in outcomes if ts > up_at + 1.0]
         assert late and all(o == "ok" for o in late), late[-5:]
         # After the restart the pool recovered: writes work too, and nothing was lost.

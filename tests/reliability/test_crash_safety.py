@@ -50,13 +50,23 @@ INGEST_CHILD = PAUSE_HOOK + textwrap.dedent("""
 
 
 def _env(marker: Path, needle: str, nth: int) -> dict[str, str]:
-    return {**os.environ, "PAUSE_MARKER": str(marker), "PAUSE_NEEDLE": needle, "PAUSE_NTH": str(nth),
-            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "PAUSE_MARKER": str(marker),
+        "PAUSE_NEEDLE": needle,
+        "PAUSE_NTH": str(nth),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _run_until_marker(code: str, argv: list[str], env: dict[str, str], marker: Path, timeout: float = 240):
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if proc.poll() is not None:
@@ -81,14 +91,22 @@ def _consistency(store) -> dict[str, int]:
     with store.engine.connect() as conn:
         docs = conn.execute(select(t.documents.c.id, t.documents.c.doc_id, t.documents.c.n_chunks)).all()
         for d in docs:
-            n = conn.execute(select(func.count()).select_from(t.chunks)
-                             .where(t.chunks.c.document_id == d.id)).scalar_one()
-            sheets = conn.execute(select(func.count()).select_from(t.cheat_sheets.join(
-                t.chunks, t.cheat_sheets.c.chunk_id == t.chunks.c.id)).where(t.chunks.c.document_id == d.id)).scalar_one()
-            assert n == d.n_chunks == sheets, f"document {d.doc_id} is half stored: {d.n_chunks} / {n} / {sheets}"
-        return {"documents": len(docs),
-                "chunks": conn.execute(select(func.count()).select_from(t.chunks)).scalar_one(),
-                "cheat_sheets": conn.execute(select(func.count()).select_from(t.cheat_sheets)).scalar_one()}
+            n = conn.execute(
+                select(func.count()).select_from(t.chunks).where(t.chunks.c.document_id == d.id)
+            ).scalar_one()
+            sheets = conn.execute(
+                select(func.count())
+                .select_from(t.cheat_sheets.join(t.chunks, t.cheat_sheets.c.chunk_id == t.chunks.c.id))
+                .where(t.chunks.c.document_id == d.id)
+            ).scalar_one()
+            assert n == d.n_chunks == sheets, (
+                f"document {d.doc_id} is half stored: {d.n_chunks} / {n} / {sheets}"
+            )
+        return {
+            "documents": len(docs),
+            "chunks": conn.execute(select(func.count()).select_from(t.chunks)).scalar_one(),
+            "cheat_sheets": conn.execute(select(func.count()).select_from(t.cheat_sheets)).scalar_one(),
+        }
 
 
 @pytest.mark.slow
@@ -102,14 +120,29 @@ def test_sigkill_during_ingest_then_rerun_stores_each_document_once(pg_url, tiny
     corpus.mkdir()
     n_docs = 8
     for i in range(n_docs):  # each several chunks long (512-token segments of the default config)
-        (corpus / f"doc{i}.txt").write_text(f"Document {i}. " + " ".join(f"word{i}_{j}" for j in range(900)),
-                                            encoding="utf-8")
+        (corpus / f"doc{i}.txt").write_text(
+            f"Document {i}. " + " ".join(f"word{i}_{j}" for j in range(900)), encoding="utf-8"
+        )
     schema = new_schema()
-    argv = ["ingest", str(corpus), "--group", "g", "--model", str(tiny_model_dir), "--url", pg_url,
-            "--schema", schema, "--no-progress", "--json"]
+    argv = [
+        "ingest",
+        str(corpus),
+        "--group",
+        "g",
+        "--model",
+        str(tiny_model_dir),
+        "--url",
+        pg_url,
+        "--schema",
+        schema,
+        "--no-progress",
+        "--json",
+    ]
     marker = tmp_path / "paused"
     # Pause inside the 4th document's transaction, after its document and chunk rows were inserted.
-    proc = _run_until_marker(INGEST_CHILD, argv, _env(marker, f"INSERT INTO {schema}.cheat_sheets", 4), marker)
+    proc = _run_until_marker(
+        INGEST_CHILD, argv, _env(marker, f"INSERT INTO {schema}.cheat_sheets", 4), marker
+    )
     store = CheatSheetStore(pg_url, schema=schema, embedder=default_embedder(), create=False)
     try:
         assert _consistency(store)["documents"] == 3, "rows of finished documents should be visible already"
@@ -118,8 +151,14 @@ def test_sigkill_during_ingest_then_rerun_stores_each_document_once(pg_url, tiny
         assert after_kill["documents"] == 3  # the 4th, killed mid-transaction, left nothing behind
         assert {d.doc_id for d in store.list_documents("g")} == {"doc0", "doc1", "doc2"}
 
-        done = subprocess.run([sys.executable, "-m", "lloco_runtime.cli", *argv], check=False, capture_output=True,
-                              text=True, timeout=300, env=_env(tmp_path / "never", "never-matches", 1))
+        done = subprocess.run(
+            [sys.executable, "-m", "lloco_runtime.cli", *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(tmp_path / "never", "never-matches", 1),
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(done.stdout)
         statuses = {d["doc_id"]: d["status"] for d in report["documents"]}
@@ -149,8 +188,9 @@ FINETUNE_CHILD = PAUSE_HOOK + textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("needle", ["INSERT INTO {schema}.adapters", "UPDATE {schema}.groups"],
-                         ids=["insert-adapter", "activate"])
+@pytest.mark.parametrize(
+    "needle", ["INSERT INTO {schema}.adapters", "UPDATE {schema}.groups"], ids=["insert-adapter", "activate"]
+)
 def test_sigkill_while_registering_a_finetuned_adapter(pg_url, tiny_model_dir, tmp_path, needle):
     from reliability_helpers import docs, make_adapter_bytes, new_schema, open_store, snapshot
 
@@ -164,19 +204,30 @@ def test_sigkill_while_registering_a_finetuned_adapter(pg_url, tiny_model_dir, t
     store = open_store(pg_url, schema)
     try:
         store.ingest(docs(), group="g", encoder=lloco.encoder)
-        v1 = store.register_adapter("g", make_adapter_bytes(host, lloco.encoder.fingerprint, seed=1),
-                                    base_fingerprint=host.fingerprint,
-                                    encoder_fingerprint=lloco.encoder.fingerprint, activate=True)
+        v1 = store.register_adapter(
+            "g",
+            make_adapter_bytes(host, lloco.encoder.fingerprint, seed=1),
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            activate=True,
+        )
         before = snapshot(store)
         marker = tmp_path / "paused"
-        proc = _run_until_marker(FINETUNE_CHILD, [pg_url, schema, str(tiny_model_dir)],
-                                 _env(marker, needle.format(schema=schema), 1), marker)
+        proc = _run_until_marker(
+            FINETUNE_CHILD,
+            [pg_url, schema, str(tiny_model_dir)],
+            _env(marker, needle.format(schema=schema), 1),
+            marker,
+        )
         _kill(proc)
         assert snapshot(store) == before  # no adapter row, v1 still the active one
-        assert [a.version for a in store.list_adapters("g")] == [1] and store.get_group("g").active_adapter_id == v1.id
+        assert [a.version for a in store.list_adapters("g")] == [1] and store.get_group(
+            "g"
+        ).active_adapter_id == v1.id
 
-        cfg = FinetuneConfig(steps=2, batch_size=2, lr=5e-3, warmup=1, eval_every=2, val_pairs=2,
-                             checkpoint_every=2, top_k=2)
+        cfg = FinetuneConfig(
+            steps=2, batch_size=2, lr=5e-3, warmup=1, eval_every=2, val_pairs=2, checkpoint_every=2, top_k=2
+        )
         hist = finetune_group(LLoCOService(lloco, store), "g", cfg=cfg, progress=False)
         adapters = store.list_adapters("g")
         assert [a.version for a in adapters] == [1, 2]

@@ -69,9 +69,22 @@ def _damage(folder, how: str, host) -> None:
         (folder / CONFIG_FILE).write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("how", ["garbage", "pickle", "truncated", "empty", "missing_summary", "summary_shape",
-                                 "lora_shape", "bin_only", "config_not_json", "config_not_object",
-                                 "config_bad_values"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "garbage",
+        "pickle",
+        "truncated",
+        "empty",
+        "missing_summary",
+        "summary_shape",
+        "lora_shape",
+        "bin_only",
+        "config_not_json",
+        "config_not_object",
+        "config_bad_values",
+    ],
+)
 def test_damaged_encoder_folders_are_refused(saved_encoder, make_tiny_host, how):
     folder, host = saved_encoder
     _damage(folder, how, host)
@@ -94,8 +107,11 @@ def test_autocompressor_bin_is_read_as_weights_only(tiny_model_dir, tmp_path):
         ContextEncoder.from_autocompressor(folder)
 
 
-@pytest.mark.parametrize("blob", [_pickle_bytes(), b"", b"PK\x03\x04" * 20, b"\x10\x00\x00\x00\x00\x00\x00\x00{}"],
-                         ids=["pickle", "empty", "zip", "short-header"])
+@pytest.mark.parametrize(
+    "blob",
+    [_pickle_bytes(), b"", b"PK\x03\x04" * 20, b"\x10\x00\x00\x00\x00\x00\x00\x00{}"],
+    ids=["pickle", "empty", "zip", "short-header"],
+)
 def test_non_safetensors_adapters_are_refused_everywhere(filled, tiny_lloco, blob):
     from lloco_runtime.service import LLoCOService
 
@@ -109,18 +125,32 @@ def test_non_safetensors_adapters_are_refused_everywhere(filled, tiny_lloco, blo
     assert LLoCOService(tiny_lloco, filled).answer("lighthouse?", group="g", max_new_tokens=2)
 
 
-def test_adapter_whose_shapes_do_not_fit_is_refused_when_served(filled, tiny_lloco, tiny_llama_factory, tmp_path):
+def test_adapter_whose_shapes_do_not_fit_is_refused_when_served(
+    filled, tiny_lloco, tiny_llama_factory, tmp_path
+):
     """An adapter trained on a wider model of the same family: valid safetensors, wrong shapes."""
     from lloco_runtime.service import LLoCOService
 
-    wide = load_model(tiny_llama_factory(tmp_path / "wide", hidden_size=128, intermediate_size=256),
-                      device="cpu", dtype="float32")
+    wide = load_model(
+        tiny_llama_factory(tmp_path / "wide", hidden_size=128, intermediate_size=256),
+        device="cpu",
+        dtype="float32",
+    )
     host = tiny_lloco.host
     art = AdapterArtifact.from_bytes(make_adapter_bytes(wide, tiny_lloco.encoder.fingerprint, seed=4))
-    forged = AdapterArtifact(tensors=art.tensors, lora_config=art.lora_config, base_fingerprint=host.fingerprint,
-                             encoder_fingerprint=tiny_lloco.encoder.fingerprint)  # lies about its base model
-    info = filled.register_adapter("g", forged.to_bytes(), base_fingerprint=host.fingerprint,
-                                   encoder_fingerprint=tiny_lloco.encoder.fingerprint, activate=True)
+    forged = AdapterArtifact(
+        tensors=art.tensors,
+        lora_config=art.lora_config,
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=tiny_lloco.encoder.fingerprint,
+    )  # lies about its base model
+    info = filled.register_adapter(
+        "g",
+        forged.to_bytes(),
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=tiny_lloco.encoder.fingerprint,
+        activate=True,
+    )
     service = LLoCOService(tiny_lloco, filled)
     with pytest.raises(AdapterError, match="does not fit"):
         service.answer("When was the lighthouse built?", group="g", max_new_tokens=2)
@@ -130,14 +160,21 @@ def test_adapter_whose_shapes_do_not_fit_is_refused_when_served(filled, tiny_llo
     assert info.id
 
 
-def test_adapter_with_honest_other_base_is_refused_by_fingerprint(filled, tiny_lloco, tiny_llama_factory, tmp_path):
+def test_adapter_with_honest_other_base_is_refused_by_fingerprint(
+    filled, tiny_lloco, tiny_llama_factory, tmp_path
+):
     from lloco_runtime.errors import FingerprintMismatchError
     from lloco_runtime.service import LLoCOService
 
     other = load_model(tiny_llama_factory(tmp_path / "other", seed=9), device="cpu", dtype="float32")
     blob = make_adapter_bytes(other, tiny_lloco.encoder.fingerprint, seed=5)
-    filled.register_adapter("g", blob, base_fingerprint=other.fingerprint,
-                            encoder_fingerprint=tiny_lloco.encoder.fingerprint, activate=True)
+    filled.register_adapter(
+        "g",
+        blob,
+        base_fingerprint=other.fingerprint,
+        encoder_fingerprint=tiny_lloco.encoder.fingerprint,
+        activate=True,
+    )
     with pytest.raises(FingerprintMismatchError, match="fine-tune"):
         LLoCOService(tiny_lloco, filled).answer("lighthouse?", group="g", max_new_tokens=2)
     assert tiny_lloco.host.adapter_names() == []

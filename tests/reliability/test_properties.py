@@ -28,10 +28,27 @@ FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 # -- chunking -------------------------------------------------------------------------------------------------
 
-WORDS = st.sampled_from(["lighthouse", " ", "\n", "naïve", "東京", "🎉", "e\u0301", "  ", "1852", "—", ",", "x" * 25,
-                         "\t", "Ünïcödé", "ok.", "\r\n"])
-TEXTS = st.one_of(st.text(min_size=1, max_size=300),
-                  st.lists(WORDS, min_size=1, max_size=80).map("".join))
+WORDS = st.sampled_from(
+    [
+        "lighthouse",
+        " ",
+        "\n",
+        "naïve",
+        "東京",
+        "🎉",
+        "e\u0301",
+        "  ",
+        "1852",
+        "—",
+        ",",
+        "x" * 25,
+        "\t",
+        "Ünïcödé",
+        "ok.",
+        "\r\n",
+    ]
+)
+TEXTS = st.one_of(st.text(min_size=1, max_size=300), st.lists(WORDS, min_size=1, max_size=80).map("".join))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +78,7 @@ def test_every_token_lands_in_exactly_one_chunk_in_order(host, text, segment):
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert all(1 <= c.n_tokens <= segment for c in chunks) and all(c.n_tokens == segment for c in chunks[:-1])
     assert "".join(c.text for c in chunks) == text
-    assert all(text[c.char_start:c.char_end] == c.text for c in chunks)
+    assert all(text[c.char_start : c.char_end] == c.text for c in chunks)
 
 
 def _utf8(text: str) -> bool:
@@ -104,14 +121,20 @@ SHAPES = st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple)
 
 
 @settings(max_examples=200, deadline=None)
-@given(dtype=st.sampled_from(DTYPES), shape=SHAPES, seed=st.integers(0, 2**31 - 1),
-       scale=st.sampled_from([1e-8, 1.0, 1e4, 6e4]))
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=SHAPES,
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([1e-8, 1.0, 1e4, 6e4]),
+)
 def test_codec_round_trip(dtype, shape, seed, scale):
     t = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
     out = decode_tensor(encode_tensor(t))
     assert out.dtype == dtype and out.shape == t.shape
-    assert torch.equal(out.view(torch.int16 if dtype != torch.float32 else torch.int32),
-                       t.view(torch.int16 if dtype != torch.float32 else torch.int32))  # bit-exact, NaN-safe
+    assert torch.equal(
+        out.view(torch.int16 if dtype != torch.float32 else torch.int32),
+        t.view(torch.int16 if dtype != torch.float32 else torch.int32),
+    )  # bit-exact, NaN-safe
 
 
 def _header_shape(blob: bytes) -> tuple[int, ...]:
@@ -120,8 +143,13 @@ def _header_shape(blob: bytes) -> tuple[int, ...]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(blob=st.one_of(st.binary(max_size=200), st.binary(max_size=120).map(lambda b: MAGIC + b),
-                      st.binary(max_size=120).map(lambda b: MAGIC + bytes([VERSION]) + b)))
+@given(
+    blob=st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=120).map(lambda b: MAGIC + b),
+        st.binary(max_size=120).map(lambda b: MAGIC + bytes([VERSION]) + b),
+    )
+)
 def test_arbitrary_bytes_are_rejected_never_misshaped(blob):
     try:
         out = decode_tensor(blob)
@@ -151,8 +179,12 @@ def _forge(code: int, shape: tuple[int, ...], payload: bytes, version: int = VER
 
 
 @settings(max_examples=300, deadline=None)
-@given(code=st.integers(0, 255), shape=st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=6).map(tuple),
-       payload=st.binary(max_size=256), version=st.sampled_from([VERSION, VERSION, 0, 2, 255]))
+@given(
+    code=st.integers(0, 255),
+    shape=st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=6).map(tuple),
+    payload=st.binary(max_size=256),
+    version=st.sampled_from([VERSION, VERSION, 0, 2, 255]),
+)
 def test_forged_headers_with_a_valid_checksum_never_misshape(code, shape, payload, version):
     try:
         out = decode_tensor(_forge(code, shape, payload, version))
@@ -164,36 +196,108 @@ def test_forged_headers_with_a_valid_checksum_never_misshape(code, shape, payloa
 
 # -- filter compiler --------------------------------------------------------------------------------------------
 
-HOSTILE = ["' OR '1'='1", "a') OR 1=1 --", '"; DROP TABLE chunks; --', "%", "_", "\\", "$$", "$1", "%(x)s", "?",
-           "::jsonb", "*/", "/*", "\u2028", "é", "🎉", "a.b", "..", ".a", "a.", "a b", "", "x" * 70, "ud\ud800"]
-KEYS = st.one_of(st.sampled_from(["topic", "year", "tags", "a.b", "a.b.c", "_x", "k-1", "A_b"] + HOSTILE),
-                 st.text(max_size=12))
-OPS = st.one_of(st.sampled_from(["==", "!=", ">", ">=", "<", "<=", "in", "nin", "contains", "text_match", "eq",
-                                 "NE", "not_in", "LIKE", "= 1 OR 1=1", "", None, 1]), st.text(max_size=6))
-SCALARS = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=20), st.integers(-(10**30), 10**30),
-                    st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none())
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=4), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2))
+HOSTILE = [
+    "' OR '1'='1",
+    "a') OR 1=1 --",
+    '"; DROP TABLE chunks; --',
+    "%",
+    "_",
+    "\\",
+    "$$",
+    "$1",
+    "%(x)s",
+    "?",
+    "::jsonb",
+    "*/",
+    "/*",
+    "\u2028",
+    "é",
+    "🎉",
+    "a.b",
+    "..",
+    ".a",
+    "a.",
+    "a b",
+    "",
+    "x" * 70,
+    "ud\ud800",
+]
+KEYS = st.one_of(
+    st.sampled_from(["topic", "year", "tags", "a.b", "a.b.c", "_x", "k-1", "A_b"] + HOSTILE),
+    st.text(max_size=12),
+)
+OPS = st.one_of(
+    st.sampled_from(
+        [
+            "==",
+            "!=",
+            ">",
+            ">=",
+            "<",
+            "<=",
+            "in",
+            "nin",
+            "contains",
+            "text_match",
+            "eq",
+            "NE",
+            "not_in",
+            "LIKE",
+            "= 1 OR 1=1",
+            "",
+            None,
+            1,
+        ]
+    ),
+    st.text(max_size=6),
+)
+SCALARS = st.one_of(
+    st.sampled_from(HOSTILE),
+    st.text(max_size=20),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+)
+VALUES = st.one_of(
+    SCALARS, st.lists(SCALARS, max_size=4), st.dictionaries(st.text(max_size=4), SCALARS, max_size=2)
+)
 LEAF = st.fixed_dictionaries({"key": KEYS, "op": OPS, "value": VALUES})
-FILTERS = st.recursive(LEAF, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.sampled_from(["and", "or"]), st.lists(inner, max_size=3), min_size=1, max_size=1),
-    st.fixed_dictionaries({"condition": st.sampled_from(["and", "or", "xor", "'"]),
-                           "filters": st.lists(inner, max_size=3)}),
-), max_leaves=8)
+FILTERS = st.recursive(
+    LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["and", "or"]), st.lists(inner, max_size=3), min_size=1, max_size=1),
+        st.fixed_dictionaries(
+            {"condition": st.sampled_from(["and", "or", "xor", "'"]), "filters": st.lists(inner, max_size=3)}
+        ),
+    ),
+    max_leaves=8,
+)
 
 # Everything compiled SQL may contain besides bound placeholders: the column, operators and two literals.
-SQL_TOKENS = re.compile(r"%\(\w+\)s|\br_\w+\.chunks\.metadata\b|#>>|#>|@>|jsonb_typeof|CAST|AS JSONB|::JSONB|::VARCHAR"
-                        r"|IS DISTINCT FROM|IS NULL|IS NOT NULL|\bNOT\b|\bAND\b|\bOR\b|\bILIKE\b|\bLIKE\b|ESCAPE '/'"
-                        r"|'%%'|\|\||!=|<=|>=|=|<|>|\(|\)|\s+")
+SQL_TOKENS = re.compile(
+    r"%\(\w+\)s|\br_\w+\.chunks\.metadata\b|#>>|#>|@>|jsonb_typeof|CAST|AS JSONB|::JSONB|::VARCHAR"
+    r"|IS DISTINCT FROM|IS NULL|IS NOT NULL|\bNOT\b|\bAND\b|\bOR\b|\bILIKE\b|\bLIKE\b|ESCAPE '/'"
+    r"|'%%'|\|\||!=|<=|>=|=|<|>|\(|\)|\s+"
+)
 
 
 @pytest.fixture(scope="module")
 def filter_store(pg_url, tiny_encoder):
     s = open_store(pg_url, new_schema())
-    s.ingest([DocumentInput("d1", "The lighthouse keeper.", {"topic": "sea", "year": 1852, "tags": ["a", "b"],
-                                                             "a": {"b": "x' OR '1'='1"}}),
-              DocumentInput("d2", "The pump reset.", {"topic": "%", "year": "1852", "k-1": None})],
-             group="f", encoder=tiny_encoder)
+    s.ingest(
+        [
+            DocumentInput(
+                "d1",
+                "The lighthouse keeper.",
+                {"topic": "sea", "year": 1852, "tags": ["a", "b"], "a": {"b": "x' OR '1'='1"}},
+            ),
+            DocumentInput("d2", "The pump reset.", {"topic": "%", "year": "1852", "k-1": None}),
+        ],
+        group="f",
+        encoder=tiny_encoder,
+    )
     yield s
     s.drop_schema()
     s.close()

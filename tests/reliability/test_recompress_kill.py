@@ -24,8 +24,9 @@ def _sheets_by_chunk(store) -> dict[int, list[str]]:
     c, cs = t.chunks, t.cheat_sheets
     out: dict[int, list[str]] = {}
     with store.engine.connect() as conn:
-        for cid, fp in conn.execute(select(c.c.id, cs.c.encoder_fingerprint)
-                                    .select_from(c.outerjoin(cs, cs.c.chunk_id == c.c.id))):
+        for cid, fp in conn.execute(
+            select(c.c.id, cs.c.encoder_fingerprint).select_from(c.outerjoin(cs, cs.c.chunk_id == c.c.id))
+        ):
             out.setdefault(int(cid), [])
             if fp is not None:
                 out[int(cid)].append(fp)
@@ -38,12 +39,19 @@ def _whole_documents(store) -> dict[str, str]:
     t = store.tables
     d, c, cs = t.documents, t.chunks, t.cheat_sheets
     with store.engine.connect() as conn:
-        rows = conn.execute(select(d.c.doc_id, d.c.encoder_fingerprint, d.c.n_chunks, func.count(c.c.id),
-                                   func.count(cs.c.chunk_id), func.count(func.distinct(cs.c.encoder_fingerprint)),
-                                   func.min(cs.c.encoder_fingerprint))
-                            .select_from(d.join(c, c.c.document_id == d.c.id)
-                                         .outerjoin(cs, cs.c.chunk_id == c.c.id))
-                            .group_by(d.c.id)).all()
+        rows = conn.execute(
+            select(
+                d.c.doc_id,
+                d.c.encoder_fingerprint,
+                d.c.n_chunks,
+                func.count(c.c.id),
+                func.count(cs.c.chunk_id),
+                func.count(func.distinct(cs.c.encoder_fingerprint)),
+                func.min(cs.c.encoder_fingerprint),
+            )
+            .select_from(d.join(c, c.c.document_id == d.c.id).outerjoin(cs, cs.c.chunk_id == c.c.id))
+            .group_by(d.c.id)
+        ).all()
     out = {}
     for doc_id, doc_fp, n_chunks, n, n_sheets, n_fps, fp in rows:
         assert n == n_chunks == n_sheets and n_fps == 1, f"document {doc_id} is half updated: {rows}"
@@ -62,11 +70,19 @@ def test_sigkill_during_recompress_then_rerun_finishes_the_group(pg_url, tiny_mo
 
     host = load_model(tiny_model_dir, device="cpu", dtype="float32")
     old = ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4))
-    new_dir = ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=2)).save(tmp_path / "enc-b")
+    new_dir = ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=2)).save(
+        tmp_path / "enc-b"
+    )
     n_docs = 6
-    docs = [DocumentInput(f"doc{i}", f"Document {i} tells of harbour {i}. "
-                          + " ".join(f"Ship{i} sailed past beacon{j} at dawn." for j in range(12)), {"n": i})
-            for i in range(n_docs)]
+    docs = [
+        DocumentInput(
+            f"doc{i}",
+            f"Document {i} tells of harbour {i}. "
+            + " ".join(f"Ship{i} sailed past beacon{j} at dawn." for j in range(12)),
+            {"n": i},
+        )
+        for i in range(n_docs)
+    ]
     schema = new_schema()
     store = CheatSheetStore(pg_url, schema=schema, embedder=default_embedder())
     try:
@@ -75,10 +91,25 @@ def test_sigkill_during_recompress_then_rerun_finishes_the_group(pg_url, tiny_mo
         assert len(chunk_ids) > 2 * n_docs  # several chunks per document
         assert set(_whole_documents(store).values()) == {old.fingerprint}
 
-        argv = ["recompress", "--group", "g", "--model", str(tiny_model_dir), "--encoder", str(new_dir),
-                "--url", pg_url, "--schema", schema, "--no-progress", "--json"]
+        argv = [
+            "recompress",
+            "--group",
+            "g",
+            "--model",
+            str(tiny_model_dir),
+            "--encoder",
+            str(new_dir),
+            "--url",
+            pg_url,
+            "--schema",
+            schema,
+            "--no-progress",
+            "--json",
+        ]
         marker = tmp_path / "paused"
-        proc = _run_until_marker(INGEST_CHILD, argv, _env(marker, f"INSERT INTO {schema}.cheat_sheets", 3), marker)
+        proc = _run_until_marker(
+            INGEST_CHILD, argv, _env(marker, f"INSERT INTO {schema}.cheat_sheets", 3), marker
+        )
         done_before_kill = _whole_documents(store)
         assert sorted(d for d, fp in done_before_kill.items() if fp != old.fingerprint) == ["doc0", "doc1"]
         _kill(proc)
@@ -90,10 +121,19 @@ def test_sigkill_during_recompress_then_rerun_finishes_the_group(pg_url, tiny_mo
         assert after_kill == {f"doc{i}": new_fp if i < 2 else old.fingerprint for i in range(n_docs)}
         assert all(len(fps) == 1 for fps in _sheets_by_chunk(store).values())
         g = store.get_group("g")
-        assert g.encoder_state.startswith("mixed (") and set(g.encoder_fingerprints) == {old.fingerprint, new_fp}
+        assert g.encoder_state.startswith("mixed (") and set(g.encoder_fingerprints) == {
+            old.fingerprint,
+            new_fp,
+        }
 
-        rerun = subprocess.run([sys.executable, "-m", "lloco_runtime.cli", *argv], check=False, capture_output=True,
-                               text=True, timeout=300, env=_env(tmp_path / "never", "never-matches", 1))
+        rerun = subprocess.run(
+            [sys.executable, "-m", "lloco_runtime.cli", *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_env(tmp_path / "never", "never-matches", 1),
+        )
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         report = json.loads(rerun.stdout)
         assert report["encoder_fingerprint"] == new_fp and report["complete"]

@@ -28,9 +28,9 @@ from lloco_runtime.store import CheatSheetStore, DocumentInput
 
 DOCS = {
     "harbour": "The harbour master counted forty boats before the storm. The lighthouse keeper, Ada Brill, "
-               "rang the bell at dusk so the fishing fleet could find the narrow channel.",
+    "rang the bell at dusk so the fishing fleet could find the narrow channel.",
     "canal": "The Vell Canal runs thirty-one miles between two market towns. Its trust was founded by the "
-             "engineer Tomas Reed, who also built the Harrow Hill Tunnel.",
+    "engineer Tomas Reed, who also built the Harrow Hill Tunnel.",
 }
 IDS = torch.tensor([[1, 450, 17, 2001, 99, 5123, 8, 311, 42, 77]])
 
@@ -85,7 +85,9 @@ def randomise_lora(model: torch.nn.Module, seed: int, scale: float = 0.3) -> Non
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
-def peft_folder(base_dir: Path, out: Path, *, seed: int = 1, safe: bool = True, **lora) -> tuple[Path, torch.Tensor]:
+def peft_folder(
+    base_dir: Path, out: Path, *, seed: int = 1, safe: bool = True, **lora
+) -> tuple[Path, torch.Tensor]:
     """A PEFT LoRA folder written by peft's own ``save_pretrained`` on the model in ``base_dir``; and the
     logits that peft's model gives on ``IDS`` (the reference lloco must reproduce)."""
     base = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -121,13 +123,18 @@ def test_import_peft_save_pretrained_folder_applies_and_answers(cli, store, lloc
     assert "imported" in out and "active" in out
     (info,) = store.list_adapters("g")
     assert info.active and info.version == 1 and info.config["r"] == 4
-    assert info.base_fingerprint == lloco.host.fingerprint and info.encoder_fingerprint == lloco.encoder.fingerprint
+    assert (
+        info.base_fingerprint == lloco.host.fingerprint
+        and info.encoder_fingerprint == lloco.encoder.fingerprint
+    )
     assert store.get_group("g").active_adapter_id == info.id
 
     service = LLoCOService(lloco, store)
     got = lloco_logits(lloco, info.id)
     assert torch.allclose(got, reference, atol=1e-4), (got - reference).abs().max()
-    assert not torch.allclose(base_logits(lloco), reference, atol=1e-2)  # the adapter really changes the output
+    assert not torch.allclose(
+        base_logits(lloco), reference, atol=1e-2
+    )  # the adapter really changes the output
 
     question = "Who rang the bell at dusk?"
     with_adapter = service.answer(question, group="g", max_new_tokens=8)
@@ -141,8 +148,13 @@ def test_import_peft_save_pretrained_folder_applies_and_answers(cli, store, lloc
 
 
 def test_import_bin_via_weights_only(cli, store, lloco, tiny_model_dir, tmp_path):
-    folder, reference = peft_folder(tiny_model_dir, tmp_path / "peft-bin", seed=5, safe=False,
-                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    folder, reference = peft_folder(
+        tiny_model_dir,
+        tmp_path / "peft-bin",
+        seed=5,
+        safe=False,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
     assert (folder / "adapter_model.bin").is_file() and not (folder / "adapter_model.safetensors").exists()
     code, out, err = cli("adapters", "import", str(folder), "--group", "g")
     assert code == 0, err
@@ -171,8 +183,13 @@ def test_malicious_bin_is_refused_without_running(cli, store, tiny_model_dir, tm
     shutil.copy(good / "adapter_config.json", bad / "adapter_config.json")
     marker = tmp_path / "marker"
     if layout == "torch.save":
-        torch.save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64),
-                    "x": _Payload(marker)}, bad / "adapter_model.bin")
+        torch.save(
+            {
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64),
+                "x": _Payload(marker),
+            },
+            bad / "adapter_model.bin",
+        )
     else:
         (bad / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
     # The payload is live: plain unpickling of the same bytes with another marker does run it.
@@ -220,10 +237,16 @@ def test_wrong_layer_count_refused(lloco, tiny_llama_factory, tmp_path):
 
 def test_missing_target_modules_refused(cli, store, tmp_path):
     folder = tmp_path / "neox"
-    LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM").save_pretrained(folder)
-    save_file({"base_model.model.gpt_neox.layers.0.attention.query_key_value.lora_A.weight": torch.zeros(4, 64),
-               "base_model.model.gpt_neox.layers.0.attention.query_key_value.lora_B.weight": torch.zeros(192, 4)},
-              str(folder / "adapter_model.safetensors"))
+    LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM").save_pretrained(
+        folder
+    )
+    save_file(
+        {
+            "base_model.model.gpt_neox.layers.0.attention.query_key_value.lora_A.weight": torch.zeros(4, 64),
+            "base_model.model.gpt_neox.layers.0.attention.query_key_value.lora_B.weight": torch.zeros(192, 4),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
     code, _, err = cli("adapters", "import", str(folder), "--group", "g")
     assert code == 1
     assert "['query_key_value']" in err and "q_proj" in err and "another architecture" in err
@@ -279,16 +302,26 @@ def make_artifact(lloco, seed: int, targets=("q_proj", "k_proj", "v_proj", "o_pr
     host, name = lloco.host, f"scratch_{seed}"
     host.add_adapter(name, LoraConfig(r=4, lora_alpha=16, target_modules=list(targets), lora_dropout=0.05))
     randomise_lora(host.model, seed)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=lloco.encoder.fingerprint, info={"seed": seed})
+    art = AdapterArtifact.from_model(
+        host.model,
+        name,
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=lloco.encoder.fingerprint,
+        info={"seed": seed},
+    )
     host.delete_adapter(name)
     return art
 
 
 def register(store, art: AdapterArtifact, *, activate: bool = False):
-    return store.register_adapter("g", art.to_bytes(), base_fingerprint=art.base_fingerprint,
-                                  encoder_fingerprint=art.encoder_fingerprint, config=art.lora_config,
-                                  activate=activate)
+    return store.register_adapter(
+        "g",
+        art.to_bytes(),
+        base_fingerprint=art.base_fingerprint,
+        encoder_fingerprint=art.encoder_fingerprint,
+        config=art.lora_config,
+        activate=activate,
+    )
 
 
 def test_export_loads_in_peft_and_imports_back(cli, store, lloco, tiny_model_dir, tmp_path):
@@ -304,7 +337,12 @@ def test_export_loads_in_peft_and_imports_back(cli, store, lloco, tiny_model_dir
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM" and cfg["r"] == 4
-    assert cfg["lora_alpha"] == 16 and sorted(cfg["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert cfg["lora_alpha"] == 16 and sorted(cfg["target_modules"]) == [
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "v_proj",
+    ]
     assert cfg["base_model_name_or_path"] == str(tiny_model_dir)
     assert set(cfg) >= set(LoraConfig().to_dict()) - {"runtime_config"}  # peft's own serialisation
 

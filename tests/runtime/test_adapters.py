@@ -31,8 +31,16 @@ def scratch_host(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
 
 
-def make_artifact(host, seed: int, *, encoder_fp: str | None = ENCODER_FP, r: int = 4,
-                  targets=("q_proj", "v_proj"), scale: float = 0.5, info=None) -> AdapterArtifact:
+def make_artifact(
+    host,
+    seed: int,
+    *,
+    encoder_fp: str | None = ENCODER_FP,
+    r: int = 4,
+    targets=("q_proj", "v_proj"),
+    scale: float = 0.5,
+    info=None,
+) -> AdapterArtifact:
     """A LoRA with random non-zero B (a fresh LoRA is the identity), captured as an artifact."""
     name = f"scratch_{seed}"
     host.add_adapter(name, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0))
@@ -41,8 +49,13 @@ def make_artifact(host, seed: int, *, encoder_fp: str | None = ENCODER_FP, r: in
         for n, p in host.model.named_parameters():
             if f"lora_B.{name}" in n or f"lora_A.{name}" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder_fp, info=info or {"seed": seed})
+    art = AdapterArtifact.from_model(
+        host.model,
+        name,
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=encoder_fp,
+        info=info or {"seed": seed},
+    )
     host.delete_adapter(name)
     assert host.adapter_names() == []
     return art
@@ -97,7 +110,9 @@ def test_artifact_is_a_snapshot(scratch_host):
     """Training the adapter further after capture must not change the captured artifact."""
     scratch_host.add_adapter("live", LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.0))
     try:
-        art = AdapterArtifact.from_model(scratch_host.model, "live", base_fingerprint="x", encoder_fingerprint=None)
+        art = AdapterArtifact.from_model(
+            scratch_host.model, "live", base_fingerprint="x", encoder_fingerprint=None
+        )
         before = {k: v.clone() for k, v in art.tensors.items()}
         with torch.no_grad():
             for n, p in scratch_host.model.named_parameters():
@@ -115,15 +130,31 @@ def _corruptions(blob: bytes):
     yield "truncated", blob[:-7]
     yield "half", blob[: len(blob) // 2]
     yield "garbage", b"\x00" * 64
-    yield "not json", blob[:8] + b"[" * header_len + blob[8 + header_len:]
+    yield "not json", blob[:8] + b"[" * header_len + blob[8 + header_len :]
     yield "huge header length", (2**40).to_bytes(8, "little") + blob[8:]
     yield "payload byte", blob[:-3] + bytes([blob[-3] ^ 0x40]) + blob[-2:]
-    yield "first payload byte", blob[:8 + header_len] + bytes([blob[8 + header_len] ^ 0x01]) + blob[9 + header_len:]
+    yield (
+        "first payload byte",
+        blob[: 8 + header_len] + bytes([blob[8 + header_len] ^ 0x01]) + blob[9 + header_len :],
+    )
     yield "extra bytes", blob + b"\x00\x01"
 
 
-@pytest.mark.parametrize("case", ["empty", "short", "truncated", "half", "garbage", "not json",
-                                  "huge header length", "payload byte", "first payload byte", "extra bytes"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "short",
+        "truncated",
+        "half",
+        "garbage",
+        "not json",
+        "huge header length",
+        "payload byte",
+        "first payload byte",
+        "extra bytes",
+    ],
+)
 def test_corrupted_artifact_bytes(artifacts, case):
     bad = dict(_corruptions(artifacts["a"].to_bytes()))[case]
     with pytest.raises(AdapterError):
@@ -233,14 +264,21 @@ def test_reregistering_replaces_the_weights(manager, scratch_host):
 def test_adapter_trained_with_dropout_serves_deterministically(host, scratch_host):
     """`lloco finetune` trains with lora_dropout 0.05; serving must not apply it (same answer every call)."""
     art = make_artifact(scratch_host, 9)
-    art = AdapterArtifact(tensors=art.tensors, lora_config=dict(art.lora_config, lora_dropout=0.5),
-                          base_fingerprint=art.base_fingerprint, encoder_fingerprint=ENCODER_FP)
+    art = AdapterArtifact(
+        tensors=art.tensors,
+        lora_config=dict(art.lora_config, lora_dropout=0.5),
+        base_fingerprint=art.base_fingerprint,
+        encoder_fingerprint=ENCODER_FP,
+    )
     m = AdapterManager(host, encoder_fingerprint=ENCODER_FP)
     m.register("dropout", art.to_bytes())
     assert len({tuple(run_with(m, "dropout")) for _ in range(4)}) == 1
     with m.acquire("dropout"):
-        assert not [n for n, mod in host.model.named_modules()
-                    if isinstance(mod, torch.nn.Dropout) and mod.p > 0 and mod.training]
+        assert not [
+            n
+            for n, mod in host.model.named_modules()
+            if isinstance(mod, torch.nn.Dropout) and mod.p > 0 and mod.training
+        ]
 
 
 def test_unknown_adapter(manager, host):
@@ -267,11 +305,18 @@ def test_adapter_from_a_source(host, artifacts):
 
 def test_adapter_that_does_not_fit(host, scratch_host):
     art = make_artifact(scratch_host, 12)
-    bad_shape = AdapterArtifact(tensors={k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in art.tensors.items()},
-                                lora_config=art.lora_config, base_fingerprint=art.base_fingerprint,
-                                encoder_fingerprint=ENCODER_FP)
-    bad_target = AdapterArtifact(tensors=art.tensors, lora_config={**art.lora_config, "target_modules": ["nope"]},
-                                 base_fingerprint=art.base_fingerprint, encoder_fingerprint=ENCODER_FP)
+    bad_shape = AdapterArtifact(
+        tensors={k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in art.tensors.items()},
+        lora_config=art.lora_config,
+        base_fingerprint=art.base_fingerprint,
+        encoder_fingerprint=ENCODER_FP,
+    )
+    bad_target = AdapterArtifact(
+        tensors=art.tensors,
+        lora_config={**art.lora_config, "target_modules": ["nope"]},
+        base_fingerprint=art.base_fingerprint,
+        encoder_fingerprint=ENCODER_FP,
+    )
     m = AdapterManager(host, encoder_fingerprint=ENCODER_FP)
     for i, bad in enumerate((bad_shape, bad_target)):
         m.register(f"bad{i}", bad)
@@ -354,7 +399,9 @@ def test_concurrent_requests_see_only_their_own_adapter(host, artifacts, capacit
     assert not errors, errors
     assert len(results) == 3 * rounds * len(prompts)
     for (aid, r, i), ids in results.items():
-        assert ids == expected[aid, i], f"adapter {aid!r}, round {r}, prompt {i}: output leaked across requests"
+        assert ids == expected[aid, i], (
+            f"adapter {aid!r}, round {r}, prompt {i}: output leaked across requests"
+        )
 
 
 def test_concurrent_streams_interleave(host, artifacts):

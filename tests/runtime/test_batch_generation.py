@@ -19,8 +19,10 @@ from lloco_runtime import (
     PromptTemplate,
 )
 
-PASSAGE = ("The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
-           "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays.")
+PASSAGE = (
+    "The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
+    "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays."
+)
 A, B = "lora_a", "lora_b"
 
 
@@ -159,7 +161,9 @@ def test_eos_ends_a_row_early(tiny_model_dir, sheets):
 
 def test_sampling_with_seeds_matches_one_at_a_time(gen, host, sheets):
     prompts = mixed_batch(host, sheets)[:4]
-    cfgs = [GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, seed=s) for s in range(3)] + [cfg(12)]
+    cfgs = [GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, seed=s) for s in range(3)] + [
+        cfg(12)
+    ]
     adapters = [None, A, B, A]
     assert_same(gen.generate_batch(prompts, cfgs, adapters), one_at_a_time(gen, prompts, cfgs, adapters))
 
@@ -187,8 +191,9 @@ def artifact(lloco: LLoCO, seed: int) -> AdapterArtifact:
     host = lloco.host
     name = f"tmp_{seed}"
     add_random_lora(host, name, seed)
-    art = AdapterArtifact.from_model(host.model, name, base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=lloco.encoder.fingerprint)
+    art = AdapterArtifact.from_model(
+        host.model, name, base_fingerprint=host.fingerprint, encoder_fingerprint=lloco.encoder.fingerprint
+    )
     host.delete_adapter(name)
     return art
 
@@ -202,8 +207,10 @@ def test_answer_batch_equals_answer(make_tiny_host, tiny_config):
     questions = ["When did the flood happen?", "Who rebuilt the mill?", "What is sold on Sundays?", "Why?"]
     contexts = [sheets, PASSAGE, None, sheets]
     ids = ["g1", "g2", None, "g1"]
-    single = [lloco.answer(q, c, adapter_id=a, max_new_tokens=10) for q, c, a in zip(questions, contexts, ids,
-                                                                                      strict=True)]
+    single = [
+        lloco.answer(q, c, adapter_id=a, max_new_tokens=10)
+        for q, c, a in zip(questions, contexts, ids, strict=True)
+    ]
     loads = []
     original = lloco.adapters._load
     lloco.adapters._load = lambda aid: loads.append(aid) or original(aid)
@@ -216,8 +223,13 @@ def test_answer_batch_equals_answer(make_tiny_host, tiny_config):
     cfgs = [GenerationConfig(max_new_tokens=n) for n in (3, 6, 2, 5)]
     res = lloco.answer_batch(questions, contexts, adapter_ids=ids, configs=cfgs)
     assert [len(r.token_ids) <= c.max_new_tokens for r, c in zip(res, cfgs, strict=True)] == [True] * 4
-    assert_same(res, [lloco.answer(q, c, adapter_id=a, config=k)
-                      for q, c, a, k in zip(questions, contexts, ids, cfgs, strict=True)])
+    assert_same(
+        res,
+        [
+            lloco.answer(q, c, adapter_id=a, config=k)
+            for q, c, a, k in zip(questions, contexts, ids, cfgs, strict=True)
+        ],
+    )
     with pytest.raises(InputError):
         lloco.answer_batch(questions, contexts, adapter_ids=ids, configs=cfgs[:2])
     assert lloco.generate_batch([]) == []

@@ -28,12 +28,35 @@ REQUIRED = {
 
 def _eval_file(tmp_path):
     """A `lloco eval --compare --json` result, as the harness writes it."""
-    runs = [{"dataset": "toy", "mode": "full", "n": 2, "metric": "f1", "f1": 0.5, "em": 0.5, "accuracy": None,
-             "rouge": None, "context_tokens_mean": 800.0, "per_question": [{"context_tokens": 800}]},
-            {"dataset": "toy", "mode": "lloco", "n": 2, "metric": "f1", "f1": 0.25, "em": 0.0, "accuracy": None,
-             "rouge": None, "context_tokens_mean": 32.0,
-             "per_question": [{"context_tokens": 32, "raw_context_tokens": 256},
-                              {"context_tokens": 32, "raw_context_tokens": 256}]}]
+    runs = [
+        {
+            "dataset": "toy",
+            "mode": "full",
+            "n": 2,
+            "metric": "f1",
+            "f1": 0.5,
+            "em": 0.5,
+            "accuracy": None,
+            "rouge": None,
+            "context_tokens_mean": 800.0,
+            "per_question": [{"context_tokens": 800}],
+        },
+        {
+            "dataset": "toy",
+            "mode": "lloco",
+            "n": 2,
+            "metric": "f1",
+            "f1": 0.25,
+            "em": 0.0,
+            "accuracy": None,
+            "rouge": None,
+            "context_tokens_mean": 32.0,
+            "per_question": [
+                {"context_tokens": 32, "raw_context_tokens": 256},
+                {"context_tokens": 32, "raw_context_tokens": 256},
+            ],
+        },
+    ]
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"dataset": "toy", "runs": runs, "skipped": {}}))
     return path
@@ -41,9 +64,21 @@ def _eval_file(tmp_path):
 
 def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "latency.png"
-    report = bench.run(tiny_lloco, contexts=[300, 900], beyond=[6000], reps=2, store_url=pg_url,
-                       store_sizes=(60, 150), queries=3, e2e_tokens=300, compress_segments=4, json_path=out,
-                       plot_path=png, eval_json=[_eval_file(tmp_path)], progress=False)
+    report = bench.run(
+        tiny_lloco,
+        contexts=[300, 900],
+        beyond=[6000],
+        reps=2,
+        store_url=pg_url,
+        store_sizes=(60, 150),
+        queries=3,
+        e2e_tokens=300,
+        compress_segments=4,
+        json_path=out,
+        plot_path=png,
+        eval_json=[_eval_file(tmp_path)],
+        progress=False,
+    )
     data = json.loads(out.read_text())
     for section, fields in REQUIRED.items():
         rows = data[section] if isinstance(data[section], list) else [data[section]]
@@ -96,8 +131,16 @@ def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
     for p in plots:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    for heading in ("Prefill", "End to end", "Compression", "Retrieval", "Ingest", "Adapters", "Memory",
-                    "Targets"):
+    for heading in (
+        "Prefill",
+        "End to end",
+        "Compression",
+        "Retrieval",
+        "Ingest",
+        "Adapters",
+        "Memory",
+        "Targets",
+    ):
         assert heading in report["_table"], heading
 
     from sqlalchemy import create_engine, inspect
@@ -140,15 +183,22 @@ def test_decode_section(tiny_lloco):
     d = bench_model.bench_decode(tiny_lloco, new_tokens=6, reps=1, batch_sizes=(1, 3), warmup=False)
     assert d["ours_ms_per_token"] > 0 and d["generate_ms_per_token"] >= 0 and d["new_tokens"] == 6
     assert d["overhead"] is None or d["overhead"] == pytest.approx(
-        d["ours_ms_per_token"] / d["generate_ms_per_token"] - 1, abs=1e-3)
+        d["ours_ms_per_token"] / d["generate_ms_per_token"] - 1, abs=1e-3
+    )
     assert [(r["batch"], r["tokens"]) for r in d["batch"]] == [(1, 6), (3, 18)]
     assert all(r["tokens_per_s"] > 0 for r in d["batch"]) and d["batch"][0]["speedup_vs_1"] == 1.0
-    assert tiny_lloco.host.model.generation_config.eos_token_id is not None  # only the bench's generator ignores it
+    assert (
+        tiny_lloco.host.model.generation_config.eos_token_id is not None
+    )  # only the bench's generator ignores it
     with pytest.raises(ValueError, match="new_tokens"):
         bench_model.bench_decode(tiny_lloco, new_tokens=1)
-    report = {"machine": bench.machine_info(tiny_lloco), "_prefill_table": "",
-              "settings": {"reps": 1, "prefill_summary_length": 16, "prefill_segment_length": 512},
-              "targets": {}, "decode": d}
+    report = {
+        "machine": bench.machine_info(tiny_lloco),
+        "_prefill_table": "",
+        "settings": {"reps": 1, "prefill_summary_length": 16, "prefill_segment_length": 512},
+        "targets": {},
+        "decode": d,
+    }
     line = next(x for x in bench.format_report(report).splitlines() if x.startswith("Decode"))
     assert "model.generate()" in line and "batch 3" in line
 
@@ -156,17 +206,29 @@ def test_decode_section(tiny_lloco):
 def test_compression_ratio_of_eval_runs():
     assert bench_plot.compression_ratio({"mode": "rag"}) == 1.0
     assert bench_plot.compression_ratio({"mode": "none"}) is None
-    run = {"mode": "lloco", "per_question": [{"context_tokens": 16, "raw_context_tokens": 128},
-                                             {"context_tokens": 48, "raw_context_tokens": 384}]}
+    run = {
+        "mode": "lloco",
+        "per_question": [
+            {"context_tokens": 16, "raw_context_tokens": 128},
+            {"context_tokens": 48, "raw_context_tokens": 384},
+        ],
+    }
     assert bench_plot.compression_ratio(run) == 8.0
-    assert bench_plot.compression_ratio({"mode": "lloco-doc", "per_question": [{"context_tokens": 9}]},
-                                        default_ratio=8.0) == 8.0
+    assert (
+        bench_plot.compression_ratio(
+            {"mode": "lloco-doc", "per_question": [{"context_tokens": 9}]}, default_ratio=8.0
+        )
+        == 8.0
+    )
 
 
 def test_targets_are_judged_from_the_report():
-    report = {"prefill": [{"ratio": 5.0}, {"ratio": 25.0}], "compression": {"efficiency": 0.7},
-              "retrieval": [{"chunks": 10_000, "p95_ms": 80.0}, {"chunks": 100_000, "p95_ms": 49.0}],
-              "adapters": {"switch_ms": 12.0}}
+    report = {
+        "prefill": [{"ratio": 5.0}, {"ratio": 25.0}],
+        "compression": {"efficiency": 0.7},
+        "retrieval": [{"chunks": 10_000, "p95_ms": 80.0}, {"chunks": 100_000, "p95_ms": 49.0}],
+        "adapters": {"switch_ms": 12.0},
+    }
     t = bench.check_targets(report)
     assert t["ttft_ratio"]["met"] is True and t["ttft_ratio"]["value"] == 25.0
     assert t["compression_efficiency"]["met"] is False
@@ -175,12 +237,15 @@ def test_targets_are_judged_from_the_report():
     assert bench.check_targets({"prefill": []})["retrieval_p95_ms_100k"]["met"] is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--beyond", "12k"], "--beyond"),
-    (["--store-sizes", "0"], "--store-sizes"),
-    (["--plot", "out.svg"], "PNG"),
-    (["--eval-json", "missing.json"], "is not a file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--beyond", "12k"], "--beyond"),
+        (["--store-sizes", "0"], "--store-sizes"),
+        (["--plot", "out.svg"], "PNG"),
+        (["--eval-json", "missing.json"], "is not a file"),
+    ],
+)
 def test_bench_cli_input_errors(argv, message, capsys, tiny_model_dir):
     assert main(["bench", "--model", str(tiny_model_dir), *argv]) == 2
     assert message in capsys.readouterr().err

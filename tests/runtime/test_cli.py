@@ -39,8 +39,20 @@ def test_bad_contexts_is_input_error(capsys, tiny_model_dir):
 
 def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "--model", str(tiny_model_dir), "--contexts", "600,1100", "--reps", "2",
-                 "--json", str(out), "--no-store"])
+    code = main(
+        [
+            "bench",
+            "--model",
+            str(tiny_model_dir),
+            "--contexts",
+            "600,1100",
+            "--reps",
+            "2",
+            "--json",
+            str(out),
+            "--no-store",
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert [r["context_tokens"] for r in report["prefill"]] == [600, 1100]
@@ -58,7 +70,22 @@ def test_bench_json_on_tiny_model(tmp_path, tiny_model_dir, capsys):
 def _corpus(tmp_path):
     d = tmp_path / "corpus"
     d.mkdir()
-    words = ["the", "keeper", "lit", "the", "lamp", "every", "night", "and", "wrote", "the", "weather", "in", "a", "ledger"]
+    words = [
+        "the",
+        "keeper",
+        "lit",
+        "the",
+        "lamp",
+        "every",
+        "night",
+        "and",
+        "wrote",
+        "the",
+        "weather",
+        "in",
+        "a",
+        "ledger",
+    ]
     for i in range(3):
         (d / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(300)))
     return d
@@ -66,14 +93,50 @@ def _corpus(tmp_path):
 
 def test_train_then_eval_encoder_cli(tmp_path, tiny_model_dir, capsys):
     corpus, out = _corpus(tmp_path), tmp_path / "run"
-    code = main(["train-encoder", "--model", str(tiny_model_dir), "--corpus", str(corpus), "--out", str(out),
-                 "--segment-length", "32", "--summary-length", "4", "--lora-r", "2", "--steps", "2",
-                 "--batch-size", "1", "--continuation-length", "16", "--eval-every", "2", "--eval-pairs", "2"])
+    code = main(
+        [
+            "train-encoder",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(out),
+            "--segment-length",
+            "32",
+            "--summary-length",
+            "4",
+            "--lora-r",
+            "2",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--continuation-length",
+            "16",
+            "--eval-every",
+            "2",
+            "--eval-pairs",
+            "2",
+        ]
+    )
     assert code == 0
     assert "held-out loss" in capsys.readouterr().out
     assert (out / "encoder" / "encoder_config.json").exists() and (out / "loss.png").exists()
-    code = main(["eval-encoder", str(corpus), "--model", str(tiny_model_dir), "--encoder", str(out / "encoder"),
-                 "--pairs", "2", "--continuation-length", "16"])
+    code = main(
+        [
+            "eval-encoder",
+            str(corpus),
+            "--model",
+            str(tiny_model_dir),
+            "--encoder",
+            str(out / "encoder"),
+            "--pairs",
+            "2",
+            "--continuation-length",
+            "16",
+        ]
+    )
     assert code == 0
     res = json.loads(capsys.readouterr().out)
     assert {"no_context", "cheat_sheet", "wrong_cheat_sheet", "text_context"} <= set(res)

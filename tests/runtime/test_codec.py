@@ -28,7 +28,11 @@ def test_round_trip_is_exact(dtype, shape):
 
 def test_encode_casts_to_requested_dtype():
     x = torch.randn(3, 8)
-    for name, dt in [("float16", torch.float16), ("bfloat16", torch.bfloat16), (torch.float16, torch.float16)]:
+    for name, dt in [
+        ("float16", torch.float16),
+        ("bfloat16", torch.bfloat16),
+        (torch.float16, torch.float16),
+    ]:
         y = decode_tensor(encode_tensor(x, name))
         assert y.dtype == dt
         assert torch.equal(y, x.to(dt))
@@ -48,13 +52,16 @@ def test_special_values_survive():
     assert torch.signbit(y[1])
 
 
-@pytest.mark.parametrize("bad", [
-    torch.empty(0, 4),
-    torch.zeros(()),
-    torch.zeros(1, 1, 1, 1, 1),
-    torch.zeros(3, dtype=torch.int64),
-    torch.zeros(3, dtype=torch.float64),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.empty(0, 4),
+        torch.zeros(()),
+        torch.zeros(1, 1, 1, 1, 1),
+        torch.zeros(3, dtype=torch.int64),
+        torch.zeros(3, dtype=torch.float64),
+    ],
+)
 def test_encode_rejects_unsupported_tensors(bad):
     with pytest.raises(CheatSheetError):
         encode_tensor(bad)
@@ -78,8 +85,9 @@ def test_decode_rejects_garbage(blob):
         decode_tensor(blob)
 
 
-_BLOBS = {dt: encode_tensor((torch.randn(3, 5, generator=torch.Generator().manual_seed(2))).to(dt))
-          for dt in DTYPES}
+_BLOBS = {
+    dt: encode_tensor((torch.randn(3, 5, generator=torch.Generator().manual_seed(2))).to(dt)) for dt in DTYPES
+}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,7 +96,7 @@ def test_any_single_byte_corruption_is_detected(dtype, data):
     blob = _BLOBS[dtype]
     pos = data.draw(st.integers(0, len(blob) - 1), label="position")
     value = data.draw(st.integers(0, 255).filter(lambda v: v != blob[pos]), label="new byte")
-    corrupted = blob[:pos] + bytes([value]) + blob[pos + 1:]
+    corrupted = blob[:pos] + bytes([value]) + blob[pos + 1 :]
     with pytest.raises(CheatSheetError):
         decode_tensor(corrupted)
 
@@ -113,6 +121,6 @@ def test_every_header_byte_is_protected():
         for value in range(256):
             if value == blob[pos]:
                 continue
-            corrupted = blob[:pos] + bytes([value]) + blob[pos + 1:]
+            corrupted = blob[:pos] + bytes([value]) + blob[pos + 1 :]
             with pytest.raises(CheatSheetError):
                 decode_tensor(corrupted)

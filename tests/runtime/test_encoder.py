@@ -42,31 +42,40 @@ def max_diff(a, b):
 # -- config -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"segment_length": 0},
-    {"segment_length": -4},
-    {"segment_length": 32.0},
-    {"segment_length": "32"},
-    {"segment_length": True, "summary_length": 1},
-    {"accumulate": "yes"},
-    {"summary_length": 0},
-    {"summary_length": 2.5},
-    {"segment_length": 8, "summary_length": 16},
-    {"summary_layer": -1},
-    {"summary_layer": "3"},
-    {"lora_r": -1},
-    {"lora_r": 4, "lora_alpha": 0},
-    {"lora_r": 4, "lora_target_modules": ()},
-    {"lora_r": 4, "lora_target_modules": ["q_proj", 3]},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"segment_length": 0},
+        {"segment_length": -4},
+        {"segment_length": 32.0},
+        {"segment_length": "32"},
+        {"segment_length": True, "summary_length": 1},
+        {"accumulate": "yes"},
+        {"summary_length": 0},
+        {"summary_length": 2.5},
+        {"segment_length": 8, "summary_length": 16},
+        {"summary_layer": -1},
+        {"summary_layer": "3"},
+        {"lora_r": -1},
+        {"lora_r": 4, "lora_alpha": 0},
+        {"lora_r": 4, "lora_target_modules": ()},
+        {"lora_r": 4, "lora_target_modules": ["q_proj", 3]},
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(ConfigError):
         EncoderConfig(**kwargs)
 
 
 def test_config_round_trip_and_ratio():
-    cfg = EncoderConfig(segment_length=512, summary_length=16, accumulate=True, summary_layer=4, lora_r=8,
-                        lora_target_modules=["q_proj", "v_proj"])
+    cfg = EncoderConfig(
+        segment_length=512,
+        summary_length=16,
+        accumulate=True,
+        summary_layer=4,
+        lora_r=8,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     assert cfg.ratio == 32
     assert cfg.lora_target_modules == ("q_proj", "v_proj")
     assert EncoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -106,7 +115,7 @@ def check_split(encoder, text, chunks):
     for a, b in itertools.pairwise(chunks):
         assert a.char_end == b.char_start
     for c in chunks:
-        assert text[c.char_start:c.char_end] == c.text
+        assert text[c.char_start : c.char_end] == c.text
 
 
 def test_split_long_text_is_segmented_not_truncated(tiny_encoder):
@@ -136,16 +145,54 @@ def test_split_property_random_text(splitter, text):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(words=st.lists(st.sampled_from(["naïve", "café", "東京", "🎉", "👩‍🔬", " ", "\n\n", "word", "\t", "ß", "e\u0301",
-                                       "  ", "x" * 30, "!!", "1234567"]), min_size=1, max_size=60))
+@given(
+    words=st.lists(
+        st.sampled_from(
+            [
+                "naïve",
+                "café",
+                "東京",
+                "🎉",
+                "👩‍🔬",
+                " ",
+                "\n\n",
+                "word",
+                "\t",
+                "ß",
+                "e\u0301",
+                "  ",
+                "x" * 30,
+                "!!",
+                "1234567",
+            ]
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
 def test_split_property_multibyte_and_whitespace(splitter, words):
     text = "".join(words)
     assume(text.strip())
     check_split(splitter, text, splitter.split(text))
 
 
-@pytest.mark.parametrize("bad", ["", "   ", "\n\t \n", b"", b"  ", b"\xff\xfe\x00\x01", b"caf\xe9",
-                                 "text with a NUL\x00 byte", b"bin\x00ary", None, 42, ["a list"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "   ",
+        "\n\t \n",
+        b"",
+        b"  ",
+        b"\xff\xfe\x00\x01",
+        b"caf\xe9",
+        "text with a NUL\x00 byte",
+        b"bin\x00ary",
+        None,
+        42,
+        ["a list"],
+    ],
+)
 def test_split_bad_input(tiny_encoder, bad):
     with pytest.raises(InputError):
         tiny_encoder.split(bad)
@@ -170,8 +217,9 @@ def test_compress_shapes_and_counts(tiny_encoder, tiny_host):
     sheets = tiny_encoder.compress(text)
     chunks = tiny_encoder.split(text)
     assert len(sheets.tensors) == len(chunks) > 1
-    assert all(t.shape == (4, 64) and t.dtype == torch.float32 and t.device.type == "cpu"
-               for t in sheets.tensors)
+    assert all(
+        t.shape == (4, 64) and t.dtype == torch.float32 and t.device.type == "cpu" for t in sheets.tensors
+    )
     assert sheets.n_vectors == 4 * len(chunks)
     assert sheets.stacked().shape == (4 * len(chunks), 64)
     assert sheets.source_tokens == len(ids_of(tiny_encoder, text))
@@ -266,8 +314,10 @@ def test_compression_ignores_decoder_adapter_state(make_tiny_host, tiny_config):
 def test_fingerprint_identity(tiny_host, tiny_encoder):
     same = ContextEncoder(tiny_host, EncoderConfig(segment_length=32, summary_length=4))
     assert same.fingerprint == tiny_encoder.fingerprint
-    assert ContextEncoder(tiny_host, EncoderConfig(segment_length=64, summary_length=4)).fingerprint \
+    assert (
+        ContextEncoder(tiny_host, EncoderConfig(segment_length=64, summary_length=4)).fingerprint
         != tiny_encoder.fingerprint
+    )
     with torch.no_grad():
         same.embed_summary.weight[0, 0] += 1
     assert same.fingerprint == tiny_encoder.fingerprint  # cached until invalidated
@@ -352,7 +402,10 @@ def test_encoder_lora_is_off_during_decoding(make_tiny_host, tiny_host):
     _randomise_encoder_lora(host, scale=2.0)
     prompt = Prompt.from_text(TEXT[:80])
     cfg = GenerationConfig(max_new_tokens=8)
-    assert Generator(host).generate(prompt, cfg).token_ids == Generator(tiny_host).generate(prompt, cfg).token_ids
+    assert (
+        Generator(host).generate(prompt, cfg).token_ids
+        == Generator(tiny_host).generate(prompt, cfg).token_ids
+    )
 
 
 # -- AutoCompressor checkpoints ----------------------------------------------------------------------------
@@ -365,8 +418,9 @@ def write_autocompressor(directory, tiny_model_dir, summary):
 
     directory.mkdir()
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
-    cfg.update(architectures=["LlamaAutoCompressorModel"], summary_length=summary.shape[0],
-               accumulate_summary=True)
+    cfg.update(
+        architectures=["LlamaAutoCompressorModel"], summary_length=summary.shape[0], accumulate_summary=True
+    )
     (directory / "config.json").write_text(json.dumps(cfg))
     weights = load_file(str(tiny_model_dir / "model.safetensors"))
     weights["embed_summary.weight"] = summary

@@ -17,8 +17,10 @@ from lloco_runtime import (
 )
 from lloco_runtime.generation import StreamStats, _partial_stop
 
-PASSAGE = ("The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
-           "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays.")
+PASSAGE = (
+    "The old mill by the river ground wheat for the village until 1921, when a flood took the wheel. "
+    "The miller's daughter rebuilt it as a bakery, and the bread is still sold there on Sundays."
+)
 QUESTIONS = ["When did the flood happen?", "What is sold on Sundays?", "Who rebuilt the mill?"]
 
 
@@ -68,11 +70,15 @@ def test_greedy_matches_transformers_generate(gen, tiny_host, sheets):
     ours = gen.generate(prompt, greedy(16))
     embeds, _, _ = gen.embed(prompt)
     with torch.inference_mode():
-        ref = tiny_host.model.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2],
-                                       dtype=torch.long), max_new_tokens=16, do_sample=False)
+        ref = tiny_host.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+            max_new_tokens=16,
+            do_sample=False,
+        )
     ref_ids = [t for t in ref[0].tolist()]
     assert len(ours.token_ids) >= 8  # a reference that stops at once would compare nothing
-    assert ours.token_ids == ref_ids[:len(ours.token_ids)]
+    assert ours.token_ids == ref_ids[: len(ours.token_ids)]
 
 
 def test_cheat_sheets_reach_the_decoder(gen, tiny_host, sheets, tiny_encoder):
@@ -89,7 +95,9 @@ def test_result_counts(gen, tiny_host, sheets):
     tok = tiny_host.tokenizer
     prompt = sheet_prompt(tok, sheets)
     res = gen.generate(prompt, greedy(7))
-    n_text = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompt.pieces if isinstance(p, str))
+    n_text = sum(
+        len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompt.pieces if isinstance(p, str)
+    )
     assert res.context_vectors == sum(s.shape[0] for s in sheets) == prompt.context_vectors
     assert res.prompt_tokens == n_text + res.context_vectors
     assert res.finish_reason == "length" and len(res.token_ids) == 7
@@ -146,7 +154,7 @@ def test_stream_is_lazy(gen):
 
 def _token_pieces(tokenizer, ids):
     """Text of each token boundary: text[:ends[i]] is the decoded text of ids[:i+1]."""
-    return [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    return [len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +168,7 @@ def free_run(gen):
 def test_stop_string_cuts_output(gen, free_run):
     prompt, free = free_run
     stop = free.text[10:13]
-    expected = free.text[:free.text.find(stop)]
+    expected = free.text[: free.text.find(stop)]
     res = gen.generate(prompt, greedy(40, stop=(stop,)))
     assert res.finish_reason == "stop"
     assert res.text == expected
@@ -174,8 +182,8 @@ def test_stop_string_spanning_tokens(gen, tiny_host, free_run):
     ends = _token_pieces(tiny_host.tokenizer, free.token_ids)
     # A token boundary with at least two characters on either side, well inside the text.
     b = next(e for prev, e, nxt in zip(ends, ends[1:], ends[2:]) if e - prev >= 2 and nxt - e >= 2 and e > 5)
-    stop = free.text[b - 2:b + 2]
-    expected = free.text[:free.text.find(stop)]
+    stop = free.text[b - 2 : b + 2]
+    expected = free.text[: free.text.find(stop)]
     for cfg in (greedy(40, stop=(stop,)), greedy(40, stop=("never-occurs-zzz", stop))):
         deltas, st = collect(gen, prompt, cfg)
         assert st.finish_reason == "stop"
@@ -194,7 +202,7 @@ def test_earliest_stop_string_wins(gen, free_run):
     prompt, free = free_run
     late, early = free.text[15:18], free.text[5:8]
     res = gen.generate(prompt, greedy(40, stop=(late, early)))
-    assert res.text == free.text[:min(free.text.find(late), free.text.find(early))]
+    assert res.text == free.text[: min(free.text.find(late), free.text.find(early))]
 
 
 def scripted(host, token_ids):
@@ -283,21 +291,35 @@ def test_sampling_is_reproducible_with_a_seed(gen, tiny_host, sheets):
     cfg = GenerationConfig(max_new_tokens=20, temperature=1.2, seed=123)
     a, b = gen.generate(prompt, cfg), gen.generate(prompt, cfg)
     assert a.token_ids == b.token_ids
-    others = {tuple(gen.generate(prompt, GenerationConfig(max_new_tokens=20, temperature=1.2, seed=s)).token_ids)
-              for s in (1, 2, 3)}
+    others = {
+        tuple(gen.generate(prompt, GenerationConfig(max_new_tokens=20, temperature=1.2, seed=s)).token_ids)
+        for s in (1, 2, 3)
+    }
     assert len(others | {tuple(a.token_ids)}) > 1, "different seeds never changed the sample"
     assert a.token_ids != gen.generate(prompt, greedy(20)).token_ids or len(others) > 1
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(gen, free_run):
     prompt, free = free_run
-    for cfg in (GenerationConfig(max_new_tokens=40, temperature=2.0, top_k=1, seed=5),
-                GenerationConfig(max_new_tokens=40, temperature=2.0, top_p=1e-6, seed=5)):
+    for cfg in (
+        GenerationConfig(max_new_tokens=40, temperature=2.0, top_k=1, seed=5),
+        GenerationConfig(max_new_tokens=40, temperature=2.0, top_p=1e-6, seed=5),
+    ):
         assert gen.generate(prompt, cfg).token_ids == free.token_ids
 
 
-@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"max_new_tokens": -1}, {"max_new_tokens": 2.5},
-                                    {"temperature": -0.1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_new_tokens": 0},
+        {"max_new_tokens": -1},
+        {"max_new_tokens": 2.5},
+        {"temperature": -0.1},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+    ],
+)
 def test_generation_config_validation(kwargs):
     with pytest.raises(InputError):
         GenerationConfig(**kwargs)
@@ -310,15 +332,18 @@ def test_empty_stop_strings_are_ignored():
 # -- bad cheat sheets and long prompts -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.zeros(4, 32), "hidden size 32"),
-    (torch.zeros(4, 64, dtype=torch.float16), "dtype"),
-    (torch.zeros(4, 64, dtype=torch.bfloat16), "dtype"),
-    (torch.full((4, 64), float("nan")), "NaN"),
-    (torch.tensor([[float("inf")] * 64]), "infinite"),
-    (torch.zeros(1, 4, 64), "shape"),
-    (torch.zeros(0, 64), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(4, 32), "hidden size 32"),
+        (torch.zeros(4, 64, dtype=torch.float16), "dtype"),
+        (torch.zeros(4, 64, dtype=torch.bfloat16), "dtype"),
+        (torch.full((4, 64), float("nan")), "NaN"),
+        (torch.tensor([[float("inf")] * 64]), "infinite"),
+        (torch.zeros(1, 4, 64), "shape"),
+        (torch.zeros(0, 64), "shape"),
+    ],
+)
 def test_bad_cheat_sheets(gen, tiny_host, bad, match):
     prompt = sheet_prompt(tiny_host.tokenizer, [bad])
     with pytest.raises(CheatSheetError, match=match):

@@ -12,15 +12,25 @@ import torch
 from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig
 from lloco_runtime.errors import ModelLoadError
 
-TEXT = ("The canal was opened in 1794 by the engineer Margaret Eddowes of Marrick, and the canal company "
-        "paid her 300 pounds. Later the trust restored it. The engineer Margaret Eddowes also built the "
-        "aqueduct over the River Brindle, which was later widened by the county to carry the heavier boats "
-        "of the coal trade.")
+TEXT = (
+    "The canal was opened in 1794 by the engineer Margaret Eddowes of Marrick, and the canal company "
+    "paid her 300 pounds. Later the trust restored it. The engineer Margaret Eddowes also built the "
+    "aqueduct over the River Brindle, which was later widened by the county to carry the heavier boats "
+    "of the coal trade."
+)
 
 
 def _enc(host, **kw):
-    cfg = {"segment_length": 64, "summary_length": 8, "literal_tokens": 8, "pooling": "mean", "summary_layer": 0,
-           "connector": "mlp", "literal_selector": "learned", "selector_layer": 1}
+    cfg = {
+        "segment_length": 64,
+        "summary_length": 8,
+        "literal_tokens": 8,
+        "pooling": "mean",
+        "summary_layer": 0,
+        "connector": "mlp",
+        "literal_selector": "learned",
+        "selector_layer": 1,
+    }
     return ContextEncoder(host, EncoderConfig(**{**cfg, **kw}))
 
 
@@ -39,8 +49,14 @@ def test_config_is_checked_and_defaults_keep_old_fingerprints():
         EncoderConfig(pooling="mean", strict_ratio=True)
     d = EncoderConfig(pooling="mean", literal_tokens=4).to_dict()
     assert not {"literal_selector", "selector_layer", "strict_ratio"} & set(d)
-    d = EncoderConfig(pooling="mean", literal_tokens=4, literal_selector="learned", selector_layer=3,
-                      keep_ratio=True, strict_ratio=True).to_dict()
+    d = EncoderConfig(
+        pooling="mean",
+        literal_tokens=4,
+        literal_selector="learned",
+        selector_layer=3,
+        keep_ratio=True,
+        strict_ratio=True,
+    ).to_dict()
     assert (d["literal_selector"], d["selector_layer"], d["strict_ratio"]) == ("learned", 3, True)
 
 
@@ -55,7 +71,9 @@ def test_selector_states_stop_at_the_layer_and_ignore_padding(tiny_host):
     got = enc.selector_states([a, b])
     with torch.no_grad():
         for ids, h in zip([a, b], got, strict=True):
-            ref = tiny_host.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+            ref = tiny_host.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][
+                0
+            ]
             assert h.shape == ref.shape
             torch.testing.assert_close(h, ref, atol=1e-4, rtol=1e-4)
 
@@ -66,7 +84,9 @@ def test_learned_positions_follow_the_scores_whole_words_once(tiny_host):
     pieces = [tiny_host.tokenizer.decode([i]) for i in ids]
     starts = [p for p, t in enumerate(pieces) if p == 0 or t[:1].isspace()] + [len(ids)]
     words = {"".join(pieces[a:b]).strip(): list(range(a, b)) for a, b in itertools.pairwise(starts)}
-    multi = next(w for w, pos in words.items() if len(pos) > 1 and w[:1].islower())  # a word of several tokens
+    multi = next(
+        w for w, pos in words.items() if len(pos) > 1 and w[:1].islower()
+    )  # a word of several tokens
     scores = torch.zeros(len(ids))
     scores[words[multi]] = 5.0  # its tokens score best: the whole word is kept
     scores[[p for p, t in enumerate(pieces) if t.strip() == "Margaret"]] = 3.0  # both mentions
@@ -96,7 +116,10 @@ def test_selector_weights_travel_with_the_folder_and_change_the_fingerprint(tiny
     from safetensors.torch import load_file, save_file
 
     w = load_file(str(tmp_path / "e" / "encoder.safetensors"))
-    save_file({k: v for k, v in w.items() if not k.startswith("selector.")}, str(tmp_path / "e" / "encoder.safetensors"))
+    save_file(
+        {k: v for k, v in w.items() if not k.startswith("selector.")},
+        str(tmp_path / "e" / "encoder.safetensors"),
+    )
     with pytest.raises(ModelLoadError, match="no selector weights"):
         ContextEncoder.load(tmp_path / "e", tiny_host)
 
@@ -110,8 +133,9 @@ def test_strict_ratio_never_compresses_a_tail_less_than_the_ratio(tiny_host):
         assert rows <= max(1, n * 16 // 64), n
         assert rows >= 1
     assert enc.summarize_list([ids])[0].shape[0] == 16  # a full segment is unchanged
-    assert sum(loose.summarize_list([ids[:n]])[0].shape[0] for n in range(1, 64)) > \
-        sum(enc.summarize_list([ids[:n]])[0].shape[0] for n in range(1, 64))
+    assert sum(loose.summarize_list([ids[:n]])[0].shape[0] for n in range(1, 64)) > sum(
+        enc.summarize_list([ids[:n]])[0].shape[0] for n in range(1, 64)
+    )
 
 
 def test_reconfigure_drops_the_reader_and_checks_changes(tiny_host):
@@ -129,20 +153,42 @@ def test_reconfigure_drops_the_reader_and_checks_changes(tiny_host):
 def _squad_folder(path, n_articles=6):
     path.mkdir()
     paras, qa = [], []
-    names = ["Margaret Eddowes", "Tomas Brindle", "Ada Marrick", "Owen Calder", "Ruth Pellow", "Ivo Tarrant",
-             "Nell Sorby", "Abel Crane"]
+    names = [
+        "Margaret Eddowes",
+        "Tomas Brindle",
+        "Ada Marrick",
+        "Owen Calder",
+        "Ruth Pellow",
+        "Ivo Tarrant",
+        "Nell Sorby",
+        "Abel Crane",
+    ]
     for a in range(n_articles):
         for p in range(4):
             name = names[(a + p) % len(names)]
             year = 1700 + 13 * a + p
-            ctx = (f"The canal of district {a}-{p} was opened in {year} by the engineer {name}, and the company "
-                   f"paid the builder for the work on the locks. Later the trust restored it and the boats "
-                   f"carried coal along the valley for many years.")
+            ctx = (
+                f"The canal of district {a}-{p} was opened in {year} by the engineer {name}, and the company "
+                f"paid the builder for the work on the locks. Later the trust restored it and the boats "
+                f"carried coal along the valley for many years."
+            )
             paras.append({"doc_id": f"art{a}", "paragraph_index": p, "context": ctx})
-            qa.append({"doc_id": f"art{a}", "paragraph_index": p, "question": "Who built the canal?",
-                       "answers": [name]})
-            qa.append({"doc_id": f"art{a}", "paragraph_index": p, "question": "When was it opened?",
-                       "answers": [str(year)]})
+            qa.append(
+                {
+                    "doc_id": f"art{a}",
+                    "paragraph_index": p,
+                    "question": "Who built the canal?",
+                    "answers": [name],
+                }
+            )
+            qa.append(
+                {
+                    "doc_id": f"art{a}",
+                    "paragraph_index": p,
+                    "question": "When was it opened?",
+                    "answers": [str(year)],
+                }
+            )
     (path / "paragraphs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in paras))
     (path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
     return path
@@ -154,8 +200,9 @@ def test_train_selector_fits_answer_tokens_and_reports_against_the_rules(tiny_ho
     folder = _squad_folder(tmp_path / "squad")
     enc = _enc(tiny_host, segment_length=64, summary_length=8, literal_tokens=4)
     fp = enc.fingerprint
-    m = train_selector(enc, folder, SelectorConfig(paragraphs=16, val_articles=2, epochs=150, l2=0.0),
-                       progress=False)
+    m = train_selector(
+        enc, folder, SelectorConfig(paragraphs=16, val_articles=2, epochs=150, l2=0.0), progress=False
+    )
     assert enc.fingerprint != fp and float(enc.selector.weight.abs().sum()) > 0
     assert m["held_out_bce"] < m["held_out_bce_constant"]  # it learned something about answer tokens
     assert 0 <= m["kept_whole_rules"] <= 1 and 0 <= m["kept_whole_learned"] <= 1

@@ -8,15 +8,23 @@ import torch
 
 from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig
 
-TEXT = ("The canal was opened in 1794 by the engineer Margaret Eddowes of Marrick, and the canal company "
-        "paid her 300 pounds. Later the trust restored it. The engineer Margaret Eddowes also built the "
-        "aqueduct over the River Brindle, which was later widened by the county to carry the heavier boats "
-        "of the coal trade.")
+TEXT = (
+    "The canal was opened in 1794 by the engineer Margaret Eddowes of Marrick, and the canal company "
+    "paid her 300 pounds. Later the trust restored it. The engineer Margaret Eddowes also built the "
+    "aqueduct over the River Brindle, which was later widened by the county to carry the heavier boats "
+    "of the coal trade."
+)
 
 
 def _enc(host, **kw):
-    cfg = {"segment_length": 64, "summary_length": 8, "literal_tokens": 8, "pooling": "mean", "summary_layer": 0,
-               "connector": "mlp"}
+    cfg = {
+        "segment_length": 64,
+        "summary_length": 8,
+        "literal_tokens": 8,
+        "pooling": "mean",
+        "summary_layer": 0,
+        "connector": "mlp",
+    }
     return ContextEncoder(host, EncoderConfig(**{**cfg, **kw}))
 
 
@@ -30,8 +38,9 @@ def test_names_and_numbers_are_kept_once_and_the_budget_is_exact(tiny_host):
     assert kept.count("Margaret") == 1  # the second mention is not kept again
     assert "The" not in kept.split()  # sentence-initial capitals are not names
     # a segment with no names still keeps exactly the budget (the longest words), so batches line up
-    plain = tiny_host.tokenizer("the quick brown fox jumps over the lazy dog again and again",
-                                add_special_tokens=False)["input_ids"]
+    plain = tiny_host.tokenizer(
+        "the quick brown fox jumps over the lazy dog again and again", add_special_tokens=False
+    )["input_ids"]
     assert len(enc.literal_positions(plain)) == min(16, len(plain))
 
 
@@ -82,7 +91,9 @@ def test_connector_init_copies_a_trained_connector(make_tiny_host, tmp_path):
     src.save(tmp_path / "src")
     dst = _enc(host)
     dst.init_connector_from(tmp_path / "src")
-    for (n, a), b in zip(src.connector.state_dict().items(), dst.connector.state_dict().values(), strict=True):
+    for (n, a), b in zip(
+        src.connector.state_dict().items(), dst.connector.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), n
 
 
@@ -99,8 +110,11 @@ def test_zero_steps_writes_a_derived_encoder_with_its_reader(make_tiny_host, tmp
 
     host.add_adapter("r", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
     reader = tmp_path / "reader.safetensors"
-    reader.write_bytes(AdapterArtifact.from_model(host.model, "r", base_fingerprint=host.fingerprint,
-                                                  encoder_fingerprint=src.fingerprint).to_bytes())
+    reader.write_bytes(
+        AdapterArtifact.from_model(
+            host.model, "r", base_fingerprint=host.fingerprint, encoder_fingerprint=src.fingerprint
+        ).to_bytes()
+    )
     host.delete_adapter("r")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -115,5 +129,7 @@ def test_zero_steps_writes_a_derived_encoder_with_its_reader(make_tiny_host, tmp
     assert loaded.config.literal_tokens == 8 and loaded.reader is not None
     art = AdapterArtifact.from_bytes(loaded.reader)
     assert art.encoder_fingerprint == loaded.fingerprint != src.fingerprint
-    assert torch.equal(art.tensors[next(iter(art.tensors))],
-                       AdapterArtifact.from_bytes(reader.read_bytes()).tensors[next(iter(art.tensors))])
+    assert torch.equal(
+        art.tensors[next(iter(art.tensors))],
+        AdapterArtifact.from_bytes(reader.read_bytes()).tensors[next(iter(art.tensors))],
+    )

@@ -27,31 +27,48 @@ from lloco_runtime.errors import ConfigError, FingerprintMismatchError
 from lloco_runtime.presets import LLOCO_PAPER, PRESETS, get_preset
 from lloco_runtime.prompt import PromptTemplate, llama2_chat_template
 
-TEXT = ("The Vell Canal runs thirty-one miles between two market towns. Its trust was founded by the engineer "
-        "Tomas Reed, who also built the Harrow Hill Tunnel. The harbour master counted forty boats before the "
-        "storm, and the lighthouse keeper rang the bell at dusk so the fleet could find the channel.")
+TEXT = (
+    "The Vell Canal runs thirty-one miles between two market towns. Its trust was founded by the engineer "
+    "Tomas Reed, who also built the Harrow Hill Tunnel. The harbour master counted forty boats before the "
+    "storm, and the lighthouse keeper rang the bell at dusk so the fleet could find the channel."
+)
 
 
-def write_checkpoint(directory: Path, tiny_model_dir: Path, *, layout: str = "safetensors", summary_length: int = 4,
-                     config: dict | None = None, summary: bool = True, seed: int = 3) -> Path:
+def write_checkpoint(
+    directory: Path,
+    tiny_model_dir: Path,
+    *,
+    layout: str = "safetensors",
+    summary_length: int = 4,
+    config: dict | None = None,
+    summary: bool = True,
+    seed: int = 3,
+) -> Path:
     """A tiny AutoCompressor-Llama checkpoint folder in ``layout``: safetensors, sharded or bin."""
     directory.mkdir(parents=True)
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
-    cfg.update(architectures=["LlamaAutoCompressorModel"], summary_length=summary_length,
-               accumulate_summary=True, segment_lengths=[32, 32])
+    cfg.update(
+        architectures=["LlamaAutoCompressorModel"],
+        summary_length=summary_length,
+        accumulate_summary=True,
+        segment_lengths=[32, 32],
+    )
     cfg.update(config or {})
     (directory / "config.json").write_text(json.dumps(cfg))
     weights = load_file(str(tiny_model_dir / "model.safetensors"))
     if summary:
-        weights["embed_summary.weight"] = torch.randn(summary_length, cfg["hidden_size"],
-                                                      generator=torch.Generator().manual_seed(seed))
+        weights["embed_summary.weight"] = torch.randn(
+            summary_length, cfg["hidden_size"], generator=torch.Generator().manual_seed(seed)
+        )
     if layout == "safetensors":
         save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     elif layout == "sharded":  # embed_summary in the second shard, as in the released checkpoints' index
         names = sorted(weights)
         first = [n for n in names[: len(names) // 2] if n != "embed_summary.weight"]
-        shards = {"model-00001-of-00002.safetensors": first,
-                  "model-00002-of-00002.safetensors": [n for n in names if n not in first]}
+        shards = {
+            "model-00001-of-00002.safetensors": first,
+            "model-00002-of-00002.safetensors": [n for n in names if n not in first],
+        }
         for file, keys in shards.items():
             save_file({k: weights[k] for k in keys}, str(directory / file), metadata={"format": "pt"})
         index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
@@ -159,12 +176,19 @@ def test_refuses_weights_without_embed_summary(tiny_model_dir, tmp_path, capsys)
     assert "plain Llama" not in err  # its config does have the summary fields
     bin_ckpt = write_checkpoint(tmp_path / "ac-bin", tiny_model_dir, summary=False, layout="bin")
     code, _, err = run(capsys, *cpu("encoder", "import", str(bin_ckpt), "--out", str(tmp_path / "enc")))
-    assert code == 1 and "no tensor 'embed_summary.weight' in the bin weights" in err and "pytorch_model.bin" in err
+    assert (
+        code == 1
+        and "no tensor 'embed_summary.weight' in the bin weights" in err
+        and "pytorch_model.bin" in err
+    )
 
 
 def test_refuses_a_non_llama_architecture(tiny_model_dir, tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "ac", tiny_model_dir,
-                            config={"model_type": "opt", "architectures": ["OPTAutoCompressorModel"]})
+    ckpt = write_checkpoint(
+        tmp_path / "ac",
+        tiny_model_dir,
+        config={"model_type": "opt", "architectures": ["OPTAutoCompressorModel"]},
+    )
     code, _, err = run(capsys, *cpu("encoder", "import", str(ckpt), "--out", str(tmp_path / "enc")))
     assert code == 1
     assert "model_type 'opt'" in err and "OPTAutoCompressorModel" in err and "Llama only" in err
@@ -214,10 +238,19 @@ def test_preset_lookup():
     p = get_preset("lloco-paper")
     assert p is LLOCO_PAPER and PRESETS["lloco-paper"] is p
     assert (p.segment_length, p.summary_length, p.accumulate) == (1536, 50, True)
-    assert (p.lora_r, p.lora_alpha, p.lora_target_modules) == (8, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert (p.lora_r, p.lora_alpha, p.lora_target_modules) == (
+        8,
+        16,
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    )
     assert p.template() == llama2_chat_template() == PromptTemplate(chat_format="llama-2-chat")
     cfg = p.encoder_config()
-    assert (cfg.segment_length, cfg.summary_length, cfg.accumulate, cfg.pooling) == (1536, 50, True, "summary")
+    assert (cfg.segment_length, cfg.summary_length, cfg.accumulate, cfg.pooling) == (
+        1536,
+        50,
+        True,
+        "summary",
+    )
     assert p.encoder_mismatches(cfg) == []
     with pytest.raises(dataclasses.FrozenInstanceError):  # a preset is data, not state
         p.lora_r = 16  # type: ignore[misc]
@@ -249,23 +282,35 @@ def test_info_shows_what_the_preset_sets(capsys):
     assert code == 0, err
     p = json.loads(stdout)["preset"]
     assert p["name"] == "lloco-paper" and p["prompt_template"] == "llama-2-chat"
-    assert p["encoder"] == {"segment_length": 1536, "summary_length": 50, "accumulate": True,
-                            "pooling": "summary", "compression_ratio": 30.72}
-    assert p["adapter_lora"] == {"r": 8, "alpha": 16, "dropout": 0.05,
-                                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    assert p["encoder"] == {
+        "segment_length": 1536,
+        "summary_length": 50,
+        "accumulate": True,
+        "pooling": "summary",
+        "compression_ratio": 30.72,
+    }
+    assert p["adapter_lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    }
 
 
 def test_info_with_an_encoder_shows_how_it_differs(tiny_model_dir, tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "ac", tiny_model_dir)
     out = tmp_path / "enc-ac"
     assert run(capsys, *cpu("encoder", "import", str(ckpt), "--out", str(out)))[0] == 0
-    code, stdout, err = run(capsys, *cpu("info", "--preset", "lloco-paper", "--model", str(ckpt),
-                                         "--encoder", str(out)))
+    code, stdout, err = run(
+        capsys, *cpu("info", "--preset", "lloco-paper", "--model", str(ckpt), "--encoder", str(out))
+    )
     assert code == 0, err
     info = json.loads(stdout)
     assert info["preset"]["name"] == "lloco-paper"
-    assert info["encoder_differs_from_preset"] == ["segment_length is 32, the preset says 1536",
-                                                   "summary_length is 4, the preset says 50"]
+    assert info["encoder_differs_from_preset"] == [
+        "segment_length is 32, the preset says 1536",
+        "summary_length is 4, the preset says 50",
+    ]
     # Without --encoder, a non-default model gets a fresh encoder with the preset's settings.
     code, stdout, err = run(capsys, *cpu("info", "--preset", "lloco-paper", "--model", str(ckpt)))
     assert code == 0, err
@@ -275,25 +320,42 @@ def test_info_with_an_encoder_shows_how_it_differs(tiny_model_dir, tmp_path, cap
 
 
 def test_encoder_import_with_the_preset_and_explicit_overrides(tiny_model_dir, tmp_path, capsys):
-    ckpt = write_checkpoint(tmp_path / "ac", tiny_model_dir, summary_length=50,
-                            config={"accumulate_summary": False})
+    ckpt = write_checkpoint(
+        tmp_path / "ac", tiny_model_dir, summary_length=50, config={"accumulate_summary": False}
+    )
     out = tmp_path / "enc"
-    code, _, err = run(capsys, *cpu("encoder", "import", str(ckpt), "--out", str(out), "--preset",
-                                    "lloco-paper"))
+    code, _, err = run(
+        capsys, *cpu("encoder", "import", str(ckpt), "--out", str(out), "--preset", "lloco-paper")
+    )
     assert code == 0, err
     cfg = json.loads((out / CONFIG_FILE).read_text())["config"]
     assert (cfg["segment_length"], cfg["summary_length"], cfg["accumulate"]) == (1536, 50, True)
     # Explicit flags win over the preset.
     out2 = tmp_path / "enc2"
-    code, _, err = run(capsys, *cpu("encoder", "import", str(ckpt), "--out", str(out2), "--preset",
-                                    "lloco-paper", "--segment-length", "64", "--no-accumulate"))
+    code, _, err = run(
+        capsys,
+        *cpu(
+            "encoder",
+            "import",
+            str(ckpt),
+            "--out",
+            str(out2),
+            "--preset",
+            "lloco-paper",
+            "--segment-length",
+            "64",
+            "--no-accumulate",
+        ),
+    )
     assert code == 0, err
     cfg = json.loads((out2 / CONFIG_FILE).read_text())["config"]
     assert (cfg["segment_length"], cfg["summary_length"], cfg["accumulate"]) == (64, 50, False)
     # A checkpoint with another number of summary vectors is not the paper's encoder.
     small = write_checkpoint(tmp_path / "ac4", tiny_model_dir, summary_length=4)
-    code, _, err = run(capsys, *cpu("encoder", "import", str(small), "--out", str(tmp_path / "enc3"),
-                                    "--preset", "lloco-paper"))
+    code, _, err = run(
+        capsys,
+        *cpu("encoder", "import", str(small), "--out", str(tmp_path / "enc3"), "--preset", "lloco-paper"),
+    )
     assert code == 1 and "4 summary vectors per segment, not the 50" in err
 
 
@@ -311,8 +373,15 @@ def captured_finetune(monkeypatch, tmp_path):
 
     def fake_finetune(service, group, *, cfg, **kw):
         seen.update(cfg=cfg, lloco=service.lloco)
-        return {"val": [{"no_adapter": 1.0, "adapter": 1.0}], "adapter_id": 1, "n_train": 0, "source": "qa",
-                "seconds": 0.0, "init": "fresh", "teacher": None}
+        return {
+            "val": [{"no_adapter": 1.0, "adapter": 1.0}],
+            "adapter_id": 1,
+            "n_train": 0,
+            "source": "qa",
+            "seconds": 0.0,
+            "init": "fresh",
+            "teacher": None,
+        }
 
     monkeypatch.setattr(store_pkg, "CheatSheetStore", _Store)
     monkeypatch.setattr(ft, "finetune_group", fake_finetune)
@@ -330,8 +399,18 @@ def test_finetune_preset_and_explicit_flags(captured_finetune, tiny_model_dir, t
     enc = captured_finetune["lloco"].encoder.config
     assert (enc.segment_length, enc.summary_length, enc.accumulate) == (1536, 50, True)
     # Explicit flags override the preset.
-    code, _, err = run(capsys, *base, "--preset", "lloco-paper", "--lora-r", "4", "--lora-alpha", "12",
-                       "--target-modules", "q_proj,v_proj")
+    code, _, err = run(
+        capsys,
+        *base,
+        "--preset",
+        "lloco-paper",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "12",
+        "--target-modules",
+        "q_proj,v_proj",
+    )
     assert code == 0, err
     cfg = captured_finetune["cfg"]
     assert (cfg.lora_r, cfg.lora_alpha, cfg.target_modules) == (4, 12, ("q_proj", "v_proj"))
@@ -340,7 +419,11 @@ def test_finetune_preset_and_explicit_flags(captured_finetune, tiny_model_dir, t
     code, _, err = run(capsys, *base)
     assert code == 0, err
     cfg = captured_finetune["cfg"]
-    assert (cfg.lora_r, cfg.lora_alpha, cfg.target_modules) == (8, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.target_modules) == (
+        8,
+        16,
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+    )
     assert captured_finetune["lloco"].template.chat_format is None and cfg.from_reader is True
 
 
@@ -361,12 +444,41 @@ def test_import_ingest_ask_from_the_command_line(pg_url, tiny_model_dir, tmp_pat
     schema = "t_" + uuid.uuid4().hex[:10]
     db = ("--url", pg_url, "--schema", schema)
     try:
-        code, stdout, err = run(capsys, *cpu("ingest", str(tmp_path / "docs"), "--group", "paper", "--model",
-                                             str(ckpt), "--encoder", str(enc), "--no-progress", *db))
+        code, stdout, err = run(
+            capsys,
+            *cpu(
+                "ingest",
+                str(tmp_path / "docs"),
+                "--group",
+                "paper",
+                "--model",
+                str(ckpt),
+                "--encoder",
+                str(enc),
+                "--no-progress",
+                *db,
+            ),
+        )
         assert code == 0, err
-        code, stdout, err = run(capsys, *cpu("ask", "Who founded the trust?", "--group", "paper", "--model",
-                                             str(ckpt), "--encoder", str(enc), "--preset", "lloco-paper",
-                                             "--max-new-tokens", "4", "--json", *db))
+        code, stdout, err = run(
+            capsys,
+            *cpu(
+                "ask",
+                "Who founded the trust?",
+                "--group",
+                "paper",
+                "--model",
+                str(ckpt),
+                "--encoder",
+                str(enc),
+                "--preset",
+                "lloco-paper",
+                "--max-new-tokens",
+                "4",
+                "--json",
+                *db,
+            ),
+        )
         assert code == 0, err
         answer = json.loads(stdout)
         assert answer["context_tokens"] > 0 and answer["sources"]

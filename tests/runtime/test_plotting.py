@@ -35,8 +35,9 @@ def test_loss_curves_are_written_with_matplotlib(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("argv", [["bench", "--quick", "--plot", "x.png"],
-                                  ["eval", "DATA", "--plot", "x.png"]])
+@pytest.mark.parametrize(
+    "argv", [["bench", "--quick", "--plot", "x.png"], ["eval", "DATA", "--plot", "x.png"]]
+)
 def test_cli_plot_fails_before_any_work(no_matplotlib, argv, capsys, tmp_path, monkeypatch):
     from lloco_runtime.cli import main
 

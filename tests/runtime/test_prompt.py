@@ -54,8 +54,16 @@ def test_no_context_variant(default_tokenizer):
     assert not p.special_tokens  # the chat template carries its own special tokens
 
 
-@pytest.mark.parametrize("question", ["What does {context} mean?", "Is {question} {0} {} {{x}} literal?",
-                                      "JSON like {\"a\": 1}?", "unbalanced { brace", "} closing first"])
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What does {context} mean?",
+        "Is {question} {0} {} {{x}} literal?",
+        'JSON like {"a": 1}?',
+        "unbalanced { brace",
+        "} closing first",
+    ],
+)
 def test_question_with_braces_is_kept_verbatim(default_tokenizer, question):
     t = PromptTemplate()
     p = t.build(default_tokenizer, question, SHEET)
@@ -90,27 +98,30 @@ def test_tokenizer_without_chat_template():
     assert PromptTemplate(system=None).build(_PlainTokenizer(), "Q?").pieces == ("Question: Q?\n\nAnswer:",)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"user": "Question: {question}"},
-    {"user": "{context} {context} {question}"},
-    {"user": "Context: {context}"},
-    {"user": "{context} {question} {other}"},
-    {"user": "{context} {question} {"},
-    {"user": "{context} {question} {0}"},
-    {"user_no_context": "Just text"},
-    {"user_no_context": "{context} {question}"},
-    {"user_no_context": "{question} {missing}"},
-    {"user": "{{context}} {question}"},
-    {"user": "{context!r} {question}"},
-    {"user": None},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user": "Question: {question}"},
+        {"user": "{context} {context} {question}"},
+        {"user": "Context: {context}"},
+        {"user": "{context} {question} {other}"},
+        {"user": "{context} {question} {"},
+        {"user": "{context} {question} {0}"},
+        {"user_no_context": "Just text"},
+        {"user_no_context": "{context} {question}"},
+        {"user_no_context": "{question} {missing}"},
+        {"user": "{{context}} {question}"},
+        {"user": "{context!r} {question}"},
+        {"user": None},
+    ],
+)
 def test_invalid_templates(kwargs):
     with pytest.raises(ConfigError):
         PromptTemplate(**kwargs)
 
 
 def test_literal_braces_in_templates_are_allowed(default_tokenizer):
-    t = PromptTemplate(user="Context: {context}\nAnswer as JSON {{\"answer\": ...}}\n{question}")
+    t = PromptTemplate(user='Context: {context}\nAnswer as JSON {{"answer": ...}}\n{question}')
     p = t.build(default_tokenizer, "Q?", SHEET)
     assert '{"answer": ...}' in p.pieces[2]
 
@@ -135,20 +146,26 @@ def test_plain_text_prompt():
 
 # -- conversations ---------------------------------------------------------------------------------------------
 
+
 def test_one_user_message_is_the_question_prompt(default_tokenizer):
     t = PromptTemplate()
     sheets = [torch.zeros(3, 8), torch.ones(2, 8)]
     for ctx in (None, "some text", sheets):
         want = t.build(default_tokenizer, "Who?", ctx)
         got = t.build_chat(default_tokenizer, [{"role": "user", "content": "Who?"}], ctx)
-        assert [str(p) if isinstance(p, str) else p.shape for p in got.pieces] == \
-            [str(p) if isinstance(p, str) else p.shape for p in want.pieces]
+        assert [str(p) if isinstance(p, str) else p.shape for p in got.pieces] == [
+            str(p) if isinstance(p, str) else p.shape for p in want.pieces
+        ]
 
 
 def test_conversation_keeps_turns_and_puts_the_context_in_the_last_one(default_tokenizer):
     t = PromptTemplate()
-    msgs = [ChatMessage("system", "Be terse."), ("user", "First question?"), ("assistant", "First answer."),
-            {"role": "user", "content": "Second question?"}]
+    msgs = [
+        ChatMessage("system", "Be terse."),
+        ("user", "First question?"),
+        ("assistant", "First answer."),
+        {"role": "user", "content": "Second question?"},
+    ]
     p = t.build_chat(default_tokenizer, msgs, torch.zeros(4, 8))
     prefix, sheet, suffix = p.pieces
     assert isinstance(sheet, torch.Tensor) and sheet.shape == (4, 8)
@@ -173,16 +190,19 @@ def test_conversation_formats_without_the_tokenizers_template(fmt):
         assert text.endswith("Question: Q2?\n\nAnswer:")
 
 
-@pytest.mark.parametrize("messages, match", [
-    ([], "non-empty list"),
-    ("hello", "non-empty list"),
-    ([("user", "Q?"), ("assistant", "A")], "last message must be a non-empty user"),
-    ([("user", "  ")], "last message must be a non-empty user"),
-    ([("robot", "Q?")], "role 'robot'"),
-    ([("user", "Q?"), ("system", "late"), ("user", "Q?")], "system message after"),
-    ([("user", 3)], "content must be a string"),
-    ([42], "is a int"),
-])
+@pytest.mark.parametrize(
+    "messages, match",
+    [
+        ([], "non-empty list"),
+        ("hello", "non-empty list"),
+        ([("user", "Q?"), ("assistant", "A")], "last message must be a non-empty user"),
+        ([("user", "  ")], "last message must be a non-empty user"),
+        ([("robot", "Q?")], "role 'robot'"),
+        ([("user", "Q?"), ("system", "late"), ("user", "Q?")], "system message after"),
+        ([("user", 3)], "content must be a string"),
+        ([42], "is a int"),
+    ],
+)
 def test_bad_conversations(default_tokenizer, messages, match):
     with pytest.raises(InputError, match=match):
         PromptTemplate().build_chat(default_tokenizer, messages)

@@ -25,7 +25,9 @@ ESSAYS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "essays"
 @pytest.fixture(scope="module")
 def lloco(default_host):
     """The default decoder with a fresh 32x encoder (512 tokens -> 16 vectors)."""
-    return LLoCO(default_host, ContextEncoder(default_host, EncoderConfig(segment_length=512, summary_length=16)))
+    return LLoCO(
+        default_host, ContextEncoder(default_host, EncoderConfig(segment_length=512, summary_length=16))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,11 @@ def long_text(default_host):
     if essay.exists():
         text = essay.read_text(encoding="utf-8")
     else:
-        sentences = [f"In year {1800 + i}, the town of Aldmere built {i % 7 + 2} new bridges over the river, "
-                     f"and the council recorded {i * 13 % 97} complaints about the noise." for i in range(400)]
+        sentences = [
+            f"In year {1800 + i}, the town of Aldmere built {i % 7 + 2} new bridges over the river, "
+            f"and the council recorded {i * 13 % 97} complaints about the noise."
+            for i in range(400)
+        ]
         text = " ".join(sentences)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) >= 2000
@@ -116,10 +121,15 @@ def test_shipped_encoders_load_with_their_fingerprints(folder):
     enc = ContextEncoder.load(d, host)
     assert enc.fingerprint == json.loads((d / "encoder_config.json").read_text())["fingerprint"]
     sheets = enc.compress("The lighthouse at Carrow Point was built in 1852. " * 20)
-    assert sheets.tensors[0].shape == (enc.config.summary_length + enc.config.literal_tokens, host.hidden_size)
+    assert sheets.tensors[0].shape == (
+        enc.config.summary_length + enc.config.literal_tokens,
+        host.hidden_size,
+    )
     if folder == "encoder-smollm2-135m":
         assert shipped_encoder_dir() == d
-        assert enc.config.ratio >= 4 and enc.reader is not None  # the default reads its sheets with its reader
+        assert (
+            enc.config.ratio >= 4 and enc.reader is not None
+        )  # the default reads its sheets with its reader
         assert enc.config.literal_selector == "learned" and enc.config.strict_ratio
         # strict_ratio: the whole document, tail segment included, keeps at least the 4x ratio
         assert 4 * sum(t.shape[0] for t in sheets.tensors) <= sheets.source_tokens

@@ -13,14 +13,18 @@ import pytest
 GROUPS = ("alpha", "beta")
 TEXTS = {
     "lighthouse": "The lighthouse at Carrow Point was built in 1852 after the schooner Margaret Ann was lost on "
-                  "the rocks. Its tower is forty-one metres tall and made from grey granite quarried on Skerra.",
+    "the rocks. Its tower is forty-one metres tall and made from grey granite quarried on Skerra.",
     "pump": "To reset the pump, switch off the mains supply and wait thirty seconds. Press the red reset "
-            "button until the green light flashes twice, then switch the supply back on.",
+    "button until the green light flashes twice, then switch the supply back on.",
     "bread": "To bake sourdough bread, feed the starter with flour and water the night before. Knead the dough, "
-             "let it rise slowly and bake it in a hot Dutch oven until the crust turns deep brown.",
+    "let it rise slowly and bake it in a hot Dutch oven until the crust turns deep brown.",
 }
-QUESTIONS = ["When was the lighthouse built?", "How do I reset the pump?", "How is sourdough baked?",
-             "What is the tower made of?"]
+QUESTIONS = [
+    "When was the lighthouse built?",
+    "How do I reset the pump?",
+    "How is sourdough baked?",
+    "What is the tower made of?",
+]
 MAX_NEW = 8
 
 
@@ -54,24 +58,46 @@ def served(pg_url, tiny_model_dir, tiny_llama_factory, tmp_path_factory):
     store = CheatSheetStore(pg_url, schema=schema)
     adapters = {}
     for i, g in enumerate(GROUPS):
-        store.ingest([DocumentInput(f"{g}-{k}", v, {"topic": k}) for k, v in TEXTS.items()], group=g,
-                     encoder=lloco.encoder)
-        info = store.register_adapter(g, make_adapter_bytes(lloco.host, lloco.encoder.fingerprint, seed=100 + i),
-                                      base_fingerprint=lloco.host.fingerprint,
-                                      encoder_fingerprint=lloco.encoder.fingerprint, activate=True)
+        store.ingest(
+            [DocumentInput(f"{g}-{k}", v, {"topic": k}) for k, v in TEXTS.items()],
+            group=g,
+            encoder=lloco.encoder,
+        )
+        info = store.register_adapter(
+            g,
+            make_adapter_bytes(lloco.host, lloco.encoder.fingerprint, seed=100 + i),
+            base_fingerprint=lloco.host.fingerprint,
+            encoder_fingerprint=lloco.encoder.fingerprint,
+            activate=True,
+        )
         adapters[g] = info.id
     # An adapter made on another model (different weights): stored fine, but loading it on the server fails
     # with a FingerprintMismatchError (a 500 with lloco's message).
     other_dir = tmp_path_factory.mktemp("serve-other-llama")
     other = load_model(tiny_llama_factory(other_dir, seed=7), device="cpu", dtype="float32")
-    bad = store.register_adapter(GROUPS[0], make_adapter_bytes(other, lloco.encoder.fingerprint, seed=5),
-                                 base_fingerprint=other.fingerprint,
-                                 encoder_fingerprint=lloco.encoder.fingerprint, activate=False)
+    bad = store.register_adapter(
+        GROUPS[0],
+        make_adapter_bytes(other, lloco.encoder.fingerprint, seed=5),
+        base_fingerprint=other.fingerprint,
+        encoder_fingerprint=lloco.encoder.fingerprint,
+        activate=False,
+    )
     service = LLoCOService(lloco, store)
 
-    opts = ServeOptions(model=str(tiny_model_dir), encoder=str(enc_dir), url=pg_url, schema=schema, device="cpu",
-                        dtype="float32", replicas=2, max_batch_size=8, batch_wait_s=0.02, port=_free_port(),
-                        torch_threads=1, request_timeout_s=60)
+    opts = ServeOptions(
+        model=str(tiny_model_dir),
+        encoder=str(enc_dir),
+        url=pg_url,
+        schema=schema,
+        device="cpu",
+        dtype="float32",
+        replicas=2,
+        max_batch_size=8,
+        batch_wait_s=0.02,
+        port=_free_port(),
+        torch_threads=1,
+        request_timeout_s=60,
+    )
     url = start_server(opts, num_cpus=2)
     try:
         yield url, service, store, {"adapters": adapters, "bad_adapter": bad.id, "opts": opts}

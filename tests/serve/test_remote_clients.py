@@ -34,8 +34,10 @@ def test_client_ask_stream_and_async(served):
     async def both():
         a = await client.aask(QUESTIONS[0], group=GROUPS[0], max_new_tokens=MAX_NEW)
         st: dict = {}
-        parts = [d async for d in client.astream_ask(QUESTIONS[0], group=GROUPS[0], max_new_tokens=MAX_NEW,
-                                                     state=st)]
+        parts = [
+            d
+            async for d in client.astream_ask(QUESTIONS[0], group=GROUPS[0], max_new_tokens=MAX_NEW, state=st)
+        ]
         return a, "".join(parts), st
 
     a, streamed, st = asyncio.run(both())
@@ -112,8 +114,24 @@ def test_bench_serving_section_against_the_server(served, tmp_path, capsys):
 
     url = served[0]
     out = tmp_path / "bench.json"
-    assert main(["bench", "--serve-url", url, "--serve-group", GROUPS[0], "--serve-requests", "4",
-                 "--serve-tokens", "4", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--serve-url",
+                url,
+                "--serve-group",
+                GROUPS[0],
+                "--serve-requests",
+                "4",
+                "--serve-tokens",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "clients" in text and "req/s" in text
     runs = json.loads(out.read_text())["http_serving"]["runs"]

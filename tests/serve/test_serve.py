@@ -27,7 +27,7 @@ def _no_traceback(text: str) -> None:
 
 
 def _sse_events(text: str) -> list:
-    events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
     assert events and events[-1] == "[DONE]", text
     return [json.loads(e) for e in events[:-1]]
 
@@ -44,28 +44,41 @@ def test_ask_json_equals_in_process_answer(served):
     url, service, _, info = served
     for g in GROUPS:
         want = _expected(service, g, QUESTIONS[0])
-        r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": g, "max_new_tokens": MAX_NEW},
-                       timeout=60)
+        r = httpx.post(
+            f"{url}/v1/ask",
+            json={"question": QUESTIONS[0], "group": g, "max_new_tokens": MAX_NEW},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         got = r.json()
         assert set(got) == set(want)
         assert got["answer"] == want["answer"]
         assert got["sources"] == want["sources"]
         assert got["adapter_id"] == want["adapter_id"] == info["adapters"][g]
-        assert (got["context_tokens"], got["raw_context_tokens"]) == (want["context_tokens"],
-                                                                      want["raw_context_tokens"])
+        assert (got["context_tokens"], got["raw_context_tokens"]) == (
+            want["context_tokens"],
+            want["raw_context_tokens"],
+        )
     # the two adapters answer differently (else the load test could not tell them apart)
-    answers = {httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0],
-                                                 "adapter": a, "max_new_tokens": MAX_NEW}, timeout=60).json()["answer"]
-               for a in ("active", "none")}
+    answers = {
+        httpx.post(
+            f"{url}/v1/ask",
+            json={"question": QUESTIONS[0], "group": GROUPS[0], "adapter": a, "max_new_tokens": MAX_NEW},
+            timeout=60,
+        ).json()["answer"]
+        for a in ("active", "none")
+    }
     assert len(answers) == 2
 
 
 def test_ask_adapter_none_equals_service_without_adapter(served):
     url, service, _, _ = served
     want = _expected(service, GROUPS[1], QUESTIONS[1], use_adapter=False)
-    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[1], "group": GROUPS[1], "adapter": "none",
-                                          "max_new_tokens": MAX_NEW}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/ask",
+        json={"question": QUESTIONS[1], "group": GROUPS[1], "adapter": "none", "max_new_tokens": MAX_NEW},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["answer"] == want["answer"] and r.json()["adapter_id"] is None
 
@@ -87,9 +100,18 @@ def test_ask_stream_concatenates_to_the_answer(served):
 def test_chat_completions_wire_shape(served):
     url, service, _, info = served
     messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTIONS[0]}]
-    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "lloco", "messages": messages,
-                                                       "max_tokens": MAX_NEW, "temperature": 0, "group": GROUPS[0],
-                                                       "user": "ignored-openai-field"}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "model": "lloco",
+            "messages": messages,
+            "max_tokens": MAX_NEW,
+            "temperature": 0,
+            "group": GROUPS[0],
+            "user": "ignored-openai-field",
+        },
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     c = r.json()
     assert c["object"] == "chat.completion" and c["id"].startswith("chatcmpl-") and c["model"] == "lloco"
@@ -102,15 +124,24 @@ def test_chat_completions_wire_shape(served):
     assert c["lloco"]["adapter_id"] == info["adapters"][GROUPS[0]] and c["lloco"]["sources"]
     # the same conversation in process (same cheat sheets, adapter, greedy)
     result = service.retrieve(QUESTIONS[0], group=GROUPS[0])
-    want = service.lloco.answer_chat(messages, service._context(result), adapter_id=str(result.adapter_id),
-                                     max_new_tokens=MAX_NEW)
+    want = service.lloco.answer_chat(
+        messages, service._context(result), adapter_id=str(result.adapter_id), max_new_tokens=MAX_NEW
+    )
     assert choice["message"]["content"] == want.text.strip()
     assert u["completion_tokens"] == len(want.token_ids)
 
     # streaming: chat.completion.chunk events, role first, finish_reason last, then [DONE]
-    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": MAX_NEW,
-                                                       "group": GROUPS[0], "stream": True,
-                                                       "stream_options": {"include_usage": True}}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "messages": messages,
+            "max_tokens": MAX_NEW,
+            "group": GROUPS[0],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = _sse_events(r.text)
     assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events)
@@ -122,24 +153,33 @@ def test_chat_completions_wire_shape(served):
     assert events[-1]["choices"] == [] and events[-1]["usage"] == u
 
     # without a group: plain chat with the decoder
-    r = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
-                                                       "max_tokens": 4}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        timeout=60,
+    )
     assert r.status_code == 200 and "lloco" not in r.json()
 
 
-@pytest.mark.parametrize(("path", "body", "status"), [
-    ("/v1/ask", {"question": "Where?", "group": "no-such-group"}, 404),
-    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "adapter": 987654}, 404),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "group": "nope"}, 404),
-    ("/v1/ask", {"group": GROUPS[0]}, 422),
-    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "top_k": 0}, 422),
-    ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "colour": "red"}, 422),
-    ("/v1/ask", {"question": "   ", "group": GROUPS[0]}, 422),
-    ("/v1/chat/completions", {"messages": []}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant",
-                                                                              "content": "y"}]}, 422),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 422),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/ask", {"question": "Where?", "group": "no-such-group"}, 404),
+        ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "adapter": 987654}, 404),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "group": "nope"}, 404),
+        ("/v1/ask", {"group": GROUPS[0]}, 422),
+        ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "top_k": 0}, 422),
+        ("/v1/ask", {"question": "Where?", "group": GROUPS[0], "colour": "red"}, 422),
+        ("/v1/ask", {"question": "   ", "group": GROUPS[0]}, 422),
+        ("/v1/chat/completions", {"messages": []}, 422),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            422,
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 422),
+    ],
+)
 def test_errors_are_json_without_traceback(served, path, body, status):
     url = served[0]
     r = httpx.post(f"{url}{path}", json=body, timeout=60)
@@ -151,18 +191,37 @@ def test_errors_are_json_without_traceback(served, path, body, status):
 
 def test_bad_body_and_server_error_are_json(served):
     url, _, _, info = served
-    r = httpx.post(f"{url}/v1/ask", content=b"{not json", headers={"content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/ask", content=b"{not json", headers={"content-type": "application/json"}, timeout=60
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == 422
     _no_traceback(r.text)
     # an adapter that fails to load on the replica (made for other weights): 500 with lloco's message
-    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0],
-                                          "adapter": info["bad_adapter"], "max_new_tokens": 4}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/ask",
+        json={
+            "question": QUESTIONS[0],
+            "group": GROUPS[0],
+            "adapter": info["bad_adapter"],
+            "max_new_tokens": 4,
+        },
+        timeout=60,
+    )
     assert r.status_code == 500, r.text
     assert "base model" in r.json()["error"]["message"]
     _no_traceback(r.text)
     # the same failure while streaming: an error event, then [DONE]
-    r = httpx.post(f"{url}/v1/ask", json={"question": QUESTIONS[0], "group": GROUPS[0], "stream": True,
-                                          "adapter": info["bad_adapter"], "max_new_tokens": 4}, timeout=60)
+    r = httpx.post(
+        f"{url}/v1/ask",
+        json={
+            "question": QUESTIONS[0],
+            "group": GROUPS[0],
+            "stream": True,
+            "adapter": info["bad_adapter"],
+            "max_new_tokens": 4,
+        },
+        timeout=60,
+    )
     events = _sse_events(r.text)
     assert events[-1]["error"]["code"] == 500
     _no_traceback(r.text)
@@ -202,8 +261,10 @@ def test_overload_gets_503_json_not_a_hang(served):
             assert set(statuses) <= {200, 503}, r["results"]
             if 503 in statuses:
                 break
-        print(f"\n[serve overload] burst of 32, room for 2: {statuses.count(200)} answered, "
-              f"{statuses.count(503)} got 503")
+        print(
+            f"\n[serve overload] burst of 32, room for 2: {statuses.count(200)} answered, "
+            f"{statuses.count(503)} got 503"
+        )
         assert 503 in statuses and 200 in statuses
         for status, body, _ in r["results"]:
             if status == 200:
@@ -239,10 +300,14 @@ def test_load_64_requests_8_clients(served):
     serial = asyncio.run(run_load(url, jobs, concurrency=1, timeout_s=60))
     _check_answers(serial["results"], jobs, expected)
     for name, r in (("8 clients", concurrent), ("one at a time", serial)):
-        print(f"\n[serve load] {name}: {r['ok']}/{r['requests']} ok in {r['seconds']:.2f} s, "
-              f"{r['throughput_rps']:.2f} req/s, p50 {r['p50_s'] * 1000:.0f} ms, p95 {r['p95_s'] * 1000:.0f} ms")
-    print(f"[serve load] throughput ratio 8 clients / one at a time: "
-          f"{concurrent['throughput_rps'] / serial['throughput_rps']:.2f}x")
+        print(
+            f"\n[serve load] {name}: {r['ok']}/{r['requests']} ok in {r['seconds']:.2f} s, "
+            f"{r['throughput_rps']:.2f} req/s, p50 {r['p50_s'] * 1000:.0f} ms, p95 {r['p95_s'] * 1000:.0f} ms"
+        )
+    print(
+        f"[serve load] throughput ratio 8 clients / one at a time: "
+        f"{concurrent['throughput_rps'] / serial['throughput_rps']:.2f}x"
+    )
 
 
 def test_replica_killed_under_load_requests_retry_or_503_and_server_recovers(served):
@@ -265,8 +330,10 @@ def test_replica_killed_under_load_requests_retry_or_503_and_server_recovers(ser
     t0 = time.perf_counter()
     r = asyncio.run(load_and_kill())
     statuses = [s for s, _, _ in r["results"]]
-    print(f"\n[serve kill] replica pid {victim['pid']} killed mid-load: {statuses.count(200)} answered, "
-          f"{statuses.count(503)} got 503, in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"\n[serve kill] replica pid {victim['pid']} killed mid-load: {statuses.count(200)} answered, "
+        f"{statuses.count(503)} got 503, in {time.perf_counter() - t0:.1f} s"
+    )
     assert len(statuses) == len(jobs)
     assert 0 not in statuses, "a client timed out: a request hung"
     assert set(statuses) <= {200, 503}, r["results"]

@@ -8,9 +8,25 @@ from lloco_runtime.cli import build_parser, main
 
 
 def test_serve_options_parse():
-    args = build_parser().parse_args(["serve", "--replicas", "2", "--max-batch-size", "4", "--port", "8123",
-                                      "--model", "m", "--encoder", "e", "--url", "postgresql://x/y",
-                                      "--schema", "s"])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--replicas",
+            "2",
+            "--max-batch-size",
+            "4",
+            "--port",
+            "8123",
+            "--model",
+            "m",
+            "--encoder",
+            "e",
+            "--url",
+            "postgresql://x/y",
+            "--schema",
+            "s",
+        ]
+    )
     assert (args.replicas, args.max_batch_size, args.port, args.host) == (2, 4, 8123, "127.0.0.1")
     assert (args.model, args.encoder, args.url, args.schema) == ("m", "e", "postgresql://x/y", "s")
 

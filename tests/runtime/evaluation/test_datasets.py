@@ -47,15 +47,27 @@ def test_malformed_lines_name_file_and_line(qa_dir):
         load_dataset(qa_dir)
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"doc_id": "lighthouse", "qid": "z", "question": "", "answers": ["a"]}, "'question'"),
-    ({"doc_id": "lighthouse", "qid": "z", "question": "q?", "answers": "a"}, "'answers' must be a list"),
-    ({"doc_id": "lighthouse", "qid": "z", "question": "q?", "answers": []}, "'answers' is empty"),
-    ({"doc_id": "lighthouse", "qid": "z", "question": "q?", "answers": [], "options": ["x", "y"],
-      "gold_label": "C"}, "gold_label"),
-    ({"doc_id": "lighthouse", "qid": "q1", "question": "q?", "answers": ["a"]}, "duplicate qid"),
-    ([1, 2], "JSON object"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"doc_id": "lighthouse", "qid": "z", "question": "", "answers": ["a"]}, "'question'"),
+        ({"doc_id": "lighthouse", "qid": "z", "question": "q?", "answers": "a"}, "'answers' must be a list"),
+        ({"doc_id": "lighthouse", "qid": "z", "question": "q?", "answers": []}, "'answers' is empty"),
+        (
+            {
+                "doc_id": "lighthouse",
+                "qid": "z",
+                "question": "q?",
+                "answers": [],
+                "options": ["x", "y"],
+                "gold_label": "C",
+            },
+            "gold_label",
+        ),
+        ({"doc_id": "lighthouse", "qid": "q1", "question": "q?", "answers": ["a"]}, "duplicate qid"),
+        ([1, 2], "JSON object"),
+    ],
+)
 def test_bad_question_rows(qa_dir, row, message):
     q = qa_dir / "questions.jsonl"
     q.write_text(q.read_text() + json.dumps(row) + "\n")
@@ -64,7 +76,9 @@ def test_bad_question_rows(qa_dir, row, message):
 
 
 def test_question_about_missing_document(qa_dir):
-    write_jsonl(qa_dir / "questions.jsonl", [{"doc_id": "ghost", "qid": "g1", "question": "q?", "answers": ["a"]}])
+    write_jsonl(
+        qa_dir / "questions.jsonl", [{"doc_id": "ghost", "qid": "g1", "question": "q?", "answers": ["a"]}]
+    )
     with pytest.raises(InputError, match=r"1 question\(s\) refer to documents missing.*g1 -> 'ghost'"):
         load_dataset(qa_dir)
 
@@ -78,7 +92,9 @@ def test_cli_reports_bad_input_before_loading_a_model(qa_dir, monkeypatch, capsy
     if breakage == "missing_file":
         (qa_dir / "documents.jsonl").unlink()
     elif breakage == "missing_document":
-        write_jsonl(qa_dir / "questions.jsonl", [{"doc_id": "ghost", "qid": "g", "question": "q?", "answers": ["a"]}])
+        write_jsonl(
+            qa_dir / "questions.jsonl", [{"doc_id": "ghost", "qid": "g", "question": "q?", "answers": ["a"]}]
+        )
     else:
         (qa_dir / "questions.jsonl").write_text('{"doc_id": "orchard",\n')
     assert cli.main(["eval", str(qa_dir), "--mode", "none"]) == 2

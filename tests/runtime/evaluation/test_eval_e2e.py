@@ -9,8 +9,21 @@ import pytest
 
 from lloco_runtime.cli import main
 
-REPORT_KEYS = {"dataset", "mode", "n", "f1", "em", "accuracy", "rouge", "context_tokens_mean", "latency_s_mean",
-               "prefill_s_mean", "metric", "settings", "per_question"}
+REPORT_KEYS = {
+    "dataset",
+    "mode",
+    "n",
+    "f1",
+    "em",
+    "accuracy",
+    "rouge",
+    "context_tokens_mean",
+    "latency_s_mean",
+    "prefill_s_mean",
+    "metric",
+    "settings",
+    "per_question",
+}
 
 
 @pytest.fixture
@@ -29,14 +42,47 @@ def schema(pg_url):
 
 
 def _eval(ds, tiny_model_dir, encoder_dir, pg_url, schema, *extra):
-    return main(["eval", str(ds), "--model", str(tiny_model_dir), "--encoder", str(encoder_dir), "--device", "cpu",
-                 "--dtype", "float32", "--url", pg_url, "--schema", schema, "--max-new-tokens", "4", *extra])
+    return main(
+        [
+            "eval",
+            str(ds),
+            "--model",
+            str(tiny_model_dir),
+            "--encoder",
+            str(encoder_dir),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--url",
+            pg_url,
+            "--schema",
+            schema,
+            "--max-new-tokens",
+            "4",
+            *extra,
+        ]
+    )
 
 
 def test_single_mode_json(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco", "--top-k", "2",
-                 "--json", str(out)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--mode",
+            "lloco",
+            "--top-k",
+            "2",
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert set(r) == REPORT_KEYS
     assert (r["dataset"], r["mode"], r["n"], r["metric"]) == ("tinyqa", "lloco", 3, "qa")
@@ -46,8 +92,17 @@ def test_single_mode_json(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, t
     # 2 retrieved chunks x 4 cheat-sheet vectors each (32-token segments -> 4 vectors)
     assert r["context_tokens_mean"] == 8
     for row in r["per_question"]:
-        assert {"qid", "prediction", "answers", "f1", "em", "context_tokens", "latency_s", "chunk_ids",
-                "gold_doc_retrieved"} <= set(row)
+        assert {
+            "qid",
+            "prediction",
+            "answers",
+            "f1",
+            "em",
+            "context_tokens",
+            "latency_s",
+            "chunk_ids",
+            "gold_doc_retrieved",
+        } <= set(row)
         assert len(row["chunk_ids"]) == 2
     err = capsys.readouterr().err
     assert "2 added" in err
@@ -56,11 +111,30 @@ def test_single_mode_json(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, t
     assert "0 added, 0 replaced, 2 unchanged" in capsys.readouterr().err
 
 
-def test_compare_table_plot_and_truncation(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys):
+def test_compare_table_plot_and_truncation(
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys
+):
     out, png = tmp_path / "cmp.json", tmp_path / "cmp.png"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare",
-                 "none,full,rag,lloco,lloco-adapter,lloco-doc", "--max-context-tokens", "12", "--limit", "2",
-                 "--json", str(out), "--plot", str(png)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--compare",
+            "none,full,rag,lloco,lloco-adapter,lloco-doc",
+            "--max-context-tokens",
+            "12",
+            "--limit",
+            "2",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert table.startswith("| mode | n | F1 | EM | context tokens (mean) | latency s (mean) |")
     for mode in ("none", "full", "rag", "lloco", "lloco-doc"):
@@ -69,19 +143,23 @@ def test_compare_table_plot_and_truncation(qa_dir, tiny_model_dir, encoder_dir, 
     res = json.loads(out.read_text())
     runs = {r["mode"]: r for r in res["runs"]}
     assert set(runs) == {"none", "full", "rag", "lloco", "lloco-doc"} and res["skipped"] == {
-        "lloco-adapter": "no active adapter and no reader adapter"}
+        "lloco-adapter": "no active adapter and no reader adapter"
+    }
     assert runs["none"]["context_tokens_mean"] == 0
     full = runs["full"]
     assert all(row["truncated"] and row["context_tokens"] <= 12 for row in full["per_question"])
     assert full["settings"]["truncation"].startswith("head")
     doc = runs["lloco-doc"]  # the first 3 cheat sheets (4 vectors each) of a ~6-chunk document
-    assert all(row["context_tokens"] == 12 and row["truncated"] and row["context_fraction"] < 1
-               for row in doc["per_question"])
+    assert all(
+        row["context_tokens"] == 12 and row["truncated"] and row["context_fraction"] < 1
+        for row in doc["per_question"]
+    )
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_multiple_choice_and_adapter_mode(mc_dir, tiny_lloco, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path,
-                                          capsys):
+def test_multiple_choice_and_adapter_mode(
+    mc_dir, tiny_lloco, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys
+):
     # without an adapter the adapter mode is a clear error
     assert _eval(mc_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-adapter") == 2
     assert "no active adapter" in capsys.readouterr().err
@@ -92,15 +170,28 @@ def test_multiple_choice_and_adapter_mode(mc_dir, tiny_lloco, tiny_model_dir, en
 
     host = tiny_lloco.host
     host.add_adapter("tmp_eval", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    art = AdapterArtifact.from_model(host.model, "tmp_eval", base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=tiny_lloco.encoder.fingerprint)
+    art = AdapterArtifact.from_model(
+        host.model,
+        "tmp_eval",
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=tiny_lloco.encoder.fingerprint,
+    )
     host.delete_adapter("tmp_eval")
     with CheatSheetStore(pg_url, schema=schema) as store:
-        info = store.register_adapter("tinymc", art.to_bytes(), base_fingerprint=host.fingerprint,
-                                      encoder_fingerprint=tiny_lloco.encoder.fingerprint, activate=True)
+        info = store.register_adapter(
+            "tinymc",
+            art.to_bytes(),
+            base_fingerprint=host.fingerprint,
+            encoder_fingerprint=tiny_lloco.encoder.fingerprint,
+            activate=True,
+        )
     out = tmp_path / "mc.json"
-    assert _eval(mc_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-adapter",
-                 "--json", str(out)) == 0
+    assert (
+        _eval(
+            mc_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-adapter", "--json", str(out)
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["metric"] == "choice" and r["f1"] is None and r["em"] is None and 0 <= r["accuracy"] <= 1
     assert r["settings"]["adapter_id"] == info.id
@@ -113,17 +204,36 @@ def test_prompt_shows_options_and_asks_for_a_letter():
     from lloco_runtime.evaluation.harness import question_text, score
 
     q = Question("m", "d", "Who?", ("Bo",), ("Al", "Bo"), "B")
-    assert question_text(q) == "Who?\n\nOptions:\nA) Al\nB) Bo\n\nAnswer with the letter of the correct option."
+    assert (
+        question_text(q) == "Who?\n\nOptions:\nA) Al\nB) Bo\n\nAnswer with the letter of the correct option."
+    )
     assert score(q, "(B)", "choice")["correct"] == 1.0
     r = score(Question("r", "d", "Sum?", ("the cat sat",)), "the cat", "rouge")
     assert r["rouge"]["rouge1"] == pytest.approx(0.8) and r["f1"] is None
 
 
 def test_control_mode_reads_the_cheat_sheets_retrieved_for_a_question_about_another_document(
-        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path):
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path
+):
     out = tmp_path / "ctl.json"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare", "lloco,lloco-control",
-                 "--top-k", "1", "--retrieval", "fulltext", "--json", str(out)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--compare",
+            "lloco,lloco-control",
+            "--top-k",
+            "1",
+            "--retrieval",
+            "fulltext",
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     runs = {r["mode"]: r for r in json.loads(out.read_text())["runs"]}
     own = {row["qid"]: row for row in runs["lloco"]["per_question"]}
     doc_of = {qid: row["doc_id"] for qid, row in own.items()}
@@ -147,8 +257,12 @@ def adapter_files(tiny_lloco, tmp_path):
     from lloco_runtime.adapters import AdapterArtifact
 
     host, enc_fp = tiny_lloco.host, tiny_lloco.encoder.fingerprint
-    paths = {"text": tmp_path / "text.safetensors", "reader": tmp_path / "reader.safetensors",
-             "other_encoder": tmp_path / "other_encoder.safetensors", "other_base": tmp_path / "other_base.safetensors"}
+    paths = {
+        "text": tmp_path / "text.safetensors",
+        "reader": tmp_path / "reader.safetensors",
+        "other_encoder": tmp_path / "other_encoder.safetensors",
+        "other_base": tmp_path / "other_base.safetensors",
+    }
     paths["text"].write_bytes(make_adapter_bytes(host, None, seed=1))
     paths["reader"].write_bytes(make_adapter_bytes(host, enc_fp, seed=2))
     paths["other_encoder"].write_bytes(make_adapter_bytes(host, "f" * 64, seed=3))
@@ -158,18 +272,41 @@ def adapter_files(tiny_lloco, tmp_path):
 
 
 def test_text_adapter_modes_and_the_document_control_with_adapter_files(
-        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, tmp_path, capsys):
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, tmp_path, capsys
+):
     out = tmp_path / "fair.json"
     modes = "none,full,full-adapter,rag,rag-adapter,lloco-doc-adapter,lloco-doc-control,lloco-adapter-control"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare", modes, "--top-k", "2",
-                 "--max-context-tokens", "12", "--text-adapter", str(adapter_files["text"]),
-                 "--adapter-file", str(adapter_files["reader"]), "--json", str(out)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--compare",
+            modes,
+            "--top-k",
+            "2",
+            "--max-context-tokens",
+            "12",
+            "--text-adapter",
+            str(adapter_files["text"]),
+            "--adapter-file",
+            str(adapter_files["reader"]),
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     runs = {r["mode"]: r for r in res["runs"]}
     assert list(runs) == modes.split(",") and res["skipped"] == {}  # no group adapter, but an adapter file
     for mode in ("full-adapter", "rag-adapter"):
-        assert runs[mode]["settings"]["adapter"] == {"source": "file", "id": "file:text",
-                                                     "path": str(adapter_files["text"])}
+        assert runs[mode]["settings"]["adapter"] == {
+            "source": "file",
+            "id": "file:text",
+            "path": str(adapter_files["text"]),
+        }
         assert runs[mode]["settings"]["adapter_id"] == "file:text"
     for mode in ("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"):
         assert runs[mode]["settings"]["adapter"]["path"] == str(adapter_files["reader"])
@@ -179,7 +316,8 @@ def test_text_adapter_modes_and_the_document_control_with_adapter_files(
     full, fulla = runs["full"]["per_question"], runs["full-adapter"]["per_question"]
     assert [r["context_tokens"] for r in full] == [r["context_tokens"] for r in fulla]
     assert [r["chunk_ids"] for r in runs["rag"]["per_question"]] == [
-        r["chunk_ids"] for r in runs["rag-adapter"]["per_question"]]
+        r["chunk_ids"] for r in runs["rag-adapter"]["per_question"]
+    ]
     # ... and the adapter is applied: the random LoRA changes some answer
     assert [r["prediction"] for r in full] != [r["prediction"] for r in fulla]
     # lloco-doc-control: another document's cheat sheets, truncated like lloco-doc-adapter
@@ -190,10 +328,15 @@ def test_text_adapter_modes_and_the_document_control_with_adapter_files(
         assert row["control_doc_id"] != row["doc_id"] and row["control_doc_id"] == doc_of[row["control_qid"]]
         assert row["context_tokens"] == 12 and row["truncated"]
     assert {r["qid"]: r["control_doc_id"] for r in ctl["per_question"]} == {
-        "q1": "orchard", "q2": "orchard", "q3": "lighthouse"}
+        "q1": "orchard",
+        "q2": "orchard",
+        "q3": "lighthouse",
+    }
 
 
-def test_document_control_feeds_the_other_documents_cheat_sheets(qa_dir, tiny_lloco, pg_url, schema, adapter_files):
+def test_document_control_feeds_the_other_documents_cheat_sheets(
+    qa_dir, tiny_lloco, pg_url, schema, adapter_files
+):
     import torch
 
     from lloco_runtime.evaluation.datasets import load_dataset
@@ -202,8 +345,13 @@ def test_document_control_feeds_the_other_documents_cheat_sheets(qa_dir, tiny_ll
 
     dataset = load_dataset(qa_dir)
     with CheatSheetStore(pg_url, schema=schema) as store:
-        h = Harness(tiny_lloco, dataset, EvalSettings(group="tinyqa"), store=store,
-                    adapter_file=adapter_files["reader"])
+        h = Harness(
+            tiny_lloco,
+            dataset,
+            EvalSettings(group="tinyqa"),
+            store=store,
+            adapter_file=adapter_files["reader"],
+        )
         h.ingest()
         seen = []
         real = tiny_lloco.answer
@@ -230,14 +378,21 @@ def test_missing_text_adapter_is_a_clear_error_before_anything_loads(qa_dir, mon
     from lloco_runtime import cli, runtime
 
     monkeypatch.setattr(runtime, "shipped_teacher_adapter", lambda: None)
-    monkeypatch.setattr(cli, "_runtime", lambda a: (_ for _ in ()).throw(AssertionError("a model was loaded")))
+    monkeypatch.setattr(
+        cli, "_runtime", lambda a: (_ for _ in ()).throw(AssertionError("a model was loaded"))
+    )
     for args in (["--mode", "full-adapter"], ["--compare", "none,rag-adapter,lloco-doc-control"]):
         assert main(["eval", str(qa_dir), *args]) == 2
         err = capsys.readouterr().err
         assert "lloco train-teacher" in err and "--text-adapter" in err
-    assert main(["eval", str(qa_dir), "--mode", "full-adapter", "--text-adapter", str(tmp_path / "nope")]) == 2
+    assert (
+        main(["eval", str(qa_dir), "--mode", "full-adapter", "--text-adapter", str(tmp_path / "nope")]) == 2
+    )
     assert "is not a file" in capsys.readouterr().err
-    assert main(["eval", str(qa_dir), "--mode", "lloco-doc-control", "--adapter-file", str(tmp_path / "no")]) == 2
+    assert (
+        main(["eval", str(qa_dir), "--mode", "lloco-doc-control", "--adapter-file", str(tmp_path / "no")])
+        == 2
+    )
     assert "--adapter-file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse: usage and the valid modes
         main(["eval", str(qa_dir), "--mode", "full-adapterz"])
@@ -246,38 +401,93 @@ def test_missing_text_adapter_is_a_clear_error_before_anything_loads(qa_dir, mon
 
 
 def test_shipped_teacher_is_the_default_text_adapter_and_mismatched_files_are_refused(
-        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, monkeypatch, tmp_path, capsys):
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, adapter_files, monkeypatch, tmp_path, capsys
+):
     from lloco_runtime import runtime
 
     monkeypatch.setattr(runtime, "shipped_teacher_adapter", lambda: adapter_files["text"])
     out = tmp_path / "fa.json"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "full-adapter", "--limit", "1",
-                 "--json", str(out)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--mode",
+            "full-adapter",
+            "--limit",
+            "1",
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["settings"]["adapter"]["path"] == str(adapter_files["text"])
     capsys.readouterr()
     # a reader adapter of another encoder, a text adapter of another base model: refused before any question
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control",
-                 "--adapter-file", str(adapter_files["other_encoder"])) == 1
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--mode",
+            "lloco-doc-control",
+            "--adapter-file",
+            str(adapter_files["other_encoder"]),
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"--adapter-file {adapter_files['other_encoder']}" in err and "encoder ffffffffffff" in err
     assert "ingest:" not in err
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "rag-adapter",
-                 "--text-adapter", str(adapter_files["other_base"])) == 1
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--mode",
+            "rag-adapter",
+            "--text-adapter",
+            str(adapter_files["other_base"]),
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"--text-adapter {adapter_files['other_base']}" in err and "base model 000000000000" in err
     assert "ingest:" not in err
 
 
 def test_compare_skips_every_cheat_sheet_adapter_mode_without_an_adapter(
-        qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys):
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys
+):
     out = tmp_path / "skip.json"
-    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--compare",
-                 "none,lloco-doc-adapter,lloco-doc-control,lloco-adapter-control", "--limit", "1",
-                 "--json", str(out)) == 0
+    assert (
+        _eval(
+            qa_dir,
+            tiny_model_dir,
+            encoder_dir,
+            pg_url,
+            schema,
+            "--compare",
+            "none,lloco-doc-adapter,lloco-doc-control,lloco-adapter-control",
+            "--limit",
+            "1",
+            "--json",
+            str(out),
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert [r["mode"] for r in res["runs"]] == ["none"]
-    assert res["skipped"] == dict.fromkeys(("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"),
-                                           "no active adapter and no reader adapter")
+    assert res["skipped"] == dict.fromkeys(
+        ("lloco-doc-adapter", "lloco-doc-control", "lloco-adapter-control"),
+        "no active adapter and no reader adapter",
+    )
     # a single mode is an error naming the ways out
     assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control") == 2
     err = capsys.readouterr().err

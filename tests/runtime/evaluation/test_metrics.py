@@ -9,12 +9,15 @@ from lloco_runtime.evaluation import metrics as M
 OPTS = ["Paris is the capital", "Lyon on the Rhone", "Marseille by the sea", "Lille in the north"]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("The  Eiffel Tower!", "eiffel tower"),
-    ("An apple, a pear and THE plum.", "apple pear and plum"),
-    ("theatre", "theatre"),  # articles only as whole words
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("The  Eiffel Tower!", "eiffel tower"),
+        ("An apple, a pear and THE plum.", "apple pear and plum"),
+        ("theatre", "theatre"),  # articles only as whole words
+        ("", ""),
+    ],
+)
 def test_normalize_answer(text, want):
     assert M.normalize_answer(text) == want
 
@@ -41,23 +44,44 @@ def test_max_over_golds():
 def test_contains_answer():
     assert M.contains_answer("The number is 2416.", ["2416"]) == 1.0
     assert M.contains_answer("The number is 24160.", ["2416"]) == 0.0  # whole tokens only
-    assert M.contains_answer("Eat a sandwich and sit in Dolores Park on a sunny day!",
-                             ["eat a sandwich and sit in Dolores Park on a sunny day"]) == 1.0
+    assert (
+        M.contains_answer(
+            "Eat a sandwich and sit in Dolores Park on a sunny day!",
+            ["eat a sandwich and sit in Dolores Park on a sunny day"],
+        )
+        == 1.0
+    )
 
 
-@pytest.mark.parametrize("text, want", [
-    ("B", "B"), ("(B)", "B"), ("b", "B"), ("C.", "C"), ("[D]", "D"),
-    ("Answer: B", "B"), ("The answer is (c).", "C"), ("answer is d because ...", "D"), ("Option A", "A"),
-    ("b) Lyon on the Rhone", "B"), ("(C) Marseille", "C"), ("D: Lille", "D"), ("B is correct", "B"),
-    ("A", "A"), ("A) Paris", "A"),
-    ("  \nB\nbecause the text says so", "B"),
-    ("I think it is (D)", "D"),
-    ("Marseille by the sea, clearly.", "C"),  # option text inside the answer
-    ("Lyon", "B"),  # token F1 with "lyon on rhone": P = 1, R = 1/3 -> 0.5, the unique best
-    ("E", None), ("(F)", None),  # not among four options
-    ("A man walked in.", None),  # the article, not option A
-    ("", None), ("no idea", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("b", "B"),
+        ("C.", "C"),
+        ("[D]", "D"),
+        ("Answer: B", "B"),
+        ("The answer is (c).", "C"),
+        ("answer is d because ...", "D"),
+        ("Option A", "A"),
+        ("b) Lyon on the Rhone", "B"),
+        ("(C) Marseille", "C"),
+        ("D: Lille", "D"),
+        ("B is correct", "B"),
+        ("A", "A"),
+        ("A) Paris", "A"),
+        ("  \nB\nbecause the text says so", "B"),
+        ("I think it is (D)", "D"),
+        ("Marseille by the sea, clearly.", "C"),  # option text inside the answer
+        ("Lyon", "B"),  # token F1 with "lyon on rhone": P = 1, R = 1/3 -> 0.5, the unique best
+        ("E", None),
+        ("(F)", None),  # not among four options
+        ("A man walked in.", None),  # the article, not option A
+        ("", None),
+        ("no idea", None),
+    ],
+)
 def test_parse_choice(text, want):
     assert M.parse_choice(text, OPTS) == want
 

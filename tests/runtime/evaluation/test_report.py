@@ -20,8 +20,16 @@ from lloco_runtime.evaluation.report import (
 
 def _report(mode, f1s, dataset="set", ctx=10.0):
     rows = [{"qid": f"q{i}", "f1": v, "em": None, "correct": None, "rouge": None} for i, v in enumerate(f1s)]
-    return {"dataset": dataset, "mode": mode, "metric": "qa", "n": len(rows), "per_question": rows,
-            "f1": sum(f1s) / len(f1s), "context_tokens_mean": ctx, "latency_s_mean": 0.5}
+    return {
+        "dataset": dataset,
+        "mode": mode,
+        "metric": "qa",
+        "n": len(rows),
+        "per_question": rows,
+        "f1": sum(f1s) / len(f1s),
+        "context_tokens_mean": ctx,
+        "latency_s_mean": 0.5,
+    }
 
 
 def test_bootstrap_interval_brackets_the_mean_and_collapses_for_constant_scores():
@@ -51,7 +59,11 @@ def test_a_constant_gain_has_a_tight_paired_interval_even_when_scores_vary_widel
 
 
 def test_choice_and_rouge_scores_are_read_from_their_keys():
-    choice = {"mode": "m", "metric": "choice", "per_question": [{"qid": 1, "correct": 1.0}, {"qid": 2, "correct": 0.0}]}
+    choice = {
+        "mode": "m",
+        "metric": "choice",
+        "per_question": [{"qid": 1, "correct": 1.0}, {"qid": 2, "correct": 0.0}],
+    }
     rouge = {"mode": "m", "metric": "rouge", "per_question": [{"qid": 1, "rouge": {"rougeL": 0.25}}]}
     assert question_scores(choice) == {"1": 1.0, "2": 0.0}
     assert question_scores(rouge) == {"1": 0.25}
@@ -59,12 +71,20 @@ def test_choice_and_rouge_scores_are_read_from_their_keys():
 
 def test_cli_reads_compare_and_single_runs(tmp_path, capsys):
     compare = tmp_path / "cmp.json"
-    compare.write_text(json.dumps({"dataset": "set", "runs": [_report("none", [0.0, 0.5, 1.0]),
-                                                               _report("rag", [0.5, 0.5, 1.0], ctx=512)]}))
+    compare.write_text(
+        json.dumps(
+            {
+                "dataset": "set",
+                "runs": [_report("none", [0.0, 0.5, 1.0]), _report("rag", [0.5, 0.5, 1.0], ctx=512)],
+            }
+        )
+    )
     single = tmp_path / "one.json"
     single.write_text(json.dumps(_report("lloco", [1.0, 1.0, 1.0], ctx=64)))
     out_json = tmp_path / "rows.json"
-    assert main(["eval-report", str(compare), str(single), "--baseline", "none", "--json", str(out_json)]) == 0
+    assert (
+        main(["eval-report", str(compare), str(single), "--baseline", "none", "--json", str(out_json)]) == 0
+    )
     table = capsys.readouterr().out
     assert "| set | lloco | 3 | 100.0 [100.0, 100.0] | +50.0" in table
     assert "| set | rag | 3 | 66.7" in table and "| 512 |" in table
@@ -91,8 +111,12 @@ def test_bad_files_are_named(tmp_path):
 
 
 def _u_runs(right, wrong, text, none, dataset="set"):
-    return [_report("lloco-doc-adapter", right, dataset), _report("lloco-doc-control", wrong, dataset),
-            _report("full-adapter", text, dataset), _report("none", none, dataset)]
+    return [
+        _report("lloco-doc-adapter", right, dataset),
+        _report("lloco-doc-control", wrong, dataset),
+        _report("full-adapter", text, dataset),
+        _report("none", none, dataset),
+    ]
 
 
 def test_u_by_hand():
@@ -161,17 +185,29 @@ def test_cli_prints_u_and_writes_it_to_json(tmp_path, capsys):
     assert "| set | 4 | 62.5 | 25.0 | 100.0 | 25.0 | +37.5 [" in out
     assert "set: U = 0.50 (95% CI [" in out
     res = json.loads(out_json.read_text())
-    assert [r["mode"] for r in res["rows"]] == ["lloco-doc-adapter", "lloco-doc-control", "full-adapter", "none"]
+    assert [r["mode"] for r in res["rows"]] == [
+        "lloco-doc-adapter",
+        "lloco-doc-control",
+        "full-adapter",
+        "none",
+    ]
     (u,) = res["utilisation"]
     assert u["u"] == pytest.approx(0.5) and u["n"] == 4 and u["modes"]["text"] == "full-adapter"
 
 
 def test_cli_u_with_other_modes_missing_modes_and_an_undefined_u(tmp_path, capsys):
     path = tmp_path / "u.json"
-    runs = [_report("lloco-adapter", [1.0, 1.0]), _report("lloco-adapter-control", [0.0, 1.0]),
-            _report("rag-adapter", [0.5, 0.5]), _report("none", [0.5, 0.5])]
+    runs = [
+        _report("lloco-adapter", [1.0, 1.0]),
+        _report("lloco-adapter-control", [0.0, 1.0]),
+        _report("rag-adapter", [0.5, 0.5]),
+        _report("none", [0.5, 0.5]),
+    ]
     path.write_text(json.dumps({"dataset": "set", "runs": runs}))
-    assert main(["eval-report", str(path), "--u-modes", "lloco-adapter,lloco-adapter-control,rag-adapter,none"]) == 0
+    assert (
+        main(["eval-report", str(path), "--u-modes", "lloco-adapter,lloco-adapter-control,rag-adapter,none"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| set | 2 | 100.0 | 50.0 | 50.0 | 50.0 | +50.0" in out and "| undefined |" in out
     assert "set: U is undefined: the text does not beat no context" in out
@@ -186,8 +222,13 @@ def test_cli_u_with_other_modes_missing_modes_and_an_undefined_u(tmp_path, capsy
 def test_u_skips_a_dataset_without_the_modes_but_computes_the_others(tmp_path):
     from lloco_runtime.evaluation.report import utilisation_markdown, utilisation_rows
 
-    reports = _u_runs([1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], dataset="a") + [_report("none", [0.0], "b")]
+    reports = _u_runs([1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], dataset="a") + [
+        _report("none", [0.0], "b")
+    ]
     rows = utilisation_rows(reports)
     assert rows[0]["u"] == pytest.approx(0.5) and rows[1]["missing"] == [
-        "lloco-doc-adapter", "lloco-doc-control", "full-adapter"]
+        "lloco-doc-adapter",
+        "lloco-doc-control",
+        "full-adapter",
+    ]
     assert "b: U not computed, no run of lloco-doc-adapter" in utilisation_markdown(rows)

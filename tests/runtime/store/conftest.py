@@ -73,8 +73,10 @@ def store(pg_url, schema, embedder):
 def make_docs():
     from lloco_runtime.store import DocumentInput
 
-    return [DocumentInput(doc_id=k, text=v, metadata={"topic": k, "year": 2000 + i, "tags": [k[:3], "all"]})
-            for i, (k, v) in enumerate(DOCS.items())]
+    return [
+        DocumentInput(doc_id=k, text=v, metadata={"topic": k, "year": 2000 + i, "tags": [k[:3], "all"]})
+        for i, (k, v) in enumerate(DOCS.items())
+    ]
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ from pathlib import Path
 
 DOCS = {
     "astronomy": "The Andromeda galaxy is the nearest large spiral galaxy to the Milky Way. Astronomers "
-                 "measure its distance at about two and a half million light years. Telescopes reveal "
-                 "billions of stars, dust lanes and a bright central bulge.",
+    "measure its distance at about two and a half million light years. Telescopes reveal "
+    "billions of stars, dust lanes and a bright central bulge.",
     "cooking": "To bake sourdough bread, feed the starter with flour and water the night before. Knead the "
-               "dough, let it rise slowly, shape the loaf and bake it in a hot Dutch oven until the crust "
-               "turns deep brown.",
+    "dough, let it rise slowly, shape the loaf and bake it in a hot Dutch oven until the crust "
+    "turns deep brown.",
     "football": "The striker scored twice in the second half, and the goalkeeper saved a penalty in the final "
-                "minute. The coach praised the defence after the team won the championship match.",
+    "minute. The coach praised the defence after the team won the championship match.",
 }
 
 
@@ -35,8 +35,10 @@ def row_counts(store) -> dict[str, int]:
 
     t = store.tables
     with store.engine.connect() as conn:
-        return {name: conn.execute(select(func.count()).select_from(getattr(t, name))).scalar_one()
-                for name in ("documents", "chunks", "cheat_sheets")}
+        return {
+            name: conn.execute(select(func.count()).select_from(getattr(t, name))).scalar_one()
+            for name in ("documents", "chunks", "cheat_sheets")
+        }
 
 
 class FailingEncoder:

@@ -27,11 +27,11 @@ ray = pytest.importorskip("ray")
 
 EXTRA = {
     "volcano": "Mount Etna on Sicily is one of the most active volcanoes in the world. Its eruptions send lava "
-               "down the slopes, and ash clouds close the airport of Catania several times a year.",
+    "down the slopes, and ash clouds close the airport of Catania several times a year.",
     "chess": "The opening moves decide the structure of the game: a player who controls the centre with pawns "
-             "and develops knights and bishops early usually gets the better middlegame.",
+    "and develops knights and bishops early usually gets the better middlegame.",
     "rivers": "The Danube flows through ten countries from the Black Forest to the Black Sea. Vienna, Budapest "
-              "and Belgrade lie on its banks, and barges carry grain and steel along it.",
+    "and Belgrade lie on its banks, and barges carry grain and steel along it.",
 }
 
 
@@ -50,7 +50,8 @@ def encoder_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
     host = load_model(tiny_model_dir, device="cpu", dtype="float32")
     return ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)).save(
-        tmp_path_factory.mktemp("ray-encoder") / "encoder")
+        tmp_path_factory.mktemp("ray-encoder") / "encoder"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,10 @@ def plain_store(pg_url):
 def corpus():
     from lloco_runtime.store import DocumentInput
 
-    return [DocumentInput(doc_id=k, text=v, metadata={"topic": k, "n": i})
-            for i, (k, v) in enumerate({**DOCS, **EXTRA}.items())]
+    return [
+        DocumentInput(doc_id=k, text=v, metadata={"topic": k, "n": i})
+        for i, (k, v) in enumerate({**DOCS, **EXTRA}.items())
+    ]
 
 
 def stored(store, group: str) -> dict[str, dict]:
@@ -88,12 +91,25 @@ def stored(store, group: str) -> dict[str, dict]:
         gid = conn.execute(select(t.groups.c.id).where(t.groups.c.name == group)).scalar_one()
         for d in conn.execute(select(t.documents).where(t.documents.c.group_id == gid)):
             rows = conn.execute(
-                select(t.chunks.c.ordinal, t.chunks.c.text, t.chunks.c.n_tokens, t.chunks.c.embedding,
-                       t.cheat_sheets.c.data, t.cheat_sheets.c.encoder_fingerprint)
+                select(
+                    t.chunks.c.ordinal,
+                    t.chunks.c.text,
+                    t.chunks.c.n_tokens,
+                    t.chunks.c.embedding,
+                    t.cheat_sheets.c.data,
+                    t.cheat_sheets.c.encoder_fingerprint,
+                )
                 .join(t.cheat_sheets, t.cheat_sheets.c.chunk_id == t.chunks.c.id, isouter=True)
-                .where(t.chunks.c.document_id == d.id).order_by(t.chunks.c.ordinal)).all()
-            out[d.doc_id] = {"fingerprint": d.encoder_fingerprint, "n_chunks": d.n_chunks, "sha256": d.sha256,
-                             "metadata": d.meta, "rows": rows}
+                .where(t.chunks.c.document_id == d.id)
+                .order_by(t.chunks.c.ordinal)
+            ).all()
+            out[d.doc_id] = {
+                "fingerprint": d.encoder_fingerprint,
+                "n_chunks": d.n_chunks,
+                "sha256": d.sha256,
+                "metadata": d.meta,
+                "rows": rows,
+            }
     return out
 
 
@@ -104,8 +120,14 @@ def test_ray_ingest_matches_local_ingest_and_skips_what_is_stored(ray_address, p
     docs = corpus()
     local = plain_store.ingest(docs, group="local", encoder=lloco.encoder)
     t0 = time.perf_counter()
-    report = ray_ingest(plain_store, docs, group="ray", runtime=spec, settings=RaySettings(workers=2,
-                        cpus_per_worker=0.5), batch_size=3)
+    report = ray_ingest(
+        plain_store,
+        docs,
+        group="ray",
+        runtime=spec,
+        settings=RaySettings(workers=2, cpus_per_worker=0.5),
+        batch_size=3,
+    )
     assert time.perf_counter() - t0 < 120
     assert [d.doc_id for d in report.documents] == [d.doc_id for d in docs]  # input order, like the local one
     assert report.count("added") == len(docs) and report.chunks_written == local.chunks_written > len(docs)
@@ -143,8 +165,13 @@ def test_bad_settings_fail_before_anything_runs(ray_address, plain_store, spec):
     from lloco_runtime.store.ray_ingest import RaySettings, RuntimeSpec, ray_ingest
 
     with pytest.raises(ConfigError, match="need 5 CPUs, but the Ray cluster has 2"):
-        ray_ingest(plain_store, corpus(), group="wide", runtime=spec, settings=RaySettings(workers=3,
-                   cpus_per_worker=1.5))
+        ray_ingest(
+            plain_store,
+            corpus(),
+            group="wide",
+            runtime=spec,
+            settings=RaySettings(workers=3, cpus_per_worker=1.5),
+        )
     with pytest.raises(ModelLoadError, match="encoder path '/nonexistent/encoder' does not exist"):
         RuntimeSpec.of(spec.model, "/nonexistent/encoder", "cpu", "float32")
     with pytest.raises(InputError, match="--ray-workers must be a positive integer"):
@@ -155,8 +182,10 @@ def test_worker_failures_surface_as_the_lloco_error_behind_them():
     from lloco_runtime.errors import ModelLoadError, NotFoundError
     from lloco_runtime.store.ray_ingest import worker_failure
 
-    died = RuntimeError("The actor died because of an error raised in its creation task\n  File \"x.py\"\n"
-                        "lloco_runtime.errors.NotFoundError: encoder folder /e is missing; pass --encoder DIR\n")
+    died = RuntimeError(
+        'The actor died because of an error raised in its creation task\n  File "x.py"\n'
+        "lloco_runtime.errors.NotFoundError: encoder folder /e is missing; pass --encoder DIR\n"
+    )
     err = worker_failure(died)
     assert isinstance(err, NotFoundError) and str(err) == "encoder folder /e is missing; pass --encoder DIR"
     err = worker_failure(RuntimeError("worker crashed\nMemoryError: out of memory"))
@@ -206,19 +235,25 @@ def _consistency(store) -> dict[str, int]:
     with store.engine.connect() as conn:
         docs = conn.execute(select(t.documents.c.id, t.documents.c.doc_id, t.documents.c.n_chunks)).all()
         for d in docs:
-            n = conn.execute(select(func.count()).select_from(t.chunks)
-                             .where(t.chunks.c.document_id == d.id)).scalar_one()
-            sheets = conn.execute(select(func.count()).select_from(t.cheat_sheets.join(
-                t.chunks, t.cheat_sheets.c.chunk_id == t.chunks.c.id)).where(t.chunks.c.document_id == d.id)
+            n = conn.execute(
+                select(func.count()).select_from(t.chunks).where(t.chunks.c.document_id == d.id)
             ).scalar_one()
-            assert n == d.n_chunks == sheets, f"document {d.doc_id} is half stored: {d.n_chunks} / {n} / {sheets}"
+            sheets = conn.execute(
+                select(func.count())
+                .select_from(t.cheat_sheets.join(t.chunks, t.cheat_sheets.c.chunk_id == t.chunks.c.id))
+                .where(t.chunks.c.document_id == d.id)
+            ).scalar_one()
+            assert n == d.n_chunks == sheets, (
+                f"document {d.doc_id} is half stored: {d.n_chunks} / {n} / {sheets}"
+            )
         ids = [d.doc_id for d in docs]
         assert len(ids) == len(set(ids)), f"a document is stored twice: {sorted(ids)}"
         return {"documents": len(docs), "chunks": sum(d.n_chunks for d in docs)}
 
 
-def test_sigkill_of_the_driver_mid_run_then_rerun_stores_each_document_once(ray_address, pg_url, tiny_model_dir,
-                                                                           encoder_dir, tmp_path):
+def test_sigkill_of_the_driver_mid_run_then_rerun_stores_each_document_once(
+    ray_address, pg_url, tiny_model_dir, encoder_dir, tmp_path
+):
     from lloco_runtime.embeddings import MiniLMEmbedder
     from lloco_runtime.store import CheatSheetStore
 
@@ -226,17 +261,48 @@ def test_sigkill_of_the_driver_mid_run_then_rerun_stores_each_document_once(ray_
     folder.mkdir()
     n_docs = 6
     for i in range(n_docs):
-        (folder / f"doc{i}.txt").write_text(f"Document {i}. " + " ".join(f"word{i}_{j}" for j in range(60)),
-                                            encoding="utf-8")
+        (folder / f"doc{i}.txt").write_text(
+            f"Document {i}. " + " ".join(f"word{i}_{j}" for j in range(60)), encoding="utf-8"
+        )
     schema = new_schema()
-    argv = ["ingest", str(folder), "--group", "g", "--model", str(tiny_model_dir), "--encoder", str(encoder_dir),
-            "--device", "cpu", "--dtype", "float32", "--url", pg_url, "--schema", schema, "--no-progress", "--json",
-            "--ray", ray_address, "--ray-workers", "1"]
+    argv = [
+        "ingest",
+        str(folder),
+        "--group",
+        "g",
+        "--model",
+        str(tiny_model_dir),
+        "--encoder",
+        str(encoder_dir),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--url",
+        pg_url,
+        "--schema",
+        schema,
+        "--no-progress",
+        "--json",
+        "--ray",
+        ray_address,
+        "--ray-workers",
+        "1",
+    ]
     marker = tmp_path / "paused"
-    env = {**os.environ, "PAUSE_MARKER": str(marker), "PAUSE_NEEDLE": f"INSERT INTO {schema}.cheat_sheets",
-           "PAUSE_NTH": "3"}
-    proc = subprocess.Popen([sys.executable, "-c", PAUSING_CLI, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PAUSE_MARKER": str(marker),
+        "PAUSE_NEEDLE": f"INSERT INTO {schema}.cheat_sheets",
+        "PAUSE_NTH": "3",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_CLI, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while not marker.exists():
         if proc.poll() is not None:
@@ -251,16 +317,25 @@ def test_sigkill_of_the_driver_mid_run_then_rerun_stores_each_document_once(ray_
         # Two documents are committed and visible; the third is inside its open transaction.
         assert _consistency(store)["documents"] == 2
         with store.engine.connect() as conn:  # the paused transaction holds the group row
-            assert conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
-                                ).scalar_one() >= 1
+            assert (
+                conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+                ).scalar_one()
+                >= 1
+            )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         first = {d.doc_id for d in store.list_documents("g")}
         assert len(first) == 2 and _consistency(store)["documents"] == 2  # the killed one left nothing
 
-        done = subprocess.run([sys.executable, "-m", "lloco_runtime.cli", *argv], check=False, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "lloco_runtime.cli", *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(done.stdout)
         statuses = {d["doc_id"]: d["status"] for d in report["documents"]}

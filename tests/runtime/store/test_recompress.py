@@ -41,8 +41,12 @@ def sheet_state(store) -> list[tuple]:
     """``(chunk id, cheat-sheet fingerprint or None, number of sheets)`` of every chunk."""
     t = store.tables
     c, cs = t.chunks, t.cheat_sheets
-    stmt = (select(c.c.id, func.min(cs.c.encoder_fingerprint), func.count(cs.c.chunk_id))
-            .select_from(c.outerjoin(cs, cs.c.chunk_id == c.c.id)).group_by(c.c.id).order_by(c.c.id))
+    stmt = (
+        select(c.c.id, func.min(cs.c.encoder_fingerprint), func.count(cs.c.chunk_id))
+        .select_from(c.outerjoin(cs, cs.c.chunk_id == c.c.id))
+        .group_by(c.c.id)
+        .order_by(c.c.id)
+    )
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(stmt)]
 
@@ -56,9 +60,13 @@ def sheet_rows(store) -> list[tuple]:
 def register(store, host, fingerprint: str, seed: int, activate: bool = True):
     from lloco_test_support import make_adapter_bytes
 
-    return store.register_adapter("g", make_adapter_bytes(host, fingerprint, seed=seed),
-                                  base_fingerprint=host.fingerprint, encoder_fingerprint=fingerprint,
-                                  activate=activate)
+    return store.register_adapter(
+        "g",
+        make_adapter_bytes(host, fingerprint, seed=seed),
+        base_fingerprint=host.fingerprint,
+        encoder_fingerprint=fingerprint,
+        activate=activate,
+    )
 
 
 def test_recompress_switches_encoder_and_reports_stale_adapters(filled, encoder, private_host):
@@ -77,8 +85,12 @@ def test_recompress_switches_encoder_and_reports_stale_adapters(filled, encoder,
 
     report = service.recompress(group="g")  # no file exists: everything comes from the store
     assert report.complete and report.skipped == 0
-    assert sorted((d.doc_id, d.status) for d in report.documents) == [(k, "recompressed") for k in sorted(DOCS)]
-    assert report.chunks_encoded == len(chunks_before) and report.previous_fingerprints == {a_fp: len(chunks_before)}
+    assert sorted((d.doc_id, d.status) for d in report.documents) == [
+        (k, "recompressed") for k in sorted(DOCS)
+    ]
+    assert report.chunks_encoded == len(chunks_before) and report.previous_fingerprints == {
+        a_fp: len(chunks_before)
+    }
     assert report.stale_adapter_ids == [adapter.id] and report.deactivated_adapter_id == adapter.id
     assert report.activated_adapter_id is None and report.active_adapter_id is None
     assert "3 documents recompressed" in report.summary() and b_fp[:12] in report.summary()
@@ -122,7 +134,9 @@ def test_recompress_switches_encoder_and_reports_stale_adapters(filled, encoder,
     b_adapter = register(filled, private_host, b_fp, seed=4, activate=False)
     report = service.recompress(group="g")
     assert report.deactivated_adapter_id == adapter.id and report.activated_adapter_id == b_adapter.id
-    assert filled.get_group("g").active_adapter_id == b_adapter.id and report.stale_adapter_ids == [adapter.id]
+    assert filled.get_group("g").active_adapter_id == b_adapter.id and report.stale_adapter_ids == [
+        adapter.id
+    ]
 
 
 def test_half_done_recompress_shows_mixed_encoders_and_a_stale_adapter(filled, encoder, private_host):
@@ -179,11 +193,15 @@ def test_longer_chunks_than_the_new_segment_are_cut_again_from_the_stored_text(f
     assert {d.status for d in report.documents} == {"resplit"} and report.complete
     chunks = filled.list_chunks("g")
     assert len(chunks) > n_before and report.chunks_encoded == len(chunks)
-    assert sheet_state(filled) == [(c.chunk_id, short.fingerprint, 1) for c in sorted(chunks, key=lambda c: c.chunk_id)]
+    assert sheet_state(filled) == [
+        (c.chunk_id, short.fingerprint, 1) for c in sorted(chunks, key=lambda c: c.chunk_id)
+    ]
     for d in DOCS:  # the documents' text is whole, in order, with spans into it
         mine = filled.list_chunks("g", doc_ids=[d])
-        assert "".join(c.text for c in mine) == DOCS[d] and [c.ordinal for c in mine] == list(range(len(mine)))
-        assert all(DOCS[d][c.char_start:c.char_end] == c.text for c in mine)
+        assert "".join(c.text for c in mine) == DOCS[d] and [c.ordinal for c in mine] == list(
+            range(len(mine))
+        )
+        assert all(DOCS[d][c.char_start : c.char_end] == c.text for c in mine)
         assert all(c.n_tokens <= 16 for c in mine)
         doc = filled.get_document(d, group="g")
         assert doc.n_chunks == len(mine) and doc.encoder_fingerprint == short.fingerprint
@@ -200,7 +218,10 @@ def test_longer_chunks_than_the_new_segment_are_cut_again_from_the_stored_text(f
     mine = filled.list_chunks("g", doc_ids=["astronomy"])
     assert "".join(c.text for c in mine) == rest and middle.text not in rest
     assert all(c.char_start is None and c.char_end is None for c in mine)
-    assert all(DOCS["football"][c.char_start:c.char_end] == c.text for c in filled.list_chunks("g", doc_ids=["football"]))
+    assert all(
+        DOCS["football"][c.char_start : c.char_end] == c.text
+        for c in filled.list_chunks("g", doc_ids=["football"])
+    )
 
     # Longer segments: every stored chunk fits, so the (16-token) boundaries stay as they are
     ids = [c.chunk_id for c in filled.list_chunks("g")]
@@ -257,8 +278,10 @@ def test_cli_recompress_and_groups_list(cli, filled, encoder, private_host):
     assert "retrain for this encoder with `lloco finetune --group g" in out
 
     code, out, _ = cli("groups", "list")
-    assert out.strip() == (f"default/g: 3 documents, {n} chunks, adapter none; 1 of 1 stored adapters stale, "
-                           f"encoder {b.fingerprint[:12]}")
+    assert out.strip() == (
+        f"default/g: 3 documents, {n} chunks, adapter none; 1 of 1 stored adapters stale, "
+        f"encoder {b.fingerprint[:12]}"
+    )
     code, out, _ = cli("groups", "list", "--json")
     [g] = json.loads(out)
     assert g["encoder_fingerprints"] == {b.fingerprint: n} and g["encoder"] == b.fingerprint[:12]

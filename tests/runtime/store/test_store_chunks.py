@@ -32,7 +32,7 @@ def test_list_chunks_fields_and_order(filled, docs, embedder):
         assert [c.ordinal for c in mine] == list(range(doc.n_chunks))
         assert sum(c.n_tokens for c in mine) == doc.n_tokens
     for c in chunks:
-        assert c.text == texts[c.doc_id].text[c.char_start:c.char_end]
+        assert c.text == texts[c.doc_id].text[c.char_start : c.char_end]
         assert c.metadata == texts[c.doc_id].metadata and c.embedding is None
     hit = filled.retrieve("galaxy", group="g", top_k=1, load_cheat_sheets=False).chunks[0]
     same = next(c for c in chunks if c.chunk_id == hit.chunk_id)
@@ -53,13 +53,25 @@ def test_list_chunks_selection_and_paging(filled):
     assert [c.chunk_id for c in filled.list_chunks("g", chunk_ids=[ids[-1], ids[0]])] == [ids[0], ids[-1]]
     assert filled.list_chunks("g", chunk_ids=[]) == [] and filled.list_chunks("g", doc_ids=[]) == []
     # filters: typed, dict and list forms, as for retrieve
-    assert {c.doc_id for c in filled.list_chunks("g", filters=MetadataFilter("topic", "==", "football"))} == {"football"}
-    assert {c.doc_id for c in filled.list_chunks("g", filters={"key": "year", "op": ">=", "value": 2001})} == {
-        "cooking", "football"}
-    assert {c.doc_id for c in filled.list_chunks("g", filters=[{"key": "year", "op": ">=", "value": 2001},
-                                                               {"key": "topic", "op": "!=", "value": "cooking"}])} == {
-        "football"}
-    both = filled.list_chunks("g", doc_ids=["astronomy"], filters={"key": "topic", "op": "==", "value": "cooking"})
+    assert {c.doc_id for c in filled.list_chunks("g", filters=MetadataFilter("topic", "==", "football"))} == {
+        "football"
+    }
+    assert {
+        c.doc_id for c in filled.list_chunks("g", filters={"key": "year", "op": ">=", "value": 2001})
+    } == {"cooking", "football"}
+    assert {
+        c.doc_id
+        for c in filled.list_chunks(
+            "g",
+            filters=[
+                {"key": "year", "op": ">=", "value": 2001},
+                {"key": "topic", "op": "!=", "value": "cooking"},
+            ],
+        )
+    } == {"football"}
+    both = filled.list_chunks(
+        "g", doc_ids=["astronomy"], filters={"key": "topic", "op": "==", "value": "cooking"}
+    )
     assert both == []
     # paging keeps the (doc_id, ordinal) order
     pages = [filled.list_chunks("g", limit=2, offset=o) for o in range(0, len(ids), 2)]
@@ -87,8 +99,10 @@ def test_delete_chunks_by_id_updates_documents(filled, docs, encoder):
     assert doc.n_chunks == len(cooking) - 1 and doc.n_tokens == sum(c.n_tokens for c in cooking[1:])
     counts = row_counts(filled)
     assert counts["chunks"] == counts["cheat_sheets"] == len(before) - 1
-    assert victim.chunk_id not in filled.retrieve("sourdough bread", group="g", top_k=50,
-                                                  load_cheat_sheets=False).chunk_ids
+    assert (
+        victim.chunk_id
+        not in filled.retrieve("sourdough bread", group="g", top_k=50, load_cheat_sheets=False).chunk_ids
+    )
     # the document is no longer "unchanged": re-ingesting it restores the deleted chunk
     rep = filled.ingest([d for d in docs if d.doc_id == "cooking"], group="g", encoder=encoder)
     assert rep.documents[0].status == "replaced"
@@ -111,8 +125,9 @@ def test_delete_chunks_by_filter_and_scope(filled, docs, encoder):
     # ids and filter together: only chunks matching both
     cooking = [c.chunk_id for c in filled.list_chunks("g", doc_ids=["cooking"])]
     football = [c.chunk_id for c in filled.list_chunks("g", doc_ids=["football"])]
-    assert filled.delete_chunks("g", chunk_ids=cooking + football,
-                                filters=MetadataFilter("topic", "==", "football")) == len(football)
+    assert filled.delete_chunks(
+        "g", chunk_ids=cooking + football, filters=MetadataFilter("topic", "==", "football")
+    ) == len(football)
     assert [d.doc_id for d in filled.list_documents("g")] == ["cooking"]
     # chunk ids of another group are not touched
     h_ids = [c.chunk_id for c in filled.list_chunks("h")]
@@ -126,9 +141,13 @@ def test_delete_chunks_by_filter_and_scope(filled, docs, encoder):
 
 def test_clear_group_keeps_group_and_adapters(filled, docs, encoder):
     filled.ingest(docs[:1], group="h", encoder=encoder)
-    adapter = filled.register_adapter("g", st_save({"lora_A": torch.randn(4, 8), "lora_B": torch.zeros(8, 4)}),
-                                      base_fingerprint="base", encoder_fingerprint=encoder.fingerprint,
-                                      activate=True)
+    adapter = filled.register_adapter(
+        "g",
+        st_save({"lora_A": torch.randn(4, 8), "lora_B": torch.zeros(8, 4)}),
+        base_fingerprint="base",
+        encoder_fingerprint=encoder.fingerprint,
+        activate=True,
+    )
     filled.clear_group("g")
     assert filled.list_chunks("g") == [] and filled.list_documents("g") == []
     g = filled.get_group("g")

@@ -46,11 +46,20 @@ def test_db_ingest_retrieve_list_delete(cli, tmp_path):
 
     code, out, _ = cli("retrieve", "goalkeeper penalty", "--group", "g", "--json", "--top-k", "1")
     assert code == 0 and json.loads(out)["chunks"][0]["doc_id"] == "football"
-    code, out, _ = cli("retrieve", "x", "--group", "g", "--filter", '{"key": "y", "op": "==", "value": 1}',
-                       "--mode", "fulltext")
+    code, out, _ = cli(
+        "retrieve",
+        "x",
+        "--group",
+        "g",
+        "--filter",
+        '{"key": "y", "op": "==", "value": 1}',
+        "--mode",
+        "fulltext",
+    )
     assert code == 0 and "no matches" in out
-    code, _, err = cli("retrieve", "x", "--group", "g", "--filter", '{"key": "a\') OR 1=1 --", "op": "==", '
-                       '"value": 1}')
+    code, _, err = cli(
+        "retrieve", "x", "--group", "g", "--filter", '{"key": "a\') OR 1=1 --", "op": "==", "value": 1}'
+    )
     assert code == 2 and err.startswith("error: invalid metadata key")
 
     code, out, _ = cli("groups", "list")

@@ -12,7 +12,9 @@ from lloco_runtime.errors import InputError, ModelLoadError
 def test_minilm_is_offline_normalised_and_semantic(embedder):
     assert isinstance(embedder.inner, Embedder) and embedder.dim == 384
     assert (minilm_model_dir() / "model.safetensors").is_file()
-    v = embedder.inner.embed(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell."])
+    v = embedder.inner.embed(
+        ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell."]
+    )
     assert v.shape == (3, 384) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2

@@ -24,8 +24,9 @@ def test_ingest_stores_chunks_embeddings_and_cheat_sheets(store, docs, encoder):
     # Cheat sheets round-trip: same values as a fresh compression (fp16 storage).
     chunks = encoder.split(DOCS["cooking"])
     fresh = encoder.compress_chunks(chunks)
-    res = store.retrieve("sourdough bread", group="g", top_k=50, filters={"key": "topic", "op": "==",
-                                                                          "value": "cooking"})
+    res = store.retrieve(
+        "sourdough bread", group="g", top_k=50, filters={"key": "topic", "op": "==", "value": "cooking"}
+    )
     by_ordinal = {c.ordinal: c for c in res.chunks}
     assert sorted(by_ordinal) == list(range(len(chunks)))
     for i, t in enumerate(fresh):
@@ -43,7 +44,9 @@ def test_reingest_identical_is_noop_and_changed_replaces(store, docs, encoder):
     assert again.count("unchanged") == 3 and again.chunks_written == 0
     assert {d.doc_id: d.id for d in store.list_documents("g")} == {k: v.id for k, v in before.items()}
 
-    changed = DocumentInput("cooking", "Pasta needs salted boiling water and ten minutes.", {"topic": "cooking"})
+    changed = DocumentInput(
+        "cooking", "Pasta needs salted boiling water and ten minutes.", {"topic": "cooking"}
+    )
     rep = store.ingest([changed], group="g", encoder=encoder)
     assert rep.documents[0].status == "replaced"
     res = store.retrieve("pasta boiling water", group="g", top_k=1)
@@ -98,27 +101,36 @@ def test_ingest_paths_txt_md_jsonl_and_folders(store, encoder, tmp_path):
     write(tmp_path / "in" / "ignored.csv", "a,b\n1,2\n")
     lines = [{"doc_id": "g1", "text": DOCS["football"], "year": 2024}, {"id": 7, "text": "Chess openings."}]
     write(tmp_path / "more.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
-    rep = store.ingest_paths([tmp_path / "in", tmp_path / "more.jsonl"], group="files", collection="c1",
-                             encoder=encoder, progress=True)
+    rep = store.ingest_paths(
+        [tmp_path / "in", tmp_path / "more.jsonl"],
+        group="files",
+        collection="c1",
+        encoder=encoder,
+        progress=True,
+    )
     assert sorted(d.doc_id for d in rep.documents) == ["7", "alpha", "beta", "g1"]
     assert store.get_document("g1", group="files", collection="c1").metadata == {"year": 2024}
     assert store.get_document("alpha", group="files", collection="c1").metadata == {"source": "alpha.txt"}
 
 
-@pytest.mark.parametrize("name,content,match", [
-    ("empty.txt", "", "empty"),
-    ("blank.md", "  \n\t \n", "empty"),
-    ("bin.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
-    ("latin.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "UTF-8"),
-    ("bad.jsonl", '{"doc_id": "a", "text": "ok"}\n{not json}\n', "bad.jsonl:2"),
-    ("notext.jsonl", '{"doc_id": "a"}\n', "missing 'text'"),
-    ("noid.jsonl", '{"text": "hello"}\n', "missing 'doc_id'"),
-    ("emptytext.jsonl", '{"id": "a", "text": "   "}\n', "empty"),
-    ("dup.jsonl", '{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate doc_id"),
-    ("data.pdf", b"%PDF-1.4", "unsupported file type"),
-])
-def test_bad_inputs_raise_input_error_naming_the_file_and_write_nothing(store, encoder, tmp_path, name,
-                                                                         content, match):
+@pytest.mark.parametrize(
+    "name,content,match",
+    [
+        ("empty.txt", "", "empty"),
+        ("blank.md", "  \n\t \n", "empty"),
+        ("bin.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        ("latin.txt", "caf\xe9 cr\xe8me".encode("latin-1"), "UTF-8"),
+        ("bad.jsonl", '{"doc_id": "a", "text": "ok"}\n{not json}\n', "bad.jsonl:2"),
+        ("notext.jsonl", '{"doc_id": "a"}\n', "missing 'text'"),
+        ("noid.jsonl", '{"text": "hello"}\n', "missing 'doc_id'"),
+        ("emptytext.jsonl", '{"id": "a", "text": "   "}\n', "empty"),
+        ("dup.jsonl", '{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate doc_id"),
+        ("data.pdf", b"%PDF-1.4", "unsupported file type"),
+    ],
+)
+def test_bad_inputs_raise_input_error_naming_the_file_and_write_nothing(
+    store, encoder, tmp_path, name, content, match
+):
     good = write(tmp_path / "good.txt", DOCS["cooking"])
     bad = write(tmp_path / name, content)
     with pytest.raises(InputError, match=match) as exc:

@@ -65,7 +65,9 @@ def test_schema_versioning_and_reopen(pg_url, embedder, schema):
         assert s2.version == LATEST_VERSION
         s2.close()
         with s1.engine.begin() as conn:
-            conn.execute(insert(s1.tables.schema_version).values(version=LATEST_VERSION + 1, description="future"))
+            conn.execute(
+                insert(s1.tables.schema_version).values(version=LATEST_VERSION + 1, description="future")
+            )
         with pytest.raises(StoreError, match="newer"):
             CheatSheetStore(pg_url, schema=schema, embedder=embedder)
     finally:
@@ -89,10 +91,17 @@ def _safetensors(seed: int = 0) -> bytes:
 
 
 def test_adapter_registry(filled, encoder):
-    a1 = filled.register_adapter("g", _safetensors(1), base_fingerprint="base", encoder_fingerprint=encoder.fingerprint,
-                                 config={"r": 4}, metrics={"loss": 1.5})
-    a2 = filled.register_adapter("g", _safetensors(2), base_fingerprint="base",
-                                 encoder_fingerprint=encoder.fingerprint, activate=True)
+    a1 = filled.register_adapter(
+        "g",
+        _safetensors(1),
+        base_fingerprint="base",
+        encoder_fingerprint=encoder.fingerprint,
+        config={"r": 4},
+        metrics={"loss": 1.5},
+    )
+    a2 = filled.register_adapter(
+        "g", _safetensors(2), base_fingerprint="base", encoder_fingerprint=encoder.fingerprint, activate=True
+    )
     assert (a1.version, a2.version) == (1, 2) and not a1.active and a2.active
     assert filled.retrieve("galaxy", group="g").adapter_id == a2.id
     assert filled.activate_adapter(a1.id).active
@@ -106,7 +115,9 @@ def test_adapter_registry(filled, encoder):
     filled.deactivate_adapter("g")
     assert filled.retrieve("galaxy", group="g").adapter_id is None
 
-    other = filled.register_adapter("g", _safetensors(3), base_fingerprint="base", encoder_fingerprint="0" * 64)
+    other = filled.register_adapter(
+        "g", _safetensors(3), base_fingerprint="base", encoder_fingerprint="0" * 64
+    )
     with pytest.raises(FingerprintMismatchError, match="lloco recompress --group"):
         filled.activate_adapter(other.id)
     with pytest.raises(NotFoundError):

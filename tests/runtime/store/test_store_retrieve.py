@@ -9,9 +9,14 @@ from lloco_runtime.errors import CheatSheetError, FingerprintMismatchError, Inpu
 
 
 @pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
-@pytest.mark.parametrize("query,doc", [("galaxy telescopes stars", "astronomy"),
-                                       ("sourdough bread dough", "cooking"),
-                                       ("goalkeeper penalty striker", "football")])
+@pytest.mark.parametrize(
+    "query,doc",
+    [
+        ("galaxy telescopes stars", "astronomy"),
+        ("sourdough bread dough", "cooking"),
+        ("goalkeeper penalty striker", "football"),
+    ],
+)
 def test_modes_find_the_right_document(shared_filled, mode, query, doc):
     res = shared_filled.retrieve(query, group="g", mode=mode, top_k=2)
     assert res.mode == mode and res.group == "g" and res.collection == "default"
@@ -81,14 +86,19 @@ def test_corrupted_cheat_sheet_bytes_raise_a_clear_error(filled):
     res = filled.retrieve("galaxy", group="g", top_k=1, load_cheat_sheets=False)
     cid = res.chunk_ids[0]
     with filled.engine.begin() as conn:  # flip the last byte of the payload
-        blob = conn.execute(select(t.cheat_sheets.c.data).where(t.cheat_sheets.c.chunk_id == cid)).scalar_one()
+        blob = conn.execute(
+            select(t.cheat_sheets.c.data).where(t.cheat_sheets.c.chunk_id == cid)
+        ).scalar_one()
         bad = blob[:-1] + bytes([blob[-1] ^ 0xFF])
         conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == cid).values(data=bad))
     with pytest.raises(CheatSheetError, match=rf"chunk {cid} .*checksum"):
         filled.retrieve("galaxy", group="g", top_k=1)
     with filled.engine.begin() as conn:  # truncated bytes
-        conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == cid)
-                     .values(data=func.substring(t.cheat_sheets.c.data, 1, 10)))
+        conn.execute(
+            update(t.cheat_sheets)
+            .where(t.cheat_sheets.c.chunk_id == cid)
+            .values(data=func.substring(t.cheat_sheets.c.data, 1, 10))
+        )
     with pytest.raises(CheatSheetError, match="corrupted"):
         filled.cheat_sheets([cid])
 
@@ -100,8 +110,11 @@ def test_fingerprint_mismatch(filled, encoder):
     assert ok.chunks
     t = filled.tables
     with filled.engine.begin() as conn:  # one chunk from another encoder: mixing is refused too
-        conn.execute(update(t.cheat_sheets).where(t.cheat_sheets.c.chunk_id == ok.chunk_ids[0])
-                     .values(encoder_fingerprint="f" * 64))
+        conn.execute(
+            update(t.cheat_sheets)
+            .where(t.cheat_sheets.c.chunk_id == ok.chunk_ids[0])
+            .values(encoder_fingerprint="f" * 64)
+        )
     with pytest.raises(FingerprintMismatchError, match="different encoders"):
         filled.cheat_sheets(ok.chunk_ids)
 
@@ -123,7 +136,9 @@ def test_doc_and_chunk_id_restrictions_apply_before_top_k(shared_filled, mode):
     assert len(cooking) >= 2
     k = len(cooking)
     if mode == "dense":  # cooking ranks low: unrestricted, other documents take the top k
-        assert any(c.doc_id != "cooking" for c in shared_filled.retrieve(query, group="g", mode=mode, top_k=k).chunks)
+        assert any(
+            c.doc_id != "cooking" for c in shared_filled.retrieve(query, group="g", mode=mode, top_k=k).chunks
+        )
     res = shared_filled.retrieve(query, group="g", mode=mode, top_k=k, doc_ids=["cooking"])
     assert [c.doc_id for c in res.chunks] == ["cooking"] * k
     some = cooking[:2]

@@ -8,8 +8,19 @@ from sqlalchemy import inspect
 from lloco_runtime.errors import ConfigError, InputError, NotFoundError
 from lloco_runtime.store import CheatSheetStore, DocumentInput
 
-HOSTILE_NAMES = ["g'; DROP TABLE chunks; --", "a) OR 1=1 --", "../etc", "x y", "", "-lead", "é", "a" * 200,
-                 "g\x00", 'g"', "g;"]
+HOSTILE_NAMES = [
+    "g'; DROP TABLE chunks; --",
+    "a) OR 1=1 --",
+    "../etc",
+    "x y",
+    "",
+    "-lead",
+    "é",
+    "a" * 200,
+    "g\x00",
+    'g"',
+    "g;",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
@@ -23,8 +34,22 @@ def test_hostile_group_and_collection_names_are_refused(shared_filled, name):
     assert shared_filled.retrieve("galaxy", group="g").chunks  # still intact
 
 
-@pytest.mark.parametrize("schema", ["lloco; DROP SCHEMA public", "Lloco", "public", "pg_catalog", "pg_x",
-                                    "information_schema", "1abc", "a-b", "a" * 64, "", 'x"y'])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "lloco; DROP SCHEMA public",
+        "Lloco",
+        "public",
+        "pg_catalog",
+        "pg_x",
+        "information_schema",
+        "1abc",
+        "a-b",
+        "a" * 64,
+        "",
+        'x"y',
+    ],
+)
 def test_hostile_schema_names_are_refused(pg_url, embedder, schema):
     with pytest.raises(ConfigError):
         CheatSheetStore(pg_url, schema=schema, embedder=embedder)

@@ -12,7 +12,32 @@ from lloco_runtime.errors import ConfigError
 from lloco_runtime.training import EncoderTrainingConfig, evaluate_encoder, train_encoder
 from lloco_runtime.training.encoder_training import PairSampler, read_corpus
 
-WORDS = ["river", "town", "archive", "mill", "council", "boats", "looms", "wells", "merchants", "coast", "salt", "copper", "news", "frost", "harbour", "ledger", "prices", "marriages", "floods", "ships", "keeper", "lamp", "storm", "granite"]
+WORDS = [
+    "river",
+    "town",
+    "archive",
+    "mill",
+    "council",
+    "boats",
+    "looms",
+    "wells",
+    "merchants",
+    "coast",
+    "salt",
+    "copper",
+    "news",
+    "frost",
+    "harbour",
+    "ledger",
+    "prices",
+    "marriages",
+    "floods",
+    "ships",
+    "keeper",
+    "lamp",
+    "storm",
+    "granite",
+]
 
 
 @pytest.fixture
@@ -34,8 +59,16 @@ def _encoder(make_tiny_host, lora_r=4):
 
 
 def _cfg(**kw):
-    base = {"steps": 6, "batch_size": 2, "lr": 5e-3, "warmup": 1, "continuation_length": 16, "eval_every": 3, "eval_pairs": 4,
-                "checkpoint_every": 2}
+    base = {
+        "steps": 6,
+        "batch_size": 2,
+        "lr": 5e-3,
+        "warmup": 1,
+        "continuation_length": 16,
+        "eval_every": 3,
+        "eval_pairs": 4,
+        "checkpoint_every": 2,
+    }
     return EncoderTrainingConfig(**{**base, **kw})
 
 
@@ -176,9 +209,9 @@ def test_qa_items_locate_answers_and_report_unusable_rows(make_tiny_host, corpus
         assert picked == [items[0]] * 3
         for w in windows:
             assert len(w) == 32
-            starts = [s for s in range(len(doc) - 31) if doc[s:s + 32] == w]
+            starts = [s for s in range(len(doc) - 31) if doc[s : s + 32] == w]
             assert any(s <= span[0] and span[1] <= s + 32 for s in starts)
-    assert answer.split()[1] in enc.tokenizer.decode(doc[span[0]:span[1]])
+    assert answer.split()[1] in enc.tokenizer.decode(doc[span[0] : span[1]])
     assert it.target[-1] == enc.tokenizer.eos_token_id
 
 
@@ -190,8 +223,14 @@ def test_qa_and_distill_objectives_train_under_bf16_autocast(make_tiny_host, cor
     enc = _encoder(make_tiny_host)
     path, _ = _qa_file(tmp_path, corpus)
     before = {k: v.detach().clone() for k, v in enc.trainable_state().items()}
-    hist = train_encoder(enc, corpus, tmp_path / "run", _cfg(steps=3, distill_weight=1.0, qa_weight=1.0),
-                         progress=False, qa_path=path)
+    hist = train_encoder(
+        enc,
+        corpus,
+        tmp_path / "run",
+        _cfg(steps=3, distill_weight=1.0, qa_weight=1.0),
+        progress=False,
+        qa_path=path,
+    )
     row = hist["train"][-1]
     assert {"continuation", "reconstruction", "distill", "qa"} <= set(row)
     assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
@@ -225,8 +264,13 @@ def test_time_budget_fits_the_schedule_to_the_pace(make_tiny_host, corpus, tmp_p
 
     monkeypatch.setattr(et.time, "perf_counter", fake_clock)
     enc = _encoder(make_tiny_host)
-    hist = train_encoder(enc, corpus, tmp_path / "run", _cfg(steps=1000, max_minutes=0.5, eval_every=1000,
-                                                             checkpoint_every=1000), progress=False)
+    hist = train_encoder(
+        enc,
+        corpus,
+        tmp_path / "run",
+        _cfg(steps=1000, max_minutes=0.5, eval_every=1000, checkpoint_every=1000),
+        progress=False,
+    )
     assert 10 < len(hist["train"]) < 60
     assert hist["planned_steps"] == len(hist["train"])
     assert (tmp_path / "run" / "encoder" / "encoder.safetensors").exists()

@@ -16,9 +16,9 @@ from lloco_runtime.training.finetune import FinetuneConfig, finetune_group, read
 
 DOCS = {
     "lighthouse": "The lighthouse at Carrow Point was built in 1852. Its keeper was Elspeth Morrow. "
-                  "The lamp burned paraffin oil and flashed twice every fifteen seconds. " * 2,
+    "The lamp burned paraffin oil and flashed twice every fifteen seconds. " * 2,
     "mill": "The old mill on the river Tay ground oats for the village. It was rebuilt in 1790 after a fire. "
-            "The miller was a man named Angus Reid who kept bees behind the wheel house. " * 2,
+    "The miller was a man named Angus Reid who kept bees behind the wheel house. " * 2,
 }
 
 
@@ -32,22 +32,41 @@ def service(pg_url, tiny_lloco):
 
 
 def _cfg(**kw):
-    return FinetuneConfig(**{"steps": 4, "batch_size": 2, "lr": 5e-3, "warmup": 1, "eval_every": 2, "val_pairs": 2,
-                                    "checkpoint_every": 2, "top_k": 2, **kw})
+    return FinetuneConfig(
+        **{
+            "steps": 4,
+            "batch_size": 2,
+            "lr": 5e-3,
+            "warmup": 1,
+            "eval_every": 2,
+            "val_pairs": 2,
+            "checkpoint_every": 2,
+            "top_k": 2,
+            **kw,
+        }
+    )
 
 
 def test_read_qa_reports_every_bad_line(tmp_path):
     p = tmp_path / "qa.jsonl"
-    p.write_text("\n".join([
-        json.dumps({"doc_id": "lighthouse", "question": "Who kept the light?", "answers": ["Elspeth Morrow"]}),
-        "{not json",
-        json.dumps({"doc_id": "nope", "question": "q?", "answers": ["a"]}),
-        json.dumps({"doc_id": "mill", "question": "When was it rebuilt?", "answers": []}),
-        json.dumps({"doc_id": "mill", "question": " ", "answers": ["1790"]}),
-        json.dumps(["a", "list"]),
-        "",
-        json.dumps({"doc_id": "mill", "question": "Who was the miller?", "answers": ["Angus Reid", ""]}),
-    ]))
+    p.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {"doc_id": "lighthouse", "question": "Who kept the light?", "answers": ["Elspeth Morrow"]}
+                ),
+                "{not json",
+                json.dumps({"doc_id": "nope", "question": "q?", "answers": ["a"]}),
+                json.dumps({"doc_id": "mill", "question": "When was it rebuilt?", "answers": []}),
+                json.dumps({"doc_id": "mill", "question": " ", "answers": ["1790"]}),
+                json.dumps(["a", "list"]),
+                "",
+                json.dumps(
+                    {"doc_id": "mill", "question": "Who was the miller?", "answers": ["Angus Reid", ""]}
+                ),
+            ]
+        )
+    )
     rows, bad = read_qa(p, set(DOCS))
     assert [r.line for r in rows] == [1]
     assert [line for line, _ in bad] == [2, 3, 4, 5, 6, 8]
@@ -70,8 +89,9 @@ def test_self_supervised_pairs_point_at_their_chunk():
 
 
 def test_self_supervised_finetune_registers_and_activates_a_new_version(service, tmp_path):
-    hist = finetune_group(service, "g", cfg=_cfg(pairs="self-supervised"), out_dir=tmp_path / "ft",
-                          progress=False)
+    hist = finetune_group(
+        service, "g", cfg=_cfg(pairs="self-supervised"), out_dir=tmp_path / "ft", progress=False
+    )
     adapters = service.store.list_adapters("g")
     assert len(adapters) == 1 and adapters[0].active and adapters[0].id == hist["adapter_id"]
     assert hist["source"] == "self-supervised" and hist["n_train"] >= 2
@@ -94,11 +114,13 @@ def test_self_supervised_finetune_registers_and_activates_a_new_version(service,
 
 def test_qa_finetune_lowers_the_training_loss(service, tmp_path):
     qa = tmp_path / "qa.jsonl"
-    rows = [{"doc_id": "lighthouse", "question": "Who was the keeper?", "answers": ["Elspeth Morrow"]},
-            {"doc_id": "lighthouse", "question": "When was it built?", "answers": ["1852"]},
-            {"doc_id": "mill", "question": "Who was the miller?", "answers": ["Angus Reid"]},
-            {"doc_id": "mill", "question": "When was the mill rebuilt?", "answers": ["1790"]},
-            {"doc_id": "ghost", "question": "?", "answers": ["x"]}]
+    rows = [
+        {"doc_id": "lighthouse", "question": "Who was the keeper?", "answers": ["Elspeth Morrow"]},
+        {"doc_id": "lighthouse", "question": "When was it built?", "answers": ["1852"]},
+        {"doc_id": "mill", "question": "Who was the miller?", "answers": ["Angus Reid"]},
+        {"doc_id": "mill", "question": "When was the mill rebuilt?", "answers": ["1790"]},
+        {"doc_id": "ghost", "question": "?", "answers": ["x"]},
+    ]
     qa.write_text("\n".join(json.dumps(r) for r in rows))
     torch.manual_seed(0)
     hist = finetune_group(service, "g", qa_path=str(qa), cfg=_cfg(steps=8, lr=2e-2), progress=False)
@@ -136,7 +158,6 @@ def test_finetune_resumes_from_its_checkpoint(service, tmp_path, capsys, monkeyp
     assert len(service.store.list_adapters("g")) == 1
 
 
-
 def test_validation_runs_with_lora_dropout_off(make_tiny_host):
     """With dropout on, the same input gives different logits on every call; inside ``lora_dropout_off`` it
     does not, and afterwards the dropout trains again."""
@@ -145,7 +166,9 @@ def test_validation_runs_with_lora_dropout_off(make_tiny_host):
     from lloco_runtime.training.finetune import lora_dropout_off
 
     host = make_tiny_host()
-    host.add_adapter("t", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.9, target_modules=["q_proj", "v_proj"]))
+    host.add_adapter(
+        "t", LoraConfig(r=4, lora_alpha=8, lora_dropout=0.9, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for name, p in host.model.named_parameters():
             if "lora_B" in name:

@@ -18,8 +18,10 @@ from lloco_runtime.store import CheatSheetStore
 from lloco_runtime.store.inputs import DocumentInput
 from lloco_runtime.training.finetune import TRAIN_ADAPTER, FinetuneConfig, Pair, _Batcher, finetune_group
 
-TEXT = ("The lighthouse at Carrow Point was built in 1852. Its keeper was Elspeth Morrow. The lamp burned "
-        "paraffin oil and flashed twice every fifteen seconds. ") * 2
+TEXT = (
+    "The lighthouse at Carrow Point was built in 1852. Its keeper was Elspeth Morrow. The lamp burned "
+    "paraffin oil and flashed twice every fifteen seconds. "
+) * 2
 
 
 def _lora_file(host, *, encoder_fingerprint, r=3, seed=0) -> bytes:
@@ -27,17 +29,21 @@ def _lora_file(host, *, encoder_fingerprint, r=3, seed=0) -> bytes:
     from peft import LoraConfig
 
     torch.manual_seed(seed)
-    host.add_adapter("tmp", LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"],
-                                       init_lora_weights=False))
-    art = AdapterArtifact.from_model(host.model, "tmp", base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=encoder_fingerprint)
+    host.add_adapter(
+        "tmp", LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    art = AdapterArtifact.from_model(
+        host.model, "tmp", base_fingerprint=host.fingerprint, encoder_fingerprint=encoder_fingerprint
+    )
     host.delete_adapter("tmp")
     return art.to_bytes()
 
 
 def _encoder(host):
-    return ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=8, pooling="mean",
-                                              summary_layer=0, connector="mlp"))
+    return ContextEncoder(
+        host,
+        EncoderConfig(segment_length=32, summary_length=8, pooling="mean", summary_layer=0, connector="mlp"),
+    )
 
 
 def test_encoder_folder_carries_its_reader(make_tiny_host, tmp_path):
@@ -107,8 +113,11 @@ def reader_service(pg_url, make_tiny_host):
     enc.reader = _lora_file(host, encoder_fingerprint=enc.fingerprint, r=3)
     lloco = LLoCO(host, enc)
     store = CheatSheetStore(pg_url, schema=f"rd_{uuid.uuid4().hex[:8]}")
-    store.ingest([DocumentInput("lighthouse", TEXT), DocumentInput("mill", TEXT.replace("lighthouse", "mill"))],
-                 group="g", encoder=enc)
+    store.ingest(
+        [DocumentInput("lighthouse", TEXT), DocumentInput("mill", TEXT.replace("lighthouse", "mill"))],
+        group="g",
+        encoder=enc,
+    )
     yield LLoCOService(lloco, store)
     store.drop_schema()
     store.close()
@@ -121,15 +130,30 @@ def _teacher(host, path):
 
 def test_finetune_starts_from_the_reader_and_distils_from_the_teacher(reader_service, tmp_path):
     qa = tmp_path / "qa.jsonl"
-    qa.write_text("\n".join(json.dumps(r) for r in [
-        {"doc_id": "lighthouse", "question": "Who was the keeper?", "answers": ["Elspeth Morrow"]},
-        {"doc_id": "lighthouse", "question": "When was it built?", "answers": ["1852"]},
-        {"doc_id": "mill", "question": "How often did it flash?", "answers": ["twice"]},
-        {"doc_id": "mill", "question": "What did the lamp burn?", "answers": ["paraffin oil"]}]))
+    qa.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"doc_id": "lighthouse", "question": "Who was the keeper?", "answers": ["Elspeth Morrow"]},
+                {"doc_id": "lighthouse", "question": "When was it built?", "answers": ["1852"]},
+                {"doc_id": "mill", "question": "How often did it flash?", "answers": ["twice"]},
+                {"doc_id": "mill", "question": "What did the lamp burn?", "answers": ["paraffin oil"]},
+            ]
+        )
+    )
     host = reader_service.lloco.host
     teacher = _teacher(host, tmp_path / "teacher.safetensors")
-    cfg = FinetuneConfig(steps=2, batch_size=2, lr=5e-3, warmup=1, eval_every=2, val_pairs=1, top_k=2,
-                         lora_r=8, teacher=str(teacher))
+    cfg = FinetuneConfig(
+        steps=2,
+        batch_size=2,
+        lr=5e-3,
+        warmup=1,
+        eval_every=2,
+        val_pairs=1,
+        top_k=2,
+        lora_r=8,
+        teacher=str(teacher),
+    )
     hist = finetune_group(reader_service, "g", qa_path=str(qa), cfg=cfg, progress=False)
     assert hist["init"] == "reader" and hist["teacher"] == str(teacher)
     info = reader_service.store.get_adapter(hist["adapter_id"])
@@ -138,8 +162,13 @@ def test_finetune_starts_from_the_reader_and_distils_from_the_teacher(reader_ser
     assert art.lora_config["r"] == 3  # the reader's rank, not cfg.lora_r
     # the step-0 validation loss of the new adapter is the reader's own (it starts as the reader)
     assert set(host.adapter_names()) <= {READER_ADAPTER_ID}  # trainer and teacher adapters are removed
-    no_reader = finetune_group(reader_service, "g", qa_path=str(qa), progress=False,
-                               cfg=FinetuneConfig(**{**cfg.__dict__, "from_reader": False, "kl_weight": 0.0}))
+    no_reader = finetune_group(
+        reader_service,
+        "g",
+        qa_path=str(qa),
+        progress=False,
+        cfg=FinetuneConfig(**{**cfg.__dict__, "from_reader": False, "kl_weight": 0.0}),
+    )
     assert no_reader["init"] == "fresh" and no_reader["teacher"] is None
     art = AdapterArtifact.from_bytes(reader_service.store.adapter_weights(no_reader["adapter_id"]))
     assert art.lora_config["r"] == 8

@@ -22,7 +22,23 @@ from lloco_runtime.training.reading import (
 )
 from lloco_runtime.training.squad import read_reading_items, split_by_article
 
-WORDS = ["river", "town", "archive", "mill", "council", "boats", "looms", "wells", "merchants", "coast", "salt", "copper", "news", "frost", "harbour"]
+WORDS = [
+    "river",
+    "town",
+    "archive",
+    "mill",
+    "council",
+    "boats",
+    "looms",
+    "wells",
+    "merchants",
+    "coast",
+    "salt",
+    "copper",
+    "news",
+    "frost",
+    "harbour",
+]
 NAMES = ["Alda", "Boris", "Cyra", "Dov", "Enno", "Fay", "Gus", "Hedda", "Ivo", "Jana"]
 CITIES = ["Oslo", "Lima", "Riga", "Kiev", "Bonn", "Graz", "Turin", "Lyon", "Porto", "Split"]
 
@@ -46,14 +62,39 @@ def squad_dir(tmp_path):
         doc = f"squadv1.1-train-Article_{a}"
         for p in range(2):
             name, city = NAMES[(a + p) % 10], CITIES[(a * 3 + p) % 10]
-            ctx = f"{name} was born in {city}. " + " ".join(WORDS[(a + k) % len(WORDS)] for k in range(12)) + "."
+            ctx = (
+                f"{name} was born in {city}. "
+                + " ".join(WORDS[(a + k) % len(WORDS)] for k in range(12))
+                + "."
+            )
             paragraphs.append({"doc_id": doc, "paragraph_index": p, "context": ctx})
-            questions.append({"doc_id": doc, "paragraph_index": p, "qid": f"{a}-{p}-0",
-                              "question": f"Where was {name} born?", "answers": [city]})
-            questions.append({"doc_id": doc, "paragraph_index": p, "qid": f"{a}-{p}-1",
-                              "question": f"Who was born in {city}?", "answers": [name]})
-    questions.append({"doc_id": "squadv1.1-train-Article_0", "paragraph_index": 0, "qid": "bad",
-                      "question": "Not in the text?", "answers": ["Zanzibar"]})
+            questions.append(
+                {
+                    "doc_id": doc,
+                    "paragraph_index": p,
+                    "qid": f"{a}-{p}-0",
+                    "question": f"Where was {name} born?",
+                    "answers": [city],
+                }
+            )
+            questions.append(
+                {
+                    "doc_id": doc,
+                    "paragraph_index": p,
+                    "qid": f"{a}-{p}-1",
+                    "question": f"Who was born in {city}?",
+                    "answers": [name],
+                }
+            )
+    questions.append(
+        {
+            "doc_id": "squadv1.1-train-Article_0",
+            "paragraph_index": 0,
+            "qid": "bad",
+            "question": "Not in the text?",
+            "answers": ["Zanzibar"],
+        }
+    )
     (d / "paragraphs.jsonl").write_text("\n".join(json.dumps(r) for r in paragraphs) + "\n")
     (d / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in questions) + "\n")
     return d
@@ -103,7 +144,9 @@ def test_default_config_keeps_its_fingerprint_dict():
 
 def test_mean_pooling_of_layer_zero_needs_no_forward_pass(make_tiny_host):
     host = make_tiny_host()
-    enc = ContextEncoder(host, EncoderConfig(segment_length=8, summary_length=2, pooling="mean", summary_layer=0))
+    enc = ContextEncoder(
+        host, EncoderConfig(segment_length=8, summary_length=2, pooling="mean", summary_layer=0)
+    )
     ids = [3, 4, 5, 6]
     emb = host.model.get_input_embeddings()(torch.tensor(ids))
     with torch.no_grad():
@@ -113,8 +156,9 @@ def test_mean_pooling_of_layer_zero_needs_no_forward_pass(make_tiny_host):
 
 def test_reading_losses_reach_encoder_and_reader(make_tiny_host, squad_dir):
     host = make_tiny_host()
-    enc = ContextEncoder(host, EncoderConfig(segment_length=8, summary_length=4, pooling="mean",
-                                             connector="linear", lora_r=2))
+    enc = ContextEncoder(
+        host, EncoderConfig(segment_length=8, summary_length=4, pooling="mean", connector="linear", lora_r=2)
+    )
     items = prepare_items(enc, read_reading_items(squad_dir)[:4], max_context_tokens=256, max_answer_tokens=8)
     assert all(len(it.segments) >= 2 for it in items)  # paragraphs span several 8-token segments
     sheets = paragraph_sheets(enc, items)
@@ -135,46 +179,74 @@ def test_reading_losses_reach_encoder_and_reader(make_tiny_host, squad_dir):
     assert enc.connector.proj.weight.grad is not None and enc.connector.proj.weight.grad.abs().sum() > 0
     teacher_grads = [p.grad for n, p in host.model.named_parameters() if ".t." in f"{n}."]
     assert all(g is None for g in teacher_grads)  # the teacher stays frozen
-    assert control_partner(items, 0).item.paragraph_index != items[0].item.paragraph_index or \
-        control_partner(items, 0).item.doc_id != items[0].item.doc_id
+    assert (
+        control_partner(items, 0).item.paragraph_index != items[0].item.paragraph_index
+        or control_partner(items, 0).item.doc_id != items[0].item.doc_id
+    )
 
 
 def _teacher_file(host, path):
     from peft import LoraConfig
 
     host.add_adapter("tmp-teacher", LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    art = AdapterArtifact.from_model(host.model, "tmp-teacher", base_fingerprint=host.fingerprint,
-                                     encoder_fingerprint=None)
+    art = AdapterArtifact.from_model(
+        host.model, "tmp-teacher", base_fingerprint=host.fingerprint, encoder_fingerprint=None
+    )
     host.delete_adapter("tmp-teacher")
     path.write_bytes(art.to_bytes())
     return path
 
 
-def test_train_encoder_with_reader_writes_reader_and_reading_validation(make_tiny_host, corpus, squad_dir,
-                                                                        tmp_path):
+def test_train_encoder_with_reader_writes_reader_and_reading_validation(
+    make_tiny_host, corpus, squad_dir, tmp_path
+):
     host = make_tiny_host()
     torch.manual_seed(0)
-    enc = ContextEncoder(host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean",
-                                             connector="mlp", lora_r=2))
+    enc = ContextEncoder(
+        host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean", connector="mlp", lora_r=2)
+    )
     teacher = _teacher_file(host, tmp_path / "teacher.safetensors")
-    cfg = EncoderTrainingConfig(steps=4, batch_size=2, lr=5e-3, warmup=1, continuation_length=16, eval_every=2,
-                                eval_pairs=2, checkpoint_every=2, continuation_weight=0.0,
-                                reconstruction_weight=0.0, reader_lora_r=2, reading_weight=1.0,
-                                reading_kl_weight=0.5, reading_batch_size=3, reading_val=4,
-                                reading_val_articles=2)
+    cfg = EncoderTrainingConfig(
+        steps=4,
+        batch_size=2,
+        lr=5e-3,
+        warmup=1,
+        continuation_length=16,
+        eval_every=2,
+        eval_pairs=2,
+        checkpoint_every=2,
+        continuation_weight=0.0,
+        reconstruction_weight=0.0,
+        reader_lora_r=2,
+        reading_weight=1.0,
+        reading_kl_weight=0.5,
+        reading_batch_size=3,
+        reading_val=4,
+        reading_val_articles=2,
+    )
     before = {k: v.clone() for k, v in enc.trainable_state().items()}
-    hist = train_encoder(enc, corpus, tmp_path / "run", cfg, progress=False, reading_path=squad_dir,
-                         teacher_path=teacher)
+    hist = train_encoder(
+        enc, corpus, tmp_path / "run", cfg, progress=False, reading_path=squad_dir, teacher_path=teacher
+    )
     assert [r["step"] for r in hist["val"]] == [0, 2, 4]
     v = hist["val"][-1]
-    for key in ("reading_f1_right", "reading_f1_wrong", "reading_f1_text", "reading_f1_none",
-                "reading_answer_loss_right", "reading_answer_loss_wrong"):
+    for key in (
+        "reading_f1_right",
+        "reading_f1_wrong",
+        "reading_f1_text",
+        "reading_f1_none",
+        "reading_answer_loss_right",
+        "reading_answer_loss_wrong",
+    ):
         assert v[key] is not None
     assert set(hist["train"][-1]) >= {"reading", "reading_kl"} and "continuation" not in hist["train"][-1]
     after = enc.trainable_state()
     assert any(not torch.equal(before[k], after[k].detach()) for k in before if k.startswith("connector."))
     art = AdapterArtifact.from_bytes((tmp_path / "run" / "encoder" / READER_FILE).read_bytes())
-    assert art.encoder_fingerprint == ContextEncoder.load(tmp_path / "run" / "encoder", make_tiny_host()).fingerprint
+    assert (
+        art.encoder_fingerprint
+        == ContextEncoder.load(tmp_path / "run" / "encoder", make_tiny_host()).fingerprint
+    )
     assert art.info["kind"] == "reader"
     assert "lloco-teacher" not in host.adapter_names()  # the frozen teacher is removed at the end
 
@@ -182,11 +254,18 @@ def test_train_encoder_with_reader_writes_reader_and_reading_validation(make_tin
 def test_reading_config_errors(make_tiny_host, corpus, squad_dir, tmp_path):
     enc = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4))
     with pytest.raises(ConfigError, match="reading folder"):
-        train_encoder(enc, corpus, tmp_path / "a", EncoderTrainingConfig(steps=1, reading_weight=1.0),
-                      progress=False)
+        train_encoder(
+            enc, corpus, tmp_path / "a", EncoderTrainingConfig(steps=1, reading_weight=1.0), progress=False
+        )
     with pytest.raises(ConfigError, match="teacher"):
-        train_encoder(enc, corpus, tmp_path / "b", EncoderTrainingConfig(steps=1, reading_kl_weight=1.0),
-                      progress=False, reading_path=squad_dir)
+        train_encoder(
+            enc,
+            corpus,
+            tmp_path / "b",
+            EncoderTrainingConfig(steps=1, reading_kl_weight=1.0),
+            progress=False,
+            reading_path=squad_dir,
+        )
     with pytest.raises(ConfigError, match="reader_lora_r"):
         EncoderTrainingConfig(reader_lora_r=-1)
 
@@ -212,12 +291,16 @@ def test_prepared_items_match_the_serving_prompt(make_tiny_host, squad_dir):
 
 def test_fresh_connector_is_calibrated_to_the_embedding_scale(make_tiny_host):
     host = make_tiny_host()
-    enc = ContextEncoder(host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean", connector="mlp"))
+    enc = ContextEncoder(
+        host, EncoderConfig(segment_length=16, summary_length=4, pooling="mean", connector="mlp")
+    )
     emb_rms = host.model.get_input_embeddings().weight.detach().pow(2).mean(-1).sqrt().mean()
     out = torch.cat(enc.compress_chunks([list(range(40, 56))])).float()
     assert 0.5 < float(out.pow(2).mean(-1).sqrt().mean() / emb_rms) < 2.0
     assert enc.connector.scale.item() != 1.0
-    plain = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4, pooling="mean"))
+    plain = ContextEncoder(
+        make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4, pooling="mean")
+    )
     assert plain.connector.kind == "none" and not list(plain.connector.parameters())
 
 

@@ -30,26 +30,61 @@ def squad_dir(tmp_path):
             name, city = NAMES[(a + p) % 10], CITIES[(a * 3 + p) % 10]
             ctx = f"{name} was born in {city}." + " The river is wide." * (1 + a % 3)
             paragraphs.append({"doc_id": doc, "paragraph_index": p, "context": ctx})
-            questions.append({"doc_id": doc, "paragraph_index": p, "qid": f"{a}-{p}-0",
-                              "question": f"Where was {name} born?", "answers": [city]})
-            questions.append({"doc_id": doc, "paragraph_index": p, "qid": f"{a}-{p}-1",
-                              "question": f"Who was born in {city}?", "answers": [name]})
+            questions.append(
+                {
+                    "doc_id": doc,
+                    "paragraph_index": p,
+                    "qid": f"{a}-{p}-0",
+                    "question": f"Where was {name} born?",
+                    "answers": [city],
+                }
+            )
+            questions.append(
+                {
+                    "doc_id": doc,
+                    "paragraph_index": p,
+                    "qid": f"{a}-{p}-1",
+                    "question": f"Who was born in {city}?",
+                    "answers": [name],
+                }
+            )
     (d / "paragraphs.jsonl").write_text("\n".join(json.dumps(r) for r in paragraphs) + "\n")
     (d / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in questions) + "\n")
     return d
 
 
 def _cfg(**kw) -> TeacherConfig:
-    base = {"steps": 4, "batch_size": 4, "lr": 1e-2, "warmup": 1, "lora_r": 4, "lora_alpha": 8,
-            "max_answer_tokens": 8, "max_context_tokens": 64, "val_articles": 1, "val_questions": 2,
-            "eval_every": 100, "checkpoint_every": 2}
+    base = {
+        "steps": 4,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "warmup": 1,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "max_answer_tokens": 8,
+        "max_context_tokens": 64,
+        "val_articles": 1,
+        "val_questions": 2,
+        "eval_every": 100,
+        "checkpoint_every": 2,
+    }
     return TeacherConfig(**(base | kw))
 
 
 def test_config_validation():
     TeacherConfig()  # the defaults are valid
-    for bad in ({"steps": 0}, {"batch_size": 0}, {"lr": 0}, {"lora_r": 0}, {"warmup": -1}, {"lora_dropout": 1.0},
-                {"max_minutes": 0}, {"val_questions": 0}, {"target_modules": ()}, {"steps": 2.5}):
+    for bad in (
+        {"steps": 0},
+        {"batch_size": 0},
+        {"lr": 0},
+        {"lora_r": 0},
+        {"warmup": -1},
+        {"lora_dropout": 1.0},
+        {"max_minutes": 0},
+        {"val_questions": 0},
+        {"target_modules": ()},
+        {"steps": 2.5},
+    ):
         with pytest.raises(ConfigError):
             TeacherConfig(**bad)
 
@@ -98,8 +133,9 @@ def test_batches_are_reproducible_and_length_grouped(make_tiny_host, squad_dir):
     assert grouped < plain
 
 
-def test_training_lowers_the_answer_loss_and_writes_a_loadable_artifact(make_tiny_host, tiny_config, squad_dir,
-                                                                         tmp_path):
+def test_training_lowers_the_answer_loss_and_writes_a_loadable_artifact(
+    make_tiny_host, tiny_config, squad_dir, tmp_path
+):
     host = make_tiny_host()
     cfg = _cfg(steps=30, batch_size=8, eval_every=15, checkpoint_every=10)
     train, val, _ = load_items(host, squad_dir, cfg)
@@ -127,8 +163,12 @@ def test_training_lowers_the_answer_loss_and_writes_a_loadable_artifact(make_tin
     assert art.base_fingerprint == host.fingerprint and art.encoder_fingerprint is None
     assert art.info["kind"] == "teacher" and art.info["step"] == 30
     assert art.info["val_loss"] == pytest.approx(hist["val"][-1]["loss"])
-    assert art.lora_config["r"] == 4 and sorted(art.lora_config["target_modules"]) == ["k_proj", "o_proj",
-                                                                                        "q_proj", "v_proj"]
+    assert art.lora_config["r"] == 4 and sorted(art.lora_config["target_modules"]) == [
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "v_proj",
+    ]
     # registered on a runtime (another host with the same base weights) it is the trained adapter
     lloco = LLoCO(h := make_tiny_host(), ContextEncoder(h, tiny_config))
     lloco.adapters.register("teacher", data)
@@ -137,11 +177,15 @@ def test_training_lowers_the_answer_loss_and_writes_a_loadable_artifact(make_tin
         val_loss = answer_loss(h, val, name).item()
     assert after < before - 0.5  # the repeated tiny training set is being learnt
     assert val_loss == pytest.approx(hist["val"][-1]["loss"], rel=1e-4)
-    answer = lloco.answer(train[0].item.question, train[0].item.context, adapter_id="teacher", max_new_tokens=4)
+    answer = lloco.answer(
+        train[0].item.question, train[0].item.context, adapter_id="teacher", max_new_tokens=4
+    )
     assert isinstance(answer.text, str)
 
 
-def test_interrupted_training_resumes_at_the_saved_step(make_tiny_host, squad_dir, tmp_path, capsys, monkeypatch):
+def test_interrupted_training_resumes_at_the_saved_step(
+    make_tiny_host, squad_dir, tmp_path, capsys, monkeypatch
+):
     cfg = _cfg(steps=6, checkpoint_every=2)
     full = train_teacher(make_tiny_host(), squad_dir, tmp_path / "full", cfg, progress=False)
 
@@ -172,7 +216,9 @@ def test_interrupted_training_resumes_at_the_saved_step(make_tiny_host, squad_di
     with pytest.raises(ConfigError, match="another run"):
         train_teacher(make_tiny_host(), squad_dir, out, _cfg(steps=6, lora_r=8), progress=False)
     # --no-resume starts over
-    fresh = train_teacher(make_tiny_host(), squad_dir, out, _cfg(steps=2, lora_r=8), resume=False, progress=False)
+    fresh = train_teacher(
+        make_tiny_host(), squad_dir, out, _cfg(steps=2, lora_r=8), resume=False, progress=False
+    )
     assert [r["step"] for r in fresh["train"]] == [1, 2]
 
 
@@ -184,8 +230,13 @@ def test_time_budget_fits_the_schedule_to_the_pace(make_tiny_host, squad_dir, tm
         return clock["t"]
 
     monkeypatch.setattr(T.time, "perf_counter", fake_clock)
-    hist = train_teacher(make_tiny_host(), squad_dir, tmp_path / "run",
-                         _cfg(steps=1000, max_minutes=0.5, checkpoint_every=1000), progress=False)
+    hist = train_teacher(
+        make_tiny_host(),
+        squad_dir,
+        tmp_path / "run",
+        _cfg(steps=1000, max_minutes=0.5, checkpoint_every=1000),
+        progress=False,
+    )
     assert 10 < len(hist["train"]) < 60
     assert hist["planned_steps"] == len(hist["train"])
     lrs = [r["lr"] for r in hist["train"]]
@@ -194,8 +245,17 @@ def test_time_budget_fits_the_schedule_to_the_pace(make_tiny_host, squad_dir, tm
 
 
 def test_cli_trains_and_reports_bad_input_with_exit_code_2(tiny_model_dir, squad_dir, tmp_path, capsys):
-    base = ["train-teacher", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "float32",
-            "--out", str(tmp_path / "out")]
+    base = [
+        "train-teacher",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(base + ["--data", str(tmp_path / "missing")]) == 2
     assert "paragraphs.jsonl" in capsys.readouterr().err
     assert main(base + ["--data", str(squad_dir), "--steps", "0"]) == 2
@@ -206,9 +266,28 @@ def test_cli_trains_and_reports_bad_input_with_exit_code_2(tiny_model_dir, squad
         main(base + ["--data", str(squad_dir), "--batch-size", "many"])
     assert exc.value.code == 2
     capsys.readouterr()
-    rc = main(base + ["--data", str(squad_dir), "--steps", "2", "--batch-size", "2", "--val-articles", "1",
-                      "--val-questions", "2", "--max-answer-tokens", "4", "--lora-r", "2"])
+    rc = main(
+        base
+        + [
+            "--data",
+            str(squad_dir),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--val-articles",
+            "1",
+            "--val-questions",
+            "2",
+            "--max-answer-tokens",
+            "4",
+            "--lora-r",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "held-out answer loss" in out and "adapter:" in out
-    assert AdapterArtifact.from_bytes((tmp_path / "out" / "adapter.safetensors").read_bytes()).info["step"] == 2
+    assert (
+        AdapterArtifact.from_bytes((tmp_path / "out" / "adapter.safetensors").read_bytes()).info["step"] == 2
+    )
