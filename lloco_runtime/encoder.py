@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import AdapterError, ConfigError, FingerprintMismatchError, InputError, ModelLoadError
 from .models import LoadedModel, load_model
+from .textcheck import check_text
 from .weights_io import listing, load_bin_weights
 
 log = logging.getLogger(__name__)
@@ -227,23 +228,9 @@ class Chunk:
 
 
 def validate_text(text: object, what: str = "text") -> str:
-    """Reject non-strings, empty/whitespace-only text and binary content with a clear InputError."""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{what} is not valid UTF-8; convert it to UTF-8 text first") from None
-    if not isinstance(text, str):
-        raise InputError(f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InputError(f"{what} is empty or whitespace only; there is nothing to compress")
-    if "\x00" in text:
-        raise InputError(f"{what} contains NUL bytes: it looks binary, not text")
-    from .store.inputs import check_size, check_unicode  # one limit for the API, the store and the CLI
-
-    check_size(text, what)
-    check_unicode(text, what)
-    return text
+    """The text to compress (UTF-8 bytes are decoded), or an :class:`InputError`: see
+    :func:`lloco_runtime.textcheck.check_text`, the one set of rules for the API, the store and the CLI."""
+    return check_text(text, what, allow_bytes=True)
 
 
 class ContextEncoder(nn.Module):

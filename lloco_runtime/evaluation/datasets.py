@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..store.inputs import DocumentInput, iter_jsonl, read_jsonl
+from ..store.inputs import DocumentInput, read_jsonl
+from ..textcheck import iter_jsonl
 from .metrics import letters
 
 METRICS = ("auto", "qa", "choice", "contains", "rouge")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..encoder import ENCODER_ADAPTER, READER_FILE, ContextEncoder  # noqa: F401 - READER_FILE re-exported
 from ..errors import ConfigError, InputError
-from ..store.inputs import iter_jsonl
+from ..textcheck import iter_jsonl
 from .common import (
     fit_steps,
     load_optimizer,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..store.inputs import iter_jsonl
+from ..textcheck import iter_jsonl
 
 PARAGRAPHS = "paragraphs.jsonl"
 QUESTIONS = "qa.jsonl"

@@ -159,7 +159,7 @@ def test_50mb_document_is_refused_before_it_is_read(cli_filled, tiny_encoder, tm
     """Bounded memory for any file size: a text file over the document limit (4 MiB by default) is refused
     from its size alone, so reading a 50 MB file costs no memory at all. Peak RSS is measured in a fresh
     process (``ru_maxrss`` after import vs. after the attempt)."""
-    from lloco_runtime.store.inputs import max_document_bytes
+    from lloco_runtime.textcheck import max_document_bytes
 
     big = tmp_path / "big.txt"
     line = b"The lighthouse keeper logged every storm in a green notebook; the ferry ran twice a day.\n"
@@ -199,7 +199,7 @@ def test_50mb_document_is_refused_before_it_is_read(cli_filled, tiny_encoder, tm
 def test_document_at_the_limit_is_chunked_with_bounded_memory(tmp_path, tiny_model_dir):
     """The largest document accepted (a file just under the limit) reads and chunks in a fresh process; its peak
     RSS growth is reported and must stay under a fixed budget."""
-    from lloco_runtime.store.inputs import max_document_bytes
+    from lloco_runtime.textcheck import max_document_bytes
 
     limit = max_document_bytes()
     doc = tmp_path / "at_limit.txt"
