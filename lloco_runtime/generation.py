@@ -26,7 +26,12 @@ from .prompt import Prompt
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Decoding options. ``temperature == 0`` means greedy."""
+    """Decoding options. ``temperature == 0`` means greedy.
+
+    ``ignore_eos``: keep decoding past end-of-sequence tokens, so a run ends only at ``max_new_tokens`` (or a
+    stop string): exactly ``max_new_tokens`` tokens, as ``min_new_tokens`` does for ``model.generate()``.
+    For benchmarks that must compare runs of the same length; answers want the default (False).
+    """
 
     max_new_tokens: int = field(default=64, metadata={"help": "upper bound on generated tokens"})
     temperature: float = 0.0
@@ -35,6 +40,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     use_cache: bool = True
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -45,6 +51,8 @@ class GenerationConfig:
             raise InputError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise InputError("top_k must be >= 0")
+        if not isinstance(self.ignore_eos, bool):
+            raise InputError(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
 
@@ -192,7 +200,7 @@ class Generator:
         t0 = time.perf_counter()
         embeds, _, n_vec = self._embed_checked(prompt, cfg)
         st.prompt_tokens, st.context_vectors = embeds.shape[1], n_vec
-        eos = self._eos_ids()
+        eos = set() if cfg.ignore_eos else self._eos_ids()
         rng = self._rng(cfg)
         embed_tokens = self.host.model.get_input_embeddings()
         device = self.host.device
@@ -403,7 +411,7 @@ class _Row:
 
     def feed(self, token_id: int, eos: set[int]) -> bool:
         """Take the next chosen token; False once the row is finished."""
-        if token_id in eos:
+        if token_id in eos and not self.cfg.ignore_eos:
             self.finish_reason = "eos"
         else:
             self.token_ids.append(token_id)

@@ -124,6 +124,28 @@ def test_eos_ends_generation(make_tiny_host):
     assert res.token_ids == free[:k]
 
 
+def test_ignore_eos_decodes_exactly_max_new_tokens(make_tiny_host):
+    """With ``ignore_eos`` an EOS token is decoded like any other: stream, generate and generate_batch all
+    give exactly ``max_new_tokens`` tokens, the same ones as a run without that EOS."""
+    host = make_tiny_host()
+    g = Generator(host)
+    prompt = Prompt.from_text(PASSAGE)
+    free = g.generate(prompt, greedy(10)).token_ids
+    k = next(i for i in range(3, 10) if free[i] not in free[:i])
+    host.model.generation_config.eos_token_id = free[k]
+    assert g.generate(prompt, greedy(10)).finish_reason == "eos"  # the EOS is hit without the option
+    res = g.generate(prompt, greedy(10, ignore_eos=True))
+    assert res.token_ids == free and len(res.token_ids) == 10 and res.finish_reason == "length"
+    st = StreamStats()
+    list(g.stream(prompt, greedy(10, ignore_eos=True), state=st))
+    assert st.token_ids == free and st.finish_reason == "length"
+    short = Prompt.from_text(PASSAGE[:60])
+    batch = g.generate_batch([prompt, short], greedy(10, ignore_eos=True), [None, None])
+    assert batch[0].token_ids == free
+    assert [len(r.token_ids) for r in batch] == [10, 10] and {r.finish_reason for r in batch} == {"length"}
+    assert batch[1].token_ids == g.generate(short, greedy(10, ignore_eos=True)).token_ids
+
+
 # -- streaming and stop strings -----------------------------------------------------------------------------
 
 
@@ -318,6 +340,7 @@ def test_top_k_1_and_tiny_top_p_are_greedy(gen, free_run):
         {"top_p": 0},
         {"top_p": 1.5},
         {"top_k": -1},
+        {"ignore_eos": "yes"},
     ],
 )
 def test_generation_config_validation(kwargs):
