@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 
 from lloco_runtime.errors import ConfigError, InputError, NotFoundError
 from lloco_runtime.store import CheatSheetStore, DocumentInput
@@ -71,14 +71,33 @@ def test_hostile_doc_ids_and_metadata_are_stored_verbatim(store, encoder):
 def test_hostile_query_text_is_bound(shared_filled):
     before = {d.doc_id for d in shared_filled.list_documents("g")}
     n_chunks = len(shared_filled.list_chunks("g"))
-    for q in ["'; DROP TABLE chunks; --", "a & | ! <-> :*", "\\", "' OR 1=1 --", '"quoted" -minus or']:
-        for mode in ("dense", "fulltext", "hybrid"):
-            res = shared_filled.retrieve(q, group="g", mode=mode)
-            # bound as text: dense always ranks the group's chunks; "OR 1=1" cannot widen a search past top_k
-            assert len(res.chunks) <= 4 and all(c.doc_id in before for c in res.chunks)
-            if mode == "dense":
-                assert res.chunks
+    statements: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    event.listen(shared_filled.engine, "before_cursor_execute", record)
+    try:
+        for q in ["'; DROP TABLE chunks; --", "a & | ! <-> :*", "\\", "' OR 1=1 --", '"quoted" -minus or']:
+            for mode in ("dense", "fulltext", "hybrid"):
+                statements.clear()
+                res = shared_filled.retrieve(q, group="g", mode=mode)
+                # the query reached the database as a bound value, never inside the SQL text
+                assert statements, "retrieve ran no SQL"
+                assert not [st for st, _ in statements if q in st], f"{q!r} was spliced into SQL ({mode})"
+                if mode != "dense":
+                    assert any(q in repr(p) for _, p in statements), f"{q!r} was not bound ({mode})"
+                _check_results(res, before, mode)
+    finally:
+        event.remove(shared_filled.engine, "before_cursor_execute", record)
     # nothing was dropped or altered
     assert {d.doc_id for d in shared_filled.list_documents("g")} == before
     assert len(shared_filled.list_chunks("g")) == n_chunks
     assert shared_filled.retrieve("galaxy", group="g").chunks
+
+
+def _check_results(res, before, mode):
+    """Bound as text: dense always ranks the group's chunks; "OR 1=1" cannot widen a search past top_k."""
+    assert len(res.chunks) <= 4 and all(c.doc_id in before for c in res.chunks)
+    if mode == "dense":
+        assert res.chunks
