@@ -83,7 +83,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.ray is None and (args.ray_workers is not None or args.ray_cpus_per_worker is not None):
         raise InputError("--ray-workers and --ray-cpus-per-worker only apply with --ray [ADDRESS]")
     if args.ray is not None:
-        from .ray_ingest import import_ray
+        from ..ray_ingest import import_ray
 
         import_ray()  # without the serve extra: say how to install it before reading anything
     docs = read_paths(args.paths)  # validate every input before loading any model
@@ -118,7 +118,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _ray_ingest(args: argparse.Namespace, docs: list, progress: bool):
     """``lloco ingest --ray``: the workers load the runtime themselves (from --model/--encoder/...)."""
-    from .ray_ingest import RaySettings, RuntimeSpec, ray_ingest
+    from ..ray_ingest import RaySettings, RuntimeSpec, ray_ingest
 
     settings = RaySettings(
         address=args.ray or None,

@@ -56,7 +56,7 @@ def encoder_dir(tmp_path_factory, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def spec(tiny_model_dir, encoder_dir):
-    from lloco_runtime.store.ray_ingest import RuntimeSpec
+    from lloco_runtime.ray_ingest import RuntimeSpec
 
     return RuntimeSpec.of(tiny_model_dir, encoder_dir, "cpu", "float32")
 
@@ -114,7 +114,7 @@ def stored(store, group: str) -> dict[str, dict]:
 
 
 def test_ray_ingest_matches_local_ingest_and_skips_what_is_stored(ray_address, plain_store, spec):
-    from lloco_runtime.store.ray_ingest import RaySettings, ray_ingest
+    from lloco_runtime.ray_ingest import RaySettings, ray_ingest
 
     lloco = spec.load()
     docs = corpus()
@@ -162,7 +162,7 @@ def _sheet(blob: bytes) -> torch.Tensor:
 
 def test_bad_settings_fail_before_anything_runs(ray_address, plain_store, spec):
     from lloco_runtime.errors import ConfigError, InputError, ModelLoadError
-    from lloco_runtime.store.ray_ingest import RaySettings, RuntimeSpec, ray_ingest
+    from lloco_runtime.ray_ingest import RaySettings, RuntimeSpec, ray_ingest
 
     with pytest.raises(ConfigError, match="need 5 CPUs, but the Ray cluster has 2"):
         ray_ingest(
@@ -180,7 +180,7 @@ def test_bad_settings_fail_before_anything_runs(ray_address, plain_store, spec):
 
 def test_worker_failures_surface_as_the_lloco_error_behind_them():
     from lloco_runtime.errors import ModelLoadError, NotFoundError
-    from lloco_runtime.store.ray_ingest import worker_failure
+    from lloco_runtime.ray_ingest import worker_failure
 
     died = RuntimeError(
         'The actor died because of an error raised in its creation task\n  File "x.py"\n'

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import errors
-from ..embeddings import Embedder, MiniLMEmbedder
-from ..errors import ConfigError, InputError, LLoCOError, ModelLoadError
-from . import catalog
-from .catalog import DEFAULT_COLLECTION
-from .ingest import (
+from . import errors
+from .embeddings import Embedder, MiniLMEmbedder
+from .errors import ConfigError, InputError, LLoCOError, ModelLoadError
+from .store import catalog
+from .store.catalog import DEFAULT_COLLECTION
+from .store.ingest import (
     PreparedDocument,
     compress_document,
     embed_chunks,
@@ -47,9 +47,9 @@ from .ingest import (
     split_document,
     write_document,
 )
-from .inputs import DocumentInput, check_unique
-from .names import validate_name
-from .records import DocumentOutcome, IngestReport
+from .store.inputs import DocumentInput, check_unique
+from .store.names import validate_name
+from .store.records import DocumentOutcome, IngestReport
 
 if TYPE_CHECKING:
     from .store import CheatSheetStore
@@ -114,7 +114,7 @@ class RuntimeSpec:
 
     def load(self):
         """The runtime, as ``lloco ingest`` loads it (the project default when nothing is named)."""
-        from ..runtime import LLoCO
+        from .runtime import LLoCO
 
         if not any((self.model, self.encoder, self.device, self.dtype)):
             return LLoCO.from_pretrained()
@@ -205,7 +205,7 @@ def _chunks_to_json(chunks: Sequence[Any]) -> str:
 
 
 def _chunks_from_json(raw: str) -> list[Any]:
-    from ..encoder import Chunk
+    from .encoder import Chunk
 
     return [
         Chunk(ordinal=o, text=t, token_ids=tuple(ids), char_start=a, char_end=b)
