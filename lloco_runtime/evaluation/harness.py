@@ -36,6 +36,8 @@ none)``, is computed from saved runs by ``lloco eval-report --u``.
 Retrieval modes search the whole group (all documents of the set), so other documents act as distractors.
 The set's documents are ingested into the group once; re-ingesting unchanged documents with the same
 encoder is a no-op in the store (a different encoder replaces them).
+
+This module runs and scores; the tables, lines and plots made from its reports are in :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import torch
 from ..errors import InputError
 from . import metrics as M
 from .datasets import Dataset, Question
+from .report import main_score  # noqa: F401  (lloco_runtime.bench imports it from here)
 
 log = logging.getLogger(__name__)
 
@@ -207,16 +210,6 @@ def summarise(
         "settings": settings,
         "per_question": rows,
     }
-
-
-def main_score(report: dict[str, Any]) -> tuple[str, float | None]:
-    """(name, value) of the set's headline metric: accuracy, ROUGE-L or F1."""
-    metric = report["metric"]
-    if metric in ("choice", "contains"):
-        return "accuracy", report["accuracy"]
-    if metric == "rouge":
-        return "ROUGE-L", (report["rouge"] or {}).get("rougeL")
-    return "F1", report["f1"]
 
 
 class Harness:
@@ -535,74 +528,6 @@ class Harness:
             "retrieval_scope": "group" if mode in RETRIEVAL_MODES else None,
         }
         return summarise(self.dataset.name, mode, self.dataset.metric, rows, settings)
-
-
-# -- reporting --------------------------------------------------------------------------------------------
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
-def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
-    """One row per mode: n, the set's metric(s), mean context tokens, mean latency (scores in %)."""
-    metric = reports[0]["metric"] if reports else "qa"
-    head = {
-        "qa": "F1 | EM",
-        "contains": "accuracy | F1",
-        "choice": "accuracy",
-        "rouge": "ROUGE-1 | ROUGE-2 | ROUGE-L",
-    }
-    lines = [f"| mode | n | {head[metric]} | context tokens (mean) | latency s (mean) |"]
-    cols = head[metric].count("|") + 1
-    lines.append("|" + "---|" * (4 + cols))
-    for r in reports:
-        if metric == "qa":
-            vals = [_pct(r["f1"]), _pct(r["em"])]
-        elif metric == "contains":
-            vals = [_pct(r["accuracy"]), _pct(r["f1"])]
-        elif metric == "choice":
-            vals = [_pct(r["accuracy"])]
-        else:
-            rg = r["rouge"] or {}
-            vals = [_pct(rg.get("rouge1")), _pct(rg.get("rouge2")), _pct(rg.get("rougeL"))]
-        ctx = r["context_tokens_mean"]
-        lines.append(
-            f"| {r['mode']} | {r['n']} | {' | '.join(vals)} | {0 if ctx is None else ctx:.0f} | "
-            f"{r['latency_s_mean'] or 0:.2f} |"
-        )
-    for mode, why in (skipped or {}).items():
-        lines.append(f"| {mode} (skipped: {why}) | 0 | {' | '.join(['-'] * cols)} | - | - |")
-    return "\n".join(lines)
-
-
-def plot(reports: list[dict[str, Any]], path: str) -> str:
-    """PNG of the headline metric against mean context tokens per mode (log x; ``none`` drawn at 1)."""
-    from ..plotting import pyplot
-
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    name = "score"
-    for r in reports:
-        name, val = main_score(r)
-        if val is None:
-            continue
-        x = max(1.0, r["context_tokens_mean"] or 0.0)
-        ax.scatter([x], [100 * val], s=40)
-        ax.annotate(r["mode"], (x, 100 * val), textcoords="offset points", xytext=(5, 4), fontsize=9)
-    ax.set_xscale("log")
-    ax.set_xlabel("mean context tokens (text tokens or cheat-sheet vectors; log; 0 drawn at 1)")
-    ax.set_ylabel(f"{name} (%)")
-    title = reports[0]["dataset"] if reports else ""
-    ax.set_title(f"{title}: {name} vs. context size (n={reports[0]['n'] if reports else 0})")
-    ax.grid(True, which="both", alpha=0.3)
-    lo = min((max(1.0, r["context_tokens_mean"] or 0.0) for r in reports), default=1.0)
-    ax.set_xlim(left=max(0.5, lo / 2))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def finite(obj: Any) -> Any:

@@ -1,4 +1,6 @@
-"""``lloco eval-report``: tables with confidence intervals from saved ``lloco eval --json`` runs.
+"""Reporting on evaluation runs (the running is :mod:`.harness`): the summary line, table and plot of a
+``lloco eval`` run, and ``lloco eval-report``: tables with confidence intervals from saved ``lloco eval --json``
+runs.
 
 Evaluation sets that run in CPU time are small (tens of questions), so a difference of a few F1 points
 between two modes can be noise. This module reads saved reports and prints, per mode, the headline score
@@ -26,6 +28,101 @@ from ..errors import InputError
 
 #: per-question key of the headline score for each metric kind
 SCORE_KEY = {"qa": "f1", "contains": "correct", "choice": "correct"}
+#: name of the headline score for each metric kind
+METRIC_NAMES = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+# -- one run, as `lloco eval` prints it ---------------------------------------------------------------------
+
+
+def main_score(report: dict[str, Any]) -> tuple[str, float | None]:
+    """(name, value) of the set's headline metric: accuracy, ROUGE-L or F1."""
+    metric = report["metric"]
+    if metric in ("choice", "contains"):
+        value = report["accuracy"]
+    elif metric == "rouge":
+        value = (report["rouge"] or {}).get("rougeL")
+    else:
+        value = report["f1"]
+    return METRIC_NAMES.get(metric, "F1"), value
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line per mode: n, headline score (%), mean context tokens, latency and prefill time."""
+    name, val = main_score(report)
+    return (
+        f"{report['dataset']} {report['mode']}: n={report['n']} {name}={_pct(val)} "
+        f"context_tokens={report['context_tokens_mean']:.0f} latency={report['latency_s_mean']:.2f}s "
+        f"prefill={report['prefill_s_mean']:.3f}s"
+    )
+
+
+def markdown_table(reports: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> str:
+    """One row per mode: n, the set's metric(s), mean context tokens, mean latency (scores in %)."""
+    metric = reports[0]["metric"] if reports else "qa"
+    head = {
+        "qa": "F1 | EM",
+        "contains": "accuracy | F1",
+        "choice": "accuracy",
+        "rouge": "ROUGE-1 | ROUGE-2 | ROUGE-L",
+    }
+    lines = [f"| mode | n | {head[metric]} | context tokens (mean) | latency s (mean) |"]
+    cols = head[metric].count("|") + 1
+    lines.append("|" + "---|" * (4 + cols))
+    for r in reports:
+        if metric == "qa":
+            vals = [_pct(r["f1"]), _pct(r["em"])]
+        elif metric == "contains":
+            vals = [_pct(r["accuracy"]), _pct(r["f1"])]
+        elif metric == "choice":
+            vals = [_pct(r["accuracy"])]
+        else:
+            rg = r["rouge"] or {}
+            vals = [_pct(rg.get("rouge1")), _pct(rg.get("rouge2")), _pct(rg.get("rougeL"))]
+        ctx = r["context_tokens_mean"]
+        lines.append(
+            f"| {r['mode']} | {r['n']} | {' | '.join(vals)} | {0 if ctx is None else ctx:.0f} | "
+            f"{r['latency_s_mean'] or 0:.2f} |"
+        )
+    for mode, why in (skipped or {}).items():
+        lines.append(f"| {mode} (skipped: {why}) | 0 | {' | '.join(['-'] * cols)} | - | - |")
+    return "\n".join(lines)
+
+
+def plot(reports: list[dict[str, Any]], path: str) -> str:
+    """PNG of the headline metric against mean context tokens per mode (log x; ``none`` drawn at 1)."""
+    from ..plotting import pyplot
+
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    name = "score"
+    for r in reports:
+        name, val = main_score(r)
+        if val is None:
+            continue
+        x = max(1.0, r["context_tokens_mean"] or 0.0)
+        ax.scatter([x], [100 * val], s=40)
+        ax.annotate(r["mode"], (x, 100 * val), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean context tokens (text tokens or cheat-sheet vectors; log; 0 drawn at 1)")
+    ax.set_ylabel(f"{name} (%)")
+    title = reports[0]["dataset"] if reports else ""
+    ax.set_title(f"{title}: {name} vs. context size (n={reports[0]['n'] if reports else 0})")
+    ax.grid(True, which="both", alpha=0.3)
+    lo = min((max(1.0, r["context_tokens_mean"] or 0.0) for r in reports), default=1.0)
+    ax.set_xlim(left=max(0.5, lo / 2))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- saved runs, with confidence intervals (`lloco eval-report`) ---------------------------------------------
 
 
 def load_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -87,10 +184,6 @@ def paired_delta(a: dict[str, float], b: dict[str, float], **kw: Any) -> dict[st
     return {"n": len(common), "delta": sum(diffs) / len(diffs), "ci95": bootstrap_ci(diffs, **kw)}
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
 def _ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
@@ -123,7 +216,7 @@ def markdown(reports: list[dict[str, Any]], baseline: str | None = None) -> str:
     """Markdown table: score [95% CI], paired delta to the baseline [95% CI], tokens, latency."""
     rows = summary_rows(reports, baseline)
     metric = reports[0].get("metric", "qa")
-    name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(metric, "score")
+    name = METRIC_NAMES.get(metric, "score")
     delta_head = f" | vs {baseline} (paired)" if baseline else ""
     lines = [
         f"| set | mode | n | {name} [95% CI]{delta_head} | context tokens (mean) | latency s (mean) |",
@@ -276,9 +369,7 @@ def _num(v: float | None, ci: tuple[float, float] | None = None, *, signed: bool
 def utilisation_markdown(rows: list[dict[str, Any]]) -> str:
     """A table of U per dataset and one plain line each saying what U is (or why it is undefined)."""
     modes = rows[0]["modes"]
-    name = {"qa": "F1", "contains": "accuracy", "choice": "accuracy", "rouge": "ROUGE-L"}.get(
-        rows[0]["metric"], "score"
-    )
+    name = METRIC_NAMES.get(rows[0]["metric"], "score")
     lines = [
         f"Reading utilisation U = ({name} right - {name} wrong) / ({name} text - {name} none); "
         + ", ".join(f"{role} = {mode}" for role, mode in modes.items())

@@ -53,13 +53,13 @@ def store(pg_url, lloco):
 @pytest.fixture
 def cli(pg_url, store, lloco, monkeypatch, capsys):
     """``cli(*argv) -> (exit code, stdout, stderr)`` on the test's schema, with the tiny runtime as default."""
-    import lloco_runtime.cli as main_cli
+    import lloco_runtime.cli._common as cli_common
     import lloco_runtime.store.store as store_mod
     from lloco_runtime import runtime
 
     monkeypatch.setattr(store_mod, "default_embedder", lambda: store.embedder)
     monkeypatch.setattr(runtime, "load_default_runtime", lambda: lloco)
-    monkeypatch.setattr(main_cli, "_runtime", lambda args: lloco)  # `lloco ask`
+    monkeypatch.setattr(cli_common, "load_runtime", lambda args: lloco)  # `lloco ask`
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main([*argv, "--url", pg_url, "--schema", store.schema])

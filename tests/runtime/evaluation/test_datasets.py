@@ -8,6 +8,7 @@ import pytest
 from conftest import make_dataset, write_jsonl
 
 from lloco_runtime import cli
+from lloco_runtime.cli import _common
 from lloco_runtime.errors import InputError
 from lloco_runtime.evaluation.datasets import load_dataset
 
@@ -88,7 +89,7 @@ def test_cli_reports_bad_input_before_loading_a_model(qa_dir, monkeypatch, capsy
     def no_model(args):
         raise AssertionError("a model was loaded before the dataset was validated")
 
-    monkeypatch.setattr(cli, "_runtime", no_model)
+    monkeypatch.setattr(_common, "load_runtime", no_model)
     if breakage == "missing_file":
         (qa_dir / "documents.jsonl").unlink()
     elif breakage == "missing_document":
@@ -103,6 +104,6 @@ def test_cli_reports_bad_input_before_loading_a_model(qa_dir, monkeypatch, capsy
 
 
 def test_cli_rejects_bad_mode_list_before_loading(qa_dir, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_runtime", lambda a: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(_common, "load_runtime", lambda a: (_ for _ in ()).throw(AssertionError("loaded")))
     assert cli.main(["eval", str(qa_dir), "--compare", "none,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err

@@ -375,11 +375,12 @@ def test_document_control_feeds_the_other_documents_cheat_sheets(
 
 
 def test_missing_text_adapter_is_a_clear_error_before_anything_loads(qa_dir, monkeypatch, capsys, tmp_path):
-    from lloco_runtime import cli, runtime
+    from lloco_runtime import runtime
+    from lloco_runtime.cli import _common
 
     monkeypatch.setattr(runtime, "shipped_teacher_adapter", lambda: None)
     monkeypatch.setattr(
-        cli, "_runtime", lambda a: (_ for _ in ()).throw(AssertionError("a model was loaded"))
+        _common, "load_runtime", lambda a: (_ for _ in ()).throw(AssertionError("a model was loaded"))
     )
     for args in (["--mode", "full-adapter"], ["--compare", "none,rag-adapter,lloco-doc-control"]):
         assert main(["eval", str(qa_dir), *args]) == 2
