@@ -7,6 +7,8 @@ from .filters import FilterGroup, FilterOp, MetadataFilter, parse_filter
 from .inputs import DocumentInput, read_paths
 from .records import (
     AdapterInfo,
+    BulkDocument,
+    BulkLoadReport,
     ChunkInfo,
     CollectionInfo,
     DocumentInfo,
@@ -17,12 +19,15 @@ from .records import (
     RecompressReport,
     RetrievalResult,
     RetrievedChunk,
+    StorageStats,
     StoreStatus,
 )
 from .store import CheatSheetStore
 
 __all__ = [
     "AdapterInfo",
+    "BulkDocument",
+    "BulkLoadReport",
     "CheatSheetStore",
     "ChunkInfo",
     "CollectionInfo",
@@ -38,6 +43,7 @@ __all__ = [
     "RecompressReport",
     "RetrievalResult",
     "RetrievedChunk",
+    "StorageStats",
     "StoreStatus",
     "parse_filter",
     "read_paths",

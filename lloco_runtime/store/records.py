@@ -252,3 +252,58 @@ class StoreStatus:
     ann_index: str  # "hnsw" or "none" (exact search)
     counts: dict[str, int]
     bytes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    """What one group's chunks cost on disk, per chunk (means over the chunks that have a cheat sheet).
+
+    Sizes are ``pg_column_size`` (each value as stored, after TOAST compression) plus the fixed-width columns
+    and tuple header of each row; page, index and free-space overhead are not included. ``chunks == 0``: no
+    chunk of the group has a cheat sheet (every mean is then 0).
+    """
+
+    group: str
+    collection: str
+    chunks: int
+    chunk_row_bytes: float  # text, retrieval key, tsvector, metadata, fixed columns
+    cheat_sheet_row_bytes: float  # the sheet's bytes as stored, fixed columns
+    cheat_sheet_payload_bytes: float  # the sheet's encoded bytes (``n_bytes``)
+    text_bytes: float  # the chunk's text in UTF-8
+    tokens_per_chunk: float
+
+    @property
+    def bytes_per_chunk(self) -> float:
+        """Chunk row + cheat sheet row."""
+        return self.chunk_row_bytes + self.cheat_sheet_row_bytes
+
+
+@dataclass(frozen=True, eq=False)
+class BulkDocument:
+    """One document for :meth:`CheatSheetStore.bulk_load`: chunks made outside the store.
+
+    ``texts`` (one per chunk, in order; the document's text is their concatenation), ``n_tokens`` (one per
+    chunk), ``embeddings`` (``[n_chunks, dim]`` retrieval vectors from the store's embedder, or vectors of
+    the same space), ``cheat_sheets`` (one ``[n, hidden]`` tensor per chunk, or None for chunks without
+    sheets) and ``metadata`` (the document's; its chunks carry it too, as with ``ingest``).
+    """
+
+    doc_id: str
+    texts: tuple[str, ...]
+    n_tokens: tuple[int, ...]
+    embeddings: Any  # np.ndarray [n_chunks, dim]
+    cheat_sheets: tuple[torch.Tensor, ...] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BulkLoadReport:
+    """What one :meth:`CheatSheetStore.bulk_load` call wrote; ``seconds`` excludes the index build, timed in
+    ``index_build_seconds`` (None when no index was rebuilt)."""
+
+    group: str
+    collection: str
+    documents: int
+    chunks: int
+    seconds: float
+    index_build_seconds: float | None = None

@@ -22,7 +22,7 @@ from sqlalchemy.schema import DropSchema
 from .. import config
 from ..embeddings import Embedder, as_matrix, default_embedder
 from ..errors import ConfigError, InputError, StoreError
-from . import catalog, chunks, registry
+from . import bulk, catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
 from .ingest import (
@@ -43,6 +43,8 @@ from .inputs import DocumentInput, check_unicode, check_unique, read_paths
 from .names import validate_name, validate_schema
 from .records import (
     AdapterInfo,
+    BulkDocument,
+    BulkLoadReport,
     ChunkInfo,
     CollectionInfo,
     DocumentInfo,
@@ -53,6 +55,7 @@ from .records import (
     RecompressReport,
     RetrievalMode,
     RetrievalResult,
+    StorageStats,
     StoreStatus,
 )
 from .retrieve import (
@@ -258,6 +261,35 @@ class CheatSheetStore:
             bytes=sizes,
         )
 
+    def storage_stats(self, group: str, collection: str = DEFAULT_COLLECTION) -> StorageStats:
+        """Stored bytes per chunk of ``collection/group``: chunk row and cheat-sheet row, as Postgres stores
+        them (see :class:`StorageStats`). NotFoundError if the group is absent."""
+        t = self.tables
+        c, cs = t.chunks, t.cheat_sheets
+        chunk_row = (
+            func.pg_column_size(c.c.text)
+            + func.pg_column_size(c.c.embedding)
+            + func.pg_column_size(c.c.tsv)
+            + func.pg_column_size(c.c.meta)
+            + 40  # fixed-width columns and tuple header
+        )
+        with self.engine.begin() as conn:
+            gid = int(catalog.group_row(conn, t, group, collection).id)
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.avg(chunk_row),
+                    func.avg(func.pg_column_size(cs.c.data) + 60),  # + fixed-width columns and tuple header
+                    func.avg(cs.c.n_bytes),
+                    func.avg(func.octet_length(c.c.text)),
+                    func.avg(c.c.n_tokens),
+                )
+                .select_from(c.join(cs, cs.c.chunk_id == c.c.id))
+                .where(c.c.group_id == gid)
+            ).one()
+        n, means = int(row[0]), [float(v or 0) for v in row[1:]]
+        return StorageStats(group, collection, n, *means)
+
     # -- ingest ------------------------------------------------------------------------------------------
 
     def ingest(
@@ -314,6 +346,51 @@ class CheatSheetStore:
     def ingest_paths(self, paths: Sequence[str | Path], **kwargs: Any) -> IngestReport:
         """Read ``.txt``/``.md``/``.jsonl`` files and folders (all validated first), then :meth:`ingest`."""
         return self.ingest(read_paths(paths), **kwargs)
+
+    def bulk_load(
+        self,
+        documents: Iterable[BulkDocument],
+        *,
+        group: str,
+        collection: str = DEFAULT_COLLECTION,
+        encoder_fingerprint: str | None = None,
+        batch_chunks: int = 2000,
+        rebuild_index: bool = True,
+    ) -> BulkLoadReport:
+        """Add documents whose chunks, retrieval vectors and cheat sheets were made elsewhere, many per
+        transaction (about ``batch_chunks`` chunks each): for loading large stores, where :meth:`ingest` (one
+        transaction and one embedder call per document) is too slow. ``documents`` may be a generator.
+
+        ``encoder_fingerprint`` records the encoder that made the cheat sheets (required when any document
+        has some). Documents are only added: a ``doc_id`` already in the group is an InputError (its batch is
+        rolled back; earlier batches stay). Each document and its vectors are checked as :meth:`ingest` checks
+        its own. With an HNSW index (``rebuild_index``, the default), the index is dropped first and built
+        once at the end, also when the load fails; meanwhile dense retrieval scans exactly, so load while
+        nobody is querying, or pass ``rebuild_index=False`` to keep the index maintained row by row.
+        """
+        validate_name(group, "group")
+        validate_name(collection, "collection")
+        if isinstance(batch_chunks, bool) or not isinstance(batch_chunks, int) or batch_chunks < 1:
+            raise InputError(f"batch_chunks must be a positive integer, got {batch_chunks!r}")
+        rebuild = rebuild_index and self.ann_index == "hnsw" and bulk.drop_index(self.engine, self.tables)
+        start = time.perf_counter()
+        seconds = None
+        try:
+            n_docs, n_chunks = bulk.load(
+                self.engine,
+                self.tables,
+                documents,
+                group=group,
+                collection=collection,
+                dim=self.embedder.dim,
+                encoder_fingerprint=encoder_fingerprint,
+                sheet_dtype=self.cheat_sheet_dtype,
+                batch_chunks=batch_chunks,
+            )
+            seconds = time.perf_counter() - start
+        finally:
+            build_s = bulk.build_index(self.engine, self.tables, self.vector_schema) if rebuild else None
+        return BulkLoadReport(group, collection, n_docs, n_chunks, seconds, build_s)
 
     def recompress(
         self,
@@ -437,6 +514,7 @@ class CheatSheetStore:
         query_vector: Sequence[float] | np.ndarray | None = None,
         doc_ids: Sequence[str] | None = None,
         chunk_ids: Sequence[int] | None = None,
+        exact: bool = False,
     ) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
@@ -448,6 +526,8 @@ class CheatSheetStore:
         made by another encoder. ``doc_ids`` / ``chunk_ids``: only chunks of these documents / with these ids
         (in SQL, before the top-k cut). With
         ``load_cheat_sheets=False`` the tensors are None; fetch them later with :meth:`cheat_sheets`.
+        ``exact``: no index scans in this query, so dense search scans the group's rows (the exact nearest
+        neighbours an ANN index is measured against; slower).
         """
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; ask a question")
@@ -475,6 +555,8 @@ class CheatSheetStore:
         with self.engine.begin() as conn:
             g = catalog.group_row(conn, t, group, collection)
             gid = int(g.id)
+            if exact:
+                conn.execute(select(func.set_config("enable_indexscan", "off", True)))
             dense = dense_hits(conn, t, gid, qvec, n_cand, where, ef) if qvec is not None else []
             text = fulltext_hits(conn, t, gid, query, n_cand, where) if mode != "dense" else []
             if mode == "dense":

@@ -11,7 +11,9 @@ import json
 import pytest
 import torch
 
-from lloco_runtime import bench, bench_model, bench_plot
+from lloco_runtime import bench
+from lloco_runtime.bench import model as bench_model
+from lloco_runtime.bench import plot as bench_plot
 from lloco_runtime.cli import main
 
 REQUIRED = {
@@ -168,7 +170,7 @@ def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
             only_a = backbone(input_ids=ids).last_hidden_state
         with host.using(b):
             only_b = backbone(input_ids=ids).last_hidden_state
-        with host.using(a), bench_model.mixed_adapters(host.model, [a, b]):
+        with host.using_batch([a, b]):
             mixed = backbone(input_ids=ids).last_hidden_state
         with host.using(a):  # hooks removed on exit
             again = backbone(input_ids=ids).last_hidden_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lloco_runtime.store import bench
+from lloco_runtime.bench import store as bench
 
 
 def test_bench_helpers(store, encoder):

@@ -1,4 +1,5 @@
-"""Model-side sections of ``lloco bench``: compression throughput and adapters (load, switch, mixed batch).
+"""Model-side sections of ``lloco bench``: compression throughput, adapters (load, switch, mixed batch) and
+decoding.
 
 Each figure is timed in the same run as its baseline, repetitions interleaved, medians reported, so a
 ratio stays meaningful on a busy machine even when absolute times move.
@@ -6,16 +7,18 @@ ratio stays meaningful on a busy machine even when absolute times move.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .adapters import AdapterArtifact, AdapterManager
-from .runtime import LLoCO
+from ..adapters import AdapterArtifact, AdapterManager
+from ..encoder import ENCODER_ADAPTER
+from ..generation import GenerationConfig
+from ..prompt import Prompt
+from ..runtime import LLoCO
 
 
 def median_ms(samples: Sequence[float]) -> float:
@@ -76,8 +79,6 @@ def bench_compression(
         with torch.inference_mode(), host.using(None):
             for ids in batches:
                 backbone(input_ids=ids, use_cache=False)
-
-    from .encoder import ENCODER_ADAPTER
 
     def with_summary(adapter: str | None) -> Callable[[], None]:
         def run() -> None:
@@ -152,28 +153,6 @@ def random_adapter(
         host.delete_adapter(name)
 
 
-@contextlib.contextmanager
-def mixed_adapters(model: torch.nn.Module, adapter_names: list[str]) -> Iterator[None]:
-    """Route batch row ``i`` through LoRA ``adapter_names[i]`` (peft's mixed-batch inference) in the block."""
-    from peft.tuners.lora.layer import LoraLayer
-    from peft.tuners.lora.model import _adapter_names_pre_forward_hook
-
-    handles = []
-    try:
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                hook = _pre_hook(_adapter_names_pre_forward_hook, adapter_names)
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _pre_hook(fn, adapter_names):
-    return lambda module, args, kwargs: fn(module, args, kwargs, adapter_names=adapter_names)
-
-
 def bench_adapters(
     lloco: LLoCO,
     *,
@@ -191,7 +170,8 @@ def bench_adapters(
     - ``switch_ms``: activating adapter B on the model while A is active (what every request for another
       group pays), against ``same_ms``, re-entering the already active adapter.
     - ``mixed_batch_ratio``: throughput of one forward over ``batch`` rows that alternate between A and B
-      (peft's per-row ``adapter_names``) / throughput of the same batch under A alone. 1.0 = mixing is free.
+      (:meth:`LoadedModel.using_batch`, what batched decoding runs) / throughput of the same batch under A
+      alone. 1.0 = mixing is free.
     """
     host = lloco.host
     if source is None or adapter_ids is None:
@@ -242,7 +222,7 @@ def bench_adapters(
                     backbone(input_ids=ids, use_cache=False)
 
             def mixed() -> None:
-                with torch.inference_mode(), host.using(a), mixed_adapters(host.model, names):
+                with torch.inference_mode(), host.using_batch(names):
                     backbone(input_ids=ids, use_cache=False)
 
             one(), mixed()  # warm-up
@@ -293,17 +273,13 @@ def bench_decode(
       different points): generated tokens / wall seconds (prefill included), for each ``b`` in ``batch_sizes``,
       and ``speedup_vs_1`` against ``b = 1``.
 
-    Every run decodes exactly ``new_tokens`` tokens (EOS ignored, as ``min_new_tokens`` does for generate()),
-    greedy, no adapter. Repetitions are interleaved; medians.
+    Every run decodes exactly ``new_tokens`` tokens (``GenerationConfig.ignore_eos``, as ``min_new_tokens``
+    does for generate()), greedy, no adapter. Repetitions are interleaved; medians.
     """
-    from .generation import GenerationConfig, Generator
-    from .prompt import Prompt
-
     if new_tokens < 2:
         raise ValueError("bench_decode needs new_tokens >= 2 (a decode step after the first token)")
     host = lloco.host
-    gen = Generator(host)
-    gen._eos_ids = set  # type: ignore[method-assign]  # a private generator that ignores EOS
+    gen = lloco.generator
     tok = host.tokenizer
     text = prompt_text or (
         "The river town kept its records in a stone archive near the old mill. Each spring "
@@ -311,7 +287,7 @@ def bench_decode(
     )
     words = text.split()
     prompt = Prompt.from_text(text)
-    cfg = GenerationConfig(max_new_tokens=new_tokens)
+    cfg = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
     embeds, _, _ = gen.embed(prompt)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=host.device)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -5,30 +5,25 @@ ingest benchmark measures the whole pipeline (split, embed, compress, write) on 
 Run them in a schema of their own (``bench_store()``), never in one holding real data.
 
 Dense latency is measured with the store's ANN index (HNSW where the server can run it) and, as its
-baseline, with index scans disabled (exact scan of the group), together with the recall@k of the index.
-Bulk inserts drop the HNSW index and rebuild it once at the end (pgvector's advice for bulk loads: one
-build is far cheaper than maintaining the graph row by row); the build time is reported on its own.
+baseline, as an exact scan of the group (``retrieve(exact=True)``), together with the recall@k of the index.
+Synthetic rows go in through :meth:`CheatSheetStore.bulk_load`, which drops the HNSW index and rebuilds it
+once at the end (pgvector's advice for bulk loads); the build time is reported on its own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import func, insert, select, text
 
-from ..codec import encode_tensor
 from ..errors import InputError
-from .catalog import group_row
-from .inputs import DocumentInput
-from .retrieve import check_ef_search, dense_hits, fetch_cheat_sheets, fetch_chunks
-from .schema import drop_hnsw_index, ensure_hnsw_index, has_hnsw_index, search_path_value
-from .store import CheatSheetStore
+from ..store import BulkDocument, CheatSheetStore, DocumentInput
 
 BENCH_SCHEMA = "lloco_bench"
+SYNTHETIC_FINGERPRINT = "synthetic"  # the "encoder" of the synthetic cheat sheets
 _WORDS = (
     "river",
     "mountain",
@@ -75,6 +70,37 @@ def _unit_vectors(
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def synthetic_chunks(
+    n_chunks: int,
+    dim: int,
+    *,
+    first_doc: int = 0,
+    chunks_per_doc: int = 100,
+    sheet_shape: tuple[int, int] = (4, 64),
+    seed: int = 0,
+) -> Iterator[BulkDocument]:
+    """Documents of ``chunks_per_doc`` synthetic chunks (the last one shorter), ``n_chunks`` in all: 12 words
+    of text, a unit vector of width ``dim`` and one random cheat sheet of ``sheet_shape`` (the same for every
+    chunk), generated as they are consumed; doc ids ``synthetic-{seed}-{first_doc}``, ... ."""
+    rng = np.random.default_rng(seed)
+    sheet = torch.randn(*sheet_shape, generator=torch.Generator().manual_seed(seed))
+    done, doc_no = 0, first_doc
+    while done < n_chunks:
+        take = min(chunks_per_doc, n_chunks - done)
+        vectors = _unit_vectors(rng, take, dim)
+        texts = tuple(" ".join(rng.choice(_WORDS, 12)) for _ in range(take))
+        yield BulkDocument(
+            f"synthetic-{seed}-{doc_no}",
+            texts,
+            (12,) * take,
+            vectors,
+            (sheet,) * take,
+            {"synthetic": True},
+        )
+        done += take
+        doc_no += 1
+
+
 def insert_synthetic(
     store: CheatSheetStore,
     n_chunks: int,
@@ -86,7 +112,8 @@ def insert_synthetic(
     batch: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Insert ``n_chunks`` synthetic chunks (plus documents and cheat sheets) in large batches.
+    """Insert ``n_chunks`` synthetic chunks (plus documents and cheat sheets) in batches of about ``batch``
+    chunks per transaction (:meth:`CheatSheetStore.bulk_load`).
 
     Appends to the group, so calling it twice with 10k then 90k gives a 100k-chunk group. With an HNSW
     store the index is dropped first and rebuilt after the load (``index_build_s``).
@@ -94,125 +121,29 @@ def insert_synthetic(
     """
     if n_chunks < 1 or chunks_per_doc < 1:
         raise InputError("n_chunks and chunks_per_doc must be >= 1")
-    t = store.tables
-    rng = np.random.default_rng(seed)
-    sheet = encode_tensor(
-        torch.randn(*sheet_shape, generator=torch.Generator().manual_seed(seed)), dtype="float16"
+    existing = store.create_group(group, collection).n_documents
+    docs = synthetic_chunks(
+        n_chunks,
+        store.embedder.dim,
+        first_doc=existing,
+        chunks_per_doc=chunks_per_doc,
+        sheet_shape=sheet_shape,
+        seed=seed,
     )
-    rebuild = store.ann_index == "hnsw"
-    if rebuild:
-        with store.engine.begin() as conn:
-            drop_hnsw_index(conn, t)
-    start = time.perf_counter()
-    with store.engine.begin() as conn:
-        gid = int(group_row(conn, t, group, collection, create=True).id)
-        n_existing = conn.execute(
-            select(func.count()).select_from(t.documents).where(t.documents.c.group_id == gid)
-        ).scalar_one()
-    done = 0
-    doc_no = int(n_existing)
-    while done < n_chunks:
-        n_docs = max(1, min(batch, n_chunks - done) // chunks_per_doc)
-        with store.engine.begin() as conn:
-            doc_rows = []
-            for _ in range(n_docs):
-                doc_id = f"synthetic-{seed}-{doc_no}"
-                doc_no += 1
-                doc_rows.append(
-                    {
-                        "group_id": gid,
-                        "doc_id": doc_id,
-                        "sha256": hashlib.sha256(doc_id.encode()).hexdigest(),
-                        "encoder_fingerprint": "synthetic",
-                        "meta": {"synthetic": True},
-                        "n_chunks": 0,
-                        "n_tokens": 0,
-                        "n_chars": 0,
-                    }
-                )
-            doc_ids = (
-                conn.execute(
-                    insert(t.documents).returning(t.documents.c.id, sort_by_parameter_order=True), doc_rows
-                )
-                .scalars()
-                .all()
-            )
-            rows = []
-            for doc_pk in doc_ids:
-                take = min(chunks_per_doc, n_chunks - done - len(rows))
-                if take <= 0:
-                    break
-                vecs = _unit_vectors(rng, take, store.embedder.dim)
-                for i in range(take):
-                    words = " ".join(rng.choice(_WORDS, 12))
-                    rows.append(
-                        {
-                            "document_id": doc_pk,
-                            "group_id": gid,
-                            "ordinal": i,
-                            "text": words,
-                            "n_tokens": 12,
-                            "meta": {"i": i % 10},
-                            "embedding": vecs[i],
-                        }
-                    )
-            ids = (
-                conn.execute(insert(t.chunks).returning(t.chunks.c.id, sort_by_parameter_order=True), rows)
-                .scalars()
-                .all()
-            )
-            conn.execute(
-                insert(t.cheat_sheets),
-                [
-                    {
-                        "chunk_id": cid,
-                        "encoder_fingerprint": "synthetic",
-                        "dtype": "float16",
-                        "shape": list(sheet_shape),
-                        "n_bytes": len(sheet),
-                        "data": sheet,
-                    }
-                    for cid in ids
-                ],
-            )
-        done += len(rows)
-    seconds = time.perf_counter() - start
-    build_s = None
-    if rebuild:
-        build_s = build_hnsw(store)
-    with store.engine.begin() as conn:
-        total = conn.execute(
-            select(func.count()).select_from(t.chunks).where(t.chunks.c.group_id == gid)
-        ).scalar_one()
+    report = store.bulk_load(
+        docs,
+        group=group,
+        collection=collection,
+        encoder_fingerprint=SYNTHETIC_FINGERPRINT,
+        batch_chunks=batch,
+    )
     return {
-        "chunks": n_chunks,
-        "total_chunks": int(total),
-        "seconds": round(seconds, 3),
-        "chunks_per_s": round(n_chunks / seconds, 1),
-        "index_build_s": build_s,
+        "chunks": report.chunks,
+        "total_chunks": store.get_group(group, collection).n_chunks,
+        "seconds": round(report.seconds, 3),
+        "chunks_per_s": round(report.chunks / report.seconds, 1),
+        "index_build_s": report.index_build_seconds,
     }
-
-
-def build_hnsw(store: CheatSheetStore, maintenance_work_mem: str = "512MB") -> float:
-    """(Re)build the HNSW index of the store's chunks in one pass; seconds taken (ANALYZE included)."""
-    t = store.tables
-    start = time.perf_counter()
-    with store.engine.begin() as conn:
-        # Room for the whole graph in memory makes the build several times faster (pgvector README).
-        conn.execute(select(func.set_config("maintenance_work_mem", maintenance_work_mem, True)))
-        if store.vector_schema:
-            conn.execute(
-                select(func.set_config("search_path", search_path_value([store.vector_schema]), True))
-            )
-        ensure_hnsw_index(conn, t)
-    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(
-            text(
-                "ANALYZE "
-                + ".".join(conn.dialect.identifier_preparer.quote(x) for x in (t.schema, t.chunks.name))
-            )
-        )
-    return round(time.perf_counter() - start, 3)
 
 
 def dense_latency(
@@ -227,35 +158,37 @@ def dense_latency(
     seed: int = 1,
     exact: bool = False,
 ) -> dict[str, Any]:
-    """p50/p95 latency of dense retrieval (index scan + chunk rows + cheat sheets) over random queries.
+    """p50/p95 latency of dense retrieval (``CheatSheetStore.retrieve``: index scan + chunk rows + cheat
+    sheets) over random query vectors.
 
-    Query embedding is excluded (it depends on the embedder, not the store). One warm-up query first.
-    ``exact``: index scans off for the transaction, so the planner scans the group's rows (the exact
-    baseline an ANN index is measured against). ``hits`` holds each query's chunk ids, for recall.
+    Query embedding is excluded (it depends on the embedder, not the store): the vectors are passed as
+    ``query_vector``. One warm-up query first. ``exact``: the exact baseline an ANN index is measured against
+    (``retrieve(exact=True)``: no index scans). ``ef_search``: default ``max(40, 2 * top_k)``, the store's own
+    default, passed explicitly so that the report holds the value used. ``hits`` holds each query's chunk
+    ids, for recall.
     """
     if queries < 1:
         raise InputError("queries must be >= 1")
-    t = store.tables
-    ef = check_ef_search(ef_search, top_k)
+    ef = ef_search if ef_search is not None else min(1000, max(40, 2 * top_k))
     vecs = _unit_vectors(np.random.default_rng(seed), queries + 1, store.embedder.dim)
+    total = store.get_group(group, collection).n_chunks
     times, hit_ids = [], []
-    with store.engine.begin() as conn:
-        gid = int(group_row(conn, t, group, collection).id)
-        total = conn.execute(
-            select(func.count()).select_from(t.chunks).where(t.chunks.c.group_id == gid)
-        ).scalar_one()
     for i, q in enumerate(vecs):
         start = time.perf_counter()
-        with store.engine.begin() as conn:
-            if exact:
-                conn.execute(select(func.set_config("enable_indexscan", "off", True)))
-            hits = dense_hits(conn, t, gid, q, top_k, None, ef)
-            chunks = fetch_chunks(conn, t, hits)
-            if load_cheat_sheets:
-                fetch_cheat_sheets(conn, t, [c.chunk_id for c in chunks])
+        res = store.retrieve(
+            "synthetic query",
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode="dense",
+            ef_search=ef,
+            load_cheat_sheets=load_cheat_sheets,
+            query_vector=q,
+            exact=exact,
+        )
         if i:  # the first query warms caches
             times.append((time.perf_counter() - start) * 1000)
-            hit_ids.append([h[0] for h in hits])
+            hit_ids.append(res.chunk_ids)
     arr = np.asarray(times)
     return {
         "chunks": int(total),
@@ -347,9 +280,7 @@ def run(
             result["inserts"].append(insert_synthetic(store, size - have, group=group, seed=size))
             have = size
         row = dense_latency(store, group=group, queries=queries, top_k=top_k)
-        with store.engine.begin() as conn:
-            indexed = has_hnsw_index(conn, store.tables)
-        if exact_baseline and indexed:
+        if exact_baseline and store.status().ann_index == "hnsw":
             ex = dense_latency(store, group=group, queries=queries, top_k=top_k, exact=True)
             row["recall"] = recall(row["hits"], ex.pop("hits"))
             row["exact"] = {k: ex[k] for k in ("p50_ms", "p95_ms", "mean_ms")}

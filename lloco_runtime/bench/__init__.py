@@ -1,17 +1,21 @@
 """``lloco bench``: side-by-side measurements of what LLoCO promises, on the machine at hand.
 
+A package on top of the core that uses its public API only (the runtime, the service, the store's
+``CheatSheetStore`` methods): :func:`run` is the entry point of ``lloco bench``; the sections live in
+:mod:`.serving`, :mod:`.model` and :mod:`.store`, the figures in :mod:`.plot`.
+
 Every figure is measured in the same run as its baseline (interleaved repetitions, median), so ratios are
 comparable even on a noisy machine. Sections (each a key of the JSON report):
 
 - ``prefill`` / ``prefill_beyond_window``: time to first token (one forward pass over the prompt up to the
   first token's logits) with the passage as text vs. as cheat sheets, and cheat sheets alone past the window;
 - ``end_to_end``: retrieve + cheat sheets + adapter + 32 tokens vs. full context and RAG-text
-  (:mod:`.bench_serving`);
-- ``compression``: encoder tokens/s vs. the plain forward pass (:mod:`.bench_model`);
-- ``retrieval`` / ``ingest``: store latency and throughput (:mod:`.store.bench`);
-- ``adapters``: load from the store, switch, mixed-adapter batches (:mod:`.bench_model`);
+  (:mod:`.serving`);
+- ``compression``: encoder tokens/s vs. the plain forward pass (:mod:`.model`);
+- ``retrieval`` / ``ingest``: store latency and throughput (:mod:`.store`);
+- ``adapters``: load from the store, switch, mixed-adapter batches (:mod:`.model`);
 - ``decode``: decode ms/token of our loop vs. ``model.generate()``, batched decoding tokens/s at batch 1/4/8
-  (:mod:`.bench_model`);
+  (:mod:`.model`);
 - ``memory``: peak RSS of serving, stored bytes per chunk.
 """
 
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .runtime import LLoCO
+from ..runtime import LLoCO
 
 _SENTENCES = (
     "The river town kept its records in a stone archive near the old mill.",
@@ -164,7 +168,7 @@ def bench_prefill(
     """
     from tqdm.auto import tqdm
 
-    from .encoder import ContextEncoder, EncoderConfig
+    from ..encoder import ContextEncoder, EncoderConfig
 
     cfg = lloco.encoder.config
     paper = (
@@ -460,7 +464,8 @@ def run(
     With ``store``, the store sections use a dedicated ``lloco_bench`` schema (dropped at the end; the real
     schema is never touched).
     """
-    from . import bench_model, bench_serving
+    from . import model as bench_model
+    from . import serving as bench_serving
 
     plan = QUICK if quick else FULL
     contexts = contexts or plan["contexts"]
@@ -493,7 +498,7 @@ def run(
         clock["start"] = now
 
     if store:
-        from .store import bench as store_bench
+        from . import store as store_bench
 
         st = store_bench.bench_store(store_url)
     try:
@@ -568,7 +573,7 @@ def run(
         lap("compression")
         # 5. retrieval and bulk insert
         if st is not None:
-            from .store import bench as store_bench
+            from . import store as store_bench
 
             sizes = store_sizes or plan["store_sizes"]
             res = store_bench.run(
@@ -598,7 +603,7 @@ def run(
     report["settings"]["section_seconds"] = seconds
     report["targets"] = check_targets(report)
     if eval_json:
-        from .bench_plot import load_eval_points
+        from .plot import load_eval_points
 
         report["eval_points"] = load_eval_points(eval_json, default_ratio=lloco.encoder.config.ratio)
     report["notes"] = notes
@@ -614,7 +619,7 @@ def run(
 
 def write_plots(report: dict, plot_path: str | Path) -> list[str]:
     """``PATH`` (latency vs context) and, with eval points, ``PATH-stem_f1.png`` next to it."""
-    from .bench_plot import plot_eval, plot_latency
+    from .plot import plot_eval, plot_latency
 
     path = Path(plot_path)
     written = [str(plot_latency(report, path))]
@@ -627,3 +632,20 @@ def write_plots(report: dict, plot_path: str | Path) -> list[str]:
             "--eval-json FILE... written by `lloco eval --json`)"
         )
     return written
+
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "TARGETS",
+    "PrefillRow",
+    "bench_prefill",
+    "check_targets",
+    "cpu_model",
+    "format_prefill",
+    "format_report",
+    "machine_info",
+    "run",
+    "synthetic_passage",
+    "write_plots",
+]
