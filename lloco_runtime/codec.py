@@ -1,37 +1,46 @@
-"""Tensor <-> bytes codec for cheat sheets. No pickle: a fixed binary header, raw values, a checksum.
+"""Tensor <-> bytes codec for cheat sheets: one tensor in a safetensors blob, with a checksum. No pickle.
 
-Layout (little-endian)::
+A blob is what ``safetensors.torch.save({KEY: tensor}, metadata={CRC_KEY: "%08x"})`` writes::
 
-    b"LLCS" | version u8 | dtype code u8 | ndim u8 | shape u32 * ndim | crc32(header + payload) u32 | payload
+    header length u64 | JSON header {"__metadata__":{"crc32":"..."},"cheat_sheet":{dtype, shape, offsets}} | payload
 
-The header makes a blob self-describing and the CRC (over the header fields before it and the payload)
-rejects corrupted bytes, so a damaged row fails loudly instead of decoding into a tensor of the wrong
-shape, the wrong dtype (float16 and bfloat16 have the same size) or garbage values.
+safetensors checks the header and that the payload is exactly as long as the header says. On top of that the
+codec keeps a CRC-32 of the dtype, the shape and the payload in the metadata and checks it on decode, and it
+refuses any header that is not in the compact form safetensors writes (no whitespace but the trailing space
+padding), so a damaged row fails loudly with :class:`CheatSheetError` instead of decoding into a tensor of the
+wrong shape, the wrong dtype or garbage values.
+
+Blobs written before lloco used safetensors start with ``b"LLCS"`` (:data:`LEGACY_MAGIC`); they are not
+decoded here: the store's schema migration 2 rewrites them (``lloco db init``).
 """
 
 from __future__ import annotations
 
-import struct
+import json
 import zlib
 
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from .errors import CheatSheetError
 
-MAGIC = b"LLCS"
-VERSION = 1
-_DTYPES: dict[str, tuple[int, torch.dtype]] = {
-    "float32": (1, torch.float32),
-    "float16": (2, torch.float16),
-    "bfloat16": (3, torch.bfloat16),
+KEY = "cheat_sheet"  # the one tensor in a blob
+CRC_KEY = "crc32"  # its metadata entry: CRC-32 of dtype, shape and payload, 8 lowercase hex digits
+LEGACY_MAGIC = b"LLCS"  # first bytes of a blob of the pre-safetensors codec
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
 }
-_BY_CODE = {code: (name, dt) for name, (code, dt) in _DTYPES.items()}
 MAX_NDIM = 4
+_WHITESPACE = b" \t\n\r"
+_LOAD_ERRORS = (SafetensorError, KeyError, ValueError, RuntimeError, AssertionError)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """The codec's name for a torch dtype (``float32``, ``float16``, ``bfloat16``)."""
-    for name, (_, dt) in _DTYPES.items():
+    for name, dt in _DTYPES.items():
         if dt == dtype:
             return name
     raise CheatSheetError(f"unsupported cheat-sheet dtype {dtype}; use float32, float16 or bfloat16")
@@ -40,15 +49,26 @@ def dtype_name(dtype: torch.dtype) -> str:
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype for a codec dtype name."""
     try:
-        return _DTYPES[name][1]
+        return _DTYPES[name]
     except KeyError:
         raise CheatSheetError(
             f"unsupported cheat-sheet dtype {name!r}; expected one of {sorted(_DTYPES)}"
         ) from None
 
 
+def _checksum(name: str, shape: tuple[int, ...] | list[int], payload) -> str:
+    """CRC-32 over the dtype name, the shape and the raw little-endian values, as 8 lowercase hex digits."""
+    seed = zlib.crc32(f"{name}{list(shape)}".encode())
+    return f"{zlib.crc32(payload, seed):08x}"
+
+
+def _raw(t: torch.Tensor):
+    """The bytes of a contiguous CPU tensor as a buffer, without a copy (bfloat16 has no numpy dtype)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
 def encode_tensor(tensor: torch.Tensor, dtype: str | torch.dtype | None = None) -> bytes:
-    """Serialise a tensor (optionally cast to ``dtype``) to a checksummed blob."""
+    """Serialise a tensor (optionally cast to ``dtype``) to a checksummed safetensors blob."""
     if not isinstance(tensor, torch.Tensor):
         raise CheatSheetError(f"expected a torch.Tensor, got {type(tensor).__name__}")
     if dtype is not None:
@@ -59,47 +79,45 @@ def encode_tensor(tensor: torch.Tensor, dtype: str | torch.dtype | None = None) 
     if tensor.numel() == 0:
         raise CheatSheetError("refusing to encode an empty tensor")
     t = tensor.detach().to("cpu").contiguous()
-    # bfloat16 has no numpy dtype: view the raw 16-bit words instead.
-    raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
-    header = MAGIC + struct.pack("<BBB", VERSION, _DTYPES[name][0], t.ndim)
-    header += struct.pack(f"<{t.ndim}I", *t.shape)
-    header += struct.pack("<I", zlib.crc32(raw, zlib.crc32(header)))
-    return header + raw
+    crc = _checksum(name, tuple(t.shape), _raw(t))
+    return safetensors.torch.save({KEY: t}, metadata={CRC_KEY: crc})
+
+
+def _corrupt(why: str) -> CheatSheetError:
+    return CheatSheetError(f"corrupted cheat sheet: {why}; re-ingest the document")
 
 
 def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
-    """Parse a blob made by :func:`encode_tensor`; any inconsistency raises :class:`CheatSheetError`."""
+    """Parse a blob made by :func:`encode_tensor`; any inconsistency raises :class:`CheatSheetError`.
+
+    The tensor returned owns its memory (it is writable and independent of ``blob``)."""
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise CheatSheetError(f"expected cheat-sheet bytes, got {type(blob).__name__}")
     data = bytes(blob)
-    fixed = len(MAGIC) + 3
-    if len(data) < fixed or data[: len(MAGIC)] != MAGIC:
-        raise CheatSheetError("corrupted cheat sheet: missing LLCS header; re-ingest the document")
-    version, code, ndim = struct.unpack_from("<BBB", data, len(MAGIC))
-    if version != VERSION:
-        raise CheatSheetError(f"cheat sheet format version {version} is not supported (expected {VERSION})")
-    if code not in _BY_CODE:
-        raise CheatSheetError(f"corrupted cheat sheet: unknown dtype code {code}")
-    if not 1 <= ndim <= MAX_NDIM:
-        raise CheatSheetError(f"corrupted cheat sheet: {ndim} dimensions")
-    need = fixed + 4 * ndim + 4
-    if len(data) < need:
-        raise CheatSheetError("corrupted cheat sheet: truncated header")
-    shape = struct.unpack_from(f"<{ndim}I", data, fixed)
-    (crc,) = struct.unpack_from("<I", data, fixed + 4 * ndim)
-    name, dt = _BY_CODE[code]
-    itemsize = torch.empty((), dtype=dt).element_size()
-    count = 1
-    for s in shape:
-        count *= s
-    payload = data[need:]
-    if count == 0 or len(payload) != count * itemsize:
+    if data.startswith(LEGACY_MAGIC):
         raise CheatSheetError(
-            f"corrupted cheat sheet: header says {name}{list(shape)} ({count * itemsize} bytes), "
-            f"payload has {len(payload)} bytes"
+            "cheat sheet is in the LLCS format of older lloco versions; upgrade the store with "
+            "`lloco db init` (schema migration 2 rewrites it as safetensors)"
         )
-    if zlib.crc32(payload, zlib.crc32(data[: need - 4])) != crc:
-        raise CheatSheetError("corrupted cheat sheet: checksum mismatch; re-ingest the document")
-    if dt == torch.bfloat16:
-        out = torch.frombuffer(bytearray(payload), dtype=torch.int16).view(torch.bfloat16)
-    else:
-        out = torch.frombuffer(bytearray(payload), dtype=dt)
-    return out.reshape(shape)
+    try:
+        tensors = safetensors.torch.load(data)
+    except _LOAD_ERRORS as exc:  # safetensors' own error, or a dtype this torch lacks: damaged bytes
+        raise _corrupt(f"not a valid safetensors blob ({str(exc).splitlines()[0] if str(exc) else exc!r})")
+    # safetensors accepted the header, so it is a well-formed JSON object of the length the prefix says.
+    n = int.from_bytes(data[:8], "little")
+    text = data[8 : 8 + n]
+    if any(b in _WHITESPACE for b in text.rstrip(b" ")):
+        raise _corrupt("header is not in compact form")
+    meta = json.loads(text).get("__metadata__") or {}
+    if set(tensors) != {KEY} or set(meta) != {CRC_KEY}:
+        raise _corrupt(
+            f"expected one tensor {KEY!r} and a {CRC_KEY} entry, got {sorted(tensors)}, {sorted(meta)}"
+        )
+    out = tensors[KEY]
+    if out.dtype not in _DTYPES.values():
+        raise _corrupt(f"unsupported dtype {out.dtype}")
+    if not 1 <= out.ndim <= MAX_NDIM or out.numel() == 0:
+        raise _corrupt(f"shape {list(out.shape)}")
+    if _checksum(dtype_name(out.dtype), tuple(out.shape), memoryview(data)[8 + n :]) != meta[CRC_KEY]:
+        raise _corrupt("checksum mismatch")
+    return out

@@ -4,8 +4,9 @@ Hierarchy: collection > group > document > chunk > cheat sheet; adapters belong 
 key cascades on delete, so removing a collection, group or document removes everything below it.
 
 The retrieval key (``chunks.embedding``, a small ``halfvec(d)`` with an HNSW cosine index, see
-:func:`hnsw_index`) is kept apart from the cheat sheets (raw codec bytes in their own table), because cheat sheets are far too wide for
-pgvector indexes and are read only for the final top-k.
+:func:`hnsw_index`) is kept apart from the cheat sheets (safetensors bytes from :mod:`lloco_runtime.codec`, in
+their own table), because cheat sheets are far too wide for pgvector indexes and are read only for the final
+top-k.
 
 Migrations are ordered and recorded in ``schema_version``; each runs once, inside the same transaction
 as its version row, under an advisory lock so two processes cannot migrate at the same time. Append
@@ -35,17 +36,21 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     column,
     func,
     insert,
     inspect,
     select,
     table,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.schema import CreateSchema
 
-from ..errors import StoreError
+from ..codec import dtype_name, encode_tensor
+from ..errors import CheatSheetError, StoreError
+from .legacy_codec import decode_legacy_tensor
 from .names import validate_schema
 
 TEXT_SEARCH_CONFIG = "english"  # must match the generated tsv column below
@@ -233,10 +238,68 @@ def _v1_initial(conn: Connection, t: Tables, settings: dict) -> None:
     conn.execute(insert(t.settings), [{"key": k, "value": v} for k, v in settings.items()])
 
 
+SHEET_MIGRATION_BATCH = 64  # cheat sheets rewritten per round trip by migration 2 (bounded memory)
+
+
+def _v2_safetensors_cheat_sheets(conn: Connection, t: Tables, settings: dict) -> None:
+    """Rewrite every cheat sheet from the LLCS codec to safetensors (:mod:`lloco_runtime.codec`), in batches.
+
+    Each legacy blob is checked (header and CRC-32, and against its row's dtype and shape) before it is
+    rewritten; a damaged one aborts the migration, whose transaction then leaves every row as it was.
+    """
+    cs = t.cheat_sheets
+    rewrite = (
+        update(cs)
+        .where(cs.c.chunk_id == bindparam("b_chunk_id"))
+        .values(data=bindparam("b_data"), n_bytes=bindparam("b_n_bytes"))
+    )
+    last: int | None = None
+    while True:
+        stmt = select(cs.c.chunk_id, cs.c.dtype, cs.c.shape, cs.c.data).order_by(cs.c.chunk_id)
+        if last is not None:
+            stmt = stmt.where(cs.c.chunk_id > last)
+        rows = conn.execute(stmt.limit(SHEET_MIGRATION_BATCH)).all()
+        if not rows:
+            return
+        params = []
+        for r in rows:
+            try:
+                tensor = decode_legacy_tensor(r.data)
+                if dtype_name(tensor.dtype) != r.dtype or list(tensor.shape) != list(r.shape):
+                    raise CheatSheetError(
+                        f"its row says {r.dtype}{list(r.shape)}, its bytes {tensor.dtype}{list(tensor.shape)}"
+                    )
+            except CheatSheetError as exc:
+                raise StoreError(_unreadable_sheet_message(conn, t, int(r.chunk_id), exc)) from exc
+            blob = encode_tensor(tensor)
+            params.append({"b_chunk_id": r.chunk_id, "b_data": blob, "b_n_bytes": len(blob)})
+        conn.execute(rewrite, params)
+        last = int(rows[-1].chunk_id)
+
+
+def _unreadable_sheet_message(conn: Connection, t: Tables, chunk_id: int, exc: Exception) -> str:
+    c, d, g, col = t.chunks, t.documents, t.groups, t.collections
+    where = conn.execute(
+        select(c.c.ordinal, d.c.id, d.c.doc_id, g.c.name.label("group"), col.c.name.label("collection"))
+        .select_from(c.join(d, c.c.document_id == d.c.id).join(g, d.c.group_id == g.c.id))
+        .join(col, g.c.collection_id == col.c.id)
+        .where(c.c.id == chunk_id)
+    ).one()
+    return (
+        f"cannot upgrade schema {t.schema!r} to version 2 (cheat sheets as safetensors): the cheat sheet of "
+        f"chunk {chunk_id} (part {where.ordinal} of document {where.doc_id!r} in {where.collection}/"
+        f"{where.group}) is corrupt ({exc}); nothing was changed. Delete that document, with the lloco "
+        f"version that wrote it (`lloco delete --doc {where.doc_id} --group {where.group} --collection "
+        f'{where.collection}`) or in SQL (`DELETE FROM "{t.schema}".documents WHERE id = {where.id}`, which '
+        "removes its chunks and cheat sheets), run `lloco db init` again, then re-ingest the document"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "initial tables: collections, groups, documents, chunks, cheat_sheets, adapters", _v1_initial
     ),
+    Migration(2, "cheat sheets re-encoded from the LLCS codec to safetensors", _v2_safetensors_cheat_sheets),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

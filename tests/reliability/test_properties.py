@@ -9,8 +9,8 @@ every user value bound, and must run on Postgres without error.
 
 from __future__ import annotations
 
+import json
 import re
-import struct
 import zlib
 
 import pytest
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from reliability_helpers import new_schema, open_store
 
-from lloco_runtime.codec import MAGIC, VERSION, decode_tensor, encode_tensor
+from lloco_runtime.codec import CRC_KEY, KEY, LEGACY_MAGIC, decode_tensor, encode_tensor
 from lloco_runtime.errors import CheatSheetError, InputError
 from lloco_runtime.store import DocumentInput
 from lloco_runtime.store.filters import compile_filter, parse_filter
@@ -137,17 +137,22 @@ def test_codec_round_trip(dtype, shape, seed, scale):
     )  # bit-exact, NaN-safe
 
 
-def _header_shape(blob: bytes) -> tuple[int, ...]:
-    ndim = blob[len(MAGIC) + 2]
-    return struct.unpack_from(f"<{ndim}I", blob, len(MAGIC) + 3)
+def _header(blob: bytes) -> dict:
+    """The JSON header of a safetensors blob (8-byte little-endian length, then the JSON)."""
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + n])
+
+
+_PREFIX = encode_tensor(torch.ones(2, 3, dtype=torch.float16))[:24]  # length prefix + '{"__metadata__":{"'
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     blob=st.one_of(
         st.binary(max_size=200),
-        st.binary(max_size=120).map(lambda b: MAGIC + b),
-        st.binary(max_size=120).map(lambda b: MAGIC + bytes([VERSION]) + b),
+        st.binary(max_size=120).map(lambda b: _PREFIX[:8] + b),
+        st.binary(max_size=120).map(lambda b: _PREFIX + b),
+        st.binary(max_size=120).map(lambda b: LEGACY_MAGIC + b),
     )
 )
 def test_arbitrary_bytes_are_rejected_never_misshaped(blob):
@@ -155,9 +160,11 @@ def test_arbitrary_bytes_are_rejected_never_misshaped(blob):
         out = decode_tensor(blob)
     except CheatSheetError:
         return
-    # Decoding random bytes needs a matching CRC-32; if it ever happens the result must match its header.
-    assert tuple(out.shape) == _header_shape(blob)
-    assert out.numel() * out.element_size() == len(blob) - (len(MAGIC) + 3 + 4 * out.ndim + 4)
+    # Decoding random bytes needs a valid header and a matching CRC-32; if it ever happens the result must
+    # match its header.
+    spec = _header(blob)[KEY]
+    assert list(out.shape) == spec["shape"]
+    assert out.numel() * out.element_size() == len(blob) - 8 - int.from_bytes(blob[:8], "little")
 
 
 @settings(max_examples=300, deadline=None)
@@ -172,25 +179,45 @@ def test_any_multi_byte_corruption_is_rejected(dtype, shape, data):
         decode_tensor(bytes(damaged))
 
 
-def _forge(code: int, shape: tuple[int, ...], payload: bytes, version: int = VERSION) -> bytes:
-    """A blob whose checksum is right, whatever its header claims (what a careless writer could produce)."""
-    header = MAGIC + struct.pack("<BBB", version, code, len(shape)) + struct.pack(f"<{len(shape)}I", *shape)
-    return header + struct.pack("<I", zlib.crc32(payload, zlib.crc32(header))) + payload
+_CODEC_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _forge(dtype: str, shape: tuple[int, ...], payload: bytes, key: str = KEY) -> bytes:
+    """A safetensors blob whose checksum is right, whatever its header claims (what a careless writer could
+    produce): compact JSON header padded with spaces, CRC-32 of dtype name, shape and payload."""
+    name = _CODEC_NAMES.get(dtype, dtype)
+    crc = zlib.crc32(payload, zlib.crc32(f"{name}{list(shape)}".encode()))
+    spec = {"dtype": dtype, "shape": list(shape), "data_offsets": [0, len(payload)]}
+    header = json.dumps({"__metadata__": {CRC_KEY: f"{crc:08x}"}, key: spec}, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + payload
+
+
+def test_forge_matches_the_codec():
+    """The forger writes what the codec writes, so the property below is not vacuous."""
+    for dt in DTYPES:
+        t = torch.randn(2, 3).to(dt)
+        blob = encode_tensor(t)
+        raw = blob[8 + int.from_bytes(blob[:8], "little") :]
+        st_name = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}[dt]
+        assert _forge(st_name, (2, 3), raw) == blob
+        assert torch.equal(decode_tensor(_forge(st_name, (2, 3), raw)), t)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    code=st.integers(0, 255),
+    dtype=st.sampled_from(["F32", "F16", "BF16", "F16", "I16", "U16", "F64", "I8", "U8", "BOOL", "XX"]),
     shape=st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=6).map(tuple),
     payload=st.binary(max_size=256),
-    version=st.sampled_from([VERSION, VERSION, 0, 2, 255]),
+    key=st.sampled_from([KEY, KEY, "weights"]),
 )
-def test_forged_headers_with_a_valid_checksum_never_misshape(code, shape, payload, version):
+def test_forged_headers_with_a_valid_checksum_never_misshape(dtype, shape, payload, key):
     try:
-        out = decode_tensor(_forge(code, shape, payload, version))
+        out = decode_tensor(_forge(dtype, shape, payload, key))
     except CheatSheetError:
         return
-    assert version == VERSION and 1 <= len(shape) <= 4 and code in (1, 2, 3)
+    assert key == KEY and 1 <= len(shape) <= 4 and dtype in _CODEC_NAMES
+    assert out.dtype in DTYPES and str(out.dtype).removeprefix("torch.") == _CODEC_NAMES[dtype]
     assert tuple(out.shape) == shape and out.numel() * out.element_size() == len(payload)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lloco_runtime import CheatSheetError
-from lloco_runtime.codec import MAGIC, decode_tensor, dtype_name, encode_tensor, torch_dtype
+from lloco_runtime.codec import KEY, decode_tensor, dtype_name, encode_tensor, torch_dtype
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -19,7 +20,7 @@ def test_round_trip_is_exact(dtype, shape):
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(shape, generator=g) * 3).to(dtype)
     blob = encode_tensor(x)
-    assert blob.startswith(MAGIC)
+    assert set(safetensors.torch.load(blob)) == {KEY}  # a plain safetensors file, one tensor
     y = decode_tensor(blob)
     assert y.dtype == dtype
     assert tuple(y.shape) == shape
@@ -79,10 +80,26 @@ def test_dtype_names():
         torch_dtype("int8")
 
 
-@pytest.mark.parametrize("blob", [b"", b"LLC", b"XXXX\x01\x01\x01", b"LLCS\x09\x01\x01" + b"\0" * 12])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"LLC",
+        b"XXXX\x01\x01\x01",
+        b"LLCS\x09\x01\x01" + b"\0" * 12,
+        b"\x02\0\0\0\0\0\0\0{}",
+        safetensors.torch.save({KEY: torch.ones(2)}),  # no checksum
+        safetensors.torch.save({"other": torch.ones(2)}, metadata={"crc32": "00000000"}),
+    ],
+)
 def test_decode_rejects_garbage(blob):
     with pytest.raises(CheatSheetError):
         decode_tensor(blob)
+
+
+def test_a_legacy_llcs_blob_says_how_to_migrate():
+    with pytest.raises(CheatSheetError, match="lloco db init"):
+        decode_tensor(b"LLCS\x01\x02\x01\x02\0\0\0" + b"\0" * 8)
 
 
 _BLOBS = {
@@ -116,7 +133,7 @@ def test_any_truncation_or_extension_is_detected(dtype, data):
 def test_every_header_byte_is_protected():
     """Exhaustive over the header: no single-byte change there decodes to anything."""
     blob = _BLOBS[torch.float16]
-    header_len = len(MAGIC) + 3 + 4 * 2 + 4
+    header_len = 8 + int.from_bytes(blob[:8], "little")  # length prefix and JSON header
     for pos in range(header_len):
         for value in range(256):
             if value == blob[pos]:

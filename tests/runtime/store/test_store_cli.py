@@ -9,6 +9,7 @@ import pytest
 from store_helpers import DOCS, write
 
 from lloco_runtime.cli import main
+from lloco_runtime.store.schema import LATEST_VERSION
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_db_ingest_retrieve_list_delete(cli, tmp_path):
     code, out, _ = cli("db", "status")
     assert code == 1  # not initialised yet
     code, out, _ = cli("db", "init")
-    assert code == 0 and "version 1" in out
+    assert code == 0 and f"version {LATEST_VERSION}" in out
     code, out, _ = cli("db", "status", "--json")
     assert code == 0 and json.loads(out)["counts"]["documents"] == 0
 
