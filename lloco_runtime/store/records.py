@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 RetrievalMode = Literal["dense", "fulltext", "hybrid"]
@@ -291,7 +292,7 @@ class BulkDocument:
     doc_id: str
     texts: tuple[str, ...]
     n_tokens: tuple[int, ...]
-    embeddings: Any  # np.ndarray [n_chunks, dim]
+    embeddings: np.ndarray  # [n_chunks, dim]
     cheat_sheets: tuple[torch.Tensor, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 

@@ -374,7 +374,6 @@ class CheatSheetStore:
             raise InputError(f"batch_chunks must be a positive integer, got {batch_chunks!r}")
         rebuild = rebuild_index and self.ann_index == "hnsw" and bulk.drop_index(self.engine, self.tables)
         start = time.perf_counter()
-        seconds = None
         try:
             n_docs, n_chunks = bulk.load(
                 self.engine,
