@@ -68,7 +68,7 @@ def load_eval_points(paths: list[str | Path], default_ratio: float | None = None
 
     ``default_ratio`` (the encoder's segment/summary ratio) is used for cheat-sheet runs whose rows do not
     record the source tokens behind their vectors (``lloco-doc`` modes)."""
-    from ..evaluation.harness import main_score
+    from ..evaluation.report import main_score
 
     points = []
     for p in paths:
