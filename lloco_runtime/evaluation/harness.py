@@ -55,7 +55,6 @@ import torch
 from ..errors import InputError
 from . import metrics as M
 from .datasets import Dataset, Question
-from .report import main_score  # noqa: F401  (lloco_runtime.bench imports it from here)
 
 log = logging.getLogger(__name__)
 
