@@ -32,7 +32,11 @@ PRESET_HELP = (
     "a document, group LoRA r8 alpha16 on q/k/v/o)"
 )
 
-RETRIEVAL_MODES = ("dense", "fulltext", "hybrid")
+# = lloco_runtime.store.options (RetrievalMode, DEFAULT_MODE, DEFAULT_TOP_K), spelled out here so that building
+# the parser imports no store code (the store loads torch); tests/runtime/test_cli.py checks that they agree.
+RETRIEVAL_MODE_CHOICES = ("dense", "fulltext", "hybrid")
+DEFAULT_RETRIEVAL_MODE = "hybrid"
+DEFAULT_TOP_K = 4
 
 
 def add_model_options(
@@ -58,6 +62,18 @@ def add_db_options(p: argparse.ArgumentParser) -> None:
         help="Postgres URL (default: LLOCO_DATABASE_URL, else the embedded server under LLOCO_HOME)",
     )
     p.add_argument("--schema", default=None, help="schema lloco owns (default: LLOCO_SCHEMA or lloco)")
+
+
+def add_retrieval_options(
+    p: argparse.ArgumentParser,
+    *,
+    top_k_help: str | None = None,
+    mode_flag: str = "--mode",
+    mode_help: str | None = None,
+) -> None:
+    """``--top-k`` and the retrieval mode (``--mode``, or ``mode_flag``) with the store's choices and defaults."""
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=top_k_help)
+    p.add_argument(mode_flag, choices=RETRIEVAL_MODE_CHOICES, default=DEFAULT_RETRIEVAL_MODE, help=mode_help)
 
 
 def add_preset_option(p: argparse.ArgumentParser, more: str = "") -> None:

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import InputError
 from . import _common
-from ._common import RETRIEVAL_MODES, add_db_options, add_preset_option, open_store, print_json
+from ._common import add_db_options, add_preset_option, add_retrieval_options, open_store, print_json
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -55,8 +55,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("question", help="the question")
     s.add_argument("--group", required=True, help="document group to search")
     s.add_argument("--collection", default="default", help="collection of the group (default: default)")
-    s.add_argument("--top-k", type=int, default=4, help="chunks to retrieve (default 4)")
-    s.add_argument("--mode", choices=RETRIEVAL_MODES, default="hybrid", help="retrieval mode")
+    add_retrieval_options(
+        s, top_k_help="chunks to retrieve (default %(default)s)", mode_help="retrieval mode"
+    )
     s.add_argument("--no-adapter", action="store_true", help="answer without the group's adapter")
     s.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
     s.add_argument(

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 
 from ..errors import InputError
-from ._common import RETRIEVAL_MODES, add_db_options, open_store, print_json
+from ._common import add_db_options, add_retrieval_options, open_store, print_json
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
@@ -163,8 +163,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("query", help="the query text")
     s.add_argument("--group", required=True)
     s.add_argument("--collection", default="default")
-    s.add_argument("--top-k", type=int, default=4)
-    s.add_argument("--mode", choices=RETRIEVAL_MODES, default="hybrid")
+    add_retrieval_options(s)
     s.add_argument(
         "--filter",
         default=None,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import _common
-from ._common import RETRIEVAL_MODES, add_db_options, check_png
+from ._common import add_db_options, add_retrieval_options, check_png
 
 
 def _mode(value: str) -> str:
@@ -187,12 +187,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
     s.add_argument("--collection", default="default", help="collection of the group (default: default)")
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    s.add_argument("--top-k", type=int, default=4, help="chunks retrieved per question (default 4)")
-    s.add_argument(
-        "--retrieval",
-        choices=RETRIEVAL_MODES,
-        default="hybrid",
-        help="retrieval mode for rag/lloco (default hybrid)",
+    add_retrieval_options(
+        s,
+        top_k_help="chunks retrieved per question (default %(default)s)",
+        mode_flag="--retrieval",
+        mode_help="retrieval mode for rag/lloco (default %(default)s)",
     )
     s.add_argument(
         "--max-new-tokens",
