@@ -32,8 +32,10 @@ PRESET_HELP = (
     "a document, group LoRA r8 alpha16 on q/k/v/o)"
 )
 
-# = lloco_runtime.store.options (RetrievalMode, DEFAULT_MODE, DEFAULT_TOP_K), spelled out here so that building
-# the parser imports no store code (the store loads torch); tests/runtime/test_cli.py checks that they agree.
+# = lloco_runtime.store (DEFAULT_COLLECTION; RetrievalMode, DEFAULT_MODE, DEFAULT_TOP_K in store.options), spelled
+# out here so that building the parser imports no store code (the store loads torch); tests/runtime/test_cli.py
+# checks that they agree.
+DEFAULT_COLLECTION = "default"
 RETRIEVAL_MODE_CHOICES = ("dense", "fulltext", "hybrid")
 DEFAULT_RETRIEVAL_MODE = "hybrid"
 DEFAULT_TOP_K = 4
@@ -62,6 +64,11 @@ def add_db_options(p: argparse.ArgumentParser) -> None:
         help="Postgres URL (default: LLOCO_DATABASE_URL, else the embedded server under LLOCO_HOME)",
     )
     p.add_argument("--schema", default=None, help="schema lloco owns (default: LLOCO_SCHEMA or lloco)")
+
+
+def add_collection_option(p: argparse.ArgumentParser, what: str = "collection of the group") -> None:
+    """``--collection`` (of the group the command works on)."""
+    p.add_argument("--collection", default=DEFAULT_COLLECTION, help=f"{what} (default: {DEFAULT_COLLECTION})")
 
 
 def add_retrieval_options(

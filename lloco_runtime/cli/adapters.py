@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 
 from . import _common
-from ._common import add_db_options, add_model_options, open_store, print_json
+from ._common import add_collection_option, add_db_options, add_model_options, open_store, print_json
 
 
 def cmd_adapters_list(args: argparse.Namespace) -> int:
@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     as_ = a.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
     s = as_.add_parser("list", help="adapter versions of a group")
     s.add_argument("--group", required=True)
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     s.add_argument("--json", action="store_true")
     add_db_options(s)
     s.set_defaults(func=cmd_adapters_list)
@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "deactivate", help="leave a group without an active adapter (its adapters stay stored)"
     )
     s.add_argument("--group", required=True)
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     add_db_options(s)
     s.set_defaults(func=cmd_adapters_deactivate)
     s = as_.add_parser(
@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     s.add_argument("dir", metavar="DIR", help="folder written by peft's save_pretrained")
     s.add_argument("--group", required=True, help="an existing group (`lloco groups list`)")
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     s.add_argument("--activate", action="store_true", help="make it the group's active adapter")
     add_model_options(s, model="decoder the adapter was trained on (default: the project default)")
     add_db_options(s)

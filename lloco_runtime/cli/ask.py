@@ -6,7 +6,14 @@ import argparse
 
 from ..errors import InputError
 from . import _common
-from ._common import add_db_options, add_preset_option, add_retrieval_options, open_store, print_json
+from ._common import (
+    add_collection_option,
+    add_db_options,
+    add_preset_option,
+    add_retrieval_options,
+    open_store,
+    print_json,
+)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -54,7 +61,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     s.add_argument("question", help="the question")
     s.add_argument("--group", required=True, help="document group to search")
-    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    add_collection_option(s)
     add_retrieval_options(
         s, top_k_help="chunks to retrieve (default %(default)s)", mode_help="retrieval mode"
     )

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 
 from ..errors import InputError
-from ._common import add_db_options, add_retrieval_options, open_store, print_json
+from ._common import add_collection_option, add_db_options, add_retrieval_options, open_store, print_json
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
@@ -162,7 +162,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s = sub.add_parser("retrieve", help="show the chunks a query retrieves from a group (no generation)")
     s.add_argument("query", help="the query text")
     s.add_argument("--group", required=True)
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     add_retrieval_options(s)
     s.add_argument(
         "--filter",
@@ -189,7 +189,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     ds = d.add_subparsers(dest="docs_command", metavar="ACTION", required=True)
     s = ds.add_parser("list", help="documents of a group")
     s.add_argument("--group", required=True)
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     s.add_argument("--limit", type=int, default=1000)
     s.add_argument("--json", action="store_true")
     add_db_options(s)
@@ -201,7 +201,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Deletes cascade: a collection takes its groups, a group its documents and "
         "adapters, a document its chunks and cheat sheets.",
     )
-    s.add_argument("--collection", default="default")
+    add_collection_option(s, "collection to delete, or that holds --group")
     s.add_argument("--group", default=None)
     s.add_argument("--doc", default=None, help="document id")
     s.add_argument("--yes", action="store_true", help="confirm deleting a group or collection")

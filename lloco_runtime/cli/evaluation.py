@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import _common
-from ._common import add_db_options, add_retrieval_options, check_png
+from ._common import add_collection_option, add_db_options, add_retrieval_options, check_png
 
 
 def _mode(value: str) -> str:
@@ -185,7 +185,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "instead of the group's active adapter, e.g. the reader.safetensors of `lloco train-encoder`",
     )
     s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
-    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    add_collection_option(s)
     s.add_argument("--limit", type=int, default=None, help="only the first N questions")
     add_retrieval_options(
         s,

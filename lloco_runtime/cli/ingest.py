@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from ..errors import InputError
 from . import _common
-from ._common import add_db_options, add_model_options, open_store, print_json
+from ._common import add_collection_option, add_db_options, add_model_options, open_store, print_json
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -163,7 +163,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     s.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     s.add_argument("--group", required=True, help="document group (created if missing)")
-    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    add_collection_option(s)
     s.add_argument("--batch-size", type=int, default=8, help="chunks per encoder batch (default 8)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
@@ -207,7 +207,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "retrain with `lloco finetune --group G`.",
     )
     s.add_argument("--group", required=True, help="an existing group (`lloco groups list`)")
-    s.add_argument("--collection", default="default", help="collection of the group (default: default)")
+    add_collection_option(s)
     s.add_argument("--batch-size", type=int, default=8, help="chunks per encoder batch (default 8)")
     s.add_argument(
         "--keep-adapter",

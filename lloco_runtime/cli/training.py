@@ -11,7 +11,14 @@ from pathlib import Path
 from .. import config
 from ..errors import ConfigError, InputError
 from . import _common
-from ._common import add_db_options, add_preset_option, open_store, preset_of, print_json
+from ._common import (
+    add_collection_option,
+    add_db_options,
+    add_preset_option,
+    open_store,
+    preset_of,
+    print_json,
+)
 
 
 def cmd_train_encoder(args: argparse.Namespace) -> int:
@@ -467,7 +474,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "The adapter is stored as a new version and activated atomically.",
     )
     s.add_argument("--group", required=True)
-    s.add_argument("--collection", default="default")
+    add_collection_option(s)
     s.add_argument("--qa", default=None, help="QA JSONL; bad lines are reported and skipped")
     s.add_argument("--strict", action="store_true", help="abort if the QA file has bad lines")
     s.add_argument(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +148,21 @@ def test_train_then_eval_encoder_cli(tmp_path, tiny_model_dir, capsys):
 def test_eval_encoder_checks_documents_before_loading_a_model(tmp_path, capsys):
     assert main(["eval-encoder", str(tmp_path / "missing"), "--model", str(tmp_path / "no-model")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_no_model_or_store_code():
+    """`lloco --help` stays fast: the command modules import torch, the store and the rest when they run."""
+    code = (
+        "import sys; from lloco_runtime.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lloco_runtime.store')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_defaults_are_the_stores():
+    """The CLI spells out the store's defaults (building the parser imports no store code); they agree."""
+    from lloco_runtime.cli import _common
+    from lloco_runtime.store import catalog
+
+    assert _common.DEFAULT_COLLECTION == catalog.DEFAULT_COLLECTION
