@@ -10,6 +10,7 @@ hands out adapter names that :meth:`LoadedModel.using` activates per forward ste
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -29,19 +30,21 @@ from .models import LoadedModel
 
 log = logging.getLogger(__name__)
 FORMAT = "lloco-adapter/1"
-_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
-# LoraConfig fields an artifact records only when they differ from peft's defaults (so adapters trained here keep
-# their digests): they change which modules get a LoRA or how it is scaled, as in adapters imported from PEFT.
-_EXTRA_LORA_KEYS = (
-    "rank_pattern",
-    "alpha_pattern",
-    "layers_to_transform",
-    "layers_pattern",
-    "exclude_modules",
-    "fan_in_fan_out",
-    "lora_bias",
+# LoraConfig fields about where and how a config is used, not what the adapter computes. An artifact does not
+# record them, so its config (and digest) stays the same through an export to a PEFT folder and an import back,
+# on any machine and peft version (export_peft_folder sets task_type, inference_mode and base_model_name_or_path).
+CONTEXT_LORA_FIELDS = frozenset(
+    {
+        "task_type",
+        "peft_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "runtime_config",
+    }
 )
-ARTIFACT_LORA_KEYS = _LORA_KEYS + _EXTRA_LORA_KEYS  # every LoraConfig field an artifact can record
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,24 @@ class AdapterArtifact:
 
 
 def _jsonable(v):
-    if isinstance(v, (set, frozenset, tuple)):
-        return sorted(v)
-    return v
+    """A LoraConfig value as JSON: sets as sorted lists, enums as their values, nested dicts and lists alike."""
+    if isinstance(v, enum.Enum):
+        return _jsonable(v.value)
+    if isinstance(v, set | frozenset):
+        items = [_jsonable(x) for x in v]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed types
+            return sorted(items, key=repr)
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    raise AdapterError(
+        f"LoRA config value {v!r} ({type(v).__name__}) cannot be recorded in an adapter artifact"
+    )
 
 
 def read_safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -154,23 +172,39 @@ def read_safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def lora_config_to_dict(cfg) -> dict:
-    """The artifact's dict of a peft ``LoraConfig``: the well-known keys, plus the extra ones that are set."""
-    from peft import LoraConfig
-
-    lora = {k: _jsonable(getattr(cfg, k)) for k in _LORA_KEYS if hasattr(cfg, k)}
-    defaults = LoraConfig()
-    for k in _EXTRA_LORA_KEYS:
-        if hasattr(cfg, k) and getattr(cfg, k) != getattr(defaults, k, None):
-            lora[k] = _jsonable(getattr(cfg, k))
-    return lora
+    """The artifact's record of a peft ``LoraConfig``: the whole of ``cfg.to_dict()`` as JSON values (sets as
+    sorted lists, enums as their values), less the fields about where it is used (:data:`CONTEXT_LORA_FIELDS`)."""
+    return {k: _jsonable(v) for k, v in cfg.to_dict().items() if k not in CONTEXT_LORA_FIELDS}
 
 
 def lora_config_from_dict(d: dict):
-    """A peft ``LoraConfig`` from the artifact's dict (only the keys an artifact records)."""
+    """A peft ``LoraConfig`` from an artifact's dict (the whole config, or the subset older lloco recorded).
+
+    Keys that are not init fields of the installed peft are dropped when empty (a newer peft's default); a newer
+    peft's setting that is set raises :class:`AdapterError` rather than being silently ignored."""
+    import dataclasses
+
+    import peft
     from peft import LoraConfig
 
-    known = {k: d[k] for k in ARTIFACT_LORA_KEYS if k in d}
-    return LoraConfig(**known)
+    fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    newer = sorted(
+        k
+        for k, v in d.items()
+        if k not in fields and k not in CONTEXT_LORA_FIELDS and v not in (None, False, "", [], {})
+    )
+    if newer:
+        raise AdapterError(
+            f"the adapter's LoRA config sets {newer}, settings peft {peft.__version__} does not know (a newer "
+            "peft recorded them); upgrade peft to use this adapter"
+        )
+    kwargs = {k: v for k, v in d.items() if k in fields and k not in CONTEXT_LORA_FIELDS}
+    try:
+        return LoraConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(
+            f"the adapter's LoRA config is not valid for peft {peft.__version__}: {exc}"
+        ) from None
 
 
 AdapterSource = Callable[[str], bytes]

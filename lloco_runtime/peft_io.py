@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .adapters import ARTIFACT_LORA_KEYS, FORMAT, AdapterArtifact, lora_config_from_dict, lora_config_to_dict
+from .adapters import FORMAT, AdapterArtifact, lora_config_from_dict, lora_config_to_dict
 from .errors import AdapterError, FingerprintMismatchError, InputError
 from .models import LoadedModel
 from .weights_io import listing, load_bin_weights
@@ -51,6 +51,26 @@ _IGNORED_FIELDS = {
     "corda_config",
     "lora_ga_config",
 }
+# LoraConfig options lloco applies when they differ from peft's defaults: which modules get a LoRA, its rank and
+# scaling. A folder setting any other option to a non-default value (DoRA, modules_to_save, trainable tokens,
+# target_parameters, ...) is refused by name, not imported with the option silently dropped.
+SUPPORTED_LORA_OPTIONS = frozenset(
+    {
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "bias",
+        "use_rslora",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layers_pattern",
+        "exclude_modules",
+        "fan_in_fan_out",
+        "lora_bias",
+    }
+)
 # ``init_lora_weights`` values that only change the starting point of training; the others (pissa, olora,
 # corda, loftq, lora-ga) also rewrite the base weights, so such an adapter is wrong on the original model.
 _PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
@@ -173,12 +193,11 @@ def _lora_config(raw: dict, cfg_file: Path):
             "(peft's save_pretrained(..., path_initial_model_for_weight_conversion=...))"
         )
     defaults = LoraConfig().to_dict()
-    supported = set(ARTIFACT_LORA_KEYS)
     current = config.to_dict()
     unsupported = sorted(
         k
         for k, v in current.items()
-        if k not in _IGNORED_FIELDS and k not in supported and v != defaults.get(k)
+        if k not in _IGNORED_FIELDS and k not in SUPPORTED_LORA_OPTIONS and v != defaults.get(k)
     )
     if unsupported:
         shown = ", ".join(f"{k}={current[k]!r}" for k in unsupported)

@@ -19,7 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
-from lloco_runtime.adapters import AdapterArtifact
+from lloco_runtime.adapters import CONTEXT_LORA_FIELDS, AdapterArtifact
 from lloco_runtime.cli import main
 from lloco_runtime.errors import AdapterError
 from lloco_runtime.peft_io import export_peft_folder, import_peft_folder
@@ -283,6 +283,53 @@ def test_missing_config_and_unknown_group_and_unsupported_features(cli, store, t
     code, _, err = cli("adapters", "import", str(good), "--group", "g")
     assert code == 1 and "LoRA adapters only" in err
     assert n_adapters(store) == 0 and [g.name for g in store.list_groups()] == ["g"]
+
+
+def test_import_keeps_the_whole_lora_config(cli, store, lloco, tiny_model_dir, tmp_path):
+    """Options beyond rank, alpha and targets (per-module rank and alpha, some layers only, rsLoRA) are kept in
+    the artifact with the rest of peft's config, and lloco applies them as peft does."""
+    folder, reference = peft_folder(
+        tiny_model_dir,
+        tmp_path / "peft-patterns",
+        seed=6,
+        target_modules=["q_proj", "v_proj", "o_proj"],
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={"o_proj": 32},
+        layers_to_transform=[0],
+        use_rslora=True,
+    )
+    code, _, err = cli("adapters", "import", str(folder), "--group", "g")
+    assert code == 0, err
+    (info,) = store.list_adapters("g")
+    cfg = AdapterArtifact.from_bytes(store.adapter_weights(info.id)).lora_config
+    assert set(cfg) == set(LoraConfig().to_dict()) - CONTEXT_LORA_FIELDS
+    assert cfg["target_modules"] == ["o_proj", "q_proj", "v_proj"] and cfg["layers_to_transform"] == [0]
+    assert (
+        cfg["rank_pattern"] == {"v_proj": 2} and cfg["alpha_pattern"] == {"o_proj": 32} and cfg["use_rslora"]
+    )
+    LLoCOService(lloco, store)  # the runtime's adapters come from this store
+    got = lloco_logits(lloco, info.id)
+    assert torch.allclose(got, reference, atol=1e-4), (got - reference).abs().max()
+    assert not torch.allclose(base_logits(lloco), reference, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("modules_to_save", ["lm_head"]),
+        ("layer_replication", [[0, 1]]),
+        ("trainable_token_indices", [5, 6]),
+        ("use_dora", True),
+    ],
+)
+def test_lora_options_lloco_cannot_apply_are_refused_by_name(lloco, tiny_model_dir, tmp_path, option, value):
+    folder, _ = peft_folder(tiny_model_dir, tmp_path / "peft")
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, option: value}))
+    with pytest.raises(AdapterError, match="LoRA features lloco cannot apply") as exc:
+        import_peft_folder(folder, lloco.host, encoder_fingerprint=lloco.encoder.fingerprint)
+    assert f"{option}=" in str(exc.value)
+    assert lloco.host.adapter_names() == []
 
 
 def test_shape_mismatch_against_config_refused(lloco, tiny_model_dir, tmp_path):

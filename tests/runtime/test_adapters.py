@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -19,6 +20,7 @@ from lloco_runtime import (
     Prompt,
     load_model,
 )
+from lloco_runtime.adapters import CONTEXT_LORA_FIELDS, lora_config_from_dict, lora_config_to_dict
 
 ENCODER_FP = "e" * 64
 PROMPT = Prompt.from_text("The harbour master counted the boats that came in before the storm")
@@ -104,6 +106,59 @@ def test_artifact_round_trip(artifacts):
     assert back.info == {"seed": 1}
     assert back.digest == art.digest != artifacts["b"].digest
     assert AdapterArtifact.from_bytes(back.to_bytes()).digest == art.digest
+
+
+def test_artifact_records_the_whole_lora_config(artifacts):
+    """peft's ``LoraConfig.to_dict()`` as JSON, less where-it-is-used fields; rebuilding it gives it back."""
+    cfg = artifacts["a"].lora_config
+    assert set(cfg) == set(LoraConfig().to_dict()) - CONTEXT_LORA_FIELDS
+    assert json.loads(json.dumps(cfg)) == cfg  # JSON values only: sets as sorted lists, enums as values
+    assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["use_dora"] is False
+    rebuilt = lora_config_from_dict(cfg)
+    assert isinstance(rebuilt, LoraConfig) and rebuilt.target_modules == {"q_proj", "v_proj"}
+    assert lora_config_to_dict(rebuilt) == cfg
+
+
+# The LoraConfig subset lloco recorded before it kept the whole config (adapters stored then look like this).
+OLD_PARTIAL_CONFIG = {
+    "r": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "target_modules": ["q_proj", "v_proj"],
+    "bias": "none",
+    "use_rslora": False,
+}
+
+
+def test_artifact_stored_with_the_older_partial_config_still_loads(host, artifacts):
+    full = artifacts["a"]
+    cfg = lora_config_from_dict(OLD_PARTIAL_CONFIG)
+    assert cfg.r == 4 and cfg.lora_alpha == 8 and cfg.target_modules == {"q_proj", "v_proj"}
+    old = AdapterArtifact(
+        tensors=full.tensors,
+        lora_config=dict(OLD_PARTIAL_CONFIG),
+        base_fingerprint=full.base_fingerprint,
+        encoder_fingerprint=full.encoder_fingerprint,
+        info=full.info,
+    )
+    back = AdapterArtifact.from_bytes(old.to_bytes())
+    assert back.lora_config == OLD_PARTIAL_CONFIG and back.digest == old.digest
+    m = AdapterManager(host, encoder_fingerprint=ENCODER_FP, capacity=2)
+    m.register("old", old.to_bytes())
+    m.register("full", full.to_bytes())
+    assert run_with(m, "old") == run_with(m, "full") != run(host)
+
+
+def test_lora_config_from_dict_skips_context_and_unknown_empty_keys_but_refuses_set_ones(artifacts):
+    cfg = artifacts["a"].lora_config
+    ok = lora_config_from_dict(
+        {**cfg, "task_type": "CAUSAL_LM", "inference_mode": True, "option_of_a_newer_peft": None}
+    )
+    assert ok.inference_mode is False and ok.task_type is None and ok.r == 4
+    with pytest.raises(AdapterError, match=r"\['option_of_a_newer_peft'\].*upgrade peft"):
+        lora_config_from_dict({**cfg, "option_of_a_newer_peft": "on"})
+    with pytest.raises(AdapterError, match="not valid"):
+        lora_config_from_dict({**cfg, "layers_pattern": "layers"})  # needs layers_to_transform
 
 
 def test_artifact_is_a_snapshot(scratch_host):
