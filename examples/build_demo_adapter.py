@@ -36,7 +36,7 @@ STEPS = 60  # the adapter starts from the encoder's reader, which already reads 
 
 def finetune_config(steps: int = STEPS):
     """The adapter's training settings (the demo's fallback uses the same ones with fewer steps)."""
-    from lloco_runtime.training.finetune import FinetuneConfig
+    from lloco_runtime import FinetuneConfig
 
     return FinetuneConfig(steps=steps, batch_size=4, lr=5e-4, top_k=TOP_K, eval_every=50, seed=0)
 
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["LLOCO_HOME"] = str(work)
     os.environ.pop("LLOCO_DATABASE_URL", None)
 
-    from lloco_runtime import LLoCOService
-    from lloco_runtime.training.finetune import finetune_group
+    from lloco_runtime import LLoCOService, finetune_group
 
     service = LLoCOService.from_defaults()
     print(service.ingest([str(DATA)], group=GROUP, progress=True).summary())
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     data = service.store.adapter_weights(history["adapter_id"])
     ADAPTER.write_bytes(data)
-    from lloco_runtime.adapters import AdapterArtifact
+    from lloco_runtime import AdapterArtifact
 
     lora = AdapterArtifact.from_bytes(data).lora_config
     v0, v1 = history["val"][0], history["val"][-1]

@@ -130,7 +130,7 @@ def source_label(doc_id: str, ordinal: int, score: float) -> str:
 
 def shipped_adapter_fits(lloco) -> tuple[bytes | None, str]:
     """The shipped adapter's bytes if its fingerprints match this runtime, else (None, why not)."""
-    from lloco_runtime.adapters import AdapterArtifact
+    from lloco_runtime import AdapterArtifact
 
     if not ADAPTER.is_file():
         return None, f"{ADAPTER.relative_to(HERE.parent)} is missing"
@@ -149,7 +149,7 @@ def shipped_adapter_fits(lloco) -> tuple[bytes | None, str]:
 
 def setup_adapter(service) -> int:
     """Register (once) and activate the shipped adapter, or fine-tune a short one; returns its id."""
-    from lloco_runtime.adapters import AdapterArtifact
+    from lloco_runtime import AdapterArtifact
 
     lloco, store = service.lloco, service.store
     data, why = shipped_adapter_fits(lloco)
@@ -197,7 +197,7 @@ def setup_adapter(service) -> int:
             )
         return adapter.id
 
-    from lloco_runtime.training.finetune import finetune_group
+    from lloco_runtime import finetune_group
 
     print(f"      the shipped adapter does not fit this runtime: {why}.")
     fitting = [
@@ -443,8 +443,7 @@ def main() -> int:
         "Loading the decoder (SmolLM2-135M-Instruct, bundled), the shipped encoder and its reader adapter;"
         "\n      the first run converts the bundled GGUF once (about 30 s)",
     ):
-        from lloco_runtime import LLoCO, LLoCOService
-        from lloco_runtime.config import database_url, home_dir
+        from lloco_runtime import LLoCO, LLoCOService, database_url, home_dir
         from lloco_runtime.store import CheatSheetStore
 
         lloco = LLoCO.from_pretrained()

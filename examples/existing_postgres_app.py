@@ -84,7 +84,7 @@ QUESTIONS = [
 
 def scratch_server() -> str:
     """A throwaway embedded Postgres standing in for the app's own database."""
-    from lloco_runtime.store.server import start_embedded, stop_embedded
+    from lloco_runtime.store import start_embedded, stop_embedded
 
     root = Path(tempfile.mkdtemp(prefix="app-pg-"))
     print(f"No --url or LLOCO_DATABASE_URL: starting a scratch Postgres in {root} to stand in for yours.")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or scratch_server()
 
     # 1. The app's own data, in its own table (created and filled here so the example stands alone).
-    from lloco_runtime.store.server import sqlalchemy_url
+    from lloco_runtime.store import sqlalchemy_url
 
     engine = create_engine(sqlalchemy_url(url))
     md, articles = app_tables(args.app_schema)

@@ -17,7 +17,7 @@ from pathlib import Path
 from langchain_core.callbacks import BaseCallbackHandler
 
 from lloco_langchain import LLoCOLLM, LLoCORetriever, create_lloco_chain
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import LLoCOService
 
 DATA = Path(__file__).resolve().parent / "data"
 GROUP = "lighthouse"

@@ -18,8 +18,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from lloco_runtime.embeddings import CallableEmbedder, Embedder, as_matrix, default_embedder
-from lloco_runtime.errors import InputError
+from lloco_runtime import CallableEmbedder, Embedder, InputError, as_matrix, default_embedder
 from lloco_runtime.store import CheatSheetStore
 
 _PROBE = "lloco embedding width probe"

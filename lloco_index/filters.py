@@ -3,7 +3,7 @@
 Operator mapping (LlamaIndex -> store): ``== != > >= < <= in nin contains`` map one to one;
 ``text_match`` (case-sensitive substring) -> ``contains``; ``text_match_insensitive`` -> ``text_match``;
 ``any`` / ``all`` (array holds any / all values) -> ``or`` / ``and`` of ``contains``. ``is_empty`` and
-the ``not`` condition have no store equivalent and raise :class:`~lloco_runtime.errors.InputError`.
+the ``not`` condition have no store equivalent and raise :class:`~lloco_runtime.InputError`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilters
 from llama_index.core.vector_stores.types import MetadataFilter as LIFilter
 
-from lloco_runtime.errors import InputError
+from lloco_runtime import InputError
 from lloco_runtime.store import FilterGroup, MetadataFilter
 
 _DIRECT = {

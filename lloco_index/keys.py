@@ -12,7 +12,7 @@ from typing import Any
 
 from llama_index.core.schema import BaseNode, NodeWithScore
 
-from lloco_runtime.errors import InputError
+from lloco_runtime import ChunkRef, InputError, Payload, payload
 
 CHUNK_ID = "lloco_chunk_id"
 DOC_ID = "lloco_doc_id"
@@ -54,39 +54,37 @@ def _node(n: BaseNode | NodeWithScore) -> BaseNode:
     return n.node if isinstance(n, NodeWithScore) else n
 
 
-def chunk_ids_of(nodes: Sequence[BaseNode | NodeWithScore]) -> list[int]:
-    """Chunk ids of retrieved nodes, in document order (doc, ordinal), without duplicates.
+def chunk_ref(n: BaseNode | NodeWithScore) -> ChunkRef:
+    """A retrieved node as the request layer's :class:`~lloco_runtime.ChunkRef` (its payload ids).
 
     Raises InputError naming the fix when a node carries no cheat-sheet id (e.g. it came from another
     vector store or a plain text splitter).
     """
-    seen: dict[int, tuple[str, int]] = {}
-    for n in nodes:
-        node = _node(n)
-        meta: dict[str, Any] = node.metadata or {}
-        cid = meta.get(CHUNK_ID)
-        if cid is None:
-            cid = chunk_id_from_node_id(node.node_id)
-        if isinstance(cid, bool) or not isinstance(cid, int):
-            raise InputError(
-                f"node {node.node_id!r} carries no lloco cheat-sheet id (metadata key {CHUNK_ID!r}); it was "
-                "not made by lloco (a foreign vector store or text splitter?). Retrieve with LLoCORetriever "
-                "or a VectorStoreIndex over LLoCOVectorStore, and ingest with LLoCONodeParser"
-            )
-        seen.setdefault(cid, (str(meta.get(DOC_ID, "")), int(meta.get(ORDINAL, 0) or 0)))
-    return sorted(seen, key=lambda c: (*seen[c], c))
-
-
-def adapter_id_of(nodes: Sequence[BaseNode | NodeWithScore]) -> int | None:
-    """The adapter id the nodes agree on (their group's active adapter), or None.
-
-    Nodes of groups with different adapters cannot be answered in one call: that is an InputError.
-    """
-    ids = {_node(n).metadata.get(ADAPTER_ID) for n in nodes}
-    ids.discard(None)
-    if len(ids) > 1:
-        raise InputError(
-            f"retrieved nodes come from groups with different adapters {sorted(ids)}; retrieve "
-            "from one group per query"
+    node = _node(n)
+    meta: dict[str, Any] = node.metadata or {}
+    cid = meta.get(CHUNK_ID)
+    if cid is None:
+        cid = chunk_id_from_node_id(node.node_id)
+    try:
+        return ChunkRef(
+            cid,
+            doc_id=meta.get(DOC_ID, ""),
+            ordinal=meta.get(ORDINAL, 0),
+            n_tokens=meta.get(N_TOKENS, 0),
+            group=meta.get(GROUP),
+            collection=meta.get(COLLECTION),
+            adapter_id=meta.get(ADAPTER_ID),
         )
-    return next(iter(ids), None)
+    except InputError:
+        raise InputError(
+            f"node {node.node_id!r} carries no lloco cheat-sheet id (metadata key {CHUNK_ID!r}); it was "
+            "not made by lloco (a foreign vector store or text splitter?). Retrieve with LLoCORetriever "
+            "or a VectorStoreIndex over LLoCOVectorStore, and ingest with LLoCONodeParser"
+        ) from None
+
+
+def payload_of(nodes: Sequence[BaseNode | NodeWithScore]) -> Payload:
+    """What an answer over retrieved nodes needs (:func:`lloco_runtime.payload`): chunk ids in reading order,
+    once each, and the one adapter id of their one group; InputError for no nodes, foreign nodes, or nodes
+    of several groups or adapters."""
+    return payload([chunk_ref(n) for n in nodes])

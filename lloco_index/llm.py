@@ -10,10 +10,9 @@ model on a worker thread; the async streams yield each token as it is decoded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -30,24 +29,27 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from lloco_runtime import prompt as core_prompt
-from lloco_runtime.aio import iterate_in_thread, run_in_thread
-from lloco_runtime.errors import InputError, NotFoundError
-from lloco_runtime.generation import GenerationConfig, StreamStats
-from lloco_runtime.runtime import LLoCO
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import ChatMessage as CoreChatMessage
+from lloco_runtime import (
+    InputError,
+    LLoCO,
+    LLoCOService,
+    TokenStream,
+    generation_config,
+    iterate_in_thread,
+    run_in_thread,
+    stream_chunks,
+)
 from lloco_runtime.store import CheatSheetStore
 
 if TYPE_CHECKING:
     from .remote import RemoteLLoCOLLM
 
-_GEN_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 _ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant"}
-#: a started token stream: the deltas, the stats they fill in, and how many cheat sheets the prompt holds
-_Stream = tuple[Iterator[str], StreamStats, int]
+_STORE_HINT = "LLoCOLLM(lloco, store=CheatSheetStore(...))"
 
 
-def to_core_messages(messages: Sequence[ChatMessage]) -> list[core_prompt.ChatMessage]:
+def to_core_messages(messages: Sequence[ChatMessage]) -> list[CoreChatMessage]:
     """LlamaIndex chat messages as the runtime's (system, user and assistant roles; text only)."""
     out = []
     for i, m in enumerate(messages):
@@ -66,7 +68,7 @@ def to_core_messages(messages: Sequence[ChatMessage]) -> list[core_prompt.ChatMe
                 f"message {i} holds a {other[0]}; LLoCOLLM reads text only (documents reach it as "
                 "cheat sheets: pass cheat_sheet_ids=)"
             )
-        out.append(core_prompt.ChatMessage(role, m.content or ""))
+        out.append(CoreChatMessage(role, m.content or ""))
     return out
 
 
@@ -99,7 +101,7 @@ class LLoCOLLM(CustomLLM):
             summary_length=lloco.encoder.config.positions, decoder_window=lloco.host.context_window, **kwargs
         )
         self._lloco = lloco
-        self._service = LLoCOService(lloco, store) if store is not None else None
+        self._service = LLoCOService(lloco, store) if store is not None else None  # the adapters' source
 
     @classmethod
     def class_name(cls) -> str:
@@ -128,54 +130,26 @@ class LLoCOLLM(CustomLLM):
             model_name=self.model_name,
         )
 
-    # -- payload ---------------------------------------------------------------------------------------
+    # -- token streams: the request layer's path (prompt built and checked now; the adapter is pinned from the
+    # first token on); this class maps LlamaIndex's arguments and responses onto it ----------------------------
 
-    def _sheets(self, cheat_sheet_ids: Sequence[int] | None) -> list[torch.Tensor] | None:
-        if not cheat_sheet_ids:
-            return None
-        if self._service is None:
-            raise InputError(
-                "cheat_sheet_ids need a store: build LLoCOLLM(lloco, store=CheatSheetStore(...))"
-            )
-        ids = []
-        for i in cheat_sheet_ids:
-            if isinstance(i, bool) or not isinstance(i, (int, str)) or not str(i).isdigit():
-                raise InputError(f"cheat_sheet_ids must be chunk ids (integers), got {i!r}")
-            ids.append(int(i))
-        return self._service.cheat_sheets(ids)
-
-    def _adapter(self, adapter_id: int | str | None) -> str | None:
-        if adapter_id is None:
-            return None
-        aid = str(adapter_id)
-        if self._service is not None:
-            if isinstance(adapter_id, bool) or not aid.isdigit():
-                raise NotFoundError(
-                    f"unknown adapter id {adapter_id!r}: store adapter ids are integers; list "
-                    "them with `lloco adapters list`"
-                )
-            self._service.store.get_adapter(int(aid))  # NotFoundError naming the fix
-        return aid
-
-    def _config(self, kwargs: dict[str, Any]) -> GenerationConfig:
-        opts = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-        opts.update({k: kwargs.pop(k) for k in _GEN_KEYS if k in kwargs})
-        if "stop" in opts and isinstance(opts["stop"], str):
-            opts["stop"] = (opts["stop"],)
-        return GenerationConfig(**{k: tuple(v) if k == "stop" else v for k, v in opts.items()})
-
-    @staticmethod
-    def _raw(st: StreamStats, n_sheets: int) -> dict[str, Any]:
-        return {
-            "prompt_tokens": st.prompt_tokens,
-            "context_vectors": st.context_vectors,
-            "cheat_sheets": n_sheets,
-            "finish_reason": st.finish_reason,
-            "prefill_s": st.prefill_s,
-            "total_s": st.total_s,
-        }
-
-    # -- token streams (prompt built and checked now; the adapter is pinned from the first token on) ------
+    def _stream(
+        self,
+        prompt: str | list[CoreChatMessage],
+        cheat_sheet_ids: Sequence[int] | None,
+        adapter_id: int | str | None,
+        kwargs: dict[str, Any],
+    ) -> TokenStream:
+        defaults = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return stream_chunks(
+            self._lloco,
+            self._service.store if self._service is not None else None,
+            prompt,
+            cheat_sheet_ids,
+            adapter_id=adapter_id,
+            config=generation_config(defaults, kwargs),
+            build_hint=_STORE_HINT,
+        )
 
     def _completion_stream(
         self,
@@ -183,13 +157,8 @@ class LLoCOLLM(CustomLLM):
         cheat_sheet_ids: Sequence[int] | None,
         adapter_id: int | str | None,
         kwargs: dict[str, Any],
-    ) -> _Stream:
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        adapter = self._adapter(adapter_id)
-        st = StreamStats()
-        tokens = self._lloco.stream(prompt, sheets, adapter_id=adapter, config=cfg, state=st)
-        return tokens, st, len(sheets or ())
+    ) -> TokenStream:
+        return self._stream(prompt, cheat_sheet_ids, adapter_id, kwargs)
 
     def _chat_stream(
         self,
@@ -197,37 +166,28 @@ class LLoCOLLM(CustomLLM):
         cheat_sheet_ids: Sequence[int] | None,
         adapter_id: int | str | None,
         kwargs: dict[str, Any],
-    ) -> _Stream:
-        msgs = to_core_messages(messages)
-        cfg = self._config(kwargs)
-        sheets = self._sheets(cheat_sheet_ids)
-        adapter = self._adapter(adapter_id)
-        st = StreamStats()
-        tokens = self._lloco.stream_chat(msgs, sheets, adapter_id=adapter, config=cfg, state=st)
-        return tokens, st, len(sheets or ())
+    ) -> TokenStream:
+        return self._stream(to_core_messages(messages), cheat_sheet_ids, adapter_id, kwargs)
 
-    def _finish(self, stream: _Stream) -> tuple[str, dict[str, Any]]:
-        tokens, st, n_sheets = stream
-        for _ in tokens:
-            pass
-        return st.text.strip(), self._raw(st, n_sheets)
+    @staticmethod
+    def _finish(stream: TokenStream) -> tuple[str, dict[str, Any]]:
+        stream.finish()
+        return stream.text.strip(), stream.stats.to_dict()
 
-    def _responses(self, stream: _Stream) -> CompletionResponseGen:
-        """Deltas as responses; the last one's ``raw`` holds the token counts. Closing it closes the token
+    @staticmethod
+    def _responses(stream: TokenStream) -> CompletionResponseGen:
+        """Deltas as responses; the last one's ``raw`` holds the run's numbers. Closing it closes the token
         stream (releasing the adapter)."""
-        tokens, st, n_sheets = stream
         text, pending = "", None
         try:
-            for delta in tokens:
+            for delta in stream:
                 if pending is not None:
                     yield CompletionResponse(text=text, delta=pending)
                 text += delta
                 pending = delta
-            yield CompletionResponse(text=text, delta=pending or "", raw=self._raw(st, n_sheets))
+            yield CompletionResponse(text=text, delta=pending or "", raw=stream.stats.to_dict())
         finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()
+            stream.close()
 
     @staticmethod
     def _as_chat(r: CompletionResponse) -> ChatResponse:
@@ -235,7 +195,7 @@ class LLoCOLLM(CustomLLM):
             message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta, raw=r.raw
         )
 
-    def _chat_responses(self, stream: _Stream) -> ChatResponseGen:
+    def _chat_responses(self, stream: TokenStream) -> ChatResponseGen:
         responses = self._responses(stream)
         try:
             for r in responses:

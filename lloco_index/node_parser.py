@@ -15,11 +15,8 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.node_parser.interface import NodeParser
 from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, RelatedNodeInfo, TextNode
 
-from lloco_runtime.encoder import ContextEncoder
-from lloco_runtime.errors import InputError
-from lloco_runtime.store import CheatSheetStore, ChunkInfo, DocumentInput
-from lloco_runtime.store.catalog import DEFAULT_COLLECTION
-from lloco_runtime.store.names import validate_name
+from lloco_runtime import ContextEncoder, InputError, load_default_runtime
+from lloco_runtime.store import DEFAULT_COLLECTION, CheatSheetStore, ChunkInfo, DocumentInput, validate_name
 
 from . import keys
 
@@ -122,8 +119,6 @@ class LLoCONodeParser(NodeParser):
     ) -> LLoCONodeParser:
         """Default runtime's encoder (or ``lloco.encoder``) into ``store`` (default: the configured store,
         with ``embed_model`` / ``Settings.embed_model`` as retrieval embedder if given)."""
-        from lloco_runtime.runtime import load_default_runtime
-
         from .embeddings import resolve_embedder
 
         lloco = lloco or load_default_runtime()

@@ -20,11 +20,22 @@ from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from lloco_runtime.aio import run_in_thread
-from lloco_runtime.errors import InputError
-from lloco_runtime.runtime import LLoCO
-from lloco_runtime.store import CheatSheetStore
-from lloco_runtime.store.catalog import DEFAULT_COLLECTION
+from lloco_runtime import (
+    AdapterChoice,
+    InputError,
+    LLoCO,
+    Payload,
+    load_default_runtime,
+    route_adapter,
+    run_in_thread,
+)
+from lloco_runtime.store import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MODE,
+    DEFAULT_TOP_K,
+    CheatSheetStore,
+    RetrievalMode,
+)
 
 from . import keys
 from .llm import LLoCOLLM
@@ -34,20 +45,6 @@ if TYPE_CHECKING:
     from .remote import RemoteLLoCOQueryEngine
 
 dispatcher = instrument.get_dispatcher(__name__)
-
-
-def token_saving(nodes: list[NodeWithScore], summary_length: int) -> dict[str, int]:
-    """Context vectors the decoder reads vs. raw tokens of the same chunks (from node metadata)."""
-    ids = keys.chunk_ids_of(nodes)
-    raw = 0
-    seen = set()
-    for n in nodes:
-        cid = n.node.metadata.get(keys.CHUNK_ID)
-        if cid in seen:
-            continue
-        seen.add(cid)
-        raw += int(n.node.metadata.get(keys.N_TOKENS) or 0)
-    return {"context_vectors": len(ids) * summary_length, "raw_context_tokens": raw}
 
 
 class LLoCOQueryEngine(CustomQueryEngine):
@@ -74,8 +71,8 @@ class LLoCOQueryEngine(CustomQueryEngine):
         lloco: LLoCO | None = None,
         store: CheatSheetStore | None = None,
         embed_model: Any = None,
-        top_k: int = 4,
-        mode: str = "hybrid",
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: MetadataFilters | None = None,
         streaming: bool = False,
         use_adapter: bool = True,
@@ -87,8 +84,6 @@ class LLoCOQueryEngine(CustomQueryEngine):
         The store's retrieval embedder is ``embed_model`` if given, else ``Settings.embed_model`` if the
         application set one, else lloco's default (all-MiniLM-L6-v2). ``Settings`` is never written.
         """
-        from lloco_runtime.runtime import load_default_runtime
-
         from .embeddings import resolve_embedder
 
         lloco = lloco or load_default_runtime()
@@ -121,8 +116,8 @@ class LLoCOQueryEngine(CustomQueryEngine):
         *,
         group: str,
         collection: str = DEFAULT_COLLECTION,
-        top_k: int = 4,
-        mode: str = "hybrid",
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         streaming: bool = False,
         use_adapter: bool = True,
         max_new_tokens: int = 128,
@@ -145,20 +140,20 @@ class LLoCOQueryEngine(CustomQueryEngine):
         )
 
     @dispatcher.span
-    def _payload(self, nodes: list[NodeWithScore]) -> tuple[list[int], int | None]:
-        if not nodes:
-            raise InputError(
-                "the retriever returned no nodes: ingest documents into the group first (with "
-                "LLoCONodeParser) or relax the filters"
-            )
-        ids = keys.chunk_ids_of(nodes)
-        adapter = keys.adapter_id_of(nodes) if self.use_adapter else None
-        return ids, adapter
+    def _payload(self, nodes: list[NodeWithScore]) -> tuple[Payload, int | None]:
+        """The nodes' chunk ids (reading order) and the adapter to read them with (the group's active one)."""
+        p = keys.payload_of(nodes)
+        choice = AdapterChoice.ACTIVE if self.use_adapter else AdapterChoice.NONE
+        return p, route_adapter(choice, p.adapter_id)
 
-    def _metadata(self, nodes: list[NodeWithScore], ids: list[int], adapter: int | None) -> dict[str, Any]:
-        meta = token_saving(nodes, self.llm.summary_length)
-        meta.update({"cheat_sheet_ids": ids, "adapter_id": adapter})
-        return meta
+    def _metadata(self, p: Payload, adapter: int | None) -> dict[str, Any]:
+        """Context vectors the decoder reads vs. raw tokens of the same chunks, and the payload ids."""
+        return {
+            "context_vectors": len(p.chunk_ids) * self.llm.summary_length,
+            "raw_context_tokens": p.raw_tokens,
+            "cheat_sheet_ids": p.chunk_ids,
+            "adapter_id": adapter,
+        }
 
     @dispatcher.span
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
@@ -170,10 +165,10 @@ class LLoCOQueryEngine(CustomQueryEngine):
         nodes = await self.retriever.aretrieve(query_str)
         if not self.streaming:
             return await run_in_thread(self._answer, query_str, nodes)
-        ids, adapter = self._payload(nodes)
-        meta = self._metadata(nodes, ids, adapter)
+        p, adapter = self._payload(nodes)
+        meta = self._metadata(p, adapter)
         gen = await self.llm.astream_complete(
-            query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs
+            query_str, cheat_sheet_ids=p.chunk_ids, adapter_id=adapter, **self.generation_kwargs
         )
 
         async def deltas() -> AsyncGenerator[str, None]:
@@ -190,11 +185,11 @@ class LLoCOQueryEngine(CustomQueryEngine):
 
     @dispatcher.span
     def _answer(self, query_str: str, nodes: list[NodeWithScore]) -> Response | StreamingResponse:
-        ids, adapter = self._payload(nodes)
-        meta = self._metadata(nodes, ids, adapter)
+        p, adapter = self._payload(nodes)
+        meta = self._metadata(p, adapter)
         if self.streaming:
             gen = self.llm.stream_complete(
-                query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs
+                query_str, cheat_sheet_ids=p.chunk_ids, adapter_id=adapter, **self.generation_kwargs
             )
 
             def deltas() -> Generator[str, None, None]:
@@ -208,6 +203,8 @@ class LLoCOQueryEngine(CustomQueryEngine):
                     gen.close()
 
             return StreamingResponse(response_gen=deltas(), source_nodes=nodes, metadata=meta)
-        out = self.llm.complete(query_str, cheat_sheet_ids=ids, adapter_id=adapter, **self.generation_kwargs)
+        out = self.llm.complete(
+            query_str, cheat_sheet_ids=p.chunk_ids, adapter_id=adapter, **self.generation_kwargs
+        )
         meta.update(out.raw or {})
         return Response(response=out.text, source_nodes=nodes, metadata=meta)

@@ -6,7 +6,7 @@
                                                                                  # the server
 
 The server retrieves the group's cheat sheets and applies its adapter; answers, token counts and sources
-come back over HTTP (:class:`lloco_runtime.client.LLoCOClient`). Async methods use async HTTP: nothing
+come back over HTTP (:class:`lloco_runtime.LLoCOClient`). Async methods use async HTTP: nothing
 blocks the event loop.
 """
 
@@ -32,12 +32,10 @@ from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from lloco_runtime.client import LLoCOClient
-from lloco_runtime.errors import InputError
+from lloco_runtime import AdapterChoice, InputError, LLoCOClient, stop_sequences
+from lloco_runtime.store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 
 from . import keys
-
-DEFAULT_COLLECTION = "default"
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
@@ -79,7 +77,7 @@ class RemoteLLoCOLLM(CustomLLM):
     endpoint: str = Field(description="base URL of a running `lloco serve`")
     group: str | None = Field(default=None, description="group the server retrieves from (None: no context)")
     collection: str = Field(default=DEFAULT_COLLECTION)
-    top_k: int = Field(default=4, ge=1, description="chunks the server retrieves")
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1, description="chunks the server retrieves")
     max_new_tokens: int = Field(default=128, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy")
     timeout: float = Field(default=300.0, gt=0)
@@ -109,14 +107,13 @@ class RemoteLLoCOLLM(CustomLLM):
                 f"unknown RemoteLLoCOLLM argument(s) {sorted(unknown)}; the server retrieves the "
                 "cheat sheets: pass group= (at construction or per call), not cheat_sheet_ids"
             )
-        stop = kwargs.get("stop")
         return {
             "group": kwargs.get("group", self.group),
             "collection": self.collection,
             "top_k": self.top_k,
             "max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
             "temperature": kwargs.get("temperature", self.temperature),
-            "stop": [stop] if isinstance(stop, str) else stop,
+            "stop": list(stop_sequences(kwargs.get("stop"))),
         }
 
     @staticmethod
@@ -225,8 +222,8 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
     endpoint: str = Field(description="base URL of a running `lloco serve`")
     group: str = Field(description="the document group to answer over")
     collection: str = Field(default=DEFAULT_COLLECTION)
-    top_k: int = Field(default=4, ge=1)
-    mode: str = Field(default="hybrid", description="retrieval mode: dense, fulltext or hybrid")
+    top_k: int = Field(default=DEFAULT_TOP_K, ge=1)
+    mode: RetrievalMode = Field(default=DEFAULT_MODE, description="retrieval mode: dense, fulltext or hybrid")
     streaming: bool = Field(default=False)
     use_adapter: bool = Field(default=True, description="apply the group's active adapter")
     max_new_tokens: int = Field(default=128, ge=1)
@@ -248,7 +245,7 @@ class RemoteLLoCOQueryEngine(CustomQueryEngine):
             "collection": self.collection,
             "top_k": self.top_k,
             "mode": self.mode,
-            "adapter": "active" if self.use_adapter else "none",
+            "adapter": AdapterChoice.ACTIVE if self.use_adapter else AdapterChoice.NONE,
             "max_new_tokens": self.max_new_tokens,
             "with_text": True,
         }

@@ -10,16 +10,20 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
-from lloco_runtime.errors import InputError
-from lloco_runtime.store import CheatSheetStore, ChunkInfo
-from lloco_runtime.store.catalog import DEFAULT_COLLECTION
-from lloco_runtime.store.filters import Filter
-from lloco_runtime.store.names import validate_name
+from lloco_runtime.store import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MODE,
+    DEFAULT_TOP_K,
+    CheatSheetStore,
+    ChunkInfo,
+    Filter,
+    RetrievalMode,
+    RetrievalOptions,
+    validate_name,
+)
 
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
-
-MODES = ("dense", "fulltext", "hybrid")
 
 
 class LLoCORetriever(BaseRetriever):
@@ -37,8 +41,8 @@ class LLoCORetriever(BaseRetriever):
         *,
         group: str,
         collection: str = DEFAULT_COLLECTION,
-        top_k: int = 4,
-        mode: str = "hybrid",
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: MetadataFilters | Filter | dict | list | None = None,
         use_adapter: bool = True,
         callback_manager: CallbackManager | None = None,
@@ -46,22 +50,30 @@ class LLoCORetriever(BaseRetriever):
     ) -> None:
         validate_name(group, "group")
         validate_name(collection, "collection")
-        if mode not in MODES:
-            raise InputError(f"unknown retrieval mode {mode!r}; use one of {MODES}")
-        self.store, self.group, self.collection = store, group, collection
-        self.top_k, self.mode, self.use_adapter = top_k, mode, use_adapter
-        self.filters = to_store_filter(filters) if isinstance(filters, MetadataFilters) else filters
+        flt = to_store_filter(filters) if isinstance(filters, MetadataFilters) else filters
+        self.store, self.group, self.use_adapter = store, group, use_adapter
+        self.options = RetrievalOptions(collection=collection, top_k=top_k, mode=mode, filters=flt)
         super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    @property
+    def collection(self) -> str:
+        return self.options.collection
+
+    @property
+    def top_k(self) -> int:
+        return self.options.top_k
+
+    @property
+    def mode(self) -> RetrievalMode:
+        return self.options.mode
+
+    @property
+    def filters(self) -> Filter | dict | list | None:
+        return self.options.filters
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         result = self.store.retrieve(
-            query_bundle.query_str,
-            group=self.group,
-            collection=self.collection,
-            top_k=self.top_k,
-            mode=self.mode,
-            filters=self.filters,
-            load_cheat_sheets=False,
+            query_bundle.query_str, group=self.group, **self.options.as_kwargs(), load_cheat_sheets=False
         )
         adapter = result.adapter_id if self.use_adapter else None
         out = []

@@ -5,7 +5,7 @@ at ingest), so :meth:`add` only checks that they are stored in this group. Queri
 model that made the stored keys: give the index ``embed_model=vector_store.embed_model`` (an
 :class:`~lloco_index.LLoCOEmbedding` over the store's own embedder; LlamaIndex's default would be OpenAI).
 A query vector from any other model (another width, or the same width but another model) is refused with
-a :class:`~lloco_runtime.errors.ConfigError`, never scored; an accepted ``query_embedding`` is what the dense
+a :class:`~lloco_runtime.ConfigError`, never scored; an accepted ``query_embedding`` is what the dense
 search uses (queries without one are embedded by the store). ``filters``, ``doc_ids`` and ``node_ids``
 narrow the search in SQL, before the top-k cut. Results carry the payload ids the
 :class:`~lloco_index.LLoCOLLM` needs.
@@ -28,22 +28,19 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 
-from lloco_runtime.embeddings import as_matrix
-from lloco_runtime.errors import ConfigError, InputError, NotFoundError
-from lloco_runtime.store import CheatSheetStore, ChunkInfo
-from lloco_runtime.store.catalog import DEFAULT_COLLECTION
-from lloco_runtime.store.names import validate_name
+from lloco_runtime import ConfigError, InputError, NotFoundError, as_matrix
+from lloco_runtime.store import DEFAULT_COLLECTION, CheatSheetStore, ChunkInfo, RetrievalMode, validate_name
 
 from . import keys
 from .embeddings import ISSUED, LLoCOEmbedding
 from .filters import to_store_filter
 from .node_parser import chunk_to_node
 
+#: LlamaIndex's query modes as the store's (DEFAULT: the vector store's ``default_mode``)
 _MODES = {
-    VectorStoreQueryMode.DEFAULT: "dense",
-    VectorStoreQueryMode.HYBRID: "hybrid",
-    VectorStoreQueryMode.TEXT_SEARCH: "fulltext",
-    VectorStoreQueryMode.SPARSE: "fulltext",
+    VectorStoreQueryMode.HYBRID: RetrievalMode.HYBRID,
+    VectorStoreQueryMode.TEXT_SEARCH: RetrievalMode.FULLTEXT,
+    VectorStoreQueryMode.SPARSE: RetrievalMode.FULLTEXT,
 }
 
 
@@ -55,8 +52,10 @@ class LLoCOVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
     group: str = Field(description="store group this vector store reads and writes")
     collection: str = Field(default=DEFAULT_COLLECTION)
-    default_mode: str = Field(
-        default="dense", description="store retrieval mode for VectorStoreQueryMode.DEFAULT"
+    # A vector store's similarity search is dense by contract (LlamaIndex's DEFAULT query mode is the vector
+    # search), so this default is DENSE, unlike the retrievers' and the service's (DEFAULT_MODE, hybrid).
+    default_mode: RetrievalMode = Field(
+        default=RetrievalMode.DENSE, description="store retrieval mode for VectorStoreQueryMode.DEFAULT"
     )
 
     _store: CheatSheetStore = PrivateAttr()
@@ -68,13 +67,12 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         *,
         group: str,
         collection: str = DEFAULT_COLLECTION,
-        default_mode: str = "dense",
+        default_mode: RetrievalMode | str = RetrievalMode.DENSE,  # dense by contract: see the field
         **kwargs: Any,
     ) -> None:
         validate_name(group, "group")
         validate_name(collection, "collection")
-        if default_mode not in ("dense", "hybrid", "fulltext"):
-            raise InputError(f"default_mode must be dense, hybrid or fulltext, got {default_mode!r}")
+        default_mode = RetrievalMode.parse(default_mode)
         super().__init__(group=group, collection=collection, default_mode=default_mode, **kwargs)
         self._store = store
 
@@ -198,14 +196,13 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         """Top-k chunks for ``query``: ``query_embedding`` (when given; checked to come from the store's
         embedder) drives the dense search, else the store embeds ``query_str``; ``filters`` (nested and/or),
         ``doc_ids`` and ``node_ids`` narrow the search in SQL, before the top-k cut."""
-        mode = _MODES.get(VectorStoreQueryMode(query.mode))
+        qmode = VectorStoreQueryMode(query.mode)
+        mode = self.default_mode if qmode == VectorStoreQueryMode.DEFAULT else _MODES.get(qmode)
         if mode is None:
             raise InputError(
                 f"query mode {query.mode!r} is not supported by LLoCOVectorStore; use default, "
                 "hybrid or text_search"
             )
-        if query.mode == VectorStoreQueryMode.DEFAULT:
-            mode = self.default_mode
         if not query.query_str:
             raise InputError(
                 "LLoCOVectorStore needs query_str, also with a query_embedding (full-text search "
@@ -215,7 +212,7 @@ class LLoCOVectorStore(BasePydanticVectorStore):
         flt = to_store_filter(query.filters)
         top_k = (
             int(query.hybrid_top_k or query.similarity_top_k)
-            if mode == "hybrid"
+            if mode == RetrievalMode.HYBRID
             else int(query.similarity_top_k)
         )
         doc_ids = list(query.doc_ids) if query.doc_ids else None
@@ -225,7 +222,7 @@ class LLoCOVectorStore(BasePydanticVectorStore):
             if not chunk_ids:  # none of the node ids is a lloco chunk: nothing of this store can match
                 return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         qvec = None
-        if mode != "fulltext" and query.query_embedding is not None:
+        if mode != RetrievalMode.FULLTEXT and query.query_embedding is not None:
             qvec = self._query_vector(query.query_embedding, query.query_str)
         result = self._store.retrieve(
             query.query_str,

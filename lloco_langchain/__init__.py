@@ -1,7 +1,7 @@
 """LangChain integration for LLoCO: an LLM and a chat model that read cheat sheets, a retriever, a vector
 store and a chain factory.
 
-    from lloco_runtime.service import LLoCOService
+    from lloco_runtime import LLoCOService
     from lloco_langchain import ChatLLoCO, LLoCOLLM, LLoCORetriever, create_lloco_chain
 
     service = LLoCOService.from_defaults()

@@ -1,23 +1,31 @@
 """What :class:`~lloco_langchain.llm.LLoCOLLM` and :class:`~lloco_langchain.chat.ChatLLoCO` share.
 
-The runtime/service they decode with, the decoding defaults, per-call argument parsing, loading cheat
-sheets by chunk id, and the numbers of one run (async token streams use
-:func:`lloco_runtime.aio.iterate_in_thread`).
+The runtime/service they decode with, the decoding defaults, and per-call argument parsing: LangChain's
+names mapped onto the core's request layer (:func:`lloco_runtime.stream_chunks` loads the cheat sheets,
+checks the adapter and returns a :class:`~lloco_runtime.TokenStream` whose ``stats`` are the numbers of the
+run; async token streams use :func:`lloco_runtime.iterate_in_thread`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
-import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 
-from lloco_runtime.errors import ConfigError, InputError
-from lloco_runtime.generation import GenerationConfig, StreamStats
-from lloco_runtime.runtime import LLoCO
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import (
+    ChatMessage,
+    ConfigError,
+    GenerationConfig,
+    InputError,
+    LLoCO,
+    LLoCOService,
+    TokenStream,
+    chunk_ids,
+    generation_config,
+    stream_chunks,
+)
 
 #: Per-call keyword arguments (``invoke(..., **kw)`` or ``.bind(**kw)``) besides LangChain's ``stop``.
 CALL_KWARGS = frozenset(
@@ -132,51 +140,24 @@ class LLoCOModelBase(BaseModel):
                 f"unknown {type(self).__name__} argument(s) {sorted(unknown)}; known: {sorted(CALL_KWARGS)}"
             )
         ids = kwargs.get("cheat_sheet_ids")
-        if ids is not None and (isinstance(ids, (str, bytes)) or not all(isinstance(i, int) for i in ids)):
-            raise InputError(
-                "cheat_sheet_ids must be a list of integer chunk ids (Document.metadata['chunk_id'])"
-            )
-        adapter = kwargs.get("adapter_id", self.adapter_id)
-        gen = {k: kwargs.get(k, v) for k, v in self._gen_defaults().items()}
-        stops = tuple(stop if stop is not None else (self.stop or ()))
+        defaults = {**self._gen_defaults(), "stop": stop if stop is not None else self.stop}
         return Request(
-            list(ids or []),
-            adapter,
-            GenerationConfig(stop=stops, **gen),
+            chunk_ids(ids),
+            kwargs.get("adapter_id", self.adapter_id),
+            generation_config(defaults, kwargs),
             explicit_ids=ids is not None,
             explicit_adapter="adapter_id" in kwargs,
         )
 
-    def _cheat_sheets(self, chunk_ids: list[int]) -> list[torch.Tensor] | None:
-        """The stored cheat sheets of ``chunk_ids`` (None for none); needs the service's store."""
-        if not chunk_ids:
-            return None
-        if self._service is None:
-            raise ConfigError(
-                f"cheat_sheet_ids need a store: build {type(self).__name__}"
-                "(service=LLoCOService(lloco, store))"
-            )
-        return self._service.cheat_sheets(chunk_ids) or None
-
-
-def adapter_arg(adapter_id: int | str | None) -> str | None:
-    """The runtime's adapter key for a store adapter id (None: the base model)."""
-    return None if adapter_id is None else str(adapter_id)
-
-
-def run_info(st: StreamStats) -> dict[str, Any]:
-    """The numbers of one finished run (``generation_info``/``response_metadata``)."""
-    return {
-        "finish_reason": st.finish_reason,
-        "prompt_tokens": st.prompt_tokens,
-        "context_vectors": st.context_vectors,
-        "completion_tokens": len(st.token_ids),
-        "prefill_s": st.prefill_s,
-        "total_s": st.total_s,
-    }
-
-
-def drain(tokens: Iterator[str]) -> None:
-    """Run a token iterator to its end (its ``StreamStats`` then holds the text and the numbers)."""
-    for _ in tokens:
-        pass
+    def _tokens(self, prompt: str | Sequence[ChatMessage], req: Request) -> TokenStream:
+        """The answer's token stream (the request layer's path: cheat sheets loaded from the service's store,
+        the adapter checked there, the prompt built now)."""
+        return stream_chunks(
+            self._lloco,
+            self._service.store if self._service is not None else None,
+            prompt,
+            req.chunk_ids,
+            adapter_id=req.adapter_id,
+            config=req.config,
+            build_hint=f"{type(self).__name__}(service=LLoCOService(lloco, store))",
+        )

@@ -19,7 +19,7 @@ from langchain_core.prompts import BasePromptTemplate, PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 
-from lloco_runtime.errors import ConfigError, InputError
+from lloco_runtime import ConfigError, InputError
 
 from .payload import payload_from_documents
 

@@ -35,14 +35,20 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field
 
-from lloco_runtime.aio import iterate_in_thread
-from lloco_runtime.errors import ConfigError, InputError
-from lloco_runtime.generation import StreamStats
-from lloco_runtime.prompt import ChatMessage, chat_messages
-from lloco_runtime.runtime import LLoCO
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import (
+    AdapterChoice,
+    ChatMessage,
+    ConfigError,
+    InputError,
+    LLoCO,
+    LLoCOService,
+    TokenStream,
+    chat_messages,
+    iterate_in_thread,
+    route_adapter,
+)
 
-from ._base import LLoCOModelBase, Request, adapter_arg, drain, run_info
+from ._base import LLoCOModelBase, Request
 from .payload import payload_from_documents
 
 __all__ = ["ChatLLoCO", "to_chat_messages"]
@@ -72,7 +78,7 @@ def _text(message: BaseMessage, i: int) -> str:
 
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
-    """LangChain messages as the runtime's :class:`~lloco_runtime.prompt.ChatMessage` turns.
+    """LangChain messages as the runtime's :class:`~lloco_runtime.ChatMessage` turns.
 
     ``SystemMessage`` -> system, ``HumanMessage`` -> user, ``AIMessage`` -> assistant (a generic
     ``ChatMessage`` with one of those roles too). Tool and function messages are refused: the model has no
@@ -126,10 +132,10 @@ class _Call:
 
 
 class ChatLLoCO(BaseChatModel, LLoCOModelBase):
-    """A LangChain chat model over a :class:`~lloco_runtime.runtime.LLoCO` runtime (and optionally its store).
+    """A LangChain chat model over a :class:`~lloco_runtime.LLoCO` runtime (and optionally its store).
 
     Args:
-        service: an :class:`~lloco_runtime.service.LLoCOService`; needed for cheat sheets and adapters stored
+        service: an :class:`~lloco_runtime.LLoCOService`; needed for cheat sheets and adapters stored
             in the database.
         lloco: a bare runtime instead (no store): plain conversations, or adapters registered on
             ``lloco.adapters`` by id.
@@ -241,7 +247,10 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
     def _with_documents(call: _Call, documents: Sequence[Document]) -> _Call:
         p = payload_from_documents(documents)
         req = call.request
-        adapter = req.adapter_id if req.explicit_adapter else p.adapter_id
+        # adapter routing: a per-call adapter_id wins over the retrieved group's active adapter
+        adapter = route_adapter(
+            req.adapter_id if req.explicit_adapter else AdapterChoice.ACTIVE, p.adapter_id
+        )
         return replace(
             call,
             request=replace(req, chunk_ids=p.chunk_ids, adapter_id=adapter),
@@ -263,24 +272,19 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         )
         return self._with_documents(call, docs)
 
-    def _tokens(self, call: _Call, state: StreamStats) -> Iterator[str]:
-        """Text deltas of the answer (lazy: nothing runs until the first ``next``)."""
-        sheets = self._cheat_sheets(call.request.chunk_ids)
-        return self._lloco.stream_chat(
-            call.turns,
-            sheets,
-            adapter_id=adapter_arg(call.request.adapter_id),
-            config=call.request.config,
-            state=state,
-        )
+    def _stream_of(self, call: _Call) -> TokenStream:
+        """The answer's token stream (the prompt is built now; decoding starts at the first ``next``)."""
+        return self._tokens(call.turns, call.request)
 
-    def _metadata(self, call: _Call, st: StreamStats) -> tuple[UsageMetadata, dict[str, Any]]:
-        out = len(st.token_ids)
+    def _metadata(self, call: _Call, tokens: TokenStream) -> tuple[UsageMetadata, dict[str, Any]]:
+        stats = tokens.stats
         usage = UsageMetadata(
-            input_tokens=st.prompt_tokens, output_tokens=out, total_tokens=st.prompt_tokens + out
+            input_tokens=stats.prompt_tokens,
+            output_tokens=stats.completion_tokens,
+            total_tokens=stats.prompt_tokens + stats.completion_tokens,
         )
         info = {
-            **run_info(st),
+            **stats.to_dict(),
             "model_name": self.model_name,
             "raw_context_tokens": call.raw_tokens,
             "chunk_ids": list(call.request.chunk_ids),
@@ -289,17 +293,17 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         }
         return usage, info
 
-    def _result(self, call: _Call, st: StreamStats) -> ChatResult:
-        usage, info = self._metadata(call, st)
-        message = AIMessage(content=st.text, usage_metadata=usage, response_metadata=info)
+    def _result(self, call: _Call, tokens: TokenStream) -> ChatResult:
+        usage, info = self._metadata(call, tokens)
+        message = AIMessage(content=tokens.text, usage_metadata=usage, response_metadata=info)
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info=info)],
             llm_output={"model_name": self.model_name},
         )
 
-    def _last_chunk(self, call: _Call, st: StreamStats) -> ChatGenerationChunk:
+    def _last_chunk(self, call: _Call, tokens: TokenStream) -> ChatGenerationChunk:
         """The closing chunk: no text, the usage and the numbers (so they appear once in the merged message)."""
-        usage, info = self._metadata(call, st)
+        usage, info = self._metadata(call, tokens)
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="", usage_metadata=usage, response_metadata=info, chunk_position="last"
@@ -308,9 +312,7 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         )
 
     def _run(self, call: _Call) -> ChatResult:
-        st = StreamStats()
-        drain(self._tokens(call, st))
-        return self._result(call, st)
+        return self._result(call, self._stream_of(call).finish())
 
     # -- sync ----------------------------------------------------------------------------------------------
 
@@ -331,8 +333,7 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self._retrieve(self._parse(messages, stop, kwargs), run_manager)
-        st = StreamStats()
-        tokens = self._tokens(call, st)
+        tokens = self._stream_of(call)
         try:
             for text in tokens:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
@@ -341,7 +342,7 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
                 yield chunk
         finally:
             tokens.close()  # releases the adapter pin at once when the caller stops early
-        yield self._last_chunk(call, st)
+        yield self._last_chunk(call, tokens)
 
     # -- async: the decoder is synchronous; run it on a worker thread, never on the event loop -------------
 
@@ -363,13 +364,12 @@ class ChatLLoCO(BaseChatModel, LLoCOModelBase):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = await self._aretrieve(self._parse(messages, stop, kwargs), run_manager)
-        st = StreamStats()
         # Loading cheat sheets reads the store: off the loop too.
-        tokens = await run_in_executor(None, self._tokens, call, st)
+        tokens = await run_in_executor(None, self._stream_of, call)
         async with contextlib.aclosing(iterate_in_thread(tokens)) as texts:
             async for text in texts:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if run_manager:
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
-        yield self._last_chunk(call, st)
+        yield self._last_chunk(call, tokens)

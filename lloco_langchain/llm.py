@@ -22,22 +22,19 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import run_in_executor
 from pydantic import Field
 
-from lloco_runtime.aio import iterate_in_thread
-from lloco_runtime.generation import StreamStats
-from lloco_runtime.runtime import LLoCO
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import LLoCO, LLoCOService, TokenStream, iterate_in_thread
 
-from ._base import CALL_KWARGS, LLoCOModelBase, adapter_arg, drain, run_info
+from ._base import CALL_KWARGS, LLoCOModelBase
 from .remote import RemoteLLoCOLLM
 
 __all__ = ["CALL_KWARGS", "LLoCOLLM"]
 
 
 class LLoCOLLM(LLM, LLoCOModelBase):
-    """A LangChain LLM over a :class:`~lloco_runtime.runtime.LLoCO` runtime (and optionally its store).
+    """A LangChain LLM over a :class:`~lloco_runtime.LLoCO` runtime (and optionally its store).
 
     Args:
-        service: an :class:`~lloco_runtime.service.LLoCOService`; needed for ``cheat_sheet_ids`` and adapter
+        service: an :class:`~lloco_runtime.LLoCOService`; needed for ``cheat_sheet_ids`` and adapter
             ids stored in the database.
         lloco: a bare runtime instead (no store): plain questions, or adapters registered on
             ``lloco.adapters`` by id.
@@ -76,20 +73,13 @@ class LLoCOLLM(LLM, LLoCOModelBase):
 
     # -- the request ---------------------------------------------------------------------------------------
 
-    def _tokens(
-        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any], state: StreamStats
-    ) -> Iterator[str]:
-        """Text deltas of one answer; ``state`` receives token counts and timings when it ends."""
-        req = self._request(stop, kwargs)
-        sheets = self._cheat_sheets(req.chunk_ids)
-        return self._lloco.stream(
-            prompt, sheets, adapter_id=adapter_arg(req.adapter_id), config=req.config, state=state
-        )
+    def _stream_of(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> TokenStream:
+        """The answer's token stream; its ``stats`` hold token counts and timings when it ends."""
+        return self._tokens(prompt, self._request(stop, kwargs))
 
     def _run(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        st = StreamStats()
-        drain(self._tokens(prompt, stop, kwargs, st))
-        return st.text, run_info(st)
+        tokens = self._stream_of(prompt, stop, kwargs).finish()
+        return tokens.text, tokens.stats.to_dict()
 
     # -- sync ----------------------------------------------------------------------------------------------
 
@@ -123,8 +113,7 @@ class LLoCOLLM(LLM, LLoCOModelBase):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        st = StreamStats()
-        tokens = self._tokens(prompt, stop, kwargs, st)
+        tokens = self._stream_of(prompt, stop, kwargs)
         try:
             for text in tokens:
                 chunk = GenerationChunk(text=text)
@@ -134,7 +123,7 @@ class LLoCOLLM(LLM, LLoCOModelBase):
         finally:
             tokens.close()  # releases the adapter pin at once when the caller stops early
         # A closing empty chunk carries the numbers into the merged generation (on_llm_end).
-        yield GenerationChunk(text="", generation_info=run_info(st))
+        yield GenerationChunk(text="", generation_info=tokens.stats.to_dict())
 
     # -- async: the decoder is synchronous; run it on a worker thread, never on the event loop -------------
 
@@ -167,12 +156,11 @@ class LLoCOLLM(LLM, LLoCOModelBase):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        st = StreamStats()
-        tokens = await run_in_executor(None, self._tokens, prompt, stop, kwargs, st)  # reads the store
+        tokens = await run_in_executor(None, self._stream_of, prompt, stop, kwargs)  # reads the store
         async with contextlib.aclosing(iterate_in_thread(tokens)) as texts:
             async for text in texts:
                 chunk = GenerationChunk(text=text)
                 if run_manager:
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
-        yield GenerationChunk(text="", generation_info=run_info(st))
+        yield GenerationChunk(text="", generation_info=tokens.stats.to_dict())

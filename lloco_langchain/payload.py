@@ -9,12 +9,11 @@ sheets and the adapter itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from langchain_core.documents import Document
 
-from lloco_runtime.errors import InputError
-from lloco_runtime.store.records import RetrievalResult
+from lloco_runtime import ChunkRef, InputError, Payload, payload
+from lloco_runtime.store import RetrievalResult
 
 CHUNK_ID = "chunk_id"
 DOC_ID = "doc_id"
@@ -48,27 +47,13 @@ def documents_from_result(result: RetrievalResult) -> list[Document]:
     return docs
 
 
-@dataclass(frozen=True)
-class Payload:
-    """What the LLM needs for one answer: cheat-sheet chunk ids (in reading order) and one adapter id."""
-
-    chunk_ids: list[int]
-    adapter_id: int | None
-    group: str | None
-    raw_tokens: int
-
-
 def payload_from_documents(documents: Sequence[Document]) -> Payload:
-    """Collect chunk ids and the (single) adapter id from retrieved Documents, in document order.
+    """Collect chunk ids (in reading order) and the (single) adapter id from retrieved Documents: the
+    request layer's :func:`lloco_runtime.payload` over their metadata.
 
     Raises :class:`InputError` for an empty list, Documents not made by a lloco retriever, or Documents of
     more than one group (one answer applies one group's adapter).
     """
-    if not documents:
-        raise InputError(
-            "the retriever returned no documents, so there are no cheat sheets to answer from; "
-            "ingest documents into the group first, or relax the retriever's filters"
-        )
     missing = [
         i for i, d in enumerate(documents) if not isinstance(d, Document) or d.metadata.get(CHUNK_ID) is None
     ]
@@ -78,28 +63,17 @@ def payload_from_documents(documents: Sequence[Document]) -> Payload:
             "chain answers from cheat sheets stored by lloco, so retrieve with LLoCORetriever (or a retriever "
             "that keeps its metadata), not with a plain text retriever"
         )
-    groups = {(d.metadata.get(COLLECTION), d.metadata.get(GROUP)) for d in documents}
-    if len(groups) > 1:
-        names = sorted(f"{c}/{g}" for c, g in groups)
-        raise InputError(
-            f"the documents come from several groups ({', '.join(names)}); one LLoCO answer "
-            "reads one group with its adapter: retrieve from a single group"
-        )
-    adapters = {d.metadata.get(ADAPTER_ID) for d in documents}
-    if len(adapters) > 1:
-        raise InputError(
-            f"the documents name different adapters {sorted(map(str, adapters))}; "
-            "retrieve them in one call so they share the group's active adapter"
-        )
-    # Reading order (document, then position in it) reads more naturally than score order.
-    ordered = sorted(
-        documents, key=lambda d: (str(d.metadata.get(DOC_ID, "")), int(d.metadata.get(ORDINAL, 0)))
-    )
-    ids = [int(d.metadata[CHUNK_ID]) for d in ordered]
-    ((_, group),) = groups
-    return Payload(
-        chunk_ids=ids,
-        adapter_id=adapters.pop(),
-        group=group,
-        raw_tokens=sum(int(d.metadata.get(N_TOKENS) or 0) for d in documents),
+    return payload(
+        [
+            ChunkRef(
+                d.metadata[CHUNK_ID],
+                doc_id=d.metadata.get(DOC_ID, ""),
+                ordinal=d.metadata.get(ORDINAL, 0),
+                n_tokens=d.metadata.get(N_TOKENS, 0),
+                group=d.metadata.get(GROUP),
+                collection=d.metadata.get(COLLECTION),
+                adapter_id=d.metadata.get(ADAPTER_ID),
+            )
+            for d in documents
+        ]
     )

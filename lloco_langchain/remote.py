@@ -17,8 +17,8 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import Field, PrivateAttr
 
-from lloco_runtime.client import LLoCOClient
-from lloco_runtime.errors import ConfigError, InputError
+from lloco_runtime import AdapterChoice, ConfigError, InputError, LLoCOClient
+from lloco_runtime.store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 
 __all__ = ["REMOTE_CALL_KWARGS", "RemoteLLoCOLLM"]
 
@@ -49,10 +49,10 @@ class RemoteLLoCOLLM(LLM):
 
     endpoint: str
     group: str | None = None
-    collection: str = "default"
-    k: int = Field(default=4, ge=1)
-    mode: str = "hybrid"
-    adapter_id: int | str = "active"
+    collection: str = DEFAULT_COLLECTION
+    k: int = Field(default=DEFAULT_TOP_K, ge=1)
+    mode: RetrievalMode = DEFAULT_MODE
+    adapter_id: int | str = AdapterChoice.ACTIVE
     max_new_tokens: int = Field(default=64, ge=1)
     timeout: float = Field(default=300.0, gt=0)
     cache: Any = Field(default=False, exclude=True)
@@ -103,13 +103,12 @@ class RemoteLLoCOLLM(LLM):
         group = kwargs.get("group", self.group)
         if not group:
             raise InputError("RemoteLLoCOLLM needs group= (at construction or per call)")
-        adapter = kwargs.get("adapter_id", self.adapter_id)
         return {
             "group": group,
             "collection": self.collection,
             "top_k": self.k,
             "mode": self.mode,
-            "adapter": "none" if adapter is None else adapter,
+            "adapter": kwargs.get("adapter_id", self.adapter_id),  # the client sends None as "none"
             "max_new_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
         }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
@@ -10,8 +10,14 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, PrivateAttr
 
-from lloco_runtime.errors import InputError
-from lloco_runtime.service import LLoCOService
+from lloco_runtime import InputError, LLoCOService
+from lloco_runtime.store import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MODE,
+    DEFAULT_TOP_K,
+    RetrievalMode,
+    RetrievalOptions,
+)
 
 from . import payload as P
 
@@ -27,19 +33,20 @@ class LLoCORetriever(BaseRetriever):
     id. ``k``, ``filters`` and ``mode`` may be overridden per call: ``retriever.invoke(q, k=2)``.
 
     Args:
-        service: the :class:`~lloco_runtime.service.LLoCOService` (runtime + store) to retrieve from.
+        service: the :class:`~lloco_runtime.LLoCOService` (runtime + store) to retrieve from.
         group, collection: which document group to search.
         k: number of chunks.
-        mode: ``"dense"``, ``"fulltext"`` or ``"hybrid"`` (reciprocal-rank fusion).
+        mode: a :class:`~lloco_runtime.store.RetrievalMode` or its string: ``"dense"``, ``"fulltext"`` or
+            ``"hybrid"`` (reciprocal-rank fusion, the default).
         filters: a store filter (``MetadataFilter``/``FilterGroup`` or their dict form) on chunk metadata.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     group: str
-    collection: str = "default"
-    k: int = 4
-    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
+    collection: str = DEFAULT_COLLECTION
+    k: int = DEFAULT_TOP_K
+    mode: RetrievalMode = DEFAULT_MODE
     filters: Any = None
 
     _service: LLoCOService = PrivateAttr()
@@ -58,14 +65,14 @@ class LLoCORetriever(BaseRetriever):
         unknown = set(kwargs) - _SEARCH_KWARGS
         if unknown:
             raise InputError(f"unknown retriever argument(s) {sorted(unknown)}; use {sorted(_SEARCH_KWARGS)}")
-        result = self._service.retrieve(
-            query,
-            group=self.group,
+        options = RetrievalOptions(
             collection=self.collection,
             top_k=kwargs.get("k", self.k),
             mode=kwargs.get("mode", self.mode),
             filters=kwargs.get("filters", self.filters),
-            load_cheat_sheets=False,
+        )
+        result = self._service.retrieve_with(
+            query, group=self.group, options=options, load_cheat_sheets=False
         )
         return P.documents_from_result(result)
 

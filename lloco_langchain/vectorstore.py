@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from lloco_runtime.embeddings import CallableEmbedder
-from lloco_runtime.errors import ConfigError, InputError, NotFoundError
-from lloco_runtime.service import LLoCOService
-from lloco_runtime.store import DocumentInput
-from lloco_runtime.store.records import ChunkInfo, RetrievalResult
+from lloco_runtime import CallableEmbedder, ConfigError, InputError, LLoCOService, NotFoundError
+from lloco_runtime.store import DEFAULT_COLLECTION, ChunkInfo, DocumentInput, RetrievalMode, RetrievalResult
 
 from . import payload as P
-
-Mode = Literal["dense", "fulltext", "hybrid"]
 
 
 class LangChainEmbedder(CallableEmbedder):
@@ -62,7 +57,8 @@ class LLoCOVectorStore(VectorStore):
         service: the runtime (its encoder compresses) and the store.
         group, collection: where documents go and are searched (searching a group not created yet finds
             nothing).
-        mode: default retrieval mode for searches (``"dense"``, ``"fulltext"`` or ``"hybrid"``).
+        mode: default retrieval mode for searches (a :class:`~lloco_runtime.store.RetrievalMode` or its
+            string: ``"dense"``, ``"fulltext"`` or ``"hybrid"``); dense unless given, see ``__init__``.
         embedding: a LangChain ``Embeddings`` only if it is the store's embedder (see the module doc).
         lloco_metadata: search results carry lloco's ids (``chunk_id``, ``adapter_id``, ... next to your
             metadata), which a LLoCO chain or ``ChatLLoCO`` needs. ``False`` gives plain LangChain Documents
@@ -75,15 +71,17 @@ class LLoCOVectorStore(VectorStore):
         service: LLoCOService,
         *,
         group: str,
-        collection: str = "default",
-        mode: Mode = "dense",
+        collection: str = DEFAULT_COLLECTION,
+        # A vector store's similarity search is dense by contract (LangChain's similarity_search and its
+        # relevance scores are vector similarity), so this default is DENSE, unlike the retrievers' and the
+        # service's (DEFAULT_MODE, hybrid).
+        mode: RetrievalMode | str = RetrievalMode.DENSE,
         embedding: Embeddings | None = None,
         lloco_metadata: bool = True,
     ) -> None:
         if not isinstance(service, LLoCOService):
             raise InputError(f"LLoCOVectorStore needs an LLoCOService, got {type(service).__name__}")
-        if mode not in ("dense", "fulltext", "hybrid"):
-            raise InputError(f"unknown retrieval mode {mode!r}; use 'dense', 'fulltext' or 'hybrid'")
+        mode = RetrievalMode.parse(mode)
         self.service, self.group, self.collection, self.mode = service, group, collection, mode
         self.lloco_metadata = lloco_metadata
         self._embedding = _check_embedding(service, embedding)
@@ -184,7 +182,7 @@ class LLoCOVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """Top-``k`` chunks with their scores (cosine similarity in dense mode); ``filter`` on metadata."""
         mode, qvec = self._mode(kwargs), None
-        if mode != "fulltext" and self._embedding is not None:
+        if mode != RetrievalMode.FULLTEXT and self._embedding is not None:
             qvec = self._embedding.embed_query(query)
         return self._search(query, k, filter, mode, qvec)
 
@@ -194,7 +192,7 @@ class LLoCOVectorStore(VectorStore):
         from langchain_core.runnables.config import run_in_executor
 
         mode, qvec = self._mode(kwargs), None
-        if mode != "fulltext" and self._embedding is not None:
+        if mode != RetrievalMode.FULLTEXT and self._embedding is not None:
             qvec = await self._embedding.aembed_query(query)
         return await run_in_executor(None, self._search, query, k, filter, mode, qvec)
 
@@ -207,16 +205,16 @@ class LLoCOVectorStore(VectorStore):
         return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter, **kwargs)]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        return lambda score: (score + 1.0) / 2.0 if self.mode == "dense" else score
+        return lambda score: (score + 1.0) / 2.0 if self.mode == RetrievalMode.DENSE else score
 
-    def _mode(self, kwargs: dict[str, Any]) -> str:
+    def _mode(self, kwargs: dict[str, Any]) -> RetrievalMode:
         mode = kwargs.pop("mode", self.mode)
         if kwargs:
             raise InputError(f"unknown search argument(s) {sorted(kwargs)}; use k, filter, mode")
-        return mode
+        return RetrievalMode.parse(mode)
 
     def _search(
-        self, query: str, k: int, filter: Any, mode: str, query_vector: list[float] | None
+        self, query: str, k: int, filter: Any, mode: RetrievalMode, query_vector: list[float] | None
     ) -> list[tuple[Document, float]]:
         try:
             result = self.service.store.retrieve(
@@ -259,7 +257,7 @@ class LLoCOVectorStore(VectorStore):
         ids: list[str] | None = None,
         service: LLoCOService | None = None,
         group: str | None = None,
-        collection: str = "default",
+        collection: str = DEFAULT_COLLECTION,
         **kwargs: Any,
     ) -> LLoCOVectorStore:
         """Build over ``service``/``group`` and add ``texts`` (``embedding``: see the module doc)."""

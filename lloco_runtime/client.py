@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from .errors import ConfigError, InputError, LLoCOError, NotFoundError
 
+#: ``adapter`` of a request: ``"active"`` (the group's active adapter), ``"none"`` (None too), or an adapter
+#: id; the server routes it (:func:`lloco_runtime.route_adapter`)
 AdapterChoice = int | Literal["active", "none"]
 
 
@@ -69,6 +71,11 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         yield obj
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that are not None."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 class LLoCOClient:
     """HTTP client for ``lloco serve`` (``/v1/ask``, ``/v1/chat/completions``, ``/healthz``); sync and async.
 
@@ -92,63 +99,61 @@ class LLoCOClient:
 
     # -- request bodies -------------------------------------------------------------------------------------
 
+    # Retrieval options left as None are left out of the body: the server applies the one set of defaults
+    # (lloco_runtime.store.RetrievalOptions), so this light module (no torch, no database) repeats none.
+
     @staticmethod
     def ask_body(
         question: str,
         *,
         group: str,
-        collection: str = "default",
-        top_k: int = 4,
-        mode: str = "hybrid",
+        collection: str | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
         adapter: AdapterChoice | None = "active",
         max_new_tokens: int = 64,
         stream: bool = False,
         with_text: bool = False,
     ) -> dict[str, Any]:
+        """A ``/v1/ask`` body (``collection``, ``top_k``, ``mode``: the server's defaults when None)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty")
         if not group:
             raise InputError(
                 "a remote question needs group= (the server retrieves that group's cheat sheets)"
             )
-        return {
+        body = {
             "question": question,
             "group": group,
-            "collection": collection,
-            "top_k": top_k,
-            "mode": mode,
             "adapter": "none" if adapter is None else adapter,
             "max_new_tokens": max_new_tokens,
             "stream": stream,
             "with_text": with_text,
         }
+        return body | _given(collection=collection, top_k=top_k, mode=mode)
 
     @staticmethod
     def chat_body(
         messages: Sequence[Mapping[str, str]],
         *,
         group: str | None = None,
-        collection: str = "default",
-        top_k: int = 4,
+        collection: str | None = None,
+        top_k: int | None = None,
         max_tokens: int = 64,
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         stream: bool = False,
     ) -> dict[str, Any]:
+        """A ``/v1/chat/completions`` body (``group``: retrieve from it; ``collection``, ``top_k``: the server's
+        defaults when None)."""
         body: dict[str, Any] = {
             "model": "lloco",
             "messages": [dict(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": stream,
-            "collection": collection,
-            "top_k": top_k,
         }
-        if group is not None:
-            body["group"] = group
-        if stop:
-            body["stop"] = list(stop)
-        return body
+        return body | _given(group=group, collection=collection, top_k=top_k, stop=list(stop or ()) or None)
 
     # -- plumbing -------------------------------------------------------------------------------------------
 

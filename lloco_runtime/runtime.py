@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +28,33 @@ log = logging.getLogger(__name__)
 
 READER_ADAPTER_ID = "reader"  # runtime id of the encoder's reader adapter (store adapter ids are integers)
 Context = str | CheatSheets | torch.Tensor | Sequence[torch.Tensor] | None
+
+# -- adapter routing: which adapter answers (this module decides; every path calls these two steps) ---------
+
+
+class AdapterChoice(StrEnum):
+    """A request's adapter choice other than an explicit adapter id (``lloco serve``'s ``adapter`` field)."""
+
+    ACTIVE = "active"  # the active adapter of the group the request retrieved from
+    NONE = "none"  # no stored adapter
+
+
+def route_adapter(
+    choice: AdapterChoice | int | str | None, group_adapter_id: int | None = None
+) -> int | str | None:
+    """Adapter routing, step 1: the stored adapter a request is answered with.
+
+    ``choice``: an explicit adapter id (a store's integer id, or the name of an adapter registered on
+    :attr:`LLoCO.adapters`) wins; ``"active"`` is ``group_adapter_id``, the active adapter of the group the
+    request's cheat sheets were retrieved from (None when the group has none); ``"none"`` or None is no
+    stored adapter. Step 2 is :meth:`LLoCO.adapter_for`: a prompt left without an adapter that carries cheat
+    sheets is read with the encoder's reader adapter.
+    """
+    if choice is None or choice == AdapterChoice.NONE:
+        return None
+    if choice == AdapterChoice.ACTIVE:
+        return group_adapter_id
+    return choice
 
 
 def shipped_encoder_dir() -> Path | None:
@@ -131,10 +159,11 @@ class LLoCO:
     def adapter_for(
         self, prompt: Prompt, adapter_id: str | None = None, *, use_reader: bool = True
     ) -> str | None:
-        """The adapter a prompt is answered with: ``adapter_id`` if given (a group adapter; those trained by
-        ``lloco finetune`` start from the reader, so they read cheat sheets too); else, when the prompt
-        carries cheat sheets and the encoder has a reader adapter, the reader (``use_reader=False`` turns
-        this off: the plain decoder); else None."""
+        """Adapter routing, step 2: the adapter a prompt is answered with: ``adapter_id`` if given (the
+        request's choice after :func:`route_adapter`, e.g. a group adapter; those trained by ``lloco
+        finetune`` start from the reader, so they read cheat sheets too); else, when the prompt carries cheat
+        sheets and the encoder has a reader adapter, the reader (``use_reader=False`` turns this off: the
+        plain decoder); else None."""
         if adapter_id is not None:
             return adapter_id
         if use_reader and self.reader_id is not None and prompt.context_vectors > 0:

@@ -43,6 +43,17 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from .errors import ConfigError, InputError, LLoCOError, NotFoundError, StoreError
+from .request import (
+    Answer,
+    RunStats,
+    adapter_key,
+    check_found,
+    context_sheets,
+    sources,
+    stop_sequences,
+)
+from .runtime import AdapterChoice, route_adapter
+from .store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode, RetrievalOptions
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +114,11 @@ class AskRequest(BaseModel):
 
     question: str = Field(min_length=1, description="the question")
     group: str = Field(min_length=1, description="document group to search")
-    collection: str = Field("default", min_length=1)
-    top_k: int = Field(4, ge=1, le=100, description="chunks to retrieve")
-    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
-    adapter: int | Literal["active", "none"] = Field(
-        "active",
+    collection: str = Field(DEFAULT_COLLECTION, min_length=1)
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=100, description="chunks to retrieve")
+    mode: RetrievalMode = DEFAULT_MODE
+    adapter: int | AdapterChoice = Field(
+        AdapterChoice.ACTIVE,
         description="'active': the group's active adapter; 'none': no group adapter; or an adapter id",
     )
     max_new_tokens: int = Field(64, ge=1, le=4096)
@@ -156,10 +167,10 @@ class ChatRequest(BaseModel):
     group: str | None = Field(
         None, min_length=1, description="retrieve from this group with the last user message"
     )
-    collection: str = Field("default", min_length=1)
-    top_k: int = Field(4, ge=1, le=100)
-    mode: Literal["dense", "fulltext", "hybrid"] = "hybrid"
-    adapter: int | Literal["active", "none"] = "active"
+    collection: str = Field(DEFAULT_COLLECTION, min_length=1)
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=100)
+    mode: RetrievalMode = DEFAULT_MODE
+    adapter: int | AdapterChoice = AdapterChoice.ACTIVE
 
 
 @dataclass
@@ -180,12 +191,10 @@ class DecodeJob:
 
 @dataclass
 class DecodeOut:
+    """A decoded request: the text and the numbers of the run (the request layer's :class:`RunStats`)."""
+
     text: str = ""
-    finish_reason: str = "length"
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prefill_s: float = 0.0
-    total_s: float = 0.0
+    stats: RunStats = field(default_factory=RunStats)
     error: BaseException | None = field(default=None, repr=False)
 
 
@@ -376,14 +385,7 @@ class LLoCODecoder:
                 for i in idx:
                     outs[i] = DecodeOut(error=exc)
             for i, r in zip(idx[: len(results)], results, strict=True):
-                outs[i] = DecodeOut(
-                    text=r.text,
-                    finish_reason=r.finish_reason,
-                    prompt_tokens=r.prompt_tokens,
-                    completion_tokens=len(r.token_ids),
-                    prefill_s=r.prefill_s,
-                    total_s=r.total_s,
-                )
+                outs[i] = DecodeOut(text=r.text, stats=RunStats.of(r, len(jobs[i].sheets)))
         return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -399,7 +401,7 @@ class LLoCODecoder:
         return out
 
     async def stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
-        """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut fields}``."""
+        """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut}``."""
         from .generation import StreamStats
 
         await self._ensure_adapter(job)
@@ -414,16 +416,7 @@ class LLoCODecoder:
 
         async for delta in _iterate_in_thread(produce):
             yield {"delta": delta}
-        yield {
-            "done": {
-                "text": state.text,
-                "finish_reason": state.finish_reason,
-                "prompt_tokens": state.prompt_tokens,
-                "completion_tokens": len(state.token_ids),
-                "prefill_s": state.prefill_s,
-                "total_s": state.total_s,
-            }
-        }
+        yield {"done": DecodeOut(text=state.text, stats=RunStats.of(state, len(job.sheets)))}
 
 
 async def _iterate_in_thread(factory: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
@@ -486,17 +479,38 @@ def _finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"  # lloco's "eos"/"stop" are OpenAI's "stop"
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(stats: RunStats) -> dict[str, int]:
+    """OpenAI's ``usage`` names for the run's numbers."""
+    prompt, completion = stats.prompt_tokens, stats.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @dataclass
 class _Retrieved:
-    sheets: list[Any]
+    """A request's retrieval (cheat sheets loaded) and the stored adapter it is answered with."""
+
+    result: Any  # RetrievalResult
     adapter_id: int | None
-    sources: list[Any]
-    context_tokens: int
-    raw_context_tokens: int
+
+    @property
+    def sheets(self) -> list[Any]:
+        return context_sheets(self.result)  # reading order; the decoder casts them to its dtype
+
+    def answer(self, out: DecodeOut, *, with_text: bool = False) -> dict[str, Any]:
+        """The ``/v1/ask`` answer: :meth:`Answer.to_dict`, as ``lloco ask --json`` prints it."""
+        a = Answer.of(self.result, text=out.text, adapter_id=self.adapter_id, stats=out.stats)
+        return a.to_dict(with_text=with_text)
+
+    def lloco_extra(self) -> dict[str, Any]:
+        """What a chat completion adds about the retrieval (its ``lloco`` field)."""
+        return {
+            "sources": [
+                {"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score} for s in sources(self.result)
+            ],
+            "adapter_id": self.adapter_id,
+            "context_tokens": self.result.context_tokens,
+            "raw_context_tokens": self.result.raw_context_tokens,
+        }
 
 
 @serve.deployment(name="LLoCOIngress")
@@ -536,34 +550,28 @@ class LLoCOIngress:
         raise AssertionError("unreachable")
 
     async def _retrieve(
-        self, question: str, *, group: str, collection: str, top_k: int, mode: str, adapter: int | str
+        self, question: str, *, group: str, options: RetrievalOptions, adapter: int | AdapterChoice
     ) -> _Retrieved:
-        from .service import LLoCOService
-
+        """Retrieve as :class:`~lloco_runtime.service.LLoCOService` does (cheat sheets checked against the
+        decoder's encoder), then route the adapter; the no-chunks error when nothing matched."""
         fingerprint = (await self._info())["encoder_fingerprint"]
         result = await asyncio.to_thread(
             self.store.retrieve,
             question,
             group=group,
-            collection=collection,
-            top_k=top_k,
-            mode=mode,
+            **options.as_kwargs(),
             encoder_fingerprint=fingerprint,
         )
-        if not result.chunks:
-            raise InputError(f"group {group!r} has no chunks matching the query; ingest documents first")
-        ordered = sorted(result.chunks, key=lambda c: (c.doc_id, c.ordinal))  # as LLoCOService does
-        sheets = [c.cheat_sheet for c in ordered if c.cheat_sheet is not None]
-        adapter_id = (
-            result.adapter_id if adapter == "active" else (None if adapter == "none" else int(adapter))
-        )
-        return _Retrieved(
-            sheets,
-            adapter_id,
-            LLoCOService._sources(result),
-            result.context_tokens,
-            result.raw_context_tokens,
-        )
+        check_found(result)
+        return _Retrieved(result, await self._adapter(adapter, result.adapter_id))
+
+    async def _adapter(self, choice: int | AdapterChoice, group_adapter_id: int | None = None) -> int | None:
+        """The stored adapter a request is answered with (:func:`route_adapter`); an id the request named is
+        checked in the store now, so an unknown one is a 404 before any replica is asked."""
+        adapter_id = route_adapter(choice, group_adapter_id)
+        if adapter_id is not None and adapter_id != group_adapter_id:
+            await asyncio.to_thread(adapter_key, adapter_id, self.store)
+        return adapter_id
 
     def _handle(self, job: DecodeJob, **options: Any) -> DeploymentHandle:
         if job.adapter_id is not None:
@@ -618,41 +626,24 @@ class LLoCOIngress:
 
     @app.post("/v1/ask", response_model=None)
     async def ask(self, req: AskRequest) -> dict[str, Any] | JSONResponse | StreamingResponse:
-        from .service import Answer
-
         try:
             if not req.question.strip():
                 raise InputError("the question is empty")
             r = await self._retrieve(
                 req.question,
                 group=req.group,
-                collection=req.collection,
-                top_k=req.top_k,
-                mode=req.mode,
+                options=RetrievalOptions(collection=req.collection, top_k=req.top_k, mode=req.mode),
                 adapter=req.adapter,
             )
             job = DecodeJob(
                 req.question,
                 None,
                 r.sheets,
-                None if r.adapter_id is None else str(r.adapter_id),
+                adapter_key(r.adapter_id, None),
                 max_new_tokens=req.max_new_tokens,
             )
-
-            def answer(text: str, prefill_s: float, total_s: float) -> dict[str, Any]:
-                return Answer(
-                    answer=text.strip(),
-                    sources=r.sources,
-                    adapter_id=r.adapter_id,
-                    context_tokens=r.context_tokens,
-                    raw_context_tokens=r.raw_context_tokens,
-                    prefill_s=prefill_s,
-                    total_s=total_s,
-                ).to_dict(with_text=req.with_text)
-
             if not req.stream:
-                out = await self._decode(job)
-                return answer(out.text, out.prefill_s, out.total_s)
+                return r.answer(await self._decode(job), with_text=req.with_text)
         except Exception as exc:  # noqa: BLE001 - every error becomes a JSON response
             return error_response(exc)
 
@@ -662,8 +653,7 @@ class LLoCOIngress:
                     if "delta" in ev:
                         yield _sse({"delta": ev["delta"]})
                     else:
-                        d = ev["done"]
-                        yield _sse(answer(d["text"], d["prefill_s"], d["total_s"]))
+                        yield _sse(r.answer(ev["done"], with_text=req.with_text))
             except Exception as exc:  # noqa: BLE001 - headers are sent: the error is an event
                 yield _sse(error_body(*error_status(exc)))
             yield "data: [DONE]\n\n"
@@ -683,41 +673,25 @@ class LLoCOIngress:
                 r = await self._retrieve(
                     question,
                     group=req.group,
-                    collection=req.collection,
-                    top_k=req.top_k,
-                    mode=req.mode,
+                    options=RetrievalOptions(collection=req.collection, top_k=req.top_k, mode=req.mode),
                     adapter=req.adapter,
                 )
-            stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-            adapter = None if r is None or r.adapter_id is None else str(r.adapter_id)
-            if r is None and isinstance(req.adapter, int):
-                adapter = str(req.adapter)
+                adapter = r.adapter_id
+            else:  # no retrieval: only an explicit adapter id applies
+                adapter = await self._adapter(req.adapter)
             job = DecodeJob(
                 None,
                 messages,
                 r.sheets if r else [],
-                adapter,
+                adapter_key(adapter, None),
                 max_new_tokens=req.max_completion_tokens or req.max_tokens or 256,
                 temperature=req.temperature or 0.0,
                 top_p=req.top_p,
-                stop=stop,
+                stop=stop_sequences(req.stop),
                 seed=req.seed,
             )
             cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            extra = (
-                {}
-                if r is None
-                else {
-                    "lloco": {
-                        "sources": [
-                            {"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score} for s in r.sources
-                        ],
-                        "adapter_id": r.adapter_id,
-                        "context_tokens": r.context_tokens,
-                        "raw_context_tokens": r.raw_context_tokens,
-                    }
-                }
-            )
+            extra = {} if r is None else {"lloco": r.lloco_extra()}
             if not req.stream:
                 out = await self._decode(job)
                 return {
@@ -730,10 +704,10 @@ class LLoCOIngress:
                             "index": 0,
                             "message": {"role": "assistant", "content": out.text.strip()},
                             "logprobs": None,
-                            "finish_reason": _finish(out.finish_reason),
+                            "finish_reason": _finish(out.stats.finish_reason),
                         }
                     ],
-                    "usage": _usage(out.prompt_tokens, out.completion_tokens),
+                    "usage": _usage(out.stats),
                 } | extra
         except Exception as exc:  # noqa: BLE001
             return error_response(exc)
@@ -758,8 +732,8 @@ class LLoCOIngress:
                             first = False
                             yield _sse(chunk({"content": text}, None))
                     else:
-                        d = ev["done"]
-                        yield _sse(chunk({}, _finish(d["finish_reason"])) | extra)
+                        d = ev["done"].stats
+                        yield _sse(chunk({}, _finish(d.finish_reason)) | extra)
                         if req.stream_options is not None and req.stream_options.include_usage:
                             yield _sse(
                                 {
@@ -768,7 +742,7 @@ class LLoCOIngress:
                                     "created": created,
                                     "model": req.model,
                                     "choices": [],
-                                    "usage": _usage(d["prompt_tokens"], d["completion_tokens"]),
+                                    "usage": _usage(d),
                                 }
                             )
             except Exception as exc:  # noqa: BLE001

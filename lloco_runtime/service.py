@@ -1,66 +1,48 @@
-"""Retrieve -> cheat sheets + adapter -> answer: the serving path shared by the CLI and both integrations.
+"""Retrieve -> cheat sheets + adapter -> answer: the serving path shared by the CLI, ``lloco serve`` and both
+integrations.
 
 :class:`LLoCOService` joins a :class:`~lloco_runtime.runtime.LLoCO` (decoder, encoder, adapters) with a
 :class:`~lloco_runtime.store.CheatSheetStore`. Adapters are fetched from the store by id on first use and
 kept in the runtime's LRU; cheat sheets are checked against the runtime's encoder fingerprint and cast from
-their storage dtype to the decoder's.
+their storage dtype to the decoder's. Each rule of a request (reading order, ids, adapter routing, the
+numbers of a run, the "no chunks" error) lives in :mod:`lloco_runtime.request`; this class strings them
+together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from .errors import InputError, NotFoundError
-from .generation import GenerationConfig, StreamStats
-from .runtime import LLoCO
-from .store import CheatSheetStore
-from .store.records import RecompressReport, RetrievalResult
+from .generation import GenerationConfig, GenerationResult
+from .prompt import MessageLike
+from .request import (
+    Answer,
+    Source,
+    TokenStream,
+    adapter_key,
+    check_found,
+    context_sheets,
+    load_cheat_sheets,
+    start_stream,
+    stored_adapter_id,
+    stream_chunks,
+)
+from .runtime import AdapterChoice, LLoCO, route_adapter
+from .store import (
+    DEFAULT_COLLECTION,
+    DEFAULT_MODE,
+    DEFAULT_TOP_K,
+    CheatSheetStore,
+    RecompressReport,
+    RetrievalMode,
+    RetrievalOptions,
+    RetrievalResult,
+)
 
-
-@dataclass
-class Source:
-    """One retrieved chunk an answer was built from."""
-
-    doc_id: str
-    chunk_id: int
-    score: float
-    ordinal: int
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Answer:
-    """An answer with its sources and what it cost."""
-
-    answer: str
-    sources: list[Source]
-    adapter_id: int | None
-    context_tokens: int
-    raw_context_tokens: int
-    prefill_s: float = 0.0
-    total_s: float = 0.0
-
-    def to_dict(self, *, with_text: bool = False) -> dict[str, Any]:
-        """The ``lloco ask --json`` shape."""
-        sources = [
-            {"doc_id": s.doc_id, "chunk_id": s.chunk_id, "score": s.score}
-            | ({"text": s.text} if with_text else {})
-            for s in self.sources
-        ]
-        return {
-            "answer": self.answer,
-            "sources": sources,
-            "adapter_id": self.adapter_id,
-            "context_tokens": self.context_tokens,
-            "raw_context_tokens": self.raw_context_tokens,
-            "prefill_s": self.prefill_s,
-            "total_s": self.total_s,
-        }
+__all__ = ["Answer", "LLoCOService", "Source"]  # Answer and Source live in the request layer
 
 
 class LLoCOService:
@@ -73,14 +55,7 @@ class LLoCOService:
 
     def _adapter_weights(self, adapter_id: str) -> bytes:
         """An adapter's bytes from the store; ids are the store's integers (anything else is unknown)."""
-        try:
-            key = int(adapter_id)
-        except (TypeError, ValueError):
-            raise NotFoundError(
-                f"unknown adapter {adapter_id!r}: stored adapters have integer ids; list them "
-                "with `lloco adapters list`"
-            ) from None
-        return self.store.adapter_weights(key)
+        return self.store.adapter_weights(stored_adapter_id(adapter_id))
 
     @classmethod
     def from_defaults(
@@ -99,7 +74,7 @@ class LLoCOService:
         paths: Sequence[str],
         *,
         group: str,
-        collection: str = "default",
+        collection: str = DEFAULT_COLLECTION,
         progress: bool = False,
         batch_size: int = 8,
     ):
@@ -117,7 +92,7 @@ class LLoCOService:
         self,
         *,
         group: str,
-        collection: str = "default",
+        collection: str = DEFAULT_COLLECTION,
         progress: bool = False,
         batch_size: int = 8,
         deactivate_stale: bool = True,
@@ -133,109 +108,134 @@ class LLoCOService:
             deactivate_stale=deactivate_stale,
         )
 
-    # -- online ---------------------------------------------------------------------------------------------
+    # -- online: retrieval ----------------------------------------------------------------------------------
 
     def retrieve(
         self,
         question: str,
         *,
         group: str,
-        collection: str = "default",
-        top_k: int = 4,
-        mode: str = "hybrid",
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: Any = None,
         load_cheat_sheets: bool = True,
     ) -> RetrievalResult:
         """Top-k chunks of ``group`` with cheat sheets made by this runtime's encoder (else an error)."""
+        options = RetrievalOptions(collection=collection, top_k=top_k, mode=mode, filters=filters)
+        return self.retrieve_with(question, group=group, options=options, load_cheat_sheets=load_cheat_sheets)
+
+    def retrieve_with(
+        self, question: str, *, group: str, options: RetrievalOptions, load_cheat_sheets: bool = True
+    ) -> RetrievalResult:
+        """:meth:`retrieve` with the options as one :class:`~lloco_runtime.store.RetrievalOptions`."""
         return self.store.retrieve(
             question,
             group=group,
-            collection=collection,
-            top_k=top_k,
-            mode=mode,
-            filters=filters,
+            **options.as_kwargs(),
             load_cheat_sheets=load_cheat_sheets,
             encoder_fingerprint=self.lloco.encoder.fingerprint,
         )
 
     def cheat_sheets(self, chunk_ids: Sequence[int]) -> list[torch.Tensor]:
         """Cheat sheets of ``chunk_ids`` (fingerprint-checked) in the decoder's dtype, in the given order."""
-        sheets = self.store.cheat_sheets(chunk_ids, encoder_fingerprint=self.lloco.encoder.fingerprint)
-        return [s.to(self.lloco.host.dtype) for s in sheets]
+        return load_cheat_sheets(self.lloco, self.store, chunk_ids) or []
 
     def _context(self, result: RetrievalResult) -> list[torch.Tensor]:
-        # Document order reads more naturally than score order: (doc, ordinal).
-        ordered = sorted(result.chunks, key=lambda c: (c.doc_id, c.ordinal))
-        return [c.cheat_sheet.to(self.lloco.host.dtype) for c in ordered if c.cheat_sheet is not None]
+        """The retrieval's cheat sheets in reading order, in the decoder's dtype (what :meth:`answer` reads)."""
+        return context_sheets(result, self.lloco.host.dtype)
 
-    @staticmethod
-    def _sources(result: RetrievalResult) -> list[Source]:
-        return [
-            Source(c.doc_id, c.chunk_id, float(c.score), c.ordinal, c.text, dict(c.metadata))
-            for c in result.chunks
-        ]
+    # -- online: answers over a retrieval -------------------------------------------------------------------
 
     def answer(
         self,
         question: str,
         *,
         group: str,
-        collection: str = "default",
-        top_k: int = 4,
-        mode: str = "hybrid",
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: Any = None,
         use_adapter: bool = True,
         config: GenerationConfig | None = None,
         **gen,
     ) -> Answer:
         """Retrieve, splice the cheat sheets, apply the group's active adapter, generate."""
-        st = StreamStats()
         result = self.retrieve(
             question, group=group, collection=collection, top_k=top_k, mode=mode, filters=filters
         )
-        for _ in self._stream(question, result, use_adapter, config, st, gen):
-            pass
-        return self._answer(result, use_adapter, st)
+        tokens = self.stream_over(question, result, use_adapter=use_adapter, config=config, **gen).finish()
+        return Answer.of(
+            result, text=tokens.text, adapter_id=self.adapter_of(result, use_adapter), stats=tokens.stats
+        )
 
     def stream(
         self,
         question: str,
         *,
         group: str,
-        collection: str = "default",
-        top_k: int = 4,
-        mode: str = "hybrid",
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: Any = None,
         use_adapter: bool = True,
         config: GenerationConfig | None = None,
         **gen,
-    ) -> tuple[Iterator[str], RetrievalResult]:
+    ) -> tuple[TokenStream, RetrievalResult]:
         """Retrieve now; return (text deltas iterator, retrieval result with the sources)."""
         result = self.retrieve(
             question, group=group, collection=collection, top_k=top_k, mode=mode, filters=filters
         )
-        return self._stream(question, result, use_adapter, config, None, gen), result
+        return self.stream_over(question, result, use_adapter=use_adapter, config=config, **gen), result
 
-    def _stream(self, question, result, use_adapter, config, state, gen) -> Iterator[str]:
-        if not result.chunks:
-            raise InputError(
-                f"group {result.group!r} has no chunks matching the query and filters; "
-                "ingest documents first or relax the filters"
-            )
-        adapter = str(result.adapter_id) if (use_adapter and result.adapter_id is not None) else None
-        yield from self.lloco.stream(
-            question, self._context(result), adapter_id=adapter, config=config, state=state, **gen
+    @staticmethod
+    def adapter_of(result: RetrievalResult, use_adapter: bool = True) -> int | None:
+        """The stored adapter an answer over ``result`` reads with: its group's active one, unless
+        ``use_adapter`` is off (see :func:`~lloco_runtime.runtime.route_adapter`)."""
+        return route_adapter(AdapterChoice.ACTIVE if use_adapter else AdapterChoice.NONE, result.adapter_id)
+
+    def stream_over(
+        self,
+        prompt: str | Sequence[MessageLike],
+        result: RetrievalResult,
+        *,
+        use_adapter: bool = True,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> TokenStream:
+        """Decode ``prompt`` (a question, or a conversation) over a retrieval with cheat sheets loaded: its
+        sheets in reading order, its group's adapter (:meth:`adapter_of`); the no-chunks error when it found
+        nothing."""
+        check_found(result)
+        adapter = adapter_key(self.adapter_of(result, use_adapter), None)  # the store's own id: no check
+        return start_stream(
+            self.lloco,
+            prompt,
+            self._context(result),
+            adapter=adapter,
+            config=config or GenerationConfig(**gen),
         )
 
-    def _answer(self, result: RetrievalResult, use_adapter: bool, st: StreamStats) -> Answer:
-        return Answer(
-            answer=st.text.strip(),
-            sources=self._sources(result),
-            adapter_id=result.adapter_id if use_adapter else None,
-            context_tokens=result.context_tokens,
-            raw_context_tokens=result.raw_context_tokens,
-            prefill_s=st.prefill_s,
-            total_s=st.total_s,
+    # -- online: answers over given chunks (what the framework LLM classes receive) -------------------------
+
+    def stream_chunks(
+        self,
+        prompt: str | Sequence[MessageLike],
+        chunk_ids: Iterable[object] | None = None,
+        *,
+        adapter_id: int | str | None = None,
+        config: GenerationConfig | None = None,
+        **gen,
+    ) -> TokenStream:
+        """Decode ``prompt`` (a question, or a conversation) over the cheat sheets of ``chunk_ids`` with an
+        optional stored adapter: :func:`lloco_runtime.request.stream_chunks`, the path of the framework LLMs."""
+        return stream_chunks(
+            self.lloco,
+            self.store,
+            prompt,
+            chunk_ids,
+            adapter_id=adapter_id,
+            config=config or GenerationConfig(**gen),
         )
 
     def answer_chunks(
@@ -246,18 +246,6 @@ class LLoCOService:
         adapter_id: int | str | None = None,
         config: GenerationConfig | None = None,
         **gen,
-    ):
-        """Answer over given chunk ids (what the framework LLM classes receive) with an optional adapter."""
-        sheets = self.cheat_sheets(chunk_ids)
-        return self.lloco.answer(
-            question,
-            sheets or None,
-            adapter_id=None if adapter_id is None else str(adapter_id),
-            config=config,
-            **gen,
-        )
-
-
-def answer_dict(answer: Answer) -> dict[str, Any]:
-    """Plain-dict form (for JSON APIs)."""
-    return asdict(answer)
+    ) -> GenerationResult:
+        """:meth:`stream_chunks` decoded to the end."""
+        return self.stream_chunks(question, chunk_ids, adapter_id=adapter_id, config=config, **gen).result()

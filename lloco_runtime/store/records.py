@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-RetrievalMode = Literal["dense", "fulltext", "hybrid"]
+if TYPE_CHECKING:
+    from .options import RetrievalMode  # the enum of modes (options.py imports this module's neighbours)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .ingest import (
 )
 from .inputs import DocumentInput, check_unicode, check_unique, read_paths
 from .names import validate_name, validate_schema
+from .options import DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 from .records import (
     AdapterInfo,
     BulkDocument,
@@ -53,7 +54,6 @@ from .records import (
     IngestReport,
     RecompressOutcome,
     RecompressReport,
-    RetrievalMode,
     RetrievalResult,
     StorageStats,
     StoreStatus,
@@ -87,7 +87,6 @@ _log = logging.getLogger(__name__)
 
 SHEET_DTYPES = (None, "float16", "bfloat16", "float32")
 ANN_INDEX = ("auto", "hnsw", "none")
-MODES = ("dense", "fulltext", "hybrid")
 
 
 class CheatSheetStore:
@@ -503,8 +502,8 @@ class CheatSheetStore:
         *,
         group: str,
         collection: str = DEFAULT_COLLECTION,
-        top_k: int = 4,
-        mode: RetrievalMode = "dense",
+        top_k: int = DEFAULT_TOP_K,
+        mode: RetrievalMode | str = DEFAULT_MODE,
         filters: Filter | dict | list | None = None,
         ef_search: int | None = None,
         load_cheat_sheets: bool = True,
@@ -517,9 +516,11 @@ class CheatSheetStore:
     ) -> RetrievalResult:
         """Top-k chunks of one group for ``query``, with scores, texts and (unless lazy) cheat sheets.
 
-        ``mode``: ``dense`` (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any
-        of the query's stemmed words, ranked by cover density) or ``hybrid`` (reciprocal-rank fusion of both, each taking ``candidates`` hits,
-        default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or the RRF sum.
+        ``mode`` (a :class:`RetrievalMode` or its string; default :data:`DEFAULT_MODE`, hybrid): ``dense``
+        (cosine over retrieval embeddings, HNSW), ``fulltext`` (chunks containing any of the query's stemmed
+        words, ranked by cover density) or ``hybrid`` (reciprocal-rank fusion of both, each taking
+        ``candidates`` hits, default ``max(4 * top_k, 50)``). Scores: cosine similarity, ``ts_rank_cd``, or
+        the RRF sum.
         ``query_vector``: a precomputed query embedding from the same embedder (skips embedding ``query``;
         frameworks that embed queries themselves pass it). ``encoder_fingerprint``: refuse cheat sheets
         made by another encoder. ``doc_ids`` / ``chunk_ids``: only chunks of these documents / with these ids
@@ -534,18 +535,17 @@ class CheatSheetStore:
             raise InputError("the query contains NUL characters")
         check_unicode(query, "the query")
         top_k = check_top_k(top_k)
-        if mode not in MODES:
-            raise InputError(f"unknown retrieval mode {mode!r}; use one of {MODES}")
+        mode = RetrievalMode.parse(mode)
         ef = check_ef_search(ef_search, top_k)
-        n_cand = top_k if mode != "hybrid" else (candidates or max(4 * top_k, 50))
-        if mode == "hybrid":
+        n_cand = top_k if mode != RetrievalMode.HYBRID else (candidates or max(4 * top_k, 50))
+        if mode == RetrievalMode.HYBRID:
             n_cand = check_top_k(n_cand)
         flt = None if filters is None else parse_filter(filters)
         where = restrict(
             self.tables, compile_filter(flt, self.tables.chunks.c.meta), doc_ids=doc_ids, chunk_ids=chunk_ids
         )
         qvec = None
-        if mode in ("dense", "hybrid"):
+        if mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID):
             if query_vector is not None:
                 qvec = _check_query_vector(query_vector, self.embedder.dim)
             else:
@@ -557,10 +557,10 @@ class CheatSheetStore:
             if exact:
                 conn.execute(select(func.set_config("enable_indexscan", "off", True)))
             dense = dense_hits(conn, t, gid, qvec, n_cand, where, ef) if qvec is not None else []
-            text = fulltext_hits(conn, t, gid, query, n_cand, where) if mode != "dense" else []
-            if mode == "dense":
+            text = fulltext_hits(conn, t, gid, query, n_cand, where) if mode != RetrievalMode.DENSE else []
+            if mode == RetrievalMode.DENSE:
                 hits = dense
-            elif mode == "fulltext":
+            elif mode == RetrievalMode.FULLTEXT:
                 hits = text
             else:
                 hits = reciprocal_rank_fusion([dense, text])[:top_k]
