@@ -38,14 +38,22 @@ from .store import CheatSheetStore, RetrievalResult
 _IDS_HINT = "the chunk_id a retrieved Document or node carries"
 
 
-def chunk_id(value: object) -> int:
-    """One chunk id: a non-negative integer, or a string of its digits (ids that travelled through text
-    metadata); InputError otherwise."""
+def _int_id(value: object) -> int | None:
+    """``value`` as a store id (chunk or adapter): a non-negative integer, or a string of its digits (ids that
+    travelled through text metadata); None for anything else."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
-    raise InputError(f"cheat_sheet_ids must be chunk ids (integers: {_IDS_HINT}), got {value!r}")
+    return None
+
+
+def chunk_id(value: object) -> int:
+    """One chunk id (an integer, or its digits); InputError otherwise."""
+    cid = _int_id(value)
+    if cid is None:
+        raise InputError(f"cheat_sheet_ids must be chunk ids (integers: {_IDS_HINT}), got {value!r}")
+    return cid
 
 
 def chunk_ids(values: Iterable[object] | None) -> list[int]:
@@ -160,15 +168,15 @@ def payload(refs: Sequence[ChunkRef]) -> Payload:
 
 
 class MissingStoreError(ConfigError, InputError):
-    """Cheat sheets (or stored adapters) were asked for by id, but the model was built without a store."""
+    """Cheat sheets were asked for by chunk id, but the model was built without a store (a configuration
+    error, and an input error for callers that catch those)."""
 
 
 def stored_adapter_id(adapter_id: object) -> int:
     """A stored adapter's id (an integer, or its digits); NotFoundError naming the fix otherwise."""
-    if isinstance(adapter_id, int) and not isinstance(adapter_id, bool):
-        return adapter_id
-    if isinstance(adapter_id, str) and adapter_id.isascii() and adapter_id.isdigit():
-        return int(adapter_id)
+    aid = _int_id(adapter_id)
+    if aid is not None:
+        return aid
     raise NotFoundError(
         f"unknown adapter id {adapter_id!r}: stored adapters have integer ids; list them with "
         "`lloco adapters list`"

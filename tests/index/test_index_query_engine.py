@@ -13,6 +13,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 
 from lloco_index import LLoCOLLM, LLoCOQueryEngine, LLoCORetriever, LLoCOVectorStore, keys
+from lloco_runtime import RunStats
 from lloco_runtime.errors import InputError, NotFoundError
 
 GROUP = "lighthouses"
@@ -117,6 +118,7 @@ def test_llm_complete_chat_and_metadata(engine, index_store, adapter_id):
     ]
     out = llm.complete(QUESTION, cheat_sheet_ids=ids, adapter_id=adapter_id, **GEN)
     assert out.raw["context_vectors"] == 8
+    assert set(out.raw) == set(RunStats().to_dict())  # the request layer's keys, as LangChain reports them
     no_ctx = llm.complete(QUESTION, **GEN)
     assert no_ctx.raw["context_vectors"] == 0
     chunks = list(llm.stream_complete(QUESTION, cheat_sheet_ids=ids, **GEN))

@@ -8,6 +8,7 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 from lloco_langchain import LLoCOLLM, LLoCORetriever
+from lloco_runtime import RunStats
 from lloco_runtime.errors import ConfigError, InputError
 
 QUESTION = "When was the lighthouse built?"
@@ -75,6 +76,7 @@ def test_generate_reports_counts(lc_llm, payload):
     ids, adapter = payload
     res = lc_llm.generate([QUESTION], cheat_sheet_ids=ids, adapter_id=adapter)
     info = res.generations[0][0].generation_info
+    assert info == RunStats(**info).to_dict()  # the request layer's keys, as the LlamaIndex LLM reports them
     assert info["context_vectors"] == 4 * len(ids) or info["context_vectors"] >= len(ids)
     assert info["completion_tokens"] <= 8
 
