@@ -32,7 +32,7 @@ PRESET_HELP = (
     "a document, group LoRA r8 alpha16 on q/k/v/o)"
 )
 
-# = lloco_runtime.store (DEFAULT_COLLECTION; RetrievalMode, DEFAULT_MODE, DEFAULT_TOP_K in store.options), spelled
+# = lloco_runtime.store (DEFAULT_COLLECTION, RetrievalMode, DEFAULT_MODE, DEFAULT_TOP_K), spelled
 # out here so that building the parser imports no store code (the store loads torch); tests/runtime/test_cli.py
 # checks that they agree.
 DEFAULT_COLLECTION = "default"

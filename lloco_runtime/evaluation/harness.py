@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 from . import metrics as M
 from .datasets import Dataset, Question
 
@@ -98,9 +99,9 @@ class EvalSettings:
     """How one evaluation runs (recorded in the JSON report)."""
 
     group: str
-    collection: str = "default"
-    top_k: int = 4
-    retrieval: str = "hybrid"
+    collection: str = DEFAULT_COLLECTION
+    top_k: int = DEFAULT_TOP_K
+    retrieval: str = DEFAULT_MODE.value
     max_new_tokens: int | None = None  # None: by metric (DEFAULT_MAX_NEW_TOKENS)
     max_context_tokens: int | None = None  # cap for full / lloco-doc (None: the decoder's window)
     limit: int | None = None
@@ -115,8 +116,7 @@ class EvalSettings:
             raise InputError("--max-new-tokens must be >= 1")
         if self.max_context_tokens is not None and self.max_context_tokens < 1:
             raise InputError("--max-context-tokens must be >= 1")
-        if self.retrieval not in ("dense", "fulltext", "hybrid"):
-            raise InputError(f"unknown retrieval mode {self.retrieval!r}; use dense, fulltext or hybrid")
+        RetrievalMode.parse(self.retrieval)  # InputError naming the modes
 
 
 def parse_modes(spec: str | Sequence[str] | None) -> list[str]:

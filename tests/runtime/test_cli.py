@@ -162,7 +162,10 @@ def test_building_the_parser_imports_no_model_or_store_code():
 
 def test_cli_defaults_are_the_stores():
     """The CLI spells out the store's defaults (building the parser imports no store code); they agree."""
+    from lloco_runtime import store
     from lloco_runtime.cli import _common
-    from lloco_runtime.store import catalog
 
-    assert _common.DEFAULT_COLLECTION == catalog.DEFAULT_COLLECTION
+    assert _common.DEFAULT_COLLECTION == store.DEFAULT_COLLECTION
+    assert _common.RETRIEVAL_MODE_CHOICES == tuple(m.value for m in store.RetrievalMode)
+    assert _common.DEFAULT_RETRIEVAL_MODE == store.DEFAULT_MODE
+    assert _common.DEFAULT_TOP_K == store.DEFAULT_TOP_K
