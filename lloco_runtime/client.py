@@ -1,6 +1,6 @@
 """A client for a running ``lloco serve``: the same answers over HTTP, for apps that do not load a model.
 
-    from lloco_runtime.client import LLoCOClient
+    from lloco_runtime import LLoCOClient
     client = LLoCOClient("http://127.0.0.1:8000")
     client.ask("Who kept the light?", group="lighthouse")["answer"]
     for delta in client.stream_ask("Who kept the light?", group="lighthouse"):
