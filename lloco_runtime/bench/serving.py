@@ -16,8 +16,9 @@ import time
 from typing import Any
 
 from ..generation import GenerationConfig
+from ..request import reading_order
 from ..runtime import LLoCO
-from ..store import CheatSheetStore, DocumentInput
+from ..store import DEFAULT_MODE, CheatSheetStore, DocumentInput
 from .model import interleaved
 
 
@@ -96,19 +97,24 @@ def bench_end_to_end(
 
     def retrieve():
         return service.retrieve(
-            question, group=group, collection=collection, top_k=top_k, mode="hybrid", load_cheat_sheets=False
+            question,
+            group=group,
+            collection=collection,
+            top_k=top_k,
+            mode=DEFAULT_MODE,
+            load_cheat_sheets=False,
         )
 
     def lloco_request() -> None:
         res = retrieve()
-        ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))  # reading order
+        ordered = reading_order(res.chunks)
         sheets = service.cheat_sheets([c.chunk_id for c in ordered])
         adapter = None if res.adapter_id is None else str(res.adapter_id)
         sizes["lloco"] = lloco.answer(question, sheets, adapter_id=adapter, config=cfg).prompt_tokens
 
     def rag_request() -> None:
         res = retrieve()
-        text = "\n\n".join(c.text for c in sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal)))
+        text = "\n\n".join(c.text for c in reading_order(res.chunks))
         sizes["rag"] = lloco.answer(question, text, use_reader=False, config=cfg).prompt_tokens
 
     def full_request() -> None:
@@ -129,7 +135,7 @@ def bench_end_to_end(
             "prompt_positions": sizes,
             "new_tokens": new_tokens,
             "top_k": top_k,
-            "retrieval": "hybrid",
+            "retrieval": str(DEFAULT_MODE),
             "document_tokens": len(lloco.host.tokenizer(passage, add_special_tokens=False)["input_ids"]),
             "adapter_id": info.id,
             "reps": reps,

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 
 from ..adapters import AdapterArtifact, lora_config_from_dict
 from ..errors import AdapterError, ConfigError, InputError
+from ..request import reading_order
 from ..runtime import LLoCO
+from ..store import DEFAULT_MODE
 from .common import (
     load_optimizer,
     lr_at,
@@ -64,7 +66,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     top_k: int = field(default=2, metadata={"help": "chunks retrieved per question, as at serving time"})
-    mode: str = "hybrid"
+    mode: str = DEFAULT_MODE
     max_pairs: int = field(default=2000, metadata={"help": "cap on training pairs (sampled)"})
     val_pairs: int = 32
     eval_every: int = 50
@@ -289,7 +291,7 @@ def _retrieved_pair(
     chunks = list(res.chunks)
     if source is not None and all(c.chunk_id != source.chunk_id for c in chunks):
         chunks = chunks[: cfg.top_k - 1] + [source]
-    ordered = sorted(chunks, key=lambda c: (c.doc_id, c.ordinal))
+    ordered = reading_order(chunks)
     if not ordered:
         return None
     return Pair(question, answer, [c.chunk_id for c in ordered], "\n\n".join(c.text for c in ordered))
