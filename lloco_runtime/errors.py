@@ -50,3 +50,8 @@ class ContextTooLongError(InputError):
 
 class ChunkNotFoundError(NotFoundError, CheatSheetError):
     """A chunk id names no stored chunk (deleted, never ingested, or from another database)."""
+
+
+class MissingStoreError(ConfigError, InputError):
+    """Cheat sheets were asked for by chunk id, but the model was built without a store (a configuration
+    error, and an input error for callers that catch those)."""

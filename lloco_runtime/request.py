@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from .errors import ConfigError, InputError, NotFoundError
+from .errors import InputError, MissingStoreError, NotFoundError
 from .generation import GenerationConfig, GenerationResult, StreamStats
 from .prompt import MessageLike
 from .runtime import LLoCO
@@ -165,11 +165,6 @@ def payload(refs: Sequence[ChunkRef]) -> Payload:
 
 
 # -- adapters and cheat sheets ------------------------------------------------------------------------------
-
-
-class MissingStoreError(ConfigError, InputError):
-    """Cheat sheets were asked for by chunk id, but the model was built without a store (a configuration
-    error, and an input error for callers that catch those)."""
 
 
 def stored_adapter_id(adapter_id: object) -> int:

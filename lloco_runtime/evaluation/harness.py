@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..request import check_found, reading_order
 from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 from . import metrics as M
 from .datasets import Dataset, Question
@@ -391,7 +392,7 @@ class Harness:
                 raise InputError(
                     f"document {doc_id!r} has no chunks in group {self.settings.group!r}; was it ingested?"
                 )
-            ids = [c.chunk_id for c in sorted(chunks, key=lambda c: c.ordinal)]
+            ids = [c.chunk_id for c in reading_order(chunks)]  # one document: by position
             sheets: list[torch.Tensor] = []
             for i in range(0, len(ids), 500):
                 sheets.extend(self.service.cheat_sheets(ids[i : i + 500]))
@@ -436,11 +437,7 @@ class Harness:
                 load_cheat_sheets=mode not in RAG_TEXT_MODES,
             )
             info["retrieval_s"] = time.perf_counter() - t0
-            if not res.chunks:
-                raise InputError(
-                    f"group {self.settings.group!r} returned no chunks; ingest the documents first"
-                )
-            ordered = sorted(res.chunks, key=lambda c: (c.doc_id, c.ordinal))
+            ordered = reading_order(check_found(res).chunks)
             info["chunk_ids"] = [c.chunk_id for c in ordered]
             info["gold_doc_retrieved"] = any(c.doc_id == q.doc_id for c in ordered)
             if mode in RAG_TEXT_MODES:
