@@ -4,24 +4,40 @@ Two deployments:
 
 - :class:`LLoCOIngress` (FastAPI, async, light): validates requests, retrieves (embeds the question, searches
   Postgres, loads the cheat sheets checked against the decoder's encoder fingerprint), then hands one decode
-  job per request to the decoder through a deployment handle with ``multiplexed_model_id = adapter id``.
+  job per request to the decoder through a deployment handle; the job carries its adapter id.
 - :class:`LLoCODecoder` (``--replicas N``): the decoder + encoder (``LLoCO``) with the store as its adapter
-  source. Group adapters are Serve multiplexed models (``@serve.multiplexed``; model id = the store's adapter
-  id), so Serve routes a request to a replica that already holds its adapter. Non-streaming requests go
-  through ``@serve.batch``: one :meth:`LLoCO.generate_batch` call per batch. Serve splits each batch by
-  multiplexed model id, so a batch holds requests of one adapter (requests without a group adapter, which
-  decode with the encoder's reader, form their own batch).
+  source. Non-streaming requests go through ``@serve.batch``: one :meth:`LLoCO.generate_batch` call per
+  batch, whatever adapters its requests use. Rows with different adapters (group adapters, the encoder's
+  reader, none) share every forward pass (peft's mixed-batch LoRA inference); only when
+  :meth:`LoadedModel.can_mix` says they cannot (DoRA or other LoRA variants) does the core decode one
+  sub-batch per adapter. The replica loads adapters from the store through its runtime's
+  :class:`~lloco_runtime.adapters.AdapterManager` (LRU, ``MAX_ADAPTERS_PER_REPLICA`` besides the reader)
+  and pins every adapter of a batch until the batch is done. Streams decode one request each.
+
+Why not Serve's model multiplexing (``@serve.multiplexed``, ``multiplexed_model_id`` on the handle), which
+the first version used for every request: on Ray 2.60 ``@serve.batch`` splits each batch by multiplexed
+model id (``ray/serve/batching.py``, ``_split_batch_by_model_id``), so with two groups a batch of 8 became
+two ``generate_batch`` calls of ~4, one after the other; and multiplexed routing sends every request for an
+adapter to the replicas that hold it until they are full (``max_ongoing_requests``), so with one busy group
+one replica decodes while another idles. Loading an adapter from the store costs a few hundred ms once per
+replica and the LRU keeps it, so affinity buys little next to full, mixed batches spread over every replica
+by Serve's queue-length routing. No request, streaming or not, carries a multiplexed model id: one adapter
+path (the runtime's), one routing rule. With many more groups than ``MAX_ADAPTERS_PER_REPLICA``, replicas
+reload adapters more often; raise that limit (memory permitting).
 
 Endpoints: ``POST /v1/ask`` (the ``lloco ask --json`` answer, or server-sent events with ``stream: true``),
 ``POST /v1/chat/completions`` (OpenAI wire format; ``group`` adds retrieval over the last user message),
-``GET /healthz``. Errors are JSON ``{"error": {"message", "type", "code"}}``: 404 unknown group/adapter,
-422 bad input, 503 overloaded or a replica lost, 500 anything else (never a traceback).
+``GET /healthz`` (asks a decoder replica, within ``health_timeout_s``: 200 with the model and the decode
+counters, 503 with the reason when none answers). Errors are JSON ``{"error": {"message", "type",
+"code"}}``: 404 unknown group/adapter, 422 bad input, 503 overloaded or a replica lost, 500 anything else
+(never a traceback).
 
     from lloco_runtime.serve import ServeOptions, run_server
     run_server(ServeOptions(replicas=2, port=8000))   # blocks; `lloco serve` does this
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,6 +58,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from .aio import iterate_in_thread
 from .errors import ConfigError, InputError, LLoCOError, NotFoundError, StoreError
 from .request import (
     Answer,
@@ -58,7 +75,7 @@ from .store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMod
 log = logging.getLogger(__name__)
 
 APP_NAME = "lloco"
-MAX_ADAPTERS_PER_REPLICA = 4  # Serve multiplexing: adapters a decoder replica keeps loaded (LRU)
+MAX_ADAPTERS_PER_REPLICA = 4  # adapters a decoder replica keeps loaded besides the reader (LRU; a batch pins)
 _ENV_PASSED = (
     "LLOCO_HOME",
     "LLOCO_CACHE_DIR",
@@ -91,11 +108,15 @@ class ServeOptions:
     port: int = 8000
     torch_threads: int | None = None  # per decoder replica (default: cores / replicas)
     request_timeout_s: float = 120.0  # a request still unanswered after this gets an error, never a hang
+    health_timeout_s: float = 5.0  # GET /healthz: 503 when no decoder replica answers within this
 
     def __post_init__(self) -> None:
         for name in ("replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("request_timeout_s", "health_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.batch_wait_s < 0:
             raise ConfigError(f"batch_wait_s must be >= 0 seconds, got {self.batch_wait_s}")
         if not 0 < self.port < 65536:
@@ -189,13 +210,31 @@ class DecodeJob:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """The ``generate_batch`` call a request was decoded in: its rows, the distinct adapters of those rows
+    (None, the plain decoder, counts as one), and whether all rows shared each forward pass (False only when
+    the adapters could not be mixed and the core decoded one sub-batch per adapter)."""
+
+    rows: int = 1
+    adapters: int = 1
+    shared_forward: bool = True
+
+    @property
+    def mixed(self) -> bool:
+        """Rows with different adapters decoded in the same forward passes."""
+        return self.adapters > 1 and self.shared_forward
+
+
 @dataclass
 class DecodeOut:
-    """A decoded request: the text and the numbers of the run (the request layer's :class:`RunStats`)."""
+    """A decoded request: the text and the numbers of the run (the request layer's :class:`RunStats`), and
+    the batch it was decoded in (None for streams)."""
 
     text: str = ""
     stats: RunStats = field(default_factory=RunStats)
     error: BaseException | None = field(default=None, repr=False)
+    batch: BatchInfo | None = None
 
 
 # -- errors -----------------------------------------------------------------------------------------------
@@ -299,7 +338,9 @@ def _open_store(opts: ServeOptions):
 
 @serve.deployment(name="LLoCODecoder")
 class LLoCODecoder:
-    """The model replicas: adapters multiplexed by id, non-streaming requests decoded in batches."""
+    """The model replicas: non-streaming requests decoded in batches that mix adapters, streams one by one;
+    adapters loaded from the store by the runtime's adapter manager (no Serve multiplexing: see the module
+    docstring)."""
 
     def __init__(self, opts: ServeOptions) -> None:
         import torch
@@ -313,8 +354,11 @@ class LLoCODecoder:
         self._decode_batch.set_max_batch_size(opts.max_batch_size)
         self._decode_batch.set_batch_wait_timeout_s(opts.batch_wait_s)
 
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
+        """Who this replica is (cheap: no model work; ``GET /healthz`` asks it). The loaded adapters are read
+        off the event loop: the adapter manager's lock is held while an adapter loads."""
         host = self.lloco.host
+        loaded = await asyncio.to_thread(self.lloco.adapters.loaded)
         return {
             "model": host.name,
             "model_fingerprint": host.fingerprint,
@@ -323,25 +367,8 @@ class LLoCODecoder:
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
             "pid": os.getpid(),
             "replica": serve.get_replica_context().replica_id.unique_id,
+            "adapters_loaded": loaded,
         }
-
-    @serve.multiplexed(max_num_models_per_replica=MAX_ADAPTERS_PER_REPLICA)
-    async def get_adapter(self, adapter_id: str) -> str:
-        """Load a stored adapter into this replica (Serve calls this once per id; LRU beyond the limit)."""
-
-        def load() -> None:
-            with self._lock, self.lloco.adapters.acquire(adapter_id):
-                pass  # fetched from the store, checked against the decoder and encoder, kept loaded
-
-        await asyncio.to_thread(load)
-        return adapter_id
-
-    async def _ensure_adapter(self, job: DecodeJob) -> None:
-        model_id = serve.get_multiplexed_model_id()
-        if model_id and job.adapter_id != model_id:
-            raise InputError(f"decode job for adapter {job.adapter_id!r} routed as {model_id!r}")
-        if job.adapter_id is not None:
-            await self.get_adapter(job.adapter_id)
 
     def _prompt(self, job: DecodeJob):
         sheets = [s.to(self.lloco.host.dtype) for s in job.sheets] or None
@@ -362,30 +389,50 @@ class LLoCODecoder:
         )
 
     def _decode_sync(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
-        """One :meth:`LLoCO.generate_batch` call for the batch (each request with its own decoding options);
-        a request whose prompt cannot be built (too long, bad messages) fails alone."""
+        """One :meth:`LLoCO.generate_batch` call for the batch, whatever adapters its requests use (each
+        request with its own decoding options). Every adapter of the batch is loaded and pinned first, one
+        by one: a request whose adapter cannot be loaded (unknown, made for other weights) fails alone, as
+        does one whose prompt cannot be built (too long, bad messages)."""
         outs: list[DecodeOut | None] = [None] * len(jobs)
-        idx, prompts, configs = [], [], []
+        ready: list[tuple[int, Any, Any, str | None]] = []  # (job index, prompt, config, adapter id)
         for i, job in enumerate(jobs):
             try:
-                prompts.append(self._prompt(job))
-                configs.append(self._config(job))
-                idx.append(i)
+                prompt = self._prompt(job)
+                ready.append((i, prompt, self._config(job), self.lloco.adapter_for(prompt, job.adapter_id)))
             except Exception as exc:  # noqa: BLE001 - reported to that request only
-                del prompts[len(idx) :]
                 outs[i] = DecodeOut(error=exc)
-        if idx:
-            try:
-                with self._lock:
+        with self._lock, contextlib.ExitStack() as pins:
+            names: dict[str | None, str | None] = {None: None}
+            for aid in dict.fromkeys(a for _, _, _, a in ready):
+                if aid is None:
+                    continue
+                try:
+                    names[aid] = pins.enter_context(self.lloco.adapters.acquire(aid))
+                except Exception as exc:  # noqa: BLE001 - the requests of that adapter fail, not the batch
+                    for i, _, _, a in ready:
+                        if a == aid:
+                            outs[i] = DecodeOut(error=exc)
+            ready = [r for r in ready if r[3] in names]
+            if ready:
+                rows = [names[a] for _, _, _, a in ready]
+                batch = BatchInfo(
+                    rows=len(ready), adapters=len(set(rows)), shared_forward=self.lloco.host.can_mix(rows)
+                )
+                try:
                     results = self.lloco.generate_batch(
-                        prompts, adapter_ids=[jobs[i].adapter_id for i in idx], configs=configs
+                        [p for _, p, _, _ in ready],
+                        adapter_ids=[a for _, _, _, a in ready],
+                        configs=[c for _, _, c, _ in ready],
                     )
-            except Exception as exc:  # noqa: BLE001 - the batch failed: every request in it gets the error
-                results = []
-                for i in idx:
-                    outs[i] = DecodeOut(error=exc)
-            for i, r in zip(idx[: len(results)], results, strict=True):
-                outs[i] = DecodeOut(text=r.text, stats=RunStats.of(r, len(jobs[i].sheets)))
+                except Exception as exc:  # noqa: BLE001 - the batch failed: every request in it gets the error
+                    results = [DecodeOut(error=exc)] * len(ready)
+                for (i, _, _, _), r in zip(ready, results, strict=True):
+                    if isinstance(r, DecodeOut):
+                        outs[i] = r
+                    else:
+                        outs[i] = DecodeOut(
+                            text=r.text, stats=RunStats.of(r, len(jobs[i].sheets)), batch=batch
+                        )
         return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -393,8 +440,7 @@ class LLoCODecoder:
         return await asyncio.to_thread(self._decode_sync, jobs)
 
     async def decode(self, job: DecodeJob) -> DecodeOut:
-        """Decode one request (batched with concurrent requests for the same adapter)."""
-        await self._ensure_adapter(job)
+        """Decode one request, batched with the concurrent requests on this replica (any adapters)."""
         out = await self._decode_batch(job)
         if out.error is not None:
             raise out.error
@@ -404,51 +450,23 @@ class LLoCODecoder:
         """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut}``."""
         from .generation import StreamStats
 
-        await self._ensure_adapter(job)
         state = StreamStats()
 
         def produce() -> Iterator[str]:
+            # Runs on one thread from start to close (iterate_in_thread(same_thread=True)): the lock is
+            # released by the thread that took it, when the stream ends or the client goes away.
             prompt = self._prompt(job)
             with self._lock:
                 yield from self.lloco.generate_stream(
                     prompt, adapter_id=job.adapter_id, config=self._config(job), state=state
                 )
 
-        async for delta in _iterate_in_thread(produce):
-            yield {"delta": delta}
+        async with contextlib.aclosing(
+            iterate_in_thread(produce(), same_thread=True, thread_name="lloco-stream")
+        ) as deltas:
+            async for delta in deltas:
+                yield {"delta": delta}
         yield {"done": DecodeOut(text=state.text, stats=RunStats.of(state, len(job.sheets)))}
-
-
-async def _iterate_in_thread(factory: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
-    """Run a blocking iterator in a thread and yield its items on the event loop (errors re-raised here)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
-    end = object()
-
-    def run() -> None:
-        try:
-            for item in factory():
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, end)
-
-    thread = threading.Thread(target=run, name="lloco-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = await queue.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 # -- the HTTP ingress -------------------------------------------------------------------------------------
@@ -523,17 +541,28 @@ class LLoCOIngress:
         self.opts = opts
         self.store = _open_store(opts)
         self._decoder_info: dict[str, Any] | None = None
+        # what the decoded requests report about their batches (GET /healthz shows it): requests answered,
+        # those decoded in a batch with other requests, those in a batch whose rows used different adapters
+        # in the same forward passes, and the largest batch (rows, distinct adapters) seen
+        self._decoding = {
+            "requests": 0,
+            "batched_with_others": 0,
+            "in_mixed_adapter_batches": 0,
+            "max_batch_rows": 0,
+            "max_batch_adapters": 0,
+        }
 
     async def _info(self) -> dict[str, Any]:
         if self._decoder_info is None:
             self._decoder_info = await self._call(lambda: self.decoder.info.remote())
         return self._decoder_info
 
-    async def _call(self, make: Callable[[], Any]) -> Any:
-        """Await a handle call; a lost replica is retried once on another, then 503; never waits forever."""
+    async def _call(self, make: Callable[[], Any], *, timeout_s: float | None = None) -> Any:
+        """Await a handle call; a lost replica is retried once on another, then 503; never waits forever
+        (``timeout_s`` per try, default the request timeout)."""
         for attempt in range(2):
             try:
-                return await asyncio.wait_for(make(), timeout=self.opts.request_timeout_s)
+                return await asyncio.wait_for(make(), timeout=timeout_s or self.opts.request_timeout_s)
             except BackPressureError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -573,21 +602,25 @@ class LLoCOIngress:
             await asyncio.to_thread(adapter_key, adapter_id, self.store)
         return adapter_id
 
-    def _handle(self, job: DecodeJob, **options: Any) -> DeploymentHandle:
-        if job.adapter_id is not None:
-            options["multiplexed_model_id"] = job.adapter_id
-        return self.decoder.options(**options) if options else self.decoder
-
-    def _decode(self, job: DecodeJob):
-        handle = self._handle(job)
-        return self._call(lambda: handle.decode.remote(job))
+    async def _decode(self, job: DecodeJob) -> DecodeOut:
+        # No multiplexed_model_id: the adapter travels in the job, so Serve's batcher does not split batches
+        # by adapter and its router balances by queue length alone (see the module docstring).
+        out: DecodeOut = await self._call(lambda: self.decoder.decode.remote(job))
+        if out.batch is not None:
+            d, b = self._decoding, out.batch
+            d["requests"] += 1
+            d["batched_with_others"] += b.rows > 1
+            d["in_mixed_adapter_batches"] += b.mixed
+            d["max_batch_rows"] = max(d["max_batch_rows"], b.rows)
+            d["max_batch_adapters"] = max(d["max_batch_adapters"], b.adapters)
+        return out
 
     async def _stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
         """The decoder's events; a replica lost before the first event is retried once."""
         for attempt in range(2):
             sent = False
             try:
-                gen = self._handle(job, stream=True).stream.remote(job)
+                gen = self.decoder.options(stream=True).stream.remote(job)
                 deadline = time.monotonic() + self.opts.request_timeout_s
                 while True:
                     try:
@@ -613,15 +646,34 @@ class LLoCOIngress:
 
     # -- endpoints --------------------------------------------------------------------------------------
 
-    @app.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        info = await self._info()
+    @app.get("/healthz", response_model=None)
+    async def healthz(self) -> dict[str, Any] | JSONResponse:
+        """Asks a decoder replica now (never a cached answer): 200 when one answers within
+        ``health_timeout_s``, else 503 with the reason."""
+        timeout = self.opts.health_timeout_s
+        try:
+            info = await self._call(lambda: self.decoder.info.remote(), timeout_s=timeout)
+        except Exception as exc:  # noqa: BLE001 - every failure is the same answer: not healthy
+            _, kind, message = error_status(exc)
+            if isinstance(_unwrap(exc), (TimeoutError, asyncio.TimeoutError)):
+                kind, message = (
+                    "unavailable",
+                    (
+                        f"no decoder replica answered within {timeout:g} s: all of them dead or restarting, "
+                        "or too busy to answer"
+                    ),
+                )
+            body = error_body(503, kind, f"unhealthy: {message}")
+            return JSONResponse({"status": "unavailable"} | body, status_code=503)
+        self._decoder_info = info
         return {
             "status": "ok",
             "model": info["model"],
             "encoder_fingerprint": info["encoder_fingerprint"],
             "replicas": self.opts.replicas,
             "max_batch_size": self.opts.max_batch_size,
+            "replica": {"id": info["replica"], "adapters_loaded": info["adapters_loaded"]},
+            "decoding": dict(self._decoding),
         }
 
     @app.post("/v1/ask", response_model=None)
@@ -724,13 +776,19 @@ class LLoCOIngress:
         async def events() -> AsyncIterator[str]:
             try:
                 yield _sse(chunk({"role": "assistant", "content": ""}, None))
-                first = True
+                # The contents concatenate to the non-streamed message, which is stripped: whitespace at the
+                # start is dropped, whitespace after a piece is held back until more text follows it.
+                first, held = True, ""
                 async for ev in self._stream(job):
                     if "delta" in ev:
-                        text = ev["delta"].lstrip() if first else ev["delta"]
-                        if text:
+                        text = held + ev["delta"]
+                        if first:
+                            text = text.lstrip()
+                        body = text.rstrip()
+                        held = text[len(body) :]
+                        if body:
                             first = False
-                            yield _sse(chunk({"content": text}, None))
+                            yield _sse(chunk({"content": body}, None))
                     else:
                         d = ev["done"].stats
                         yield _sse(chunk({}, _finish(d.finish_reason)) | extra)

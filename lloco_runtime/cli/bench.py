@@ -26,8 +26,9 @@ SERVE_BENCH_QUESTIONS = (
 
 def _bench_http(args: argparse.Namespace) -> int:
     """`lloco bench --serve-url`: the serving section against a running `lloco serve` (no model here)."""
-    if not args.serve_group:
-        raise InputError("--serve-url needs --serve-group (a group the server holds)")
+    groups = [g.strip() for g in (args.serve_group or "").split(",") if g.strip()]
+    if not groups:
+        raise InputError("--serve-url needs --serve-group (a group the server holds, or several: a,b)")
     if args.serve_requests < 1 or args.serve_tokens < 1:
         raise InputError("--serve-requests and --serve-tokens must be >= 1")
     serve = import_extra(
@@ -36,7 +37,7 @@ def _bench_http(args: argparse.Namespace) -> int:
     bodies = [
         {
             "question": SERVE_BENCH_QUESTIONS[i % len(SERVE_BENCH_QUESTIONS)],
-            "group": args.serve_group,
+            "group": groups[i % len(groups)],
             "max_new_tokens": args.serve_tokens,
         }
         for i in range(args.serve_requests)
@@ -148,7 +149,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "and p50/p95 latency of a running `lloco serve` at 1, 4 and 8 concurrent clients, against the "
         "same requests one at a time (needs --serve-group)",
     )
-    s.add_argument("--serve-group", default=None, metavar="GROUP", help="group the --serve-url requests ask")
+    s.add_argument(
+        "--serve-group",
+        default=None,
+        metavar="GROUP[,GROUP...]",
+        help="group(s) the --serve-url requests ask; with several, requests take them in turn",
+    )
     s.add_argument(
         "--serve-requests", type=int, default=16, help="requests per concurrency level (default 16)"
     )

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="Run LLoCO as a Ray Serve application: POST /v1/ask (the `lloco ask --json` "
         "answer, or server-sent events with stream: true), POST /v1/chat/completions (OpenAI wire "
         "format; extra fields group, top_k, collection, adapter), GET /healthz. Requests are "
-        "decoded in batches; group adapters are multiplexed over the replicas. Blocks until "
+        "decoded in batches, requests for different group adapters in the same batch. Blocks until "
         "Ctrl-C. Needs pip install 'lloco[serve]'.",
     )
     s.add_argument("--replicas", type=int, default=1, help="decoder replicas (default 1)")

@@ -137,5 +137,28 @@ def test_bench_serving_section_against_the_server(served, tmp_path, capsys):
     runs = json.loads(out.read_text())["http_serving"]["runs"]
     assert [r["concurrency"] for r in runs] == [1, 4, 8]
     assert all(r["ok"] == 4 and r["errors"] == 0 and r["throughput_rps"] > 0 for r in runs)
+    # several groups (the load: 2 groups, 2 adapters): requests take them in turn
+    two = ",".join(GROUPS)
+    assert (
+        main(
+            [
+                "bench",
+                "--serve-url",
+                url,
+                "--serve-group",
+                two,
+                "--serve-requests",
+                "4",
+                "--serve-tokens",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    report = json.loads(out.read_text())["http_serving"]
+    assert all(r["ok"] == 4 and r["errors"] == 0 for r in report["runs"])
     assert main(["bench", "--serve-url", url]) != 0  # no group: a clear error
     assert "--serve-group" in capsys.readouterr().err

@@ -38,6 +38,14 @@ def test_healthz(served):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["encoder_fingerprint"] == service.lloco.encoder.fingerprint
+    assert body["replica"]["id"] and isinstance(body["replica"]["adapters_loaded"], list)
+    assert set(body["decoding"]) == {
+        "requests",
+        "batched_with_others",
+        "in_mixed_adapter_batches",
+        "max_batch_rows",
+        "max_batch_adapters",
+    }
 
 
 def test_ask_json_equals_in_process_answer(served):
@@ -291,12 +299,23 @@ def _check_answers(results, jobs, expected) -> None:
 def test_load_64_requests_8_clients(served):
     from lloco_runtime.serve import run_load
 
-    url, service, _, _ = served
+    url, service, _, info = served
     jobs = _jobs()
     expected = {(g, q): _expected(service, g, q)["answer"] for g in GROUPS for q in QUESTIONS}
     assert len({expected[(g, QUESTIONS[0])] for g in GROUPS}) > 1 or len(set(expected.values())) > 2
+    before = httpx.get(f"{url}/healthz", timeout=60).json()["decoding"]
     concurrent = asyncio.run(run_load(url, jobs, concurrency=8, timeout_s=60))
     _check_answers(concurrent["results"], jobs, expected)
+    after = httpx.get(f"{url}/healthz", timeout=60).json()["decoding"]
+    mixed = after["in_mixed_adapter_batches"] - before["in_mixed_adapter_batches"]
+    together = after["batched_with_others"] - before["batched_with_others"]
+    print(f"\n[serve load] of 64 requests, {together} shared a batch, {mixed} in batches mixing adapters")
+    # Every request went through the batched path, in batches within the limit. Whether concurrent requests
+    # meet in one batch depends on timing: with this tiny model decoding takes a few ms, so requests mostly
+    # reach an idle replica one by one (retrieval and the HTTP path set the pace) and few batches form.
+    # test_one_batch_mixes_two_adapters_and_none_... holds a batch open to assert that batches mix adapters.
+    assert after["requests"] - before["requests"] == len(jobs)
+    assert after["max_batch_rows"] <= info["opts"].max_batch_size
     serial = asyncio.run(run_load(url, jobs, concurrency=1, timeout_s=60))
     _check_answers(serial["results"], jobs, expected)
     for name, r in (("8 clients", concurrent), ("one at a time", serial)):
@@ -308,6 +327,108 @@ def test_load_64_requests_8_clients(served):
         f"[serve load] throughput ratio 8 clients / one at a time: "
         f"{concurrent['throughput_rps'] / serial['throughput_rps']:.2f}x"
     )
+
+
+def test_one_batch_mixes_two_adapters_and_none_with_single_request_answers(served):
+    """A replica that waits long enough to take every request in one batch: two groups' adapters, no group
+    adapter (the reader or the plain decoder), a chat without retrieval, and an adapter that cannot load.
+    Each answer equals the single-request greedy one, the broken adapter fails alone, and the server
+    reports one batch of all the others, decoded in shared forward passes."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from lloco_runtime.serve import start_server
+
+    _, service, _, info = served
+    asks = [
+        ({"question": q, "group": g, "adapter": a, "max_new_tokens": MAX_NEW}, g, q, a)
+        for g in GROUPS
+        for q in QUESTIONS[:2]
+        for a in ("active", "none")
+    ]
+    chat = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": MAX_NEW}
+    bad = {"question": QUESTIONS[0], "group": GROUPS[0], "adapter": info["bad_adapter"], "max_new_tokens": 4}
+    rows = len(asks) + 1  # + the chat; the broken adapter's request never reaches generate_batch
+    opts = replace(info["opts"], replicas=1, max_batch_size=rows + 1, batch_wait_s=15.0)
+    base = start_server(opts, name="lloco-mixed", route_prefix="/mixed")
+    try:
+        want = {
+            (g, q, a): _expected(service, g, q, use_adapter=(a == "active"))["answer"] for _, g, q, a in asks
+        }
+        want_chat = service.lloco.answer_chat(chat["messages"], None, max_new_tokens=MAX_NEW).text.strip()
+        # the answers differ by adapter (else a row decoded with the wrong adapter could go unnoticed)
+        assert want[(GROUPS[0], QUESTIONS[0], "active")] != want[(GROUPS[0], QUESTIONS[0], "none")]
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+                return await asyncio.gather(
+                    *(c.post("/v1/ask", json=body) for body, _, _, _ in asks),
+                    c.post("/v1/chat/completions", json=chat),
+                    c.post("/v1/ask", json=bad),
+                )
+
+        *answers, chat_r, bad_r = asyncio.run(burst())
+        for r, (_, g, q, a) in zip(answers, asks, strict=True):
+            assert r.status_code == 200, r.text
+            assert r.json()["answer"] == want[(g, q, a)], (g, q, a)
+        assert chat_r.status_code == 200 and chat_r.json()["choices"][0]["message"]["content"] == want_chat
+        assert bad_r.status_code == 500 and "base model" in bad_r.json()["error"]["message"]
+        stats = httpx.get(f"{base}/healthz", timeout=60).json()["decoding"]
+        adapters = {service.lloco.adapter_for(service.lloco.prompt("q", None), None)}  # the chat: plain
+        adapters |= {str(info["adapters"][g]) for g in GROUPS}
+        adapters.add(service.lloco.reader_id)  # "none" with cheat sheets: the reader (None if it has none)
+        print(f"\n[serve mixed batch] {stats}")
+        assert stats == {
+            "requests": rows,
+            "batched_with_others": rows,
+            "in_mixed_adapter_batches": rows,
+            "max_batch_rows": rows,
+            "max_batch_adapters": len(adapters),
+        }
+    finally:
+        serve.delete("lloco-mixed")
+
+
+def test_healthz_503_when_no_decoder_replica_answers(served):
+    """/healthz asks a decoder replica: with the only replica killed it answers 503 with a JSON reason (not a
+    cached 200), and 200 again once Serve has restarted the replica."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from lloco_runtime.serve import start_server
+
+    _, _, _, info = served
+    opts = replace(info["opts"], replicas=1, health_timeout_s=1.0)
+    base = start_server(opts, name="lloco-health", route_prefix="/health")
+    try:
+        decoder = serve.get_deployment_handle("LLoCODecoder", app_name="lloco-health")
+        victim = decoder.info.remote().result(timeout_s=60)
+        deadline = time.monotonic() + 60
+        while (r := httpx.get(f"{base}/healthz", timeout=30)).status_code != 200:  # a busy CI box: retry
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+        assert r.json()["replica"]["id"] == victim["replica"]
+        os.kill(victim["pid"], signal.SIGKILL)
+        t0 = time.perf_counter()
+        r = httpx.get(f"{base}/healthz", timeout=30)
+        print(
+            f"\n[serve health] replica killed: /healthz {r.status_code} in {time.perf_counter() - t0:.2f} s"
+        )
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["status"] == "unavailable" and body["error"]["code"] == 503
+        assert "decoder replica" in body["error"]["message"]
+        _no_traceback(r.text)
+        deadline = time.monotonic() + 120
+        while (r := httpx.get(f"{base}/healthz", timeout=30)).status_code != 200:
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, f"no decoder replica back: {r.text}"
+            time.sleep(1)
+        assert r.json()["replica"]["id"] != victim["replica"]
+    finally:
+        serve.delete("lloco-health")
 
 
 def test_replica_killed_under_load_requests_retry_or_503_and_server_recovers(served):
@@ -343,6 +464,9 @@ def test_replica_killed_under_load_requests_retry_or_503_and_server_recovers(ser
         else:
             assert body["error"]["code"] == 503
             _no_traceback(json.dumps(body))
+    # the survivor answers /healthz at once: 200 while Serve restarts the other
+    r = httpx.get(f"{url}/healthz", timeout=60)
+    assert r.status_code == 200 and r.json()["replica"]["id"] != victim["replica"], r.text
     # recovery: later requests succeed (on the survivor at once, and Serve brings the replica back)
     deadline = time.monotonic() + 120
     while True:
