@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import zlib
 
-import safetensors.torch
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from .errors import CheatSheetError
 
@@ -80,7 +81,7 @@ def encode_tensor(tensor: torch.Tensor, dtype: str | torch.dtype | None = None) 
         raise CheatSheetError("refusing to encode an empty tensor")
     t = tensor.detach().to("cpu").contiguous()
     crc = _checksum(name, tuple(t.shape), _raw(t))
-    return safetensors.torch.save({KEY: t}, metadata={CRC_KEY: crc})
+    return save_safetensors({KEY: t}, metadata={CRC_KEY: crc})
 
 
 def _corrupt(why: str) -> CheatSheetError:
@@ -100,7 +101,7 @@ def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
             "`lloco db init` (schema migration 2 rewrites it as safetensors)"
         )
     try:
-        tensors = safetensors.torch.load(data)
+        tensors = load_safetensors(data)
     except _LOAD_ERRORS as exc:  # safetensors' own error, or a dtype this torch lacks: damaged bytes
         raise _corrupt(f"not a valid safetensors blob ({str(exc).splitlines()[0] if str(exc) else exc!r})")
     # safetensors accepted the header, so it is a well-formed JSON object of the length the prefix says.

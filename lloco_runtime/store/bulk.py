@@ -14,7 +14,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, Table, func, insert, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.expression import Executable
 
 from ..errors import InputError
 from .catalog import group_row
@@ -191,6 +194,21 @@ def drop_index(engine: Engine, t: Tables) -> bool:
     return had
 
 
+class Analyze(Executable, ClauseElement):
+    """``ANALYZE <table>`` as a SQLAlchemy statement (SQLAlchemy has none): the table is a ``Table`` object,
+    rendered by the dialect's identifier preparer like every other statement's; nothing is interpolated."""
+
+    inherit_cache = True
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+
+@compiles(Analyze)
+def _compile_analyze(element: Analyze, compiler, **kw) -> str:
+    return "ANALYZE " + compiler.preparer.format_table(element.table)
+
+
 def build_index(engine: Engine, t: Tables, vector_schema: str | None) -> float:
     """Build the HNSW index over the whole chunks table in one pass, then ANALYZE it; seconds taken."""
     start = time.perf_counter()
@@ -199,9 +217,7 @@ def build_index(engine: Engine, t: Tables, vector_schema: str | None) -> float:
         if vector_schema:
             conn.execute(select(func.set_config("search_path", search_path_value([vector_schema]), True)))
         ensure_hnsw_index(conn, t)
-    # Fresh planner statistics, so that the first queries after a load already use the new index. ANALYZE takes
-    # no bound parameters: the table's name (a validated schema, a fixed table) is quoted by the dialect.
+    # Fresh planner statistics, so that the first queries after a load already use the new index.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        quote = conn.dialect.identifier_preparer.quote
-        conn.execute(text(f"ANALYZE {quote(t.schema)}.{quote(t.chunks.name)}"))
+        conn.execute(Analyze(t.chunks))
     return round(time.perf_counter() - start, 3)
