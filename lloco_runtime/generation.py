@@ -16,6 +16,7 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -92,6 +93,8 @@ class Generator:
         # transformers >= 5.24 renamed ``past_key_values`` to ``cache``; accept both.
         params = inspect.signature(host.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.prefill_alone: bool | None = None  # generate_batch: None = on CPU only (see _prefill_alone)
+        self._merge_ok: bool | None = None  # False once a cache could not be merged (not plain KV layers)
 
     # -- inputs ------------------------------------------------------------------------------------------
 
@@ -306,23 +309,76 @@ class Generator:
                     results[i] = rows[i].result()
         return results  # type: ignore[return-value]
 
-    def _decode_rows(self, rows: list[_Row], eos: set[int]) -> None:
-        """Batched decoding of ``rows`` (filled in place): left padding, explicit positions, shared KV cache."""
-        device, b = self.host.device, len(rows)
-        lens = [r.embeds.shape[1] for r in rows]
+    def _prefill_alone(self, rows: list[_Row]) -> bool:
+        """Whether each row's prompt is prefilled on its own (then the KV caches are merged for the shared
+        decoding steps): on CPU, where prefill is compute-bound, a left-padded batch spends compute on the
+        padding and gains nothing from width; on accelerators the batched prefill wins. ``prefill_alone``
+        (True/False) overrides the choice."""
+        if len(rows) < 2 or self._merge_ok is False:
+            return False
+        if self.prefill_alone is not None:
+            return self.prefill_alone
+        return self.host.device.type == "cpu"
+
+    def _prefill_rows(
+        self, rows: list[_Row], eos: set[int]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, list[int]]:
+        """Prefill every row alone (exactly the single-request forward pass, with the row's own adapter), pick
+        its first token, then merge the caches of the rows still decoding into one left-padded batch cache.
+        Returns ``(cache, mask, next positions, live rows)``; ``cache`` is None when no row goes on."""
+        device = self.host.device
+        caches: dict[int, Any] = {}
+        for i, r in enumerate(rows):
+            with torch.no_grad(), self.host.using(r.adapter) as model:
+                out = model(inputs_embeds=r.embeds, use_cache=True, logits_to_keep=1)
+            r.prefill_s = time.perf_counter() - r.t0
+            row_cache = _output_cache(out)
+            _check_mergeable(row_cache, r.embeds.shape[1], first=i == 0)  # before any row takes a token
+            with torch.no_grad():
+                going = r.feed(self._pick(out.logits[0, -1], r.cfg, r.rng), eos)
+            if going:
+                caches[i] = row_cache
+            else:
+                r.total_s = time.perf_counter() - r.t0
+        live = list(caches)
+        lens = [rows[i].embeds.shape[1] for i in live]
+        if not live:
+            return None, torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long), []
         width = max(lens)
-        embeds = torch.zeros(b, width, self.host.hidden_size, dtype=self.host.dtype, device=device)
-        mask = torch.zeros(b, width, dtype=torch.long, device=device)
-        for i, (r, n) in enumerate(zip(rows, lens, strict=True)):
-            embeds[i, width - n :] = r.embeds[0]
-            mask[i, width - n :] = 1
-        # transformers derives positions from the cache length alone: with left padding each row's real
-        # tokens must start at position 0, so the positions are given explicitly (pad slots: 0, masked anyway).
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        nxt_pos = torch.tensor(lens, device=device)
-        live = list(range(b))
-        cache = None
+        mask = torch.zeros(len(live), width + 1, dtype=torch.long, device=device)  # + the first new token
+        for j, n in enumerate(lens):
+            mask[j, width - n :] = 1
+        cache = _merge_left_padded([caches[i] for i in live], lens, width)
+        return cache, mask, torch.tensor(lens, device=device), live
+
+    def _decode_rows(self, rows: list[_Row], eos: set[int]) -> None:
+        """Batched decoding of ``rows`` (filled in place): left padding, explicit positions, shared KV cache.
+        The prompts are prefilled together, or one by one with their caches merged (:meth:`_prefill_alone`)."""
+        device, b = self.host.device, len(rows)
         step = 0
+        if self._prefill_alone(rows):
+            try:
+                cache, mask, nxt_pos, live = self._prefill_rows(rows, eos)
+            except _CacheNotMergeable:
+                self._merge_ok = False  # this model's cache layers are not plain: prefill in batches
+            else:
+                if not live:
+                    return
+                step = 1
+        if step == 0:
+            lens = [r.embeds.shape[1] for r in rows]
+            width = max(lens)
+            embeds = torch.zeros(b, width, self.host.hidden_size, dtype=self.host.dtype, device=device)
+            mask = torch.zeros(b, width, dtype=torch.long, device=device)
+            for i, (r, n) in enumerate(zip(rows, lens, strict=True)):
+                embeds[i, width - n :] = r.embeds[0]
+                mask[i, width - n :] = 1
+            # transformers derives positions from the cache length alone: with left padding each row's real
+            # tokens must start at position 0, so the positions are given explicitly (pad slots: 0, masked).
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            nxt_pos = torch.tensor(lens, device=device)
+            live = list(range(b))
+            cache = None
         while True:
             with torch.no_grad(), self.host.using_batch([rows[i].adapter for i in live]) as model:
                 if step == 0:
@@ -597,3 +653,41 @@ def _partial_stop(text: str, stops: tuple[str, ...]) -> int:
 def _output_cache(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+class _CacheNotMergeable(Exception):
+    """A prefill cache whose layers are not plain growing key/value tensors (sliding windows, quantised)."""
+
+
+def _check_mergeable(cache: Any, n: int, *, first: bool) -> None:
+    """A one-row prefill cache whose every layer holds plain key/value tensors of ``n`` positions (transformers'
+    ``DynamicLayer``), else :class:`_CacheNotMergeable` (only ever for the first row: the others come from
+    the same model)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    ok = bool(layers) and all(
+        type(layer) is DynamicLayer and layer.keys.shape[0] == 1 and layer.keys.shape[-2] == n
+        for layer in layers
+    )
+    if not ok:
+        if first:
+            raise _CacheNotMergeable()
+        raise RuntimeError("generate_batch: the prefill caches of one model differ in kind")
+
+
+def _merge_left_padded(caches: list[Any], lens: list[int], width: int) -> Any:
+    """One batch cache from single-row caches of ``lens`` tokens (checked by :func:`_check_mergeable`): every
+    layer's keys and values left-padded with zeros to ``width`` (the attention mask hides them) and stacked
+    on the batch dimension. The first row's cache object is reused."""
+    layers = [c.layers for c in caches]
+    merged = caches[0]
+    for k, layer in enumerate(merged.layers):
+        keys, values = [], []
+        for ls, n in zip(layers, lens, strict=True):
+            kk, vv = ls[k].keys, ls[k].values
+            pad = width - n
+            keys.append(torch.nn.functional.pad(kk, (0, 0, pad, 0)) if pad else kk)
+            values.append(torch.nn.functional.pad(vv, (0, 0, pad, 0)) if pad else vv)
+        layer.keys, layer.values = torch.cat(keys, 0), torch.cat(values, 0)
+    return merged

@@ -47,9 +47,12 @@ def host(tiny_model_dir):
     return h
 
 
-@pytest.fixture(scope="module")
-def gen(host):
-    return Generator(host)
+@pytest.fixture(scope="module", params=[True, False], ids=["prefill-alone", "prefill-batched"])
+def gen(host, request):
+    """Both prefill paths: each prompt alone with the caches merged (the CPU default) and one padded batch."""
+    g = Generator(host)
+    g.prefill_alone = request.param
+    return g
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +133,9 @@ def test_one_forward_per_step_for_the_whole_batch(gen, host, sheets):
         res = gen.generate_batch(prompts, cfgs, adapters)
     finally:
         handle.remove()
-    assert len(calls) == max(len(r.token_ids) + (r.finish_reason == "eos") for r in res)
+    steps = max(len(r.token_ids) + (r.finish_reason == "eos") for r in res)
+    # one prefill per row when prompts are prefilled alone, else one for the batch; then one per step
+    assert len(calls) == (len(prompts) if gen.prefill_alone else 1) + steps - 1
     assert_same(res, one_at_a_time(gen, prompts, cfgs, adapters))
 
 
@@ -141,6 +146,30 @@ def test_grouped_by_adapter_when_adapters_cannot_mix(gen, host, sheets, monkeypa
     single = one_at_a_time(gen, prompts, cfgs, adapters)
     monkeypatch.setattr(host, "can_mix", lambda names: False)
     assert_same(gen.generate_batch(prompts, cfgs, adapters), single)
+
+
+def test_prefill_alone_is_the_cpu_default_and_falls_back_when_caches_cannot_merge(host, sheets, monkeypatch):
+    from lloco_runtime import generation
+
+    g = Generator(host)
+    assert g.prefill_alone is None and g._prefill_alone([None, None]) is True  # CPU: auto means alone
+    prompts = mixed_batch(host, sheets)[:4]
+    cfgs, adapters = [cfg(9)] * 4, [A, None, B, A]
+    single = one_at_a_time(g, prompts, cfgs, adapters)
+
+    def refuse(cache, n, *, first):
+        raise generation._CacheNotMergeable()
+
+    monkeypatch.setattr(generation, "_check_mergeable", refuse)
+    calls = []
+    handle = host.model.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    try:
+        res = g.generate_batch(prompts, cfgs, adapters)
+    finally:
+        handle.remove()
+    assert_same(res, single)
+    assert g._merge_ok is False  # remembered: the next batches prefill together at once
+    assert len(calls) == 1 + 1 + max(len(r.token_ids) for r in res) - 1  # the probe row + one batch prefill
 
 
 def test_eos_ends_a_row_early(tiny_model_dir, sheets):
