@@ -93,7 +93,7 @@ class Generator:
         # transformers >= 5.24 renamed ``past_key_values`` to ``cache``; accept both.
         params = inspect.signature(host.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.prefill_alone: bool | None = None  # generate_batch: None = on CPU only (see _prefill_alone)
+        self.prefill_alone: bool | None = None  # generate_batch: None = on CPU only (prefills_alone)
         self._merge_ok: bool | None = None  # False once a cache could not be merged (not plain KV layers)
 
     # -- inputs ------------------------------------------------------------------------------------------
@@ -309,12 +309,13 @@ class Generator:
                     results[i] = rows[i].result()
         return results  # type: ignore[return-value]
 
-    def _prefill_alone(self, rows: list[_Row]) -> bool:
-        """Whether each row's prompt is prefilled on its own (then the KV caches are merged for the shared
-        decoding steps): on CPU, where prefill is compute-bound, a left-padded batch spends compute on the
-        padding and gains nothing from width; on accelerators the batched prefill wins. ``prefill_alone``
-        (True/False) overrides the choice."""
-        if len(rows) < 2 or self._merge_ok is False:
+    def prefills_alone(self, rows: int) -> bool:
+        """Whether :meth:`generate_batch` prefills each of ``rows`` prompts on its own (then merges the KV caches
+        for the shared decoding steps) rather than in one left-padded forward pass. Default (``prefill_alone
+        = None``): on CPU, where prefill is compute-bound and a padded batch spends compute on the padding
+        (``lloco bench`` measures both side by side), and not on accelerators, where the batched prefill wins.
+        ``prefill_alone = True/False`` decides; a model whose cache cannot be merged always prefills padded."""
+        if rows < 2 or self._merge_ok is False:
             return False
         if self.prefill_alone is not None:
             return self.prefill_alone
@@ -353,10 +354,10 @@ class Generator:
 
     def _decode_rows(self, rows: list[_Row], eos: set[int]) -> None:
         """Batched decoding of ``rows`` (filled in place): left padding, explicit positions, shared KV cache.
-        The prompts are prefilled together, or one by one with their caches merged (:meth:`_prefill_alone`)."""
+        The prompts are prefilled together, or one by one with their caches merged (:meth:`prefills_alone`)."""
         device, b = self.host.device, len(rows)
         step = 0
-        if self._prefill_alone(rows):
+        if self.prefills_alone(len(rows)):
             try:
                 cache, mask, nxt_pos, live = self._prefill_rows(rows, eos)
             except _CacheNotMergeable:

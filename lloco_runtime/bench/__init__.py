@@ -400,6 +400,12 @@ def format_report(report: dict) -> str:
                 for r in d["batch"]
             )
         )
+        pp = d.get("prefill_paths")
+        if pp:
+            out.append(
+                f"Batch of {pp['batch']} prompts: each prefilled alone {pp['alone_s']:.3f} s, one padded prefill "
+                f"{pp['padded_s']:.3f} s ({pp['padded_over_alone']:.2f}x; default here: {pp['default']})"
+            )
         out.append("")
     mem = report.get("memory") or {}
     out.append(

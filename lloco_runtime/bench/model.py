@@ -271,7 +271,10 @@ def bench_decode(
       ``overhead`` = ours / generate() - 1 (what our loop costs per token beyond the model's own);
     - ``batch``: :meth:`Generator.generate_batch` over ``b`` prompts of different lengths (the prompt cut at
       different points): generated tokens / wall seconds (prefill included), for each ``b`` in ``batch_sizes``,
-      and ``speedup_vs_1`` against ``b = 1``.
+      and ``speedup_vs_1`` against ``b = 1``;
+    - ``prefill_paths``: the largest batch decoded with each prompt prefilled alone (caches merged) and with
+      one left-padded prefill, side by side: seconds each, ``padded_over_alone``, and which one this machine
+      uses by default (:attr:`Generator.prefill_alone`).
 
     Every run decodes exactly ``new_tokens`` tokens (``GenerationConfig.ignore_eos``, as ``min_new_tokens``
     does for generate()), greedy, no adapter. Repetitions are interleaved; medians.
@@ -326,8 +329,26 @@ def bench_decode(
 
         return run
 
+    # the largest batch again with the other prefill path (one padded forward pass for all prompts, instead
+    # of each prompt alone with the caches merged), side by side
+    widest = max(batch_sizes)
+    prefill_paths = {"alone": True, "padded": False}
+
+    def prefill_path(flag: bool) -> Callable[[], None]:
+        def run() -> None:
+            saved = gen.prefill_alone
+            gen.prefill_alone = flag
+            try:
+                gen.generate_batch(batches[widest], cfg, [None] * widest)
+            finally:
+                gen.prefill_alone = saved
+
+        return run
+
     fns: dict[str, Callable[[], None]] = {"ours": ours, "hf_1": hf(1), "hf_n": hf(new_tokens)}
     fns.update({f"batch_{b}": batched(b) for b in batch_sizes})
+    if widest > 1:
+        fns.update({f"prefill_{k}": prefill_path(v) for k, v in prefill_paths.items()})
     for fn in fns.values() if warmup else ():
         fn()
     ours_steps.clear()
@@ -354,8 +375,19 @@ def bench_decode(
     base = next((r["tokens_per_s"] for r in batch if r["batch"] == 1), None)
     for r in batch:
         r["speedup_vs_1"] = round(r["tokens_per_s"] / base, 3) if base else None
+    prefill = None
+    if widest > 1:
+        alone, padded = (statistics.median(times[f"prefill_{k}"]) for k in prefill_paths)
+        prefill = {
+            "batch": widest,
+            "alone_s": round(alone, 4),
+            "padded_s": round(padded, 4),
+            "padded_over_alone": round(padded / alone, 3) if alone else None,
+            "default": "alone" if gen.prefills_alone(widest) else "padded",
+        }
     return {
         "ours_ms_per_token": round(ours_ms, 3),
+        "prefill_paths": prefill,
         "generate_ms_per_token": round(hf_ms, 3),
         "overhead": round(ours_ms / hf_ms - 1, 4) if hf_ms else None,
         "batch": batch,

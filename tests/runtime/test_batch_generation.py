@@ -152,7 +152,9 @@ def test_prefill_alone_is_the_cpu_default_and_falls_back_when_caches_cannot_merg
     from lloco_runtime import generation
 
     g = Generator(host)
-    assert g.prefill_alone is None and g._prefill_alone([None, None]) is True  # CPU: auto means alone
+    assert (
+        g.prefill_alone is None and g.prefills_alone(2) and not g.prefills_alone(1)
+    )  # CPU: auto means alone
     prompts = mixed_batch(host, sheets)[:4]
     cfgs, adapters = [cfg(9)] * 4, [A, None, B, A]
     single = one_at_a_time(g, prompts, cfgs, adapters)

@@ -189,6 +189,10 @@ def test_decode_section(tiny_lloco):
     )
     assert [(r["batch"], r["tokens"]) for r in d["batch"]] == [(1, 6), (3, 18)]
     assert all(r["tokens_per_s"] > 0 for r in d["batch"]) and d["batch"][0]["speedup_vs_1"] == 1.0
+    pp = d["prefill_paths"]
+    assert pp["batch"] == 3 and pp["alone_s"] > 0 and pp["padded_s"] > 0 and pp["default"] == "alone"  # CPU
+    assert pp["padded_over_alone"] == pytest.approx(pp["padded_s"] / pp["alone_s"], rel=1e-2)
+    assert tiny_lloco.generator.prefill_alone is None  # the bench put the setting back
     assert (
         tiny_lloco.host.model.generation_config.eos_token_id is not None
     )  # only the bench's generator ignores it
@@ -203,6 +207,10 @@ def test_decode_section(tiny_lloco):
     }
     line = next(x for x in bench.format_report(report).splitlines() if x.startswith("Decode"))
     assert "model.generate()" in line and "batch 3" in line
+    assert any(
+        x.startswith("Batch of 3 prompts: each prefilled alone")
+        for x in bench.format_report(report).splitlines()
+    )
 
 
 def test_compression_ratio_of_eval_runs():
