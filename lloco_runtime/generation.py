@@ -266,6 +266,55 @@ class Generator:
         draw from their own seeded generator as :meth:`generate` does. Rows with ``use_cache=False`` are
         decoded one at a time. ``prefill_s``/``total_s`` are measured from the start of the call.
         """
+        rows = self._batch_rows("generate_batch", prompts, config, adapters)
+        results: list[GenerationResult | None] = [None] * len(rows)
+        batched = []
+        for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
+            if row.cfg.use_cache:
+                batched.append(i)
+            else:
+                results[i] = self.generate(prompt, row.cfg, adapter=row.adapter)
+        for _ in self._decode_groups([rows[i] for i in batched]):
+            pass
+        for i in batched:
+            results[i] = rows[i].result()
+        return results  # type: ignore[return-value]
+
+    def stream_batch(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        adapters: Sequence[str | None] | None = None,
+        *,
+        states: Sequence[StreamStats] | None = None,
+    ) -> Iterator[list[tuple[str, bool]]]:
+        """:meth:`generate_batch` as it goes: after the prefill and after every decoding step, one
+        ``(text, finished)`` per prompt: the text the row added since the last item ("" when none, as when
+        a token completes no character yet) and whether the row is done (its last text comes with the first
+        ``finished=True``; later items repeat ``("", True)``). Ends when every row is done.
+
+        ``states`` (optional, one per prompt): each row's numbers (:class:`StreamStats`: text, tokens, finish
+        reason, timings from the start of the call), complete once the row is done. Every row must use the KV
+        cache (``use_cache=True``, the default). Rows whose adapters cannot share a forward pass are decoded
+        one adapter group after another (the later groups report ``("", False)`` while they wait).
+        """
+        rows = self._batch_rows("stream_batch", prompts, config, adapters)
+        if states is not None and len(states) != len(rows):
+            raise InputError(f"stream_batch: {len(rows)} prompts but {len(states)} states")
+        if any(not r.cfg.use_cache for r in rows):
+            raise InputError("stream_batch decodes with the KV cache: use_cache=False rows go to generate()")
+        for r, st in zip(rows, states or [None] * len(rows), strict=True):
+            r.state = st
+        for _ in self._decode_groups(rows):
+            yield [r.take() for r in rows]
+
+    def _batch_rows(
+        self,
+        who: str,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None,
+        adapters: Sequence[str | None] | None,
+    ) -> list[_Row]:
         n = len(prompts)
         if config is None or isinstance(config, GenerationConfig):
             cfgs = [config or GenerationConfig()] * n
@@ -273,7 +322,7 @@ class Generator:
             cfgs = list(config)
         names = [None] * n if adapters is None else list(adapters)
         if len(cfgs) != n or len(names) != n:
-            raise InputError(f"generate_batch: {n} prompts but {len(cfgs)} configs and {len(names)} adapters")
+            raise InputError(f"{who}: {n} prompts but {len(cfgs)} configs and {len(names)} adapters")
         t0 = time.perf_counter()
         loaded = self.host.adapter_names()
         for a in names:
@@ -287,27 +336,23 @@ class Generator:
                     embeds, n_vec, cfg, adapter, self._rng(cfg), _TextState(self.host.tokenizer, cfg.stop), t0
                 )
             )
-        results: list[GenerationResult | None] = [None] * n
-        batched = []
-        for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
-            if row.cfg.use_cache:
-                batched.append(i)
-            else:
-                results[i] = self.generate(prompt, row.cfg, adapter=row.adapter)
-        if batched:
-            if self.host.can_mix([rows[i].adapter for i in batched]):
-                groups = [batched]
-            else:
-                by_adapter: dict[str | None, list[int]] = {}
-                for i in batched:
-                    by_adapter.setdefault(rows[i].adapter, []).append(i)
-                groups = list(by_adapter.values())
-            eos = self._eos_ids()
-            for group in groups:
-                self._decode_rows([rows[i] for i in group], eos)
-                for i in group:
-                    results[i] = rows[i].result()
-        return results  # type: ignore[return-value]
+        return rows
+
+    def _decode_groups(self, rows: list[_Row]) -> Iterator[None]:
+        """Decode ``rows`` (filled in place) in one batch when their adapters can share forward passes, else
+        one batch per adapter; yields after every forward pass."""
+        if not rows:
+            return
+        if self.host.can_mix([r.adapter for r in rows]):
+            groups = [rows]
+        else:
+            by_adapter: dict[str | None, list[_Row]] = {}
+            for r in rows:
+                by_adapter.setdefault(r.adapter, []).append(r)
+            groups = list(by_adapter.values())
+        eos = self._eos_ids()
+        for group in groups:
+            yield from self._decode_rows(group, eos)
 
     def prefills_alone(self, rows: int) -> bool:
         """Whether :meth:`generate_batch` prefills each of ``rows`` prompts on its own (then merges the KV caches
@@ -340,7 +385,7 @@ class Generator:
             if going:
                 caches[i] = row_cache
             else:
-                r.total_s = time.perf_counter() - r.t0
+                r.finish(time.perf_counter())
         live = list(caches)
         lens = [rows[i].embeds.shape[1] for i in live]
         if not live:
@@ -352,8 +397,9 @@ class Generator:
         cache = _merge_left_padded([caches[i] for i in live], lens, width)
         return cache, mask, torch.tensor(lens, device=device), live
 
-    def _decode_rows(self, rows: list[_Row], eos: set[int]) -> None:
-        """Batched decoding of ``rows`` (filled in place): left padding, explicit positions, shared KV cache.
+    def _decode_rows(self, rows: list[_Row], eos: set[int]) -> Iterator[None]:
+        """Batched decoding of ``rows`` (filled in place; yields after every forward pass): left padding,
+        explicit positions, shared KV cache.
         The prompts are prefilled together, or one by one with their caches merged (:meth:`prefills_alone`)."""
         device, b = self.host.device, len(rows)
         step = 0
@@ -363,6 +409,7 @@ class Generator:
             except _CacheNotMergeable:
                 self._merge_ok = False  # this model's cache layers are not plain: prefill in batches
             else:
+                yield
                 if not live:
                     return
                 step = 1
@@ -413,7 +460,8 @@ class Generator:
                     if r.feed(self._pick(logits[j], r.cfg, r.rng), eos):
                         keep.append(j)
                     else:
-                        r.total_s = time.perf_counter() - r.t0
+                        r.finish(time.perf_counter())
+            yield
             if not keep:
                 return
             if len(keep) < len(live):
@@ -465,6 +513,9 @@ class _Row:
     finish_reason: str = "length"
     prefill_s: float = 0.0
     total_s: float = 0.0
+    state: StreamStats | None = None  # stream_batch: filled when the row is done
+    pending: str = ""  # text added since the last take()
+    done: bool = False
 
     def feed(self, token_id: int, eos: set[int]) -> bool:
         """Take the next chosen token; False once the row is finished."""
@@ -472,16 +523,28 @@ class _Row:
             self.finish_reason = "eos"
         else:
             self.token_ids.append(token_id)
-            self.text.push(token_id)
+            self.pending += self.text.push(token_id)
             if self.text.stopped:
                 self.finish_reason = "stop"
             elif len(self.token_ids) < self.cfg.max_new_tokens:
                 return True
         if self.finish_reason != "stop":
-            self.text.close()
+            self.pending += self.text.close()
             if self.text.stopped:
                 self.finish_reason = "stop"
         return False
+
+    def finish(self, now: float) -> None:
+        self.total_s, self.done = now - self.t0, True
+        if self.state is not None:
+            st, r = self.state, self.result()
+            st.prompt_tokens, st.context_vectors = r.prompt_tokens, r.context_vectors
+            st.token_ids, st.text, st.finish_reason = list(r.token_ids), r.text, r.finish_reason
+            st.prefill_s, st.total_s = r.prefill_s, r.total_s
+
+    def take(self) -> tuple[str, bool]:
+        text, self.pending = self.pending, ""
+        return text, self.done
 
     def result(self) -> GenerationResult:
         return GenerationResult(

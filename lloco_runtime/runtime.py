@@ -325,32 +325,64 @@ class LLoCO:
         ``configs`` (optional): one :class:`GenerationConfig` per prompt, instead of ``config`` for all.
         Every adapter of the batch is pinned (loaded if needed, never evicted) until the batch is done.
         Results come in the order of ``prompts``."""
+        cfg, chosen = self._batch_args(
+            "generate_batch", prompts, adapter_ids, use_reader, config, configs, gen
+        )
+        if not prompts:
+            return []
+        with self._pinned(chosen) as names:
+            return self.generator.generate_batch(prompts, cfg, names)
+
+    def generate_stream_batch(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        adapter_ids: Sequence[str | None] | None = None,
+        use_reader: bool = True,
+        config: GenerationConfig | None = None,
+        configs: Sequence[GenerationConfig] | None = None,
+        states: Sequence[StreamStats] | None = None,
+        **gen,
+    ) -> Iterator[list[tuple[str, bool]]]:
+        """:meth:`generate_batch` as it goes (:meth:`Generator.stream_batch`): after every forward pass one
+        ``(text added, finished)`` per prompt; ``states`` (one :class:`StreamStats` per prompt) receive each
+        row's numbers. The batch's adapters stay pinned until the iterator ends or is closed."""
+        cfg, chosen = self._batch_args(
+            "generate_stream_batch", prompts, adapter_ids, use_reader, config, configs, gen
+        )
+        if not prompts:
+            return
+        with self._pinned(chosen) as names:
+            yield from self.generator.stream_batch(prompts, cfg, names, states=states)
+
+    def _batch_args(self, who, prompts, adapter_ids, use_reader, config, configs, gen):
         n = len(prompts)
         if configs is not None:
             if config is not None or gen:
-                raise InputError("generate_batch: give either configs (one per prompt) or config/keywords")
+                raise InputError(f"{who}: give either configs (one per prompt) or config/keywords")
             cfg: GenerationConfig | list[GenerationConfig] = list(configs)
             if len(cfg) != n:
-                raise InputError(f"generate_batch: {n} prompts but {len(cfg)} configs")
+                raise InputError(f"{who}: {n} prompts but {len(cfg)} configs")
         else:
             cfg = config or GenerationConfig(**gen)
         adapter_ids = list(adapter_ids) if adapter_ids is not None else [None] * n
         if len(adapter_ids) != n:
-            raise InputError(f"generate_batch: {n} prompts but {len(adapter_ids)} adapter ids")
-        if not n:
-            return []
+            raise InputError(f"{who}: {n} prompts but {len(adapter_ids)} adapter ids")
         chosen = [
             self.adapter_for(p, a, use_reader=use_reader) for p, a in zip(prompts, adapter_ids, strict=True)
         ]
+        return cfg, chosen
+
+    @contextlib.contextmanager
+    def _pinned(self, chosen: Sequence[str | None]) -> Iterator[list[str | None]]:
+        """Every adapter of a batch loaded and pinned; yields the loaded name per row (None: base weights)."""
         with contextlib.ExitStack() as pins:
             names = {
                 aid: pins.enter_context(self.adapters.acquire(aid))
                 for aid in dict.fromkeys(chosen)
                 if aid is not None
             }
-            return self.generator.generate_batch(
-                prompts, cfg, [names.get(a) if a is not None else None for a in chosen]
-            )
+            yield [names.get(a) if a is not None else None for a in chosen]
 
     def complete(
         self, text: str, *, adapter_id: str | None = None, config: GenerationConfig | None = None, **gen

@@ -6,13 +6,16 @@ Two deployments:
   Postgres, loads the cheat sheets checked against the decoder's encoder fingerprint), then hands one decode
   job per request to the decoder through a deployment handle; the job carries its adapter id.
 - :class:`LLoCODecoder` (``--replicas N``): the decoder + encoder (``LLoCO``) with the store as its adapter
-  source. Non-streaming requests go through ``@serve.batch``: one :meth:`LLoCO.generate_batch` call per
+  source. Every request goes through ``@serve.batch``: one :meth:`LLoCO.generate_stream_batch` call per
   batch, whatever adapters its requests use. Rows with different adapters (group adapters, the encoder's
   reader, none) share every forward pass (peft's mixed-batch LoRA inference); only when
   :meth:`LoadedModel.can_mix` says they cannot (DoRA or other LoRA variants) does the core decode one
   sub-batch per adapter. The replica loads adapters from the store through its runtime's
   :class:`~lloco_runtime.adapters.AdapterManager` (LRU, ``MAX_ADAPTERS_PER_REPLICA`` besides the reader)
-  and pins every adapter of a batch until the batch is done. Streams decode one request each.
+  and pins every adapter of a batch until the batch is done. Streaming requests share the same batches:
+  the batch handler is an async generator (Serve's batched streaming) that hands every request its text after
+  each forward pass (:meth:`LLoCO.generate_stream_batch`); a non-streaming request collects its answer.
+  Requests arriving while a batch decodes wait for it and form the next batch together (:class:`IdleGate`).
 
 Why not Serve's model multiplexing (``@serve.multiplexed``, ``multiplexed_model_id`` on the handle), which
 the first version used for every request: on Ray 2.60 ``@serve.batch`` splits each batch by multiplexed
@@ -229,7 +232,7 @@ class BatchInfo:
 @dataclass
 class DecodeOut:
     """A decoded request: the text and the numbers of the run (the request layer's :class:`RunStats`), and
-    the batch it was decoded in (None for streams)."""
+    the batch it was decoded in."""
 
     text: str = ""
     stats: RunStats = field(default_factory=RunStats)
@@ -378,7 +381,7 @@ class IdleGate:
 
 @serve.deployment(name="LLoCODecoder")
 class LLoCODecoder:
-    """The model replicas: non-streaming requests decoded in batches that mix adapters, streams one by one;
+    """The model replicas: every request, streamed or not, decoded in batches that mix adapters;
     adapters loaded from the store by the runtime's adapter manager (no Serve multiplexing: see the module
     docstring)."""
 
@@ -429,19 +432,25 @@ class LLoCODecoder:
             seed=job.seed,
         )
 
-    def _decode_sync(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
-        """One :meth:`LLoCO.generate_batch` call for the batch, whatever adapters its requests use (each
-        request with its own decoding options). Every adapter of the batch is loaded and pinned first, one
-        by one: a request whose adapter cannot be loaded (unknown, made for other weights) fails alone, as
-        does one whose prompt cannot be built (too long, bad messages)."""
-        outs: list[DecodeOut | None] = [None] * len(jobs)
+    def _batch_steps(self, jobs: list[DecodeJob]) -> Iterator[list[list[dict[str, Any]]]]:
+        """The decoding of one batch, step by step (runs on one thread from start to close: the replica lock
+        is released by the thread that took it): yields, after every forward pass, one list of events per
+        job: ``{"delta": text}``, then ``{"done": DecodeOut}`` when the job is finished, or ``{"error": exc}``.
+
+        One :meth:`LLoCO.generate_stream_batch` call for the batch, whatever adapters its requests use (each
+        with its own decoding options), streaming or not. Every adapter of the batch is loaded and pinned
+        first, one by one: a request whose adapter cannot be loaded (unknown, made for other weights) fails
+        alone, as does one whose prompt cannot be built (too long, bad messages)."""
+        from .generation import StreamStats
+
+        events: list[list[dict[str, Any]]] = [[] for _ in jobs]
         ready: list[tuple[int, Any, Any, str | None]] = []  # (job index, prompt, config, adapter id)
         for i, job in enumerate(jobs):
             try:
                 prompt = self._prompt(job)
                 ready.append((i, prompt, self._config(job), self.lloco.adapter_for(prompt, job.adapter_id)))
             except Exception as exc:  # noqa: BLE001 - reported to that request only
-                outs[i] = DecodeOut(error=exc)
+                events[i].append({"error": exc})
         with self._lock, contextlib.ExitStack() as pins:
             names: dict[str | None, str | None] = {None: None}
             for aid in dict.fromkeys(a for _, _, _, a in ready):
@@ -452,65 +461,82 @@ class LLoCODecoder:
                 except Exception as exc:  # noqa: BLE001 - the requests of that adapter fail, not the batch
                     for i, _, _, a in ready:
                         if a == aid:
-                            outs[i] = DecodeOut(error=exc)
+                            events[i].append({"error": exc})
             ready = [r for r in ready if r[3] in names]
-            if ready:
-                rows = [names[a] for _, _, _, a in ready]
-                batch = BatchInfo(
-                    rows=len(ready), adapters=len(set(rows)), shared_forward=self.lloco.host.can_mix(rows)
-                )
-                try:
-                    results = self.lloco.generate_batch(
-                        [p for _, p, _, _ in ready],
-                        adapter_ids=[a for _, _, _, a in ready],
-                        configs=[c for _, _, c, _ in ready],
-                    )
-                except Exception as exc:  # noqa: BLE001 - the batch failed: every request in it gets the error
-                    results = [DecodeOut(error=exc)] * len(ready)
-                for (i, _, _, _), r in zip(ready, results, strict=True):
-                    if isinstance(r, DecodeOut):
-                        outs[i] = r
-                    else:
-                        outs[i] = DecodeOut(
-                            text=r.text, stats=RunStats.of(r, len(jobs[i].sheets)), batch=batch
-                        )
-        return [o if o is not None else DecodeOut(error=RuntimeError("no result")) for o in outs]
+            if any(events):
+                yield events
+                events = [[] for _ in jobs]
+            if not ready:
+                return
+            rows = [names[a] for _, _, _, a in ready]
+            batch = BatchInfo(
+                rows=len(ready), adapters=len(set(rows)), shared_forward=self.lloco.host.can_mix(rows)
+            )
+            states = [StreamStats() for _ in ready]
+            sent = [False] * len(ready)
+            try:
+                for step in self.lloco.generate_stream_batch(
+                    [p for _, p, _, _ in ready],
+                    adapter_ids=[a for _, _, _, a in ready],
+                    configs=[c for _, _, c, _ in ready],
+                    states=states,
+                ):
+                    for k, ((i, _, _, _), (text, finished), st) in enumerate(
+                        zip(ready, step, states, strict=True)
+                    ):
+                        if text:
+                            events[i].append({"delta": text})
+                        if finished and not sent[k]:
+                            sent[k] = True
+                            stats = RunStats.of(st, len(jobs[i].sheets))
+                            events[i].append({"done": DecodeOut(text=st.text, stats=stats, batch=batch)})
+                    yield events
+                    events = [[] for _ in jobs]
+            except Exception as exc:  # noqa: BLE001 - the batch failed: every unfinished request gets the error
+                failed = {r[0] for k, r in enumerate(ready) if not sent[k]}
+                yield [[{"error": exc}] if i in failed else [] for i in range(len(jobs))]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _decode_batch(self, jobs: list[DecodeJob]) -> list[DecodeOut]:
+    async def _decode_batch(self, jobs: list[DecodeJob]) -> AsyncIterator[list[Any]]:
+        """Serve's batcher hands the concurrent requests of this replica over together; one list per forward
+        pass, one entry per request: its events, or ``StopIteration`` once it has its result."""
+        ended = [False] * len(jobs)
         with self._gate.running():
-            return await asyncio.to_thread(self._decode_sync, jobs)
+            async with contextlib.aclosing(
+                iterate_in_thread(self._batch_steps(jobs), same_thread=True, thread_name="lloco-decode")
+            ) as steps:
+                async for per_job in steps:
+                    out: list[Any] = []
+                    for i, evs in enumerate(per_job):
+                        out.append(StopIteration if ended[i] else evs)
+                        ended[i] = ended[i] or any("done" in e or "error" in e for e in evs)
+                    yield out
+
+    async def _events(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
+        """This request's events from the batch it joins; a request arriving while a batch decodes waits for
+        it (:class:`IdleGate`) and joins the next one."""
+        await self._gate.wait()
+        async for evs in self._decode_batch(job):
+            for ev in evs:
+                if "error" in ev:
+                    raise ev["error"]
+                yield ev
+                if "done" in ev:
+                    return
 
     async def decode(self, job: DecodeJob) -> DecodeOut:
-        """Decode one request, batched with the concurrent requests on this replica (any adapters): a request
-        that arrives while a batch decodes waits for it (:class:`IdleGate`) and joins the next one."""
-        await self._gate.wait()
-        out = await self._decode_batch(job)
-        if out.error is not None:
-            raise out.error
-        return out
+        """Decode one request, batched with the concurrent requests on this replica (any adapters, streaming
+        or not)."""
+        async for ev in self._events(job):
+            if "done" in ev:
+                return ev["done"]
+        raise RuntimeError("the decoder ended a request without a result")
 
     async def stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
-        """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut}``."""
-        from .generation import StreamStats
-
-        state = StreamStats()
-
-        def produce() -> Iterator[str]:
-            # Runs on one thread from start to close (iterate_in_thread(same_thread=True)): the lock is
-            # released by the thread that took it, when the stream ends or the client goes away.
-            prompt = self._prompt(job)
-            with self._lock:
-                yield from self.lloco.generate_stream(
-                    prompt, adapter_id=job.adapter_id, config=self._config(job), state=state
-                )
-
-        async with contextlib.aclosing(
-            iterate_in_thread(produce(), same_thread=True, thread_name="lloco-stream")
-        ) as deltas:
-            async for delta in deltas:
-                yield {"delta": delta}
-        yield {"done": DecodeOut(text=state.text, stats=RunStats.of(state, len(job.sheets)))}
+        """Yield ``{"delta": text}`` as tokens come, then ``{"done": DecodeOut}``; decoded in the same batches
+        as every other request of this replica."""
+        async for ev in self._events(job):
+            yield ev
 
 
 # -- the HTTP ingress -------------------------------------------------------------------------------------
@@ -650,6 +676,11 @@ class LLoCOIngress:
         # No multiplexed_model_id: the adapter travels in the job, so Serve's batcher does not split batches
         # by adapter and its router balances by queue length alone (see the module docstring).
         out: DecodeOut = await self._call(lambda: self.decoder.decode.remote(job))
+        self._count(out)
+        return out
+
+    def _count(self, out: DecodeOut) -> None:
+        """Record the batch a request (streamed or not) was decoded in, for ``GET /healthz``."""
         if out.batch is not None:
             d, b = self._decoding, out.batch
             d["requests"] += 1
@@ -657,7 +688,6 @@ class LLoCOIngress:
             d["in_mixed_adapter_batches"] += b.mixed
             d["max_batch_rows"] = max(d["max_batch_rows"], b.rows)
             d["max_batch_adapters"] = max(d["max_batch_adapters"], b.adapters)
-        return out
 
     async def _stream(self, job: DecodeJob) -> AsyncIterator[dict[str, Any]]:
         """The decoder's events; a replica lost before the first event is retried once."""
@@ -674,6 +704,8 @@ class LLoCOIngress:
                     except StopAsyncIteration:
                         return
                     sent = True
+                    if "done" in item:
+                        self._count(item["done"])
                     yield item
             except BackPressureError:
                 raise

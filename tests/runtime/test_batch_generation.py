@@ -264,3 +264,41 @@ def test_answer_batch_equals_answer(make_tiny_host, tiny_config):
     with pytest.raises(InputError):
         lloco.answer_batch(questions, contexts, adapter_ids=ids, configs=cfgs[:2])
     assert lloco.generate_batch([]) == []
+
+
+def test_stream_batch_deltas_add_up_to_the_one_at_a_time_answers(gen, host, sheets):
+    """stream_batch: one (text, finished) per row after every forward pass; the texts of each row join to its
+    one-at-a-time text, each row is finished from its last text on, and states hold its numbers."""
+    from lloco_runtime import StreamStats
+
+    prompts = mixed_batch(host, sheets)[:5]
+    lengths = [14, 3, 9, 1, 11]
+    adapters = [A, None, B, A, None]
+    free = one_at_a_time(gen, prompts, [cfg(n) for n in lengths], adapters)
+    cfgs = [cfg(n) for n in lengths]
+    cfgs[0] = cfg(lengths[0], stop=(free[0].text[5:8],))  # a stop string mid-stream
+    single = one_at_a_time(gen, prompts, cfgs, adapters)
+    states = [StreamStats() for _ in prompts]
+    steps = list(gen.stream_batch(prompts, cfgs, adapters, states=states))
+    assert all(len(step) == len(prompts) for step in steps)
+    for i, want in enumerate(single):
+        texts = [step[i][0] for step in steps]
+        flags = [step[i][1] for step in steps]
+        assert "".join(texts) == want.text, f"row {i}"
+        first_done = flags.index(True)
+        assert all(flags[first_done:]) and not any(texts[first_done + 1 :]), f"row {i}"
+        st = states[i]
+        assert (st.text, st.token_ids, st.finish_reason) == (want.text, want.token_ids, want.finish_reason)
+        assert 0 < st.prefill_s <= st.total_s
+    assert steps[-1] == [("", True)] * len(prompts) or all(done for _, done in steps[-1])
+    # one item per forward pass: rows prefilled alone count as one pass here
+    assert len(steps) == max(len(r.token_ids) + (r.finish_reason == "eos") for r in single)
+
+
+def test_stream_batch_refuses_uncached_rows_and_mismatched_states(gen):
+    from lloco_runtime import StreamStats
+
+    with pytest.raises(InputError, match="use_cache"):
+        list(gen.stream_batch([Prompt.from_text("a")], cfg(2, use_cache=False), [None]))
+    with pytest.raises(InputError, match="states"):
+        list(gen.stream_batch([Prompt.from_text("a")], cfg(2), [None], states=[StreamStats(), StreamStats()]))

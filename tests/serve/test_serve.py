@@ -401,8 +401,9 @@ def test_one_batch_mixes_two_adapters_and_none_with_single_request_answers(serve
         for a in ("active", "none")
     ]
     chat = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": MAX_NEW}
+    streamed = {"question": QUESTIONS[2], "group": GROUPS[1], "max_new_tokens": MAX_NEW, "stream": True}
     bad = {"question": QUESTIONS[0], "group": GROUPS[0], "adapter": info["bad_adapter"], "max_new_tokens": 4}
-    rows = len(asks) + 1  # + the chat; the broken adapter's request never reaches generate_batch
+    rows = len(asks) + 2  # + the chat and the stream; the broken adapter's request never reaches the batch
     opts = replace(info["opts"], replicas=1, max_batch_size=rows + 1, batch_wait_s=15.0)
     base = start_server(opts, name="lloco-mixed", route_prefix="/mixed")
     try:
@@ -418,10 +419,15 @@ def test_one_batch_mixes_two_adapters_and_none_with_single_request_answers(serve
                 return await asyncio.gather(
                     *(c.post("/v1/ask", json=body) for body, _, _, _ in asks),
                     c.post("/v1/chat/completions", json=chat),
+                    c.post("/v1/ask", json=streamed),
                     c.post("/v1/ask", json=bad),
                 )
 
-        *answers, chat_r, bad_r = asyncio.run(burst())
+        want_stream = _expected(service, GROUPS[1], QUESTIONS[2])["answer"]
+        *answers, chat_r, stream_r, bad_r = asyncio.run(burst())
+        assert stream_r.status_code == 200, stream_r.text
+        deltas = [e["delta"] for e in _sse_events(stream_r.text) if "delta" in e]
+        assert len(deltas) > 1 and "".join(deltas).strip() == want_stream  # streamed from the shared batch
         for r, (_, g, q, a) in zip(answers, asks, strict=True):
             assert r.status_code == 200, r.text
             assert r.json()["answer"] == want[(g, q, a)], (g, q, a)
