@@ -256,8 +256,9 @@ class Generator:
         config: GenerationConfig | Sequence[GenerationConfig] | None = None,
         adapters: Sequence[str | None] | None = None,
     ) -> list[GenerationResult]:
-        """Decode several prompts together: one left-padded batch, one prefill, then one forward step per
-        token for all unfinished rows (a row leaves the batch at its EOS, stop string or ``max_new_tokens``).
+        """Decode several prompts together: the prefill (each prompt alone with the KV caches merged, or one
+        left-padded pass: :meth:`prefills_alone`), then one forward step per token for all unfinished rows of
+        the left-padded batch (a row leaves it at its EOS, stop string or ``max_new_tokens``).
 
         ``config``: one for all rows or one per row; ``adapters``: a loaded adapter name (or None) per row.
         Rows with different adapters share the forward passes through peft's mixed-batch LoRA inference
