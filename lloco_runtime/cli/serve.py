@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         torch_threads=args.torch_threads,
+        ingress_threads=args.ingress_threads,
     )
     open_store(args).close()  # a missing schema fails before Ray starts
 
@@ -71,6 +72,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     s.add_argument(
         "--torch-threads", type=int, default=None, help="threads per replica (default: cores / replicas)"
+    )
+    s.add_argument(
+        "--ingress-threads",
+        type=int,
+        default=1,
+        help="torch threads of the HTTP front's question embedding (default 1: next to busy decoder "
+        "replicas more threads make each request slower)",
     )
     s.add_argument(
         "--host",

@@ -29,6 +29,23 @@ def test_serve_options_parse():
     )
     assert (args.replicas, args.max_batch_size, args.port, args.host) == (2, 4, 8123, "127.0.0.1")
     assert (args.model, args.encoder, args.url, args.schema) == ("m", "e", "postgresql://x/y", "s")
+    assert (
+        args.ingress_threads == 1
+        and build_parser().parse_args(["serve", "--ingress-threads", "2"]).ingress_threads == 2
+    )
+
+
+def test_serve_options_check_thread_counts():
+    import pytest
+
+    from lloco_runtime.errors import ConfigError
+    from lloco_runtime.serve import ServeOptions
+
+    assert ServeOptions().ingress_threads == 1
+    with pytest.raises(ConfigError, match="ingress_threads"):
+        ServeOptions(ingress_threads=0)
+    with pytest.raises(ConfigError, match="torch_threads"):
+        ServeOptions(torch_threads=0)
 
 
 def test_serve_without_ray_names_the_extra(monkeypatch, capsys):
