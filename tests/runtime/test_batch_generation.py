@@ -148,13 +148,17 @@ def test_grouped_by_adapter_when_adapters_cannot_mix(gen, host, sheets, monkeypa
     assert_same(gen.generate_batch(prompts, cfgs, adapters), single)
 
 
-def test_prefill_alone_is_the_cpu_default_and_falls_back_when_caches_cannot_merge(host, sheets, monkeypatch):
+def test_prefill_alone_when_padding_dominates_and_fallback_when_caches_cannot_merge(
+    host, sheets, monkeypatch
+):
     from lloco_runtime import generation
 
     g = Generator(host)
-    assert (
-        g.prefill_alone is None and g.prefills_alone(2) and not g.prefills_alone(1)
-    )  # CPU: auto means alone
+    assert g.prefill_alone is None and generation.PADDING_LIMIT == 0.5
+    assert not g.prefills_alone([100, 90, 95]) and not g.prefills_alone([100])  # little padding: one pass
+    assert g.prefills_alone([100, 10, 12])  # mostly padding: each alone (CPU)
+    g.prefill_alone = True
+    assert g.prefills_alone([100, 100]) and not g.prefills_alone([100])
     prompts = mixed_batch(host, sheets)[:4]
     cfgs, adapters = [cfg(9)] * 4, [A, None, B, A]
     single = one_at_a_time(g, prompts, cfgs, adapters)

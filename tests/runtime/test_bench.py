@@ -190,7 +190,7 @@ def test_decode_section(tiny_lloco):
     assert [(r["batch"], r["tokens"]) for r in d["batch"]] == [(1, 6), (3, 18)]
     assert all(r["tokens_per_s"] > 0 for r in d["batch"]) and d["batch"][0]["speedup_vs_1"] == 1.0
     pp = d["prefill_paths"]
-    assert pp["batch"] == 3 and pp["alone_s"] > 0 and pp["padded_s"] > 0 and pp["default"] == "alone"  # CPU
+    assert pp["batch"] == 3 and pp["alone_s"] > 0 and pp["padded_s"] > 0 and pp["default"] == "padded"
     assert pp["padded_over_alone"] == pytest.approx(pp["padded_s"] / pp["alone_s"], rel=1e-2)
     assert tiny_lloco.generator.prefill_alone is None  # the bench put the setting back
     assert (
