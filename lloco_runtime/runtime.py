@@ -355,7 +355,17 @@ class LLoCO:
         with self._pinned(chosen) as names:
             yield from self.generator.stream_batch(prompts, cfg, names, states=states)
 
-    def _batch_args(self, who, prompts, adapter_ids, use_reader, config, configs, gen):
+    def _batch_args(
+        self,
+        who: str,
+        prompts: Sequence[Prompt],
+        adapter_ids: Sequence[str | None] | None,
+        use_reader: bool,
+        config: GenerationConfig | None,
+        configs: Sequence[GenerationConfig] | None,
+        gen: dict,
+    ) -> tuple[GenerationConfig | list[GenerationConfig], list[str | None]]:
+        """The batch's decoding config(s), checked against the prompts, and each prompt's adapter id."""
         n = len(prompts)
         if configs is not None:
             if config is not None or gen:

@@ -365,10 +365,6 @@ class IdleGate:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @property
-    def busy(self) -> bool:
-        return self._running > 0
-
     async def wait(self) -> None:
         """Return at once when no batch runs, else when the running one ends."""
         await self._idle.wait()

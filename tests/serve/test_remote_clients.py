@@ -114,24 +114,12 @@ def test_bench_serving_section_against_the_server(served, tmp_path, capsys):
 
     url = served[0]
     out = tmp_path / "bench.json"
-    assert (
-        main(
-            [
-                "bench",
-                "--serve-url",
-                url,
-                "--serve-group",
-                GROUPS[0],
-                "--serve-requests",
-                "4",
-                "--serve-tokens",
-                "4",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+
+    def bench(groups: str) -> int:
+        args = ["bench", "--serve-url", url, "--serve-group", groups, "--serve-requests", "4"]
+        return main(args + ["--serve-tokens", "4", "--json", str(out)])
+
+    assert bench(GROUPS[0]) == 0
     text = capsys.readouterr().out
     assert "clients" in text and "req/s" in text
     runs = json.loads(out.read_text())["http_serving"]["runs"]
@@ -139,24 +127,7 @@ def test_bench_serving_section_against_the_server(served, tmp_path, capsys):
     assert all(r["ok"] == 4 and r["errors"] == 0 and r["throughput_rps"] > 0 for r in runs)
     # several groups (the load: 2 groups, 2 adapters): requests take them in turn
     two = ",".join(GROUPS)
-    assert (
-        main(
-            [
-                "bench",
-                "--serve-url",
-                url,
-                "--serve-group",
-                two,
-                "--serve-requests",
-                "4",
-                "--serve-tokens",
-                "4",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert bench(two) == 0
     capsys.readouterr()
     report = json.loads(out.read_text())["http_serving"]
     assert all(r["ok"] == 4 and r["errors"] == 0 for r in report["runs"])
