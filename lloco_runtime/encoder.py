@@ -603,13 +603,15 @@ class ContextEncoder(nn.Module):
         token_embeds: torch.Tensor,
         ids: Sequence[int],
         scores: torch.Tensor | None = None,
+        keep: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Mean pooling of one segment's ``states`` through the connector, with its literal tokens (their
-        input embeddings, no connector) each placed right after the pooled vector of its group."""
+        input embeddings, no connector) each placed right after the pooled vector of its group; ``keep``
+        (ascending positions) overrides the offline choice (:meth:`literal_positions`)."""
         n = states.shape[0]
         groups = min(self._groups(n), n)
         pooled = self.connector(_mean_groups(states, groups))
-        keep = self.literal_positions(ids, scores)
+        keep = self.literal_positions(ids, scores) if keep is None else list(keep)
         if not keep:
             return pooled
         bounds = [(g * n) // groups for g in range(groups + 1)]
@@ -713,6 +715,89 @@ class ContextEncoder(nn.Module):
             keep.add(pos)
         return sorted(keep)
 
+    # -- question-aware literal tokens (focus) -----------------------------------------------------------
+
+    @property
+    def can_focus(self) -> bool:
+        """True when this encoder's literal tokens can be chosen per question at answer time
+        (:mod:`lloco_runtime.focus`): mean pooling of input embeddings (``summary_layer=0``, no accumulation)
+        with literal tokens, so a sheet is rebuilt from its chunk's tokens without a forward pass."""
+        c = self.config
+        return c.pooling == "mean" and c.summary_layer == 0 and c.literal_tokens > 0 and not c.accumulate
+
+    def _words(self, ids: Sequence[int]) -> tuple[list[str], list[list[int]]]:
+        """The tokens' texts and the segment's words as lists of token positions (a word starts at a token
+        with leading whitespace)."""
+        pieces = [self._token_text(int(i)) for i in ids]
+        words: list[list[int]] = []
+        for pos, piece in enumerate(pieces):
+            if pos == 0 or piece[:1].isspace() or not words:
+                words.append([pos])
+            else:
+                words[-1].append(pos)
+        return pieces, words
+
+    @staticmethod
+    def _salience(texts: Sequence[str]) -> list[float]:
+        """The offline prior of each word, by the rules of :meth:`literal_positions`: 1 for a word holding a
+        digit or capitalised inside a sentence (names, numbers, dates), plus a little for its length."""
+        out, before = [], ""
+        for text in texts:
+            stripped = text.strip()
+            tail = before.rstrip()
+            sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
+            word_start = stripped.lstrip("\"'([\u201c\u2018")
+            salient = any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start)
+            out.append(float(salient) + 0.05 * len(stripped.strip(_PUNCT)))
+            before += text
+        return out
+
+    def focus_positions(self, ids: Sequence[int], question: str) -> list[int]:
+        """The literal-token positions (ascending) for ``question``: as many as :meth:`literal_positions`
+        keeps, chosen by :func:`lloco_runtime.focus.focus_positions` (near the question's words)."""
+        from .focus import focus_positions
+
+        budget = min(self.literal_budget(len(ids)), len(ids))
+        pieces, words = self._words(ids)
+        texts = ["".join(pieces[p] for p in w) for w in words]
+        return focus_positions(words, texts, question, self._salience(texts), budget, len(ids))
+
+    def made_from(self, ids: Sequence[int], sheet: torch.Tensor) -> bool:
+        """True when ``sheet`` holds the pooled vectors of the segment ``ids`` (it was made from these
+        tokens), so that a question-aware rebuild (:meth:`focus_sheet`) reads the same content; False for a
+        chunk text edited after compression."""
+        ids = [int(i) for i in ids]
+        if not self.can_focus or not ids or sheet.ndim != 2:
+            return False
+        with torch.inference_mode():
+            t = self.host.model.get_input_embeddings()(
+                torch.as_tensor(ids, dtype=torch.long, device=self.host.device)
+            )
+            pooled = self.connector(_mean_groups(t, min(self._groups(len(ids)), len(ids)))).to("cpu")
+        rows = sheet.to("cpu", torch.float32)
+        for p in pooled.float():
+            tol = 1e-3 * float(p.abs().max()) + 1e-6  # stored sheets may be half precision
+            if not bool(((rows - p).abs().amax(dim=-1) <= tol).any()):
+                return False
+        return True
+
+    def focus_sheet(self, ids: Sequence[int], question: str) -> torch.Tensor:
+        """The cheat sheet of one segment (``ids``, at most ``segment_length`` tokens) with its literal
+        tokens chosen for ``question``: the same pooled vectors and the same number of positions as the
+        stored sheet (:meth:`compress_chunks`), a CPU tensor in the model dtype."""
+        if not self.can_focus:
+            raise ConfigError(
+                "question-aware literal tokens need a mean-pooling encoder of input embeddings "
+                "(summary_layer=0) with literal_tokens > 0; this encoder's sheets are read as stored"
+            )
+        ids = [int(i) for i in ids]
+        if not ids or len(ids) > self.config.segment_length:
+            raise InputError(f"focus_sheet needs 1 to {self.config.segment_length} token ids, got {len(ids)}")
+        with torch.inference_mode():
+            embed = self.host.model.get_input_embeddings()
+            t = embed(torch.as_tensor(ids, dtype=torch.long, device=self.host.device))
+            return self._pooled(t, t, ids, keep=self.focus_positions(ids, question)).to("cpu")
+
     def _token_text(self, token_id: int) -> str:
         if token_id not in self._token_texts:
             self._token_texts[token_id] = self.tokenizer.decode([token_id])
@@ -780,7 +865,10 @@ class ContextEncoder(nn.Module):
         chunks = self.split(text)
         sheets = self.compress_chunks(chunks, batch_size=batch_size, progress=progress)
         return CheatSheets(
-            tensors=sheets, fingerprint=self.fingerprint, source_tokens=sum(c.n_tokens for c in chunks)
+            tensors=sheets,
+            fingerprint=self.fingerprint,
+            source_tokens=sum(c.n_tokens for c in chunks),
+            texts=[c.text for c in chunks],
         )
 
     # -- persistence ----------------------------------------------------------------------------------------
@@ -1181,6 +1269,8 @@ class CheatSheets:
     tensors: list[torch.Tensor]
     fingerprint: str
     source_tokens: int = 0
+    #: each chunk's source text (what question-aware literal tokens need); None when not kept
+    texts: list[str] | None = None
 
     @property
     def n_vectors(self) -> int:

@@ -31,7 +31,7 @@ from .errors import InputError, MissingStoreError, NotFoundError
 from .generation import GenerationConfig, GenerationResult, StreamStats
 from .prompt import MessageLike
 from .runtime import LLoCO
-from .store import CheatSheetStore, RetrievalResult
+from .store import CheatSheetStore, ChunkSheet, RetrievalResult
 
 # -- chunk ids ----------------------------------------------------------------------------------------------
 
@@ -199,22 +199,26 @@ def load_cheat_sheets(
     ids: Sequence[int],
     *,
     build_hint: str = "the model with a store",
-) -> list[torch.Tensor] | None:
+) -> list[torch.Tensor] | list[ChunkSheet] | None:
     """The stored cheat sheets of ``ids`` (None for none), checked against ``lloco``'s encoder fingerprint,
-    in the decoder's dtype. Without a store: :class:`MissingStoreError` ("cheat_sheet_ids need a store:
-    build <build_hint>")."""
+    in the decoder's dtype, each with its chunk's text when the runtime focuses literal tokens on the
+    question (:attr:`LLoCO.focuses`). Without a store: :class:`MissingStoreError` ("cheat_sheet_ids need a
+    store: build <build_hint>")."""
     if not ids:
         return None
     if store is None:
         raise MissingStoreError(f"cheat_sheet_ids need a store: build {build_hint}")
-    sheets = store.cheat_sheets(ids, encoder_fingerprint=lloco.encoder.fingerprint)
+    sheets = store.cheat_sheets(ids, encoder_fingerprint=lloco.encoder.fingerprint, with_text=lloco.focuses)
     return [s.to(lloco.host.dtype) for s in sheets]
 
 
-def context_sheets(result: RetrievalResult, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
-    """A retrieval's loaded cheat sheets in reading order (the order they go into the prompt), cast to
-    ``dtype`` when given."""
-    sheets = [c.cheat_sheet for c in reading_order(result.chunks) if c.cheat_sheet is not None]
+def context_sheets(result: RetrievalResult, dtype: torch.dtype | None = None) -> list[ChunkSheet]:
+    """A retrieval's loaded cheat sheets in reading order (the order they go into the prompt), each with its
+    chunk's text (:class:`~lloco_runtime.store.ChunkSheet`: the runtime focuses its literal tokens on the
+    question), cast to ``dtype`` when given."""
+    sheets = [
+        ChunkSheet(c.cheat_sheet, c.text) for c in reading_order(result.chunks) if c.cheat_sheet is not None
+    ]
     return sheets if dtype is None else [s.to(dtype) for s in sheets]
 
 

@@ -22,12 +22,13 @@ from .encoder import CheatSheets, ContextEncoder, EncoderConfig
 from .errors import FingerprintMismatchError, InputError
 from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
 from .models import LoadedModel, load_model
-from .prompt import MessageLike, Prompt, PromptTemplate
+from .prompt import MessageLike, Prompt, PromptTemplate, chat_messages
+from .store.records import ChunkSheet
 
 log = logging.getLogger(__name__)
 
 READER_ADAPTER_ID = "reader"  # runtime id of the encoder's reader adapter (store adapter ids are integers)
-Context = str | CheatSheets | torch.Tensor | Sequence[torch.Tensor] | None
+Context = str | CheatSheets | torch.Tensor | Sequence[torch.Tensor | ChunkSheet] | None
 
 # -- adapter routing: which adapter answers (this module decides; every path calls these two steps) ---------
 
@@ -86,6 +87,7 @@ class LLoCO:
         template: PromptTemplate | None = None,
         adapter_capacity: int = 4,
         adapter_source: AdapterSource | None = None,
+        focus: bool = True,
     ) -> None:
         if encoder.host is not host:
             raise InputError("the encoder must be built on the same LoadedModel as the decoder")
@@ -93,6 +95,11 @@ class LLoCO:
         self.encoder = encoder
         self.template = template or PromptTemplate()
         self.generator = Generator(host)
+        #: question-aware literal tokens (:mod:`lloco_runtime.focus`): cheat sheets that come with their
+        #: chunk's text (:class:`~lloco_runtime.encoder.ChunkSheet`, :class:`CheatSheets` from
+        #: :meth:`compress`) get their literal tokens chosen for the question, where the encoder allows it
+        #: (:attr:`ContextEncoder.can_focus`); False reads every sheet as stored
+        self.focus = bool(focus)
         self.adapters = AdapterManager(
             host, encoder_fingerprint=encoder.fingerprint, capacity=adapter_capacity, source=adapter_source
         )
@@ -141,7 +148,13 @@ class LLoCO:
 
     # -- online ---------------------------------------------------------------------------------------------
 
-    def _context(self, context: Context):
+    @property
+    def focuses(self) -> bool:
+        """True when sheets that come with their text are focused on the question (:attr:`focus` on and an
+        encoder that can: :attr:`ContextEncoder.can_focus`)."""
+        return self.focus and self.encoder.can_focus
+
+    def _context(self, context: Context, question: str | None = None):
         if isinstance(context, CheatSheets):
             if context.fingerprint != self.encoder.fingerprint:
                 raise FingerprintMismatchError(
@@ -149,12 +162,35 @@ class LLoCO:
                     f"is {self.encoder.fingerprint[:12]}; re-compress the text with the current encoder "
                     "(a stored group: `lloco recompress --group GROUP`)"
                 )
-            return list(context.tensors)
+            if context.texts is not None and len(context.texts) == len(context.tensors):
+                context = [ChunkSheet(t, x) for t, x in zip(context.tensors, context.texts, strict=True)]
+            else:
+                return list(context.tensors)
+        if isinstance(context, ChunkSheet):
+            context = [context]
+        if isinstance(context, (list, tuple)) and any(isinstance(c, ChunkSheet) for c in context):
+            return [self.sheet_for(c, question) if isinstance(c, ChunkSheet) else c for c in context]
         return context
+
+    def sheet_for(self, item: ChunkSheet, question: str | None) -> torch.Tensor:
+        """The tensor a :class:`ChunkSheet` goes into the prompt as: with :attr:`focuses` and a question,
+        rebuilt with its literal tokens chosen for the question (:meth:`ContextEncoder.focus_sheet`, same
+        shape); else the stored sheet. A text the sheet was not made from (edited after compression: other
+        pooled vectors or another shape) is read as stored."""
+        if not (self.focuses and question and question.strip()):
+            return item.sheet
+        ids = self.host.tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        if not ids or len(ids) > self.encoder.config.segment_length:
+            return item.sheet
+        focused = self.encoder.focus_sheet(ids, question)
+        if focused.shape != item.sheet.shape or not self.encoder.made_from(ids, item.sheet):
+            log.debug("focus: the chunk text does not match its stored sheet; read as stored")
+            return item.sheet
+        return focused.to(item.sheet.dtype)
 
     def prompt(self, question: str, context: Context = None) -> Prompt:
         """The prompt the decoder sees: template prefix | context (text or cheat sheets) | question."""
-        return self.template.build(self.host.tokenizer, question, self._context(context))
+        return self.template.build(self.host.tokenizer, question, self._context(context, question))
 
     def adapter_for(
         self, prompt: Prompt, adapter_id: str | None = None, *, use_reader: bool = True
@@ -173,7 +209,8 @@ class LLoCO:
     def prompt_chat(self, messages: Sequence[MessageLike], context: Context = None) -> Prompt:
         """The prompt for a conversation: earlier turns, then the last user message with the context (see
         :meth:`PromptTemplate.build_chat`)."""
-        return self.template.build_chat(self.host.tokenizer, messages, self._context(context))
+        question = chat_messages(messages)[-1].content
+        return self.template.build_chat(self.host.tokenizer, messages, self._context(context, question))
 
     def answer(
         self,

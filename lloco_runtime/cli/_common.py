@@ -8,6 +8,7 @@ runs, so ``lloco --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import sys
@@ -83,6 +84,16 @@ def add_retrieval_options(
     p.add_argument(mode_flag, choices=RETRIEVAL_MODE_CHOICES, default=DEFAULT_RETRIEVAL_MODE, help=mode_help)
 
 
+def add_focus_option(p: argparse.ArgumentParser) -> None:
+    """``--no-focus``: read stored cheat sheets as they are, literal tokens not chosen for the question."""
+    p.add_argument(
+        "--no-focus",
+        action="store_true",
+        help="read cheat sheets as stored: do not choose their literal tokens for the question at answer "
+        "time (question-aware literal tokens are on by default where the encoder allows them)",
+    )
+
+
 def add_preset_option(p: argparse.ArgumentParser, more: str = "") -> None:
     """``--preset NAME``; ``more`` is appended to the shared help text."""
     p.add_argument("--preset", default=None, metavar="NAME", help=PRESET_HELP + more)
@@ -113,15 +124,22 @@ def load_runtime(args: argparse.Namespace):
     preset = preset_of(args)
     if preset is None:
         if not any((model, encoder, device, dtype)):
-            return load_default_runtime()
-        return LLoCO.from_pretrained(model, encoder=encoder, device=device, dtype=dtype)
-    # The preset's prompt template; its encoder settings make the fresh encoder a non-default model would get
-    # anyway (an --encoder folder keeps its own, fingerprinted settings: `lloco info --preset` shows any gap).
-    if encoder is None and model not in (None, "default"):
-        encoder = preset.encoder_config()
-    return LLoCO.from_pretrained(
-        model, encoder=encoder, device=device, dtype=dtype, template=preset.template()
-    )
+            lloco = load_default_runtime()
+        else:
+            lloco = LLoCO.from_pretrained(model, encoder=encoder, device=device, dtype=dtype)
+    else:
+        # The preset's prompt template; its encoder settings make the fresh encoder a non-default model
+        # would get anyway (an --encoder folder keeps its own, fingerprinted settings: `lloco info
+        # --preset` shows any gap).
+        if encoder is None and model not in (None, "default"):
+            encoder = preset.encoder_config()
+        lloco = LLoCO.from_pretrained(
+            model, encoder=encoder, device=device, dtype=dtype, template=preset.template()
+        )
+    if getattr(args, "no_focus", False):
+        lloco = copy.copy(lloco)  # the process-wide default runtime keeps its own setting
+        lloco.focus = False
+    return lloco
 
 
 def open_store(args: argparse.Namespace, *, create: bool = False, **kw: Any):

@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         s, top_k_help="chunks to retrieve (default %(default)s)", mode_help="retrieval mode"
     )
     s.add_argument("--no-adapter", action="store_true", help="answer without the group's adapter")
+    _common.add_focus_option(s)
     s.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
     s.add_argument(
         "--json",

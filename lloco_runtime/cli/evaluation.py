@@ -152,6 +152,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description=DESCRIPTION,
     )
     s.add_argument("dataset", help="folder with documents.jsonl and questions.jsonl")
+    _common.add_focus_option(s)
     s.add_argument(
         "--mode",
         type=_mode,

@@ -54,7 +54,7 @@ import torch
 
 from ..errors import InputError
 from ..request import check_found, reading_order
-from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
+from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, ChunkSheet, RetrievalMode
 from . import metrics as M
 from .datasets import Dataset, Question
 
@@ -444,7 +444,7 @@ class Harness:
                 context = "\n\n".join(c.text for c in ordered)
                 n_ctx = len(self._tokens(context))
             else:
-                context = [c.cheat_sheet.to(self.lloco.host.dtype) for c in ordered]
+                context = [ChunkSheet(c.cheat_sheet.to(self.lloco.host.dtype), c.text) for c in ordered]
                 n_ctx = sum(int(s.shape[0]) for s in context)
                 info["raw_context_tokens"] = res.raw_context_tokens
         elif mode == "lloco-doc-control":  # another document's cheat sheets, truncated alike
@@ -516,6 +516,7 @@ class Harness:
             "context_window": self.lloco.host.context_window,
             "model": self.lloco.host.name,
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
+            "focus": self.lloco.focuses,
             "truncation": (
                 "head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
                 if mode in FULL_MODES | DOC_MODES

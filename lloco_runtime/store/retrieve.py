@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from ..codec import decode_tensor
 from ..errors import CheatSheetError, ChunkNotFoundError, FingerprintMismatchError, InputError
-from .records import RetrievedChunk
+from .records import ChunkSheet, RetrievedChunk
 from .schema import TEXT_SEARCH_CONFIG, Tables
 
 MAX_TOP_K = 1000
@@ -171,19 +171,35 @@ def fetch_chunks(conn: Connection, t: Tables, hits: Sequence[tuple[int, float]])
 
 
 def fetch_cheat_sheets(
-    conn: Connection, t: Tables, chunk_ids: Sequence[int], encoder_fingerprint: str | None = None
-) -> list[torch.Tensor]:
+    conn: Connection,
+    t: Tables,
+    chunk_ids: Sequence[int],
+    encoder_fingerprint: str | None = None,
+    *,
+    with_text: bool = False,
+) -> list[torch.Tensor] | list[ChunkSheet]:
     """Decoded cheat sheets for ``chunk_ids``, in order.
 
     Raises NotFound-style CheatSheetError for chunks without a sheet, CheatSheetError for corrupted bytes,
     and FingerprintMismatchError when a sheet was made by another encoder than ``encoder_fingerprint``
-    (or, with no fingerprint given, when the sheets come from more than one encoder).
+    (or, with no fingerprint given, when the sheets come from more than one encoder). ``with_text``: each as
+    a :class:`~lloco_runtime.store.ChunkSheet` with its chunk's text (what question-aware literal tokens
+    read).
     """
     if not chunk_ids:
         return []
     cs, c, d = t.cheat_sheets, t.chunks, t.documents
     stmt = (
-        select(c.c.id, d.c.doc_id, c.c.ordinal, cs.c.encoder_fingerprint, cs.c.dtype, cs.c.shape, cs.c.data)
+        select(
+            c.c.id,
+            d.c.doc_id,
+            c.c.ordinal,
+            c.c.text,
+            cs.c.encoder_fingerprint,
+            cs.c.dtype,
+            cs.c.shape,
+            cs.c.data,
+        )
         .select_from(c.join(d, c.c.document_id == d.c.id).outerjoin(cs, cs.c.chunk_id == c.c.id))
         .where(c.c.id.in_(list(chunk_ids)))
     )
@@ -219,7 +235,7 @@ def fetch_cheat_sheets(
                 f"{where}: stored shape/dtype {r.dtype}{list(r.shape)} disagree with its "
                 f"bytes ({tensor.dtype}{list(tensor.shape)}); re-ingest the document"
             )
-        out.append(tensor)
+        out.append(ChunkSheet(tensor, r.text) if with_text else tensor)
     if len(seen_fingerprints) > 1:
         raise FingerprintMismatchError(
             f"the requested cheat sheets come from {len(seen_fingerprints)} different encoders (a re-compression "

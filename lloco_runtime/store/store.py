@@ -47,6 +47,7 @@ from .records import (
     BulkDocument,
     BulkLoadReport,
     ChunkInfo,
+    ChunkSheet,
     CollectionInfo,
     DocumentInfo,
     DocumentOutcome,
@@ -579,14 +580,15 @@ class CheatSheetStore:
         )
 
     def cheat_sheets(
-        self, chunk_ids: Sequence[int], *, encoder_fingerprint: str | None = None
-    ) -> list[torch.Tensor]:
-        """Decoded cheat sheets of ``chunk_ids`` in order (CheatSheetError / FingerprintMismatchError)."""
+        self, chunk_ids: Sequence[int], *, encoder_fingerprint: str | None = None, with_text: bool = False
+    ) -> list[torch.Tensor] | list[ChunkSheet]:
+        """Decoded cheat sheets of ``chunk_ids`` in order (CheatSheetError / FingerprintMismatchError);
+        ``with_text``: as :class:`~lloco_runtime.store.ChunkSheet` with their chunks' texts."""
         ids = [int(i) for i in chunk_ids]
         if len(ids) > MAX_TOP_K:
             raise InputError(f"at most {MAX_TOP_K} cheat sheets per call")
         with self.engine.begin() as conn:
-            return fetch_cheat_sheets(conn, self.tables, ids, encoder_fingerprint)
+            return fetch_cheat_sheets(conn, self.tables, ids, encoder_fingerprint, with_text=with_text)
 
     # -- manage ------------------------------------------------------------------------------------------
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from sqlalchemy import func, select, update
 
+from lloco_runtime import context_sheets
 from lloco_runtime.errors import CheatSheetError, FingerprintMismatchError, InputError, NotFoundError
+from lloco_runtime.store import ChunkSheet
 
 
 @pytest.mark.parametrize("mode", ["dense", "fulltext", "hybrid"])
@@ -159,3 +162,17 @@ def test_bad_id_restrictions(shared_filled):
         shared_filled.retrieve("galaxy", group="g", chunk_ids=["1 OR 1=1"])
     with pytest.raises(InputError, match="chunk_ids must be integers"):
         shared_filled.retrieve("galaxy", group="g", chunk_ids=[True])
+
+
+def test_store_returns_sheets_with_their_chunk_text(shared_filled, encoder):
+    store = shared_filled
+    res = store.retrieve("galaxy telescopes stars", group="g", top_k=2)
+    ids = [c.chunk_id for c in res.chunks]
+    plain = store.cheat_sheets(ids, encoder_fingerprint=encoder.fingerprint)
+    with_text = store.cheat_sheets(ids, encoder_fingerprint=encoder.fingerprint, with_text=True)
+    assert all(isinstance(s, ChunkSheet) for s in with_text)
+    assert [s.text for s in with_text] == [c.text for c in res.chunks]
+    assert all(torch.equal(a, b.sheet) for a, b in zip(plain, with_text, strict=True))
+
+    items = context_sheets(res)
+    assert all(isinstance(s, ChunkSheet) and s.text for s in items)

@@ -1,0 +1,109 @@
+"""Question-aware literal tokens ("focus"): at answer time, a chunk's literal tokens are chosen for the question.
+
+A cheat sheet of a mean-pooling encoder with literal tokens (the default) is, per group of consecutive
+tokens, one pooled vector followed by some of the group's tokens kept as themselves. Offline the encoder
+cannot know which of a paragraph's facts will be asked about, so it keeps names, numbers and the tokens
+its selector ranks highest; on SQuAD the answer survives whole in about a third of the sheets.
+
+Once the question is known, a better choice is cheap: the answer is nearly always near the words that the
+question shares with the text. :func:`focus_positions` scores each word of the chunk by its closeness to
+question words (exponential decay over word distance), keeps the question words themselves only as context
+around them, and fills the budget with the offline prior (the encoder's rule-based salience: numbers and
+capitalised words inside sentences). The number of kept tokens is exactly the offline budget
+(:meth:`~lloco_runtime.encoder.ContextEncoder.literal_budget`), so a focused sheet has the same shape, the
+same positions and the same compression ratio as the stored one, and the reader adapter reads it as is.
+
+Nothing runs through a model: the pooled vectors of an encoder that pools input embeddings
+(``summary_layer=0``) are an embedding lookup and a mean per group, so the focused sheet is rebuilt from the
+chunk's tokens (its stored text) for the cost of a table lookup.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+#: words that say nothing about where an answer is (function words and question words)
+STOPWORDS = frozenset(
+    ["a", "an", "the", "of", "in", "on", "at", "to", "for", "by", "with", "from", "and", "or", "but", "nor", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "done", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "that", "this", "these", "those", "it", "its", "as", "into", "onto", "than", "then", "there", "their", "theirs", "they", "them", "he", "she", "his", "her", "hers", "him", "we", "us", "our", "ours", "you", "your", "yours", "i", "me", "my", "mine", "not", "no", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "have", "has", "had", "having", "about", "after", "before", "during", "over", "under", "between", "through", "up", "down", "out", "off", "so", "such", "also", "one", "two", "many", "much", "most", "more", "some", "any", "each", "other", "s", "t", "very", "just", "only", "same", "own", "too", "here", "if", "while", "because", "until", "against", "among", "per", "via", "name", "named", "called"]
+)
+_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)?", re.UNICODE)
+
+#: word-distance decay of a question word's pull on its neighbours (in words)
+DECAY_WORDS = 4.0
+#: weight of the question-word proximity against the offline prior
+PROXIMITY_WEIGHT = 3.0
+#: a question word itself is worth less than its neighbours: the answer is near it, rarely it
+MATCH_PENALTY = 1.5
+#: weight of the offline prior (rule-based salience), the tie-breaker where no question word is near
+PRIOR_WEIGHT = 0.5
+#: a text word this long or longer matches a question word of the same first letters (plural, tense)
+PREFIX = 5
+
+
+def question_terms(question: str) -> frozenset[str]:
+    """The question's content words, lowercased (stop words and question words dropped)."""
+    return frozenset(w for w in (m.group(0).lower() for m in _WORD.finditer(question)) if w not in STOPWORDS)
+
+
+def _key(word: str) -> str:
+    m = _WORD.search(word)
+    return m.group(0).lower() if m else ""
+
+
+def term_match(word: str, terms: frozenset[str]) -> float:
+    """1 for a question word, 0.7 for one sharing its first :data:`PREFIX` letters (e.g. plural), else 0."""
+    k = _key(word)
+    if not k or k in STOPWORDS:
+        return 0.0
+    if k in terms:
+        return 1.0
+    if len(k) >= PREFIX and any(len(t) >= PREFIX and t[:PREFIX] == k[:PREFIX] for t in terms):
+        return 0.7
+    return 0.0
+
+
+def word_scores(words: Sequence[str], terms: frozenset[str], prior: Sequence[float]) -> list[float]:
+    """Per word: proximity to question words, minus the match itself, plus the standardised prior."""
+    n = len(words)
+    match = [term_match(w, terms) for w in words]
+    hits = [(j, m) for j, m in enumerate(match) if m]
+    mean = sum(prior) / n if n else 0.0
+    var = sum((p - mean) ** 2 for p in prior) / n if n else 0.0
+    sd = math.sqrt(var) if var > 0 else 1.0
+    out = []
+    for i in range(n):
+        pull = sum(m * math.exp(-abs(i - j) / DECAY_WORDS) for j, m in hits if j != i)
+        out.append(PROXIMITY_WEIGHT * pull - MATCH_PENALTY * match[i] + PRIOR_WEIGHT * (prior[i] - mean) / sd)
+    return out
+
+
+def focus_positions(
+    words: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    question: str,
+    prior: Sequence[float],
+    budget: int,
+    n_tokens: int,
+) -> list[int]:
+    """Token positions (ascending) to keep as literal tokens for ``question``: whole words by
+    :func:`word_scores`, best first, while they fit ``budget``; single tokens in text order fill the rest.
+
+    ``words``: the chunk's words as lists of token positions; ``texts``: each word's text; ``prior``: the
+    offline salience of each word."""
+    budget = min(budget, n_tokens)
+    if budget <= 0:
+        return []
+    scores = word_scores(texts, question_terms(question), prior)
+    keep: set[int] = set()
+    for w in sorted(range(len(words)), key=lambda w: (-scores[w], w)):
+        if len(keep) >= budget:
+            break
+        if len(keep) + len(words[w]) <= budget:
+            keep.update(words[w])
+    for pos in range(n_tokens):
+        if len(keep) >= budget:
+            break
+        keep.add(pos)
+    return sorted(keep)

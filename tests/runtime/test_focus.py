@@ -1,0 +1,132 @@
+"""Question-aware literal tokens ("focus"): at answer time a sheet's literal tokens are chosen near the words
+the question shares with the chunk; same shape, same pooled vectors, read as stored when that cannot hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig, LLoCO
+from lloco_runtime.focus import question_terms, term_match
+from lloco_runtime.store import ChunkSheet
+
+TEXT = (
+    "The canal was opened in 1794 by the engineer Margaret Eddowes of Marrick, and the canal company "
+    "paid her 300 pounds. Later the trust restored it. The engineer Margaret Eddowes also built the "
+    "aqueduct over the River Brindle, which was later widened by the county to carry the heavier boats "
+    "of the coal trade."
+)
+CFG = {
+    "segment_length": 64,
+    "summary_length": 4,
+    "literal_tokens": 8,
+    "pooling": "mean",
+    "summary_layer": 0,
+    "connector": "mlp",
+}
+
+
+def _enc(host, **kw) -> ContextEncoder:
+    return ContextEncoder(host, EncoderConfig(**{**CFG, **kw}))
+
+
+def _ids(host, text=TEXT, n=64) -> list[int]:
+    return host.tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+
+
+def _kept(host, enc, ids, keep) -> str:
+    return host.tokenizer.decode([ids[i] for i in keep])
+
+
+def test_question_terms_drop_function_words_and_match_inflections():
+    assert question_terms("What did the county widen over the River?") == {"county", "widen", "river"}
+    assert term_match("River,", frozenset({"river"})) == 1.0
+    assert term_match("engineers", frozenset({"engineer"})) == 0.7  # same first letters
+    assert term_match("the", frozenset({"the"})) == 0.0  # a stop word never matches
+
+
+def test_focus_keeps_the_words_near_the_question_and_the_offline_budget(tiny_host):
+    enc = _enc(tiny_host)
+    ids = _ids(tiny_host)
+    assert len(ids) == 64
+    offline = _kept(tiny_host, enc, ids, enc.literal_positions(ids))
+    river = enc.focus_positions(ids, "Which river did the aqueduct go over?")
+    opened = enc.focus_positions(ids, "In what year was the canal opened?")
+    for keep in (river, opened):
+        assert len(keep) == enc.literal_budget(64) == 8 and keep == sorted(set(keep))
+    assert "Brindle" in _kept(tiny_host, enc, ids, river)
+    assert "Brindle" not in offline  # the offline choice (names and numbers first) spends the budget earlier
+    assert "1794" in _kept(tiny_host, enc, ids, opened)
+    assert river != opened
+
+
+def test_a_question_without_matching_words_keeps_the_salient_words(tiny_host):
+    enc = _enc(tiny_host)
+    ids = _ids(tiny_host)
+    kept = _kept(tiny_host, enc, ids, enc.focus_positions(ids, "Why?"))
+    assert "1794" in kept or "Margaret" in kept or "300" in kept
+
+
+def test_focus_sheet_has_the_stored_shape_and_the_same_pooled_vectors(tiny_host):
+    enc = _enc(tiny_host)
+    ids = _ids(tiny_host)
+    stored = enc.compress_chunks([ids])[0]
+    focused = enc.focus_sheet(ids, "Which river did the aqueduct go over?")
+    assert focused.shape == stored.shape == (4 + 8, tiny_host.hidden_size)
+    emb = tiny_host.model.get_input_embeddings().weight.detach()
+    vocab = {tuple(emb[i].tolist()) for i in ids}
+
+    def pooled(sheet):
+        return [r for r in sheet if tuple(r.tolist()) not in vocab]
+
+    a, b = pooled(stored), pooled(focused)
+    assert len(a) == len(b) == 4 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # the literal rows are the focused tokens' own embeddings, in text order after their group's vector
+    keep = enc.focus_positions(ids, "Which river did the aqueduct go over?")
+    literal = [r for r in focused if tuple(r.tolist()) in vocab]
+    assert all(torch.equal(r, emb[ids[k]]) for r, k in zip(literal, keep, strict=True))
+
+
+def test_only_encoders_that_pool_input_embeddings_with_literals_can_focus(tiny_host):
+    assert _enc(tiny_host).can_focus
+    for kw in ({"summary_layer": 2}, {"literal_tokens": 0}):
+        enc = _enc(tiny_host, **kw)
+        assert not enc.can_focus
+        with pytest.raises(ConfigError, match="summary_layer=0"):
+            enc.focus_sheet(_ids(tiny_host), "Which river?")
+    summary = ContextEncoder(tiny_host, EncoderConfig(segment_length=32, summary_length=4))
+    assert not summary.can_focus
+
+
+def test_the_runtime_focuses_sheets_that_come_with_their_text(make_tiny_host):
+    host = make_tiny_host()
+    enc = _enc(host)
+    lloco = LLoCO(host, enc)
+    question = "Which river did the aqueduct go over?"
+    sheets = lloco.compress(TEXT)
+    assert sheets.texts is not None and len(sheets.texts) == len(sheets.tensors)
+    chunk = enc.split(TEXT)[0]
+    item = ChunkSheet(sheets.tensors[0], chunk.text)
+    expected = enc.focus_sheet(chunk.token_ids, question)
+    assert lloco.focuses
+    assert torch.equal(lloco.sheet_for(item, question), expected)
+    assert not torch.equal(expected, sheets.tensors[0])
+    # CheatSheets from compress() are focused too, chunk by chunk
+    assert torch.equal(lloco._context(sheets, question)[0], expected)
+    # plain tensors are read as stored; so is everything with focus off
+    assert torch.equal(lloco._context([sheets.tensors[0]], question)[0], sheets.tensors[0])
+    lloco.focus = False
+    assert not lloco.focuses
+    assert torch.equal(lloco.sheet_for(item, question), sheets.tensors[0])
+    # the prompt carries exactly the focused sheet's positions
+    lloco.focus = True
+    assert lloco.prompt(question, [item]).context_vectors == expected.shape[0]
+
+
+def test_a_chunk_text_that_no_longer_fits_its_sheet_is_read_as_stored(make_tiny_host):
+    host = make_tiny_host()
+    lloco = LLoCO(host, _enc(host))
+    stored = lloco.compress(TEXT).tensors[0]
+    edited = ChunkSheet(stored, TEXT[:40])  # fewer tokens than the sheet was made from
+    assert torch.equal(lloco.sheet_for(edited, "Which river?"), stored)
+    assert torch.equal(lloco.sheet_for(ChunkSheet(stored, TEXT), "   "), stored)  # no question
