@@ -235,7 +235,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "eval-report",
         help="tables with 95%% bootstrap intervals from saved `lloco eval --json` runs",
         description="Read `lloco eval --json` files (no model is loaded) and print, per dataset, each "
-        "mode's headline score with a 95%% bootstrap confidence interval and, with --baseline, its "
+        "mode's headline score with a 95% bootstrap confidence interval and, with --baseline, its "
         "paired difference to that mode over the same questions.",
     )
     s.add_argument("paths", nargs="+", metavar="PATH", help="JSON files written by `lloco eval --json`")
