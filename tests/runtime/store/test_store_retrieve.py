@@ -176,3 +176,35 @@ def test_store_returns_sheets_with_their_chunk_text(shared_filled, encoder):
 
     items = context_sheets(res)
     assert all(isinstance(s, ChunkSheet) and s.text for s in items)
+
+
+def test_answers_over_stored_chunks_read_focused_sheets(store, docs, tiny_host):
+    from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO, LLoCOService, load_cheat_sheets
+
+    enc = ContextEncoder(
+        tiny_host,
+        EncoderConfig(
+            segment_length=32,
+            summary_length=2,
+            literal_tokens=6,
+            pooling="mean",
+            summary_layer=0,
+            connector="mlp",
+        ),
+    )
+    store.ingest(docs, group="lit", encoder=enc)
+    lloco = LLoCO(tiny_host, enc)
+    question = "Which galaxy do telescopes watch?"
+    res = LLoCOService(lloco, store).retrieve(question, group="lit", top_k=2)
+    ids = [c.chunk_id for c in res.chunks]
+    loaded = load_cheat_sheets(lloco, store, ids)
+    assert all(isinstance(s, ChunkSheet) for s in loaded)  # the framework LLMs' path (chunk ids)
+    focused = [
+        enc.focus_sheet(enc.tokenizer(c.text, add_special_tokens=False)["input_ids"], question)
+        for c in res.chunks
+    ]
+    for sheets in (loaded, context_sheets(res)):  # by id, and a retrieval's own sheets
+        got = lloco._context(sheets, question)
+        assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(got, focused, strict=True))  # stored dtype
+    lloco.focus = False  # read as stored: plain tensors come back
+    assert all(isinstance(s, torch.Tensor) for s in load_cheat_sheets(lloco, store, ids))
