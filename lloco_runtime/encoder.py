@@ -785,6 +785,12 @@ class ContextEncoder(nn.Module):
         """The cheat sheet of one segment (``ids``, at most ``segment_length`` tokens) with its literal
         tokens chosen for ``question``: the same pooled vectors and the same number of positions as the
         stored sheet (:meth:`compress_chunks`), a CPU tensor in the model dtype."""
+        with torch.inference_mode():
+            return self.focus_summarize(ids, question).to("cpu")
+
+    def focus_summarize(self, ids: Sequence[int], question: str) -> torch.Tensor:
+        """Differentiable core of :meth:`focus_sheet` (on the model's device; the caller picks the grad
+        mode): what training reads when it learns from the sheets lloco serves (``reading_focus``)."""
         if not self.can_focus:
             raise ConfigError(
                 "question-aware literal tokens need a mean-pooling encoder of input embeddings "
@@ -793,10 +799,9 @@ class ContextEncoder(nn.Module):
         ids = [int(i) for i in ids]
         if not ids or len(ids) > self.config.segment_length:
             raise InputError(f"focus_sheet needs 1 to {self.config.segment_length} token ids, got {len(ids)}")
-        with torch.inference_mode():
-            embed = self.host.model.get_input_embeddings()
-            t = embed(torch.as_tensor(ids, dtype=torch.long, device=self.host.device))
-            return self._pooled(t, t, ids, keep=self.focus_positions(ids, question)).to("cpu")
+        embed = self.host.model.get_input_embeddings()
+        t = embed(torch.as_tensor(ids, dtype=torch.long, device=self.host.device))
+        return self._pooled(t, t, ids, keep=self.focus_positions(ids, question))
 
     def _token_text(self, token_id: int) -> str:
         if token_id not in self._token_texts:

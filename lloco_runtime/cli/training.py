@@ -48,6 +48,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         reading_batch_size=args.reading_batch_size,
         reading_max_tokens=args.reading_max_tokens,
         reading_val=args.reading_val,
+        reading_focus=args.reading_focus,
     )
     teacher = args.teacher
     if cfg.reading_kl_weight > 0 and teacher is None:
@@ -453,6 +454,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=int,
         default=32,
         help="held-out reading questions (greedy F1 and U at each evaluation)",
+    )
+    s.add_argument(
+        "--reading-focus",
+        action="store_true",
+        help="train and validate on the sheets as lloco serves them: literal tokens chosen for each "
+        "question at answer time (needs mean pooling of input embeddings with literal tokens)",
     )
     s.add_argument("--eval-every", type=int, default=100)
     s.add_argument("--eval-pairs", type=int, default=24)

@@ -94,6 +94,13 @@ class EncoderTrainingConfig:
         default=256, metadata={"help": "paragraphs longer than this are left out"}
     )
     reading_val: int = field(default=32, metadata={"help": "held-out reading questions for greedy F1 and U"})
+    reading_focus: bool = field(
+        default=False,
+        metadata={
+            "help": "answer objectives and validation read the sheets as lloco serves them: literal tokens "
+            "chosen for each question (lloco_runtime.focus; needs an encoder that can focus)"
+        },
+    )
     reading_val_articles: int = 8
     max_minutes: float | None = field(
         default=None,
@@ -554,6 +561,11 @@ def train_encoder(
         raise ConfigError(
             "--reading-kl-weight needs a teacher adapter (--teacher, from `lloco train-teacher`)"
         )
+    if cfg.reading_focus and not (cfg.reading and encoder.can_focus):
+        raise ConfigError(
+            "--reading-focus needs the reading objectives (--reading with a weight) and an encoder whose "
+            "literal tokens can be chosen per question: --pooling mean --summary-layer 0 --literal-tokens N"
+        )
     reading_sampler: ReadingSampler | None = None
     reading_val: list = []
     if reading_path is not None:
@@ -632,6 +644,7 @@ def train_encoder(
                     reader=reader,
                     teacher=teacher,
                     baselines=history.get("reading_baselines"),
+                    focus=cfg.reading_focus,
                 )
                 history["reading_baselines"] = {k: r[k] for k in ("f1_text", "f1_none")}
                 res |= {f"reading_{k}": v for k, v in r.items()}
@@ -697,6 +710,7 @@ def train_encoder(
                     reader=reader,
                     teacher=teacher,
                     kl=cfg.reading_kl_weight > 0,
+                    focus=cfg.reading_focus,
                 )
         loss = sum(weights[k] * v for k, v in losses.items())
         opt.zero_grad(set_to_none=True)

@@ -113,9 +113,17 @@ def _pieces(template: PromptTemplate, tok, question: str, marker: torch.Tensor) 
     return "".join(pieces[:at]), "".join(pieces[at + 1 :])
 
 
-def paragraph_sheets(encoder: ContextEncoder, items: Sequence[PreparedItem]) -> list[torch.Tensor]:
+def paragraph_sheets(
+    encoder: ContextEncoder, items: Sequence[PreparedItem], *, focus: bool = False
+) -> list[torch.Tensor]:
     """The cheat sheets of each item's paragraph (its segments' vectors concatenated), differentiable;
-    all segments of the batch run through the encoder together."""
+    all segments of the batch run through the encoder together. ``focus``: with literal tokens chosen for
+    the item's question, as the runtime serves them (:meth:`ContextEncoder.focus_summarize`)."""
+    if focus:
+        return [
+            torch.cat([encoder.focus_summarize(s, it.item.question) for s in it.segments], dim=0)
+            for it in items
+        ]
     flat = [s for it in items for s in it.segments]
     with encoder.host.using(ENCODER_ADAPTER if encoder.has_lora else None):
         vectors = encoder.summarize_list(flat)
@@ -177,9 +185,11 @@ def reading_losses(
     reader: str | None,
     teacher: str | None,
     kl: bool,
+    focus: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """``reading`` (answer CE from cheat sheets) and, with ``kl`` and a teacher, ``reading_kl``."""
-    sheets = paragraph_sheets(encoder, items)
+    """``reading`` (answer CE from cheat sheets) and, with ``kl`` and a teacher, ``reading_kl``; ``focus``:
+    the sheets as served, literal tokens chosen for each question (:func:`paragraph_sheets`)."""
+    sheets = paragraph_sheets(encoder, items, focus=focus)
     student = answer_logits(encoder, items, sheets, reader)
     gold = answer_targets(items, student.device)
     losses = {"reading": F.cross_entropy(student, gold)}
@@ -220,9 +230,11 @@ def reading_validation(
     baselines: dict | None = None,
     max_new_tokens: int = 24,
     batch_size: int = 8,
+    focus: bool = False,
 ) -> dict:
     """Held-out reading: answer loss and greedy token F1 with the right and the wrong cheat sheets; text and
-    no-context F1 (``baselines``, computed when not given: they do not change while the encoder trains)."""
+    no-context F1 (``baselines``, computed when not given: they do not change while the encoder trains).
+    ``focus``: sheets as served, literal tokens chosen for the question asked (the wrong paragraph's too)."""
     from ..evaluation import metrics as M
     from ..generation import GenerationConfig, Generator
 
@@ -232,9 +244,19 @@ def reading_validation(
     template = PromptTemplate()
     sheets: list[torch.Tensor] = []
     for b in range(0, len(items), batch_size):
-        sheets.extend(s.to(host.dtype) for s in paragraph_sheets(encoder, items[b : b + batch_size]))
+        sheets.extend(
+            s.to(host.dtype) for s in paragraph_sheets(encoder, items[b : b + batch_size], focus=focus)
+        )
     index = {id(it): k for k, it in enumerate(items)}
-    wrong = [sheets[index[id(control_partner(items, i))]] for i in range(len(items))]
+    if focus:  # the other paragraph's sheets, focused on this question (what serving would read)
+        wrong = [
+            torch.cat(
+                [encoder.focus_summarize(s, it.item.question) for s in control_partner(items, i).segments]
+            ).to(host.dtype)
+            for i, it in enumerate(items)
+        ]
+    else:
+        wrong = [sheets[index[id(control_partner(items, i))]] for i in range(len(items))]
 
     def f1(prediction: str, it: PreparedItem) -> float:
         return M.max_over_golds(M.token_f1, prediction, list(it.item.answers))

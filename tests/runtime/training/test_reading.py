@@ -311,3 +311,47 @@ def test_keep_ratio_compresses_short_segments_as_much_as_full_ones(make_tiny_hos
     sheets = enc.compress_chunks([list(range(5, 21)), list(range(30, 35)), [40]])
     assert [s.shape[0] for s in sheets] == [4, 2, 1]  # 16 -> 4, 5 -> ceil(5 / 4) = 2, 1 -> 1
     assert cfg.to_dict()["keep_ratio"] is True and "keep_ratio" not in EncoderConfig().to_dict()
+
+
+def test_reading_focus_trains_on_the_sheets_lloco_serves(make_tiny_host, corpus, squad_dir, tmp_path):
+    host = make_tiny_host()
+    torch.manual_seed(0)
+    enc = ContextEncoder(
+        host,
+        EncoderConfig(
+            segment_length=16,
+            summary_length=2,
+            literal_tokens=2,
+            pooling="mean",
+            summary_layer=0,
+            connector="mlp",
+        ),
+    )
+    items = prepare_items(enc, read_reading_items(squad_dir), max_context_tokens=64, max_answer_tokens=8)[:3]
+    focused = paragraph_sheets(enc, items, focus=True)
+    for it, sheet in zip(items, focused, strict=True):
+        expected = torch.cat([enc.focus_sheet(s, it.item.question) for s in it.segments])
+        assert torch.allclose(sheet.detach().cpu(), expected) and sheet.requires_grad  # the connector learns
+    cfg = EncoderTrainingConfig(
+        steps=2,
+        batch_size=2,
+        lr=5e-3,
+        warmup=1,
+        continuation_length=16,
+        eval_every=2,
+        eval_pairs=2,
+        checkpoint_every=2,
+        continuation_weight=0.0,
+        reconstruction_weight=0.0,
+        reader_lora_r=2,
+        reading_weight=1.0,
+        reading_batch_size=2,
+        reading_val=4,
+        reading_val_articles=2,
+        reading_focus=True,
+    )
+    hist = train_encoder(enc, corpus, tmp_path / "run", cfg, progress=False, reading_path=squad_dir)
+    assert hist["val"][-1]["reading_f1_right"] is not None and "reading" in hist["train"][-1]
+    summary = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4))
+    with pytest.raises(ConfigError, match="--reading-focus"):
+        train_encoder(summary, corpus, tmp_path / "x", cfg, progress=False, reading_path=squad_dir)
