@@ -81,7 +81,7 @@ VARIANTS=(
   "emb4x-mlp-ce|--segment-length 128 --summary-length 32 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 --continuation-weight 0 --reconstruction-weight 0 --reading-kl-weight 0"
   "mean4x-mlp|--segment-length 128 --summary-length 32 --pooling mean --keep-ratio --connector mlp --lora-r 16 --continuation-weight 0 --reconstruction-weight 0"
   "lit8x16-mlp|--segment-length 128 --summary-length 16 --literal-tokens 16 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 --continuation-weight 0 --reconstruction-weight 0"
-  "default-reader|--encoder lloco_runtime/assets/encoder-smollm2-135m --reader-init lloco_runtime/assets/encoder-smollm2-135m/reader.safetensors --continuation-weight 0 --reconstruction-weight 0"
+  "default-reader-focus|--encoder lloco_runtime/assets/encoder-smollm2-135m --reader-init lloco_runtime/assets/encoder-smollm2-135m/reader.safetensors --continuation-weight 0 --reconstruction-weight 0 --reading-focus"
   "summary4x-mlp|--segment-length 128 --summary-length 32 --pooling summary --connector mlp --lora-r 16 --continuation-weight 0 --reconstruction-weight 0"
 )
 pids=()
