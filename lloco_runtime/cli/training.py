@@ -49,6 +49,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
         reading_max_tokens=args.reading_max_tokens,
         reading_val=args.reading_val,
         reading_focus=args.reading_focus,
+        freeze_encoder=args.freeze_encoder,
     )
     teacher = args.teacher
     if cfg.reading_kl_weight > 0 and teacher is None:
@@ -454,6 +455,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=int,
         default=32,
         help="held-out reading questions (greedy F1 and U at each evaluation)",
+    )
+    s.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train only the reader adapter: the encoder keeps its weights and fingerprint, so stores "
+        "made with it stay valid (needs --reader-lora-r or --reader-init)",
     )
     s.add_argument(
         "--reading-focus",

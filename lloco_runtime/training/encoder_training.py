@@ -94,6 +94,12 @@ class EncoderTrainingConfig:
         default=256, metadata={"help": "paragraphs longer than this are left out"}
     )
     reading_val: int = field(default=32, metadata={"help": "held-out reading questions for greedy F1 and U"})
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "train only the reader: the encoder (and its fingerprint, so every stored sheet) stays as it is"
+        },
+    )
     reading_focus: bool = field(
         default=False,
         metadata={
@@ -417,18 +423,18 @@ def evaluate_encoder(
 
 
 def _trainable(
-    encoder: ContextEncoder, reader: str | None = None
+    encoder: ContextEncoder, reader: str | None = None, *, freeze_encoder: bool = False
 ) -> tuple[list[str], list[torch.nn.Parameter]]:
-    """The parameters train-encoder updates: the encoder's own (summary embeddings, connector, encoder LoRA)
-    and, with ``reader``, that decoder LoRA's."""
+    """The parameters train-encoder updates: the encoder's own (summary embeddings, connector, encoder LoRA),
+    unless ``freeze_encoder``, and, with ``reader``, that decoder LoRA's."""
     names, params = [], []
-    if encoder.uses_summary_tokens:
+    if encoder.uses_summary_tokens and not freeze_encoder:
         names.append("embed_summary.weight")
         params.append(encoder.embed_summary.weight)
-    for n, p in encoder.connector.named_parameters():
+    for n, p in encoder.connector.named_parameters() if not freeze_encoder else ():
         names.append(f"connector.{n}")
         params.append(p)
-    adapters = [ENCODER_ADAPTER] + ([reader] if reader else [])
+    adapters = ([] if freeze_encoder else [ENCODER_ADAPTER]) + ([reader] if reader else [])
     for n, p in encoder.host.model.named_parameters():
         if "lora_" in n and any(f".{a}." in f"{n}." for a in adapters):
             names.append(n)
@@ -593,7 +599,11 @@ def train_encoder(
     teacher = load_teacher(host, teacher_path) if teacher_path is not None else None
     for p in host.model.parameters():
         p.requires_grad_(False)
-    names, params = _trainable(encoder, reader)
+    names, params = _trainable(encoder, reader, freeze_encoder=cfg.freeze_encoder)
+    if not params:
+        raise ConfigError(
+            "nothing to train: --freeze-encoder needs a reader (--reader-lora-r or --reader-init)"
+        )
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

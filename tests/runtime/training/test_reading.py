@@ -349,9 +349,16 @@ def test_reading_focus_trains_on_the_sheets_lloco_serves(make_tiny_host, corpus,
         reading_val=4,
         reading_val_articles=2,
         reading_focus=True,
+        freeze_encoder=True,
     )
+    fingerprint = enc.fingerprint
+    connector = {k: v.clone() for k, v in enc.trainable_state().items()}
     hist = train_encoder(enc, corpus, tmp_path / "run", cfg, progress=False, reading_path=squad_dir)
     assert hist["val"][-1]["reading_f1_right"] is not None and "reading" in hist["train"][-1]
+    # frozen encoder: same weights and fingerprint (stores stay valid); the reader is tied to it
+    assert all(torch.equal(v, enc.trainable_state()[k]) for k, v in connector.items())
+    saved = ContextEncoder.load(tmp_path / "run" / "encoder", make_tiny_host())
+    assert saved.fingerprint == fingerprint and saved.reader is not None
     summary = ContextEncoder(make_tiny_host(), EncoderConfig(segment_length=16, summary_length=4))
     with pytest.raises(ConfigError, match="--reading-focus"):
         train_encoder(summary, corpus, tmp_path / "x", cfg, progress=False, reading_path=squad_dir)
