@@ -96,13 +96,16 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1, help="article split seed (as --reading-val uses)")
     p.add_argument("--sample-seed", type=int, default=7)
     p.add_argument("--tau", type=float, default=4.0, help="focusV: word-distance decay")
+    p.add_argument("--reader", type=Path, default=None, help="reader adapter file (default: the encoder's)")
+    p.add_argument("--encoder", type=Path, default=None, help="encoder folder (default: the shipped one)")
     args = p.parse_args()
     torch.manual_seed(0)
     host = load_model()
-    enc = ContextEncoder.load(shipped_encoder_dir(), host)
+    enc = ContextEncoder.load(args.encoder or shipped_encoder_dir(), host)
+    reader = args.reader.read_bytes() if args.reader else enc.reader
     from peft import set_peft_model_state_dict
 
-    for name, data in (("teacher", shipped_teacher_adapter().read_bytes()), ("reader", enc.reader)):
+    for name, data in (("teacher", shipped_teacher_adapter().read_bytes()), ("reader", reader)):
         art = AdapterArtifact.from_bytes(data)
         host.add_adapter(name, lora_config_from_dict(art.lora_config))
         set_peft_model_state_dict(host.model, art.tensors, adapter_name=name)
