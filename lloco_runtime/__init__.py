@@ -27,6 +27,7 @@ _EXPORTS = {
     "as_matrix": "embeddings",
     "default_embedder": "embeddings",
     "CheatSheets": "encoder",
+    "ChunkSheet": "sheets",
     "Chunk": "encoder",
     "ContextEncoder": "encoder",
     "EncoderConfig": "encoder",
@@ -93,6 +94,7 @@ __all__ = [
     "CheatSheets",
     "Chunk",
     "ChunkRef",
+    "ChunkSheet",
     "ConfigError",
     "ContextEncoder",
     "ContextTooLongError",
@@ -207,5 +209,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from .runtime import AdapterChoice, LLoCO, load_default_runtime, route_adapter
     from .service import LLoCOService
+    from .sheets import ChunkSheet
     from .store import CheatSheetStore
     from .training.finetune import FinetuneConfig, finetune_group

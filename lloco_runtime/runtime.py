@@ -23,7 +23,7 @@ from .errors import FingerprintMismatchError, InputError
 from .generation import GenerationConfig, GenerationResult, Generator, StreamStats
 from .models import LoadedModel, load_model
 from .prompt import MessageLike, Prompt, PromptTemplate, chat_messages
-from .store.records import ChunkSheet
+from .sheets import ChunkSheet
 
 log = logging.getLogger(__name__)
 

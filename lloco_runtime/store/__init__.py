@@ -5,6 +5,7 @@ Start with :class:`CheatSheetStore`; filters are :class:`MetadataFilter` / :clas
 :data:`DEFAULT_MODE`). This package's ``__all__`` is public API: the integrations import nothing deeper.
 """
 
+from ..sheets import ChunkSheet
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, FilterGroup, FilterOp, MetadataFilter, parse_filter
 from .inputs import DocumentInput, read_paths
@@ -15,7 +16,6 @@ from .records import (
     BulkDocument,
     BulkLoadReport,
     ChunkInfo,
-    ChunkSheet,
     CollectionInfo,
     DocumentInfo,
     DocumentOutcome,

@@ -14,23 +14,6 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class ChunkSheet:
-    """A stored cheat sheet with the text of its chunk: the context item from which a runtime with focus
-    on (:attr:`lloco_runtime.LLoCO.focus`) rebuilds the sheet with literal tokens chosen for the question
-    (:meth:`~lloco_runtime.encoder.ContextEncoder.focus_sheet`); read as stored otherwise."""
-
-    sheet: torch.Tensor
-    text: str
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.sheet.shape
-
-    def to(self, dtype: torch.dtype) -> ChunkSheet:
-        return ChunkSheet(self.sheet.to(dtype), self.text)
-
-
-@dataclass(frozen=True)
 class CollectionInfo:
     id: int
     name: str

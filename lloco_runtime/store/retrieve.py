@@ -17,7 +17,8 @@ from sqlalchemy.dialects.postgresql import REGCONFIG, TSQUERY
 
 from ..codec import decode_tensor
 from ..errors import CheatSheetError, ChunkNotFoundError, FingerprintMismatchError, InputError
-from .records import ChunkSheet, RetrievedChunk
+from ..sheets import ChunkSheet
+from .records import RetrievedChunk
 from .schema import TEXT_SEARCH_CONFIG, Tables
 
 MAX_TOP_K = 1000

@@ -22,6 +22,7 @@ from sqlalchemy.schema import DropSchema
 from .. import config
 from ..embeddings import Embedder, as_matrix, default_embedder
 from ..errors import ConfigError, InputError, StoreError
+from ..sheets import ChunkSheet
 from . import bulk, catalog, chunks, registry
 from .catalog import DEFAULT_COLLECTION
 from .filters import Filter, compile_filter, parse_filter
@@ -47,7 +48,6 @@ from .records import (
     BulkDocument,
     BulkLoadReport,
     ChunkInfo,
-    ChunkSheet,
     CollectionInfo,
     DocumentInfo,
     DocumentOutcome,

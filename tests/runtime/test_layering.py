@@ -23,6 +23,7 @@ BASE = {
     "lloco_runtime.codec",
     "lloco_runtime.embeddings",
     "lloco_runtime.aio",
+    "lloco_runtime.sheets",
 }
 
 
@@ -80,7 +81,9 @@ def test_the_store_imports_only_base_modules_and_itself(path):
     )
 
 
-@pytest.mark.parametrize("name", ["encoder", "models", "generation", "adapters", "prompt", "weights_io"])
+@pytest.mark.parametrize(
+    "name", ["encoder", "models", "generation", "adapters", "prompt", "weights_io", "runtime", "focus"]
+)
 def test_the_model_side_never_imports_the_store(name):
     path = ROOT / f"{name}.py"
     bad = sorted(
