@@ -32,6 +32,11 @@ def main() -> int:
     p.add_argument("runs", type=Path, nargs="*", help="`lloco eval --json` files to split by kept / not kept")
     p.add_argument("--encoder", default=None, help="encoder folder (default: the shipped one)")
     p.add_argument("--limit", type=int, default=None, help="first N questions (as `lloco eval --limit`)")
+    p.add_argument(
+        "--focus",
+        action="store_true",
+        help="split by the literal tokens chosen for each question (as served)",
+    )
     args = p.parse_intermixed_args()
     docs = {}
     for line in (args.dataset / "documents.jsonl").read_text().splitlines():
@@ -50,14 +55,16 @@ def main() -> int:
     host = load_model()
     encoder = ContextEncoder.load(args.encoder or shipped_encoder_dir(), host)
     rules = answers_kept(encoder, items)
-    own = (
-        answers_kept(encoder, items, selector_scores(encoder, [it.context for it in items]))
-        if encoder.selector is not None
-        else rules
-    )
+    if args.focus:
+        own = answers_kept(encoder, items, focus=True)
+    elif encoder.selector is not None:
+        own = answers_kept(encoder, items, selector_scores(encoder, [it.context for it in items]))
+    else:
+        own = rules
     n = len(items)
     print(
-        f"{n} questions; encoder {encoder.fingerprint[:12]} ({encoder.config.literal_selector} selection, "
+        f"{n} questions; encoder {encoder.fingerprint[:12]} "
+        f"({'question-aware' if args.focus else encoder.config.literal_selector} selection, "
         f"{encoder.config.literal_tokens} literal tokens per {encoder.config.segment_length}-token segment)"
     )
     print(

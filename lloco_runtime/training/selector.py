@@ -95,19 +95,27 @@ def _states(
 
 
 def answers_kept(
-    encoder: ContextEncoder, items: Sequence[ReadingItem], scores: dict[str, list[torch.Tensor]] | None = None
+    encoder: ContextEncoder,
+    items: Sequence[ReadingItem],
+    scores: dict[str, list[torch.Tensor]] | None = None,
+    *,
+    focus: bool = False,
 ) -> list[bool]:
     """For each item: does its answer (any of them) survive whole, after normalisation, inside one run of
     consecutive kept tokens of its paragraph's segments? ``scores`` (paragraph -> per-segment token scores)
-    selects with the learned ranking, else the rules."""
+    selects with the learned ranking, else the rules; ``focus``: the tokens chosen for the item's question at
+    answer time (:meth:`ContextEncoder.focus_positions`)."""
     out = []
     runs_of: dict[str, list[str]] = {}
     for it in items:
-        if it.context not in runs_of:
+        key = (it.context, it.question) if focus else it.context
+        if key not in runs_of:
             runs: list[str] = []
             for k, (ids, _) in enumerate(_segments(encoder, it.context)):
                 sc = scores[it.context][k] if scores is not None else None
-                keep = encoder.literal_positions(ids, sc)
+                keep = (
+                    encoder.focus_positions(ids, it.question) if focus else encoder.literal_positions(ids, sc)
+                )
                 run: list[str] = []
                 prev = None
                 for p in keep:
@@ -118,9 +126,9 @@ def answers_kept(
                     prev = p
                 if run:
                     runs.append(normalize_answer("".join(run)))
-            runs_of[it.context] = runs
+            runs_of[key] = runs
         answers = [normalize_answer(a) for a in it.answers]
-        out.append(any(a and any(a in r for r in runs_of[it.context]) for a in answers))
+        out.append(any(a and any(a in r for r in runs_of[key]) for a in answers))
     return out
 
 

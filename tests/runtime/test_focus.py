@@ -130,3 +130,14 @@ def test_a_chunk_text_that_no_longer_fits_its_sheet_is_read_as_stored(make_tiny_
     edited = ChunkSheet(stored, TEXT[:40])  # fewer tokens than the sheet was made from
     assert torch.equal(lloco.sheet_for(edited, "Which river?"), stored)
     assert torch.equal(lloco.sheet_for(ChunkSheet(stored, TEXT), "   "), stored)  # no question
+
+
+def test_the_diagnosis_counts_answers_kept_by_the_question_aware_choice(tiny_host):
+    from lloco_runtime.training.selector import answers_kept
+    from lloco_runtime.training.squad import ReadingItem
+
+    enc = _enc(tiny_host)
+    text = tiny_host.tokenizer.decode(_ids(tiny_host))
+    item = ReadingItem("d", 0, text, "Which river did the aqueduct go over?", ("Brindle",), "q1")
+    assert answers_kept(enc, [item], focus=True) == [True]
+    assert answers_kept(enc, [item]) == [False]  # the offline choice spends its budget elsewhere
