@@ -142,7 +142,10 @@ def test_ray_ingest_matches_local_ingest_and_skips_what_is_stored(ray_address, p
         assert [r.ordinal for r in y["rows"]] == list(range(y["n_chunks"]))
         for rx, ry in zip(x["rows"], y["rows"], strict=True):
             assert ry.encoder_fingerprint == lloco.encoder.fingerprint
-            torch.testing.assert_close(torch.as_tensor(ry.embedding), torch.as_tensor(rx.embedding))
+            # halfvec storage: a worker's BLAS may round the last bit of a float32 sum the other way
+            torch.testing.assert_close(
+                torch.as_tensor(ry.embedding), torch.as_tensor(rx.embedding), atol=1e-4, rtol=1e-3
+            )
             sx, sy = _sheet(rx.data), _sheet(ry.data)
             assert sy.dtype == torch.float16 and sx.shape == sy.shape == (4, lloco.encoder.hidden_size)
             assert torch.allclose(sx.float(), sy.float(), atol=1e-3)
