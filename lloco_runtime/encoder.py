@@ -40,6 +40,20 @@ LITERAL_SELECTORS = ("rules", "learned")
 _PUNCT = ".,;:!?\"'()[]\u201c\u201d\u2018\u2019"
 
 
+def _salient_words(texts: Sequence[str]) -> list[bool]:
+    """For each word of a segment (its text with leading whitespace, in order): does it hold a digit or start
+    with a capital letter inside a sentence (names, numbers, dates)? The rules' notion of a salient word."""
+    out, before = [], ""  # before: the text before the current word (to tell sentence starts)
+    for text in texts:
+        stripped = text.strip()
+        tail = before.rstrip()
+        sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
+        word_start = stripped.lstrip("\"'([\u201c\u2018")
+        out.append(any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start))
+        before += text
+    return out
+
+
 class _StopForward(Exception):
     """Raised by a forward hook to end a forward pass at the layer whose states are needed."""
 
@@ -652,32 +666,18 @@ class ContextEncoder(nn.Module):
         budget = min(self.literal_budget(len(ids)), len(ids))
         if not budget:
             return []
-        pieces = [self._token_text(int(i)) for i in ids]
-        words: list[list[int]] = []
-        for pos, piece in enumerate(pieces):
-            if pos == 0 or piece[:1].isspace() or not words:
-                words.append([pos])
-            else:
-                words[-1].append(pos)
+        pieces, words = self._words(ids)
         if scores is not None:
             return self._learned_positions(pieces, words, [float(x) for x in scores], budget)
         keep: set[int] = set()
         seen: set[str] = set()  # a name kept once is not kept again in the same segment
-        before = ""  # text before the current word (to tell sentence starts)
-        texts = []
-        for word in words:
-            text = "".join(pieces[p] for p in word)
-            stripped = text.strip()
-            texts.append(stripped)
-            tail = before.rstrip()
-            sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
-            word_start = stripped.lstrip("\"'([\u201c\u2018")
-            salient = any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start)
+        raw = ["".join(pieces[p] for p in word) for word in words]
+        texts = [t.strip() for t in raw]
+        for word, stripped, salient in zip(words, texts, _salient_words(raw), strict=True):
             key = stripped.strip(_PUNCT).lower()
             if salient and key not in seen and len(keep) + len(word) <= budget:
                 keep.update(word)
                 seen.add(key)
-            before += text
         by_length = sorted(range(len(words)), key=lambda w: (-len(texts[w]), w))
         for w in by_length:
             if len(keep) >= budget:
@@ -737,21 +737,6 @@ class ContextEncoder(nn.Module):
                 words[-1].append(pos)
         return pieces, words
 
-    @staticmethod
-    def _salience(texts: Sequence[str]) -> list[float]:
-        """The offline prior of each word, by the rules of :meth:`literal_positions`: 1 for a word holding a
-        digit or capitalised inside a sentence (names, numbers, dates), plus a little for its length."""
-        out, before = [], ""
-        for text in texts:
-            stripped = text.strip()
-            tail = before.rstrip()
-            sentence_start = not tail or tail[-1] in ".!?" or before.endswith("\n")
-            word_start = stripped.lstrip("\"'([\u201c\u2018")
-            salient = any(c.isdigit() for c in stripped) or (word_start[:1].isupper() and not sentence_start)
-            out.append(float(salient) + 0.05 * len(stripped.strip(_PUNCT)))
-            before += text
-        return out
-
     def focus_positions(self, ids: Sequence[int], question: str) -> list[int]:
         """The literal-token positions (ascending) for ``question``: as many as :meth:`literal_positions`
         keeps, chosen by :func:`lloco_runtime.focus.focus_positions` (near the question's words)."""
@@ -760,7 +745,12 @@ class ContextEncoder(nn.Module):
         budget = min(self.literal_budget(len(ids)), len(ids))
         pieces, words = self._words(ids)
         texts = ["".join(pieces[p] for p in w) for w in words]
-        return focus_positions(words, texts, question, self._salience(texts), budget, len(ids))
+        # the offline prior, by the rules of literal_positions: names, numbers, dates, then longer words
+        prior = [
+            float(salient) + 0.05 * len(t.strip().strip(_PUNCT))
+            for t, salient in zip(texts, _salient_words(texts), strict=True)
+        ]
+        return focus_positions(words, texts, question, prior, budget, len(ids))
 
     def made_from(self, ids: Sequence[int], sheet: torch.Tensor) -> bool:
         """True when ``sheet`` holds the pooled vectors of the segment ``ids`` (it was made from these

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from lloco_runtime import ContextEncoder, load_model
 from lloco_runtime.adapters import AdapterArtifact, lora_config_from_dict
 from lloco_runtime.encoder import _mean_groups
 from lloco_runtime.evaluation import metrics as M
-from lloco_runtime.focus import MATCH_PENALTY, PROXIMITY_WEIGHT, question_terms, term_match
+from lloco_runtime.focus import focus_positions
 from lloco_runtime.generation import GenerationConfig, Generator
 from lloco_runtime.prompt import PromptTemplate
 from lloco_runtime.runtime import shipped_encoder_dir, shipped_teacher_adapter
@@ -41,29 +40,13 @@ from lloco_runtime.training.reading import control_partner, prepare_items
 from lloco_runtime.training.squad import read_reading_items, split_by_article
 
 
-def learned_focus(enc: ContextEncoder, ids, scores, question: str, budget: int, tau: float) -> list[int]:
-    """Question-aware positions with the learned selector's standardised word scores (weight 0.5) as prior."""
+def learned_focus(enc: ContextEncoder, ids, scores, question: str, budget: int) -> list[int]:
+    """Question-aware positions (:func:`lloco_runtime.focus.focus_positions`) with the learned selector's mean
+    word scores as the prior instead of the rules' salience."""
     pieces, words = enc._words(ids)
     texts = ["".join(pieces[p] for p in w) for w in words]
-    terms = question_terms(question)
-    match = [term_match(t, terms) for t in texts]
-    sel = torch.tensor([float(sum(scores[p] for p in w) / len(w)) for w in words])
-    sel = (sel - sel.mean()) / (sel.std() + 1e-6) if len(words) > 1 else sel * 0
-    score = []
-    for i in range(len(words)):
-        pull = sum(m * math.exp(-abs(i - j) / tau) for j, m in enumerate(match) if m and j != i)
-        score.append(0.5 * float(sel[i]) + PROXIMITY_WEIGHT * pull - MATCH_PENALTY * match[i])
-    keep: set[int] = set()
-    for w in sorted(range(len(words)), key=lambda w: -score[w]):
-        if len(keep) >= budget:
-            break
-        if len(keep) + len(words[w]) <= budget:
-            keep.update(words[w])
-    for pos in range(len(ids)):
-        if len(keep) >= budget:
-            break
-        keep.add(pos)
-    return sorted(keep)
+    prior = [sum(scores[p] for p in w) / len(w) for w in words]
+    return focus_positions(words, texts, question, prior, budget, len(ids))
 
 
 def interleave(enc: ContextEncoder, ids, keep, vectors: int) -> torch.Tensor:
@@ -95,7 +78,6 @@ def main() -> int:
     p.add_argument("--val-articles", type=int, default=8)
     p.add_argument("--seed", type=int, default=1, help="article split seed (as --reading-val uses)")
     p.add_argument("--sample-seed", type=int, default=7)
-    p.add_argument("--tau", type=float, default=4.0, help="focusV: word-distance decay")
     p.add_argument("--reader", type=Path, default=None, help="reader adapter file (default: the encoder's)")
     p.add_argument("--encoder", type=Path, default=None, help="encoder folder (default: the shipped one)")
     args = p.parse_args()
@@ -133,7 +115,7 @@ def main() -> int:
         for s in it.segments:
             positions = len(s) * enc.config.positions // enc.config.segment_length
             v = 0 if layout == "lit" else min(int(layout.removeprefix("focus")), len(s))
-            keep = learned_focus(enc, s, selector(s), question, positions - v, args.tau)
+            keep = learned_focus(enc, s, selector(s), question, positions - v)
             parts.append(interleave(enc, s, keep, v))
         return torch.cat(parts, 0)
 

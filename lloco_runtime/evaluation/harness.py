@@ -53,8 +53,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..request import check_found, reading_order
-from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, ChunkSheet, RetrievalMode
+from ..request import check_found, context_sheets, reading_order
+from ..store import DEFAULT_COLLECTION, DEFAULT_MODE, DEFAULT_TOP_K, RetrievalMode
 from . import metrics as M
 from .datasets import Dataset, Question
 
@@ -444,7 +444,7 @@ class Harness:
                 context = "\n\n".join(c.text for c in ordered)
                 n_ctx = len(self._tokens(context))
             else:
-                context = [ChunkSheet(c.cheat_sheet.to(self.lloco.host.dtype), c.text) for c in ordered]
+                context = context_sheets(res, self.lloco.host.dtype)  # with their texts: focus applies
                 n_ctx = sum(int(s.shape[0]) for s in context)
                 info["raw_context_tokens"] = res.raw_context_tokens
         elif mode == "lloco-doc-control":  # another document's cheat sheets, truncated alike
