@@ -649,6 +649,11 @@ class ContextEncoder(nn.Module):
             return max(0, self._positions_cap(n_tokens) - self._groups(n_tokens))
         return min(k, -(-n_tokens * k // self.config.segment_length))
 
+    def sheet_rows(self, n_tokens: int) -> int:
+        """Positions of the stored cheat sheet of a segment of ``n_tokens`` (pooled vectors plus literal
+        tokens) for a mean-pooling encoder."""
+        return min(self._groups(n_tokens), n_tokens) + min(self.literal_budget(n_tokens), n_tokens)
+
     def _positions_cap(self, n_tokens: int) -> int:
         """strict_ratio: positions a short segment may use, floor(n / ratio), at least one."""
         return max(1, n_tokens * self.config.positions // self.config.segment_length)
@@ -737,11 +742,9 @@ class ContextEncoder(nn.Module):
                 words[-1].append(pos)
         return pieces, words
 
-    def focus_positions(self, ids: Sequence[int], question: str) -> list[int]:
-        """The literal-token positions (ascending) for ``question``: as many as :meth:`literal_positions`
-        keeps, chosen by :func:`lloco_runtime.focus.focus_positions` (near the question's words)."""
-        from .focus import focus_positions
-
+    def _focus_input(self, ids: Sequence[int]) -> tuple[list[list[int]], list[str], list[float], int, int]:
+        """(words, word texts, offline prior per word, literal budget, tokens) of one segment, as
+        :func:`lloco_runtime.focus.focus_positions` takes them."""
         budget = min(self.literal_budget(len(ids)), len(ids))
         pieces, words = self._words(ids)
         texts = ["".join(pieces[p] for p in w) for w in words]
@@ -750,7 +753,48 @@ class ContextEncoder(nn.Module):
             float(salient) + 0.05 * len(t.strip().strip(_PUNCT))
             for t, salient in zip(texts, _salient_words(texts), strict=True)
         ]
-        return focus_positions(words, texts, question, prior, budget, len(ids))
+        return words, texts, prior, budget, len(ids)
+
+    def focus_positions(self, ids: Sequence[int], question: str) -> list[int]:
+        """The literal-token positions (ascending) for ``question``: as many as :meth:`literal_positions`
+        keeps, chosen by :func:`lloco_runtime.focus.focus_positions` (near the question's words)."""
+        from .focus import focus_positions
+
+        words, texts, prior, budget, n = self._focus_input(ids)
+        return focus_positions(words, texts, question, prior, budget, n)
+
+    def shared_focus_positions(self, segments: Sequence[Sequence[int]], question: str) -> list[list[int]]:
+        """Literal-token positions for several segments read together for ``question``, their budgets pooled
+        (:func:`lloco_runtime.focus.shared_focus_positions`): as many tokens in all as the segments keep
+        one by one, spent where the question's words are."""
+        from .focus import shared_focus_positions
+
+        return shared_focus_positions([self._focus_input(ids) for ids in segments], question)
+
+    def focus_sheets(self, segments: Sequence[Sequence[int]], question: str) -> list[torch.Tensor]:
+        """The cheat sheets of several segments read together for ``question``, with a shared literal budget
+        (:meth:`shared_focus_positions`): the same pooled vectors as the stored sheets and the same number of
+        positions in all, spread by relevance (a sheet may be longer or shorter than its stored one). CPU
+        tensors in the model dtype."""
+        if not self.can_focus:
+            raise ConfigError(
+                "question-aware literal tokens need a mean-pooling encoder of input embeddings "
+                "(summary_layer=0) with literal_tokens > 0; this encoder's sheets are read as stored"
+            )
+        segs = [[int(i) for i in ids] for ids in segments]
+        for ids in segs:
+            if not ids or len(ids) > self.config.segment_length:
+                raise InputError(
+                    f"focus_sheets needs 1 to {self.config.segment_length} token ids per segment"
+                )
+        keeps = self.shared_focus_positions(segs, question)
+        embed = self.host.model.get_input_embeddings()
+        out = []
+        with torch.inference_mode():
+            for ids, keep in zip(segs, keeps, strict=True):
+                t = embed(torch.as_tensor(ids, dtype=torch.long, device=self.host.device))
+                out.append(self._pooled(t, t, ids, keep=keep).to("cpu"))
+        return out
 
     def made_from(self, ids: Sequence[int], sheet: torch.Tensor) -> bool:
         """True when ``sheet`` holds the pooled vectors of the segment ``ids`` (it was made from these

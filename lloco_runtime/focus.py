@@ -114,3 +114,42 @@ def focus_positions(
             break
         keep.add(pos)
     return sorted(keep)
+
+
+def shared_focus_positions(
+    chunks: Sequence[tuple[Sequence[Sequence[int]], Sequence[str], Sequence[float], int, int]],
+    question: str,
+) -> list[list[int]]:
+    """Literal-token positions for several chunks read together for one ``question``, the chunks' budgets
+    pooled: whole words of all chunks compete by :func:`word_scores` (proximity within their own chunk), so
+    the chunk the question points to keeps more of its text and an unrelated one keeps less. The total kept
+    equals the sum of the chunks' budgets (each chunk at most its own length); single tokens in text order
+    fill what whole words cannot.
+
+    ``chunks``: per chunk ``(words, texts, prior, budget, n_tokens)`` as :func:`focus_positions` takes them.
+    Returns one ascending position list per chunk."""
+    terms = question_terms(question)
+    sizes = [n for *_, n in chunks]
+    total = sum(min(budget, n) for *_, budget, n in chunks)
+    ranked: list[tuple[float, int, int]] = []
+    for c, (words, texts, prior, _budget, _n) in enumerate(chunks):
+        scores = word_scores(texts, terms, prior)
+        ranked.extend((-s, c, w) for w, s in enumerate(scores))
+    ranked.sort()
+    keep: list[set[int]] = [set() for _ in chunks]
+    used = 0
+    for _neg, c, w in ranked:
+        if used >= total:
+            break
+        word = chunks[c][0][w]
+        if used + len(word) <= total:
+            keep[c].update(word)
+            used += len(word)
+    for c, n in enumerate(sizes):
+        for pos in range(n):
+            if used >= total:
+                break
+            if pos not in keep[c]:
+                keep[c].add(pos)
+                used += 1
+    return [sorted(k) for k in keep]

@@ -58,6 +58,16 @@ def route_adapter(
     return choice
 
 
+FOCUS_BUDGETS = ("shared", "chunk")
+
+
+def check_focus_budget(value: str) -> str:
+    """``value`` if it names a focus budget (:data:`FOCUS_BUDGETS`), else an InputError saying which do."""
+    if value not in FOCUS_BUDGETS:
+        raise InputError(f"focus_budget must be one of {', '.join(FOCUS_BUDGETS)}, got {value!r}")
+    return value
+
+
 def shipped_encoder_dir() -> Path | None:
     """The default encoder shipped in the package for SmolLM2-135M, if present."""
     d = resources.files("lloco_runtime") / "assets" / "encoder-smollm2-135m"
@@ -88,6 +98,7 @@ class LLoCO:
         adapter_capacity: int = 4,
         adapter_source: AdapterSource | None = None,
         focus: bool = True,
+        focus_budget: str = "shared",
     ) -> None:
         if encoder.host is not host:
             raise InputError("the encoder must be built on the same LoadedModel as the decoder")
@@ -100,6 +111,10 @@ class LLoCO:
         #: :meth:`compress`) get their literal tokens chosen for the question, where the encoder allows it
         #: (:attr:`ContextEncoder.can_focus`); False reads every sheet as stored
         self.focus = bool(focus)
+        #: how focus spends literal tokens when several sheets are read for one question: ``"shared"``
+        #: pools their budgets, so the chunks the question's words point to keep more of their text and
+        #: the others less (the same positions in all); ``"chunk"`` keeps each chunk's own budget
+        self.focus_budget = check_focus_budget(focus_budget)
         self.adapters = AdapterManager(
             host, encoder_fingerprint=encoder.fingerprint, capacity=adapter_capacity, source=adapter_source
         )
@@ -169,8 +184,44 @@ class LLoCO:
         if isinstance(context, ChunkSheet):
             context = [context]
         if isinstance(context, (list, tuple)) and any(isinstance(c, ChunkSheet) for c in context):
+            if self.focus_budget == "shared" and sum(isinstance(c, ChunkSheet) for c in context) > 1:
+                return self.sheets_for(list(context), question)
             return [self.sheet_for(c, question) if isinstance(c, ChunkSheet) else c for c in context]
         return context
+
+    def _focus_ids(self, item: ChunkSheet) -> list[int] | None:
+        """The chunk's token ids when its sheet can be rebuilt for a question: the text is one segment and
+        the stored sheet was made from it (its pooled vectors, its offline shape); else None."""
+        ids = self.host.tokenizer(item.text, add_special_tokens=False)["input_ids"]
+        if not ids or len(ids) > self.encoder.config.segment_length:
+            return None
+        if item.sheet.shape[0] != self.encoder.sheet_rows(len(ids)) or not self.encoder.made_from(
+            ids, item.sheet
+        ):
+            log.debug("focus: the chunk text does not match its stored sheet; read as stored")
+            return None
+        return ids
+
+    def sheets_for(
+        self, items: Sequence[ChunkSheet | torch.Tensor], question: str | None
+    ) -> list[torch.Tensor]:
+        """The tensors several context items go into one prompt as, with :attr:`focuses` and a question: the
+        :class:`ChunkSheet` items rebuilt together with a shared literal budget
+        (:meth:`ContextEncoder.focus_sheets`: as many positions in all as stored, spent where the question's
+        words are); tensors, and sheets whose text does not match, as stored."""
+        if not (self.focuses and question and question.strip()):
+            return [c.sheet if isinstance(c, ChunkSheet) else c for c in items]
+        out: list[torch.Tensor] = [c.sheet if isinstance(c, ChunkSheet) else c for c in items]
+        slots, segments = [], []
+        for i, c in enumerate(items):
+            ids = self._focus_ids(c) if isinstance(c, ChunkSheet) else None
+            if ids is not None:
+                slots.append(i)
+                segments.append(ids)
+        if segments:
+            for i, sheet in zip(slots, self.encoder.focus_sheets(segments, question), strict=True):
+                out[i] = sheet.to(out[i].dtype)
+        return out
 
     def sheet_for(self, item: ChunkSheet, question: str | None) -> torch.Tensor:
         """The tensor a :class:`ChunkSheet` goes into the prompt as: with :attr:`focuses` and a question,
@@ -179,14 +230,10 @@ class LLoCO:
         pooled vectors or another shape) is read as stored."""
         if not (self.focuses and question and question.strip()):
             return item.sheet
-        ids = self.host.tokenizer(item.text, add_special_tokens=False)["input_ids"]
-        if not ids or len(ids) > self.encoder.config.segment_length:
+        ids = self._focus_ids(item)
+        if ids is None:
             return item.sheet
-        focused = self.encoder.focus_sheet(ids, question)
-        if focused.shape != item.sheet.shape or not self.encoder.made_from(ids, item.sheet):
-            log.debug("focus: the chunk text does not match its stored sheet; read as stored")
-            return item.sheet
-        return focused.to(item.sheet.dtype)
+        return self.encoder.focus_sheet(ids, question).to(item.sheet.dtype)
 
     def prompt(self, question: str, context: Context = None) -> Prompt:
         """The prompt the decoder sees: template prefix | context (text or cheat sheets) | question."""

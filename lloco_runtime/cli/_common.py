@@ -92,6 +92,14 @@ def add_focus_option(p: argparse.ArgumentParser) -> None:
         help="read cheat sheets as stored: do not choose their literal tokens for the question at answer "
         "time (question-aware literal tokens are on by default where the encoder allows them)",
     )
+    p.add_argument(
+        "--focus-budget",
+        choices=("shared", "chunk"),
+        default=None,
+        help="with focus, how the literal tokens of several chunks read for one question are spent: "
+        "'shared' (default) pools their budgets, so the chunks the question points to keep more of their "
+        "text; 'chunk' keeps each chunk's own budget. Either way the positions in all are the same",
+    )
 
 
 def add_preset_option(p: argparse.ArgumentParser, more: str = "") -> None:
@@ -136,9 +144,13 @@ def load_runtime(args: argparse.Namespace):
         lloco = LLoCO.from_pretrained(
             model, encoder=encoder, device=device, dtype=dtype, template=preset.template()
         )
-    if getattr(args, "no_focus", False):
+    no_focus, budget = getattr(args, "no_focus", False), getattr(args, "focus_budget", None)
+    if no_focus or (budget is not None and budget != lloco.focus_budget):
         lloco = copy.copy(lloco)  # the process-wide default runtime keeps its own setting
-        lloco.focus = False
+        if no_focus:
+            lloco.focus = False
+        if budget is not None:
+            lloco.focus_budget = budget
     return lloco
 
 

@@ -517,6 +517,7 @@ class Harness:
             "model": self.lloco.host.name,
             "encoder_fingerprint": self.lloco.encoder.fingerprint,
             "focus": self.lloco.focuses,
+            "focus_budget": self.lloco.focus_budget if self.lloco.focuses else None,
             "truncation": (
                 "head: document tokens beyond window - prompt - max_new_tokens - 16 are dropped"
                 if mode in FULL_MODES | DOC_MODES

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig, LLoCO
-from lloco_runtime.focus import question_terms, term_match
+from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig, InputError, LLoCO
+from lloco_runtime.focus import question_terms, shared_focus_positions, term_match
 from lloco_runtime.store import ChunkSheet
 
 TEXT = (
@@ -111,8 +111,10 @@ def test_the_runtime_focuses_sheets_that_come_with_their_text(make_tiny_host):
     assert lloco.focuses
     assert torch.equal(lloco.sheet_for(item, question), expected)
     assert not torch.equal(expected, sheets.tensors[0])
-    # CheatSheets from compress() are focused too, chunk by chunk
+    # CheatSheets from compress() are focused too, chunk by chunk with focus_budget="chunk"
+    lloco.focus_budget = "chunk"
     assert torch.equal(lloco._context(sheets, question)[0], expected)
+    lloco.focus_budget = "shared"
     # plain tensors are read as stored; so is everything with focus off
     assert torch.equal(lloco._context([sheets.tensors[0]], question)[0], sheets.tensors[0])
     lloco.focus = False
@@ -141,3 +143,81 @@ def test_the_diagnosis_counts_answers_kept_by_the_question_aware_choice(tiny_hos
     item = ReadingItem("d", 0, text, "Which river did the aqueduct go over?", ("Brindle",), "q1")
     assert answers_kept(enc, [item], focus=True) == [True]
     assert answers_kept(enc, [item]) == [False]  # the offline choice spends its budget elsewhere
+
+
+OTHER = (
+    "Bread is baked from flour, water and salt; the dough rests for an hour, then it is shaped by hand and "
+    "put in a hot oven, where the crust turns brown and crisp while the crumb stays soft and full of air."
+)
+
+
+def test_a_shared_budget_goes_to_the_chunk_the_question_points_to(tiny_host):
+    enc = _enc(tiny_host)
+    canal, bread = _ids(tiny_host), _ids(tiny_host, OTHER)
+    question = "Which river did the aqueduct go over?"
+    shared = enc.shared_focus_positions([bread, canal], question)
+    own = [enc.focus_positions(ids, question) for ids in (bread, canal)]
+    assert sum(map(len, shared)) == sum(map(len, own))  # the same positions in all
+    assert all(k == sorted(set(k)) for k in shared)
+    assert len(shared[1]) > len(own[1]) and len(shared[0]) < len(own[0])
+    assert "Brindle" in _kept(tiny_host, enc, canal, shared[1])
+    assert set(own[1]) <= set(shared[1])  # the chunk's own choice is kept, and more around it
+
+
+def test_shared_focus_keeps_each_chunk_within_its_length():
+    # two one-word chunks against a long one that holds the question word: nothing kept twice or past the end
+    words = [[[0], [1], [2], [3], [4], [5]], [[0]], [[0]]]
+    texts = [[" the", " River", " Brindle", " runs", " past", " here"], [" bread"], [" salt"]]
+    chunks = [(w, t, [0.0] * len(t), 1, sum(map(len, w))) for w, t in zip(words, texts, strict=True)]
+    keep = shared_focus_positions(chunks, "Which river?")
+    assert sum(map(len, keep)) == 3 and all(len(set(k)) == len(k) for k in keep)
+    assert all(max(k, default=-1) < n for k, (*_, n) in zip(keep, chunks, strict=True))
+    assert 2 in keep[0]  # the word after the question's
+
+
+def test_the_runtime_shares_the_budget_of_the_sheets_of_one_prompt(make_tiny_host):
+    host = make_tiny_host()
+    enc = _enc(host)
+    lloco = LLoCO(host, enc)
+    assert lloco.focus_budget == "shared"
+    question = "Which river did the aqueduct go over?"
+    items = []
+    for text in (OTHER, TEXT):
+        chunk = enc.split(text)[0]
+        items.append(ChunkSheet(enc.compress_chunks([chunk.token_ids])[0], chunk.text))
+    shared = lloco._context(items, question)
+    assert sum(s.shape[0] for s in shared) == sum(i.sheet.shape[0] for i in items)
+    assert shared[1].shape[0] > items[1].sheet.shape[0]
+    expected = enc.focus_sheets([enc.split(t)[0].token_ids for t in (OTHER, TEXT)], question)
+    assert all(torch.equal(a, b) for a, b in zip(shared, expected, strict=True))
+    assert lloco.prompt(question, items).context_vectors == sum(i.sheet.shape[0] for i in items)
+    # a plain tensor among them, and a sheet whose text was edited, are read as stored
+    edited = ChunkSheet(items[0].sheet, OTHER[:30])
+    mixed = lloco._context([edited, items[1], items[0].sheet], question)
+    assert torch.equal(mixed[0], items[0].sheet) and torch.equal(mixed[2], items[0].sheet)
+    # each chunk its own budget: the stored shapes
+    lloco.focus_budget = "chunk"
+    own = lloco._context(items, question)
+    assert [s.shape for s in own] == [i.sheet.shape for i in items]
+    with pytest.raises(InputError, match="focus_budget must be one of shared, chunk"):
+        LLoCO(host, enc, focus_budget="global")
+
+
+def test_the_cli_focus_options_change_a_copy_of_the_runtime(make_tiny_host, tiny_model_dir, monkeypatch):
+    import argparse
+
+    from lloco_runtime import runtime
+    from lloco_runtime.cli import _common
+
+    host = make_tiny_host()
+    base = LLoCO(host, _enc(host))
+    monkeypatch.setattr(runtime, "load_default_runtime", lambda: base)
+    p = argparse.ArgumentParser()
+    _common.add_focus_option(p)
+    chunk = _common.load_runtime(p.parse_args(["--focus-budget", "chunk"]))
+    off = _common.load_runtime(p.parse_args(["--no-focus"]))
+    assert (chunk.focus_budget, chunk.focus, base.focus_budget) == ("chunk", True, "shared")
+    assert not off.focus and base.focus
+    assert _common.load_runtime(p.parse_args([])) is base
+    with pytest.raises(SystemExit):
+        p.parse_args(["--focus-budget", "global"])
