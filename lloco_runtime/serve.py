@@ -116,6 +116,8 @@ class ServeOptions:
     ingress_threads: int = 1
     request_timeout_s: float = 120.0  # a request still unanswered after this gets an error, never a hang
     health_timeout_s: float = 5.0  # GET /healthz: 503 when no decoder replica answers within this
+    focus: bool = True  # question-aware literal tokens (LLoCO.focus); False reads sheets as stored
+    focus_budget: str = "shared"  # LLoCO.focus_budget: "shared" or "chunk"
 
     def __post_init__(self) -> None:
         for name in ("replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests"):
@@ -132,6 +134,8 @@ class ServeOptions:
             raise ConfigError(f"torch_threads must be a positive integer, got {self.torch_threads}")
         if not isinstance(self.ingress_threads, int) or self.ingress_threads < 1:
             raise ConfigError(f"ingress_threads must be a positive integer, got {self.ingress_threads!r}")
+        if self.focus_budget not in ("shared", "chunk"):
+            raise ConfigError(f"focus_budget must be 'shared' or 'chunk', got {self.focus_budget!r}")
 
 
 # -- wire types -------------------------------------------------------------------------------------------
@@ -335,8 +339,10 @@ def _build_runtime(opts: ServeOptions):
         encoder=opts.encoder,
         device=opts.device,
         dtype=opts.dtype,
-        adapter_capacity=MAX_ADAPTERS_PER_REPLICA + 1,
-    )  # + the encoder's reader
+        adapter_capacity=MAX_ADAPTERS_PER_REPLICA + 1,  # + the encoder's reader
+        focus=opts.focus,
+        focus_budget=opts.focus_budget,
+    )
 
 
 def _open_store(opts: ServeOptions):

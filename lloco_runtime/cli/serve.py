@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_db_options, import_extra, open_store
+from ._common import add_db_options, add_focus_option, import_extra, open_store
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,6 +27,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         torch_threads=args.torch_threads,
         ingress_threads=args.ingress_threads,
+        focus=not args.no_focus,
+        focus_budget=args.focus_budget or "shared",
     )
     open_store(args).close()  # a missing schema fails before Ray starts
 
@@ -86,5 +88,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
     )
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    add_focus_option(s)
     add_db_options(s)
     s.set_defaults(func=cmd_serve)

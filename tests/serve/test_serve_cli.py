@@ -53,3 +53,28 @@ def test_serve_without_ray_names_the_extra(monkeypatch, capsys):
     assert main(["serve"]) == 1
     err = capsys.readouterr().err
     assert "pip install 'lloco[serve]'" in err and "Traceback" not in err
+
+
+def test_serve_focus_options_reach_the_replicas_runtime(tiny_model_dir):
+    import pytest
+
+    from lloco_runtime import EncoderConfig
+    from lloco_runtime.errors import ConfigError
+    from lloco_runtime.serve import ServeOptions, _build_runtime
+
+    args = build_parser().parse_args(["serve", "--no-focus", "--focus-budget", "chunk"])
+    assert (args.no_focus, args.focus_budget) == (True, "chunk")
+    default = build_parser().parse_args(["serve"])
+    assert (default.no_focus, default.focus_budget) == (False, None)
+    with pytest.raises(ConfigError, match="focus_budget"):
+        ServeOptions(focus_budget="global")
+    enc = tiny_model_dir.parent / "focus-enc"
+    from lloco_runtime import ContextEncoder, load_model
+
+    ContextEncoder(load_model(str(tiny_model_dir)), EncoderConfig(segment_length=32, summary_length=4)).save(
+        enc
+    )
+    lloco = _build_runtime(
+        ServeOptions(model=str(tiny_model_dir), encoder=str(enc), focus=False, focus_budget="chunk")
+    )
+    assert (lloco.focus, lloco.focus_budget) == (False, "chunk")
