@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig, InputError, LLoCO
-from lloco_runtime.focus import question_terms, shared_focus_positions, term_match
+from lloco_runtime.focus import question_terms, shared_focus_positions, term_match, term_weights, weighted_match
 from lloco_runtime.store import ChunkSheet
 
 TEXT = (
@@ -173,6 +173,34 @@ def test_shared_focus_keeps_each_chunk_within_its_length():
     assert sum(map(len, keep)) == 3 and all(len(set(k)) == len(k) for k in keep)
     assert all(max(k, default=-1) < n for k, (*_, n) in zip(keep, chunks, strict=True))
     assert 2 in keep[0]  # the word after the question's
+
+
+def test_a_question_word_in_every_chunk_weighs_less_than_one_that_tells_them_apart():
+    terms = question_terms("Which canal did the aqueduct cross?")
+    texts = [[" the", " canal", " aqueduct"], [" the", " canal", " locks"], [" canals", " boats"]]
+    w = term_weights(terms, texts)
+    assert w["aqueduct"] == pytest.approx(1.0)  # in one chunk of three
+    assert 0.0 < w["canal"] < 0.25  # in all three (one by its plural)
+    assert w["cross"] == 0.0  # in none
+    assert term_weights(terms, texts[:1]) == {t: 1.0 for t in terms}  # one chunk: every term counts fully
+    assert weighted_match("Canals,", w) == pytest.approx(0.7 * w["canal"])
+    assert weighted_match("the", w) == 0.0
+
+
+def test_the_shared_budget_follows_the_word_that_tells_the_chunks_apart():
+    # every chunk names the topic ("canal", over and over in two of them); only one holds "aqueduct", and its
+    # neighbour is the answer: without the weights the repeated topic word takes the whole budget
+    def chunk(words):
+        texts = [f" {x}" for x in words]
+        return ([[i] for i in range(len(texts))], texts, [0.0] * len(texts), 1, len(texts))
+
+    chunks = [
+        chunk(["canal", "boats", "canal", "coal", "canal", "mills", "canal"]),
+        chunk(["canal", "locks", "canal", "stone", "canal", "later", "canal"]),
+        chunk(["the", "aqueduct", "Brindle", "spans", "the", "old", "canal"]),
+    ]
+    keep = shared_focus_positions(chunks, "Which aqueduct is on the canal?")
+    assert keep == [[], [], [0, 2, 3]]  # "Brindle" and its neighbours; nothing from the topic-only chunks
 
 
 def test_the_runtime_shares_the_budget_of_the_sheets_of_one_prompt(make_tiny_host):
