@@ -13,6 +13,12 @@ capitalised words inside sentences). The number of kept tokens is exactly the of
 (:meth:`~lloco_runtime.encoder.ContextEncoder.literal_budget`), so a focused sheet has the same shape, the
 same positions and the same compression ratio as the stored one, and the reader adapter reads it as is.
 
+Several sheets read for one question (a retrieval's top k) share one budget
+(:func:`shared_focus_positions`): the chunk the question points to keeps more of its text, a distractor
+less, and each question word weighs by how rare it is among those chunks (:func:`term_weights`), so the
+article's topic word, found in every retrieved chunk, does not pull the budget away from the word that
+singles out the answer's chunk.
+
 Nothing runs through a model: the pooled vectors of an encoder that pools input embeddings
 (``summary_layer=0``) are an embedding lookup and a mean per group, so the focused sheet is rebuilt from the
 chunk's tokens (its stored text) for the cost of a table lookup.
