@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 #: words that say nothing about where an answer is (function words and question words)
 _STOPWORDS_TEXT = (
@@ -67,27 +67,26 @@ def _key(word: str) -> str:
     return m.group(0).lower() if m else ""
 
 
-def term_match(word: str, terms: frozenset[str]) -> float:
-    """1 for a question word, 0.7 for one sharing its first :data:`PREFIX` letters (e.g. plural), else 0."""
-    k = _key(word)
-    if not k or k in STOPWORDS:
-        return 0.0
-    if k in terms:
-        return 1.0
-    if len(k) >= PREFIX and any(len(t) >= PREFIX and t[:PREFIX] == k[:PREFIX] for t in terms):
-        return 0.7
-    return 0.0
-
-
 def weighted_match(word: str, weights: Mapping[str, float]) -> float:
-    """:func:`term_match` with each question term worth its weight (the best matching term counts)."""
+    """How much ``word`` matches a question term, each term worth its weight: the term's weight for the
+    term itself, 0.7 of it for a word sharing its first :data:`PREFIX` letters (plural, tense), else 0; the
+    best matching term counts. Stop words never match."""
     k = _key(word)
     if not k or k in STOPWORDS:
         return 0.0
     best = weights.get(k, 0.0)
     if len(k) >= PREFIX:
-        best = max([best] + [0.7 * w for t, w in weights.items() if len(t) >= PREFIX and t[:PREFIX] == k[:PREFIX]])
+        prefix = k[:PREFIX]
+        best = max(
+            [best] + [0.7 * w for t, w in weights.items() if len(t) >= PREFIX and t[:PREFIX] == prefix]
+        )
     return best
+
+
+def term_match(word: str, terms: Iterable[str]) -> float:
+    """:func:`weighted_match` with every term worth 1: 1 for a question word, 0.7 for one sharing its first
+    :data:`PREFIX` letters (e.g. plural), else 0."""
+    return weighted_match(word, dict.fromkeys(terms, 1.0))
 
 
 def term_weights(terms: frozenset[str], chunk_texts: Sequence[Sequence[str]]) -> dict[str, float]:
@@ -102,8 +101,8 @@ def term_weights(terms: frozenset[str], chunk_texts: Sequence[Sequence[str]]) ->
     norm = math.log((n + 1) / 1.5)
     out = {}
     for t in terms:
-        single = frozenset((t,))
-        df = sum(any(term_match(w, single) for w in texts) for texts in chunk_texts)
+        single = {t: 1.0}
+        df = sum(any(weighted_match(w, single) for w in texts) for texts in chunk_texts)
         out[t] = math.log((n + 1) / (df + 0.5)) / norm if df else 0.0
     return out
 
@@ -118,9 +117,8 @@ def word_scores(
     ``weights``: per question term (:func:`term_weights`); all 1 when omitted."""
     n = len(words)
     if weights is None:
-        match = [term_match(w, terms) for w in words]
-    else:
-        match = [weighted_match(w, weights) for w in words]
+        weights = dict.fromkeys(terms, 1.0)
+    match = [weighted_match(w, weights) for w in words]
     hits = [(j, m) for j, m in enumerate(match) if m]
     mean = sum(prior) / n if n else 0.0
     var = sum((p - mean) ** 2 for p in prior) / n if n else 0.0

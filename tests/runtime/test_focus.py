@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from lloco_runtime import ConfigError, ContextEncoder, EncoderConfig, InputError, LLoCO
-from lloco_runtime.focus import question_terms, shared_focus_positions, term_match, term_weights, weighted_match
+from lloco_runtime.focus import (
+    question_terms,
+    shared_focus_positions,
+    term_match,
+    term_weights,
+    weighted_match,
+)
 from lloco_runtime.store import ChunkSheet
 
 TEXT = (

@@ -200,14 +200,16 @@ def test_answers_over_stored_chunks_read_focused_sheets(store, docs, tiny_host):
     loaded = load_cheat_sheets(lloco, store, ids)
     assert all(isinstance(s, ChunkSheet) for s in loaded)  # the framework LLMs' path (chunk ids)
     segments = [enc.tokenizer(c.text, add_special_tokens=False)["input_ids"] for c in res.chunks]
-    shared = enc.focus_sheets(segments, question)  # the default: one literal budget for the sheets read together
+    # the default: one literal budget for the sheets read together
+    shared = enc.focus_sheets(segments, question)
     per_chunk = [enc.focus_sheet(ids, question) for ids in segments]
     for budget, focused in (("shared", shared), ("chunk", per_chunk)):
         lloco.focus_budget = budget
         for sheets in (loaded, context_sheets(res)):  # by id, and a retrieval's own sheets
             got = lloco._context(sheets, question)
             assert len(got) == len(focused)
-            assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(got, focused, strict=True))  # stored dtype
+            # compared in the stored dtype
+            assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(got, focused, strict=True))
     assert sum(s.shape[0] for s in shared) == sum(s.shape[0] for s in per_chunk)  # same positions in all
     lloco.focus = False  # read as stored: plain tensors come back
     assert all(isinstance(s, torch.Tensor) for s in load_cheat_sheets(lloco, store, ids))
