@@ -351,6 +351,15 @@ def format_report(report: dict) -> str:
                 f"{_f(c.get('with_summary_and_lora_tokens_per_s'), '.0f')} tokens/s"
             )
         out.append("")
+    fo = report.get("focus")
+    if fo:
+        out.append(
+            f"Focus (literal tokens chosen for the question, top {fo['top_k']} sheets of {fo['segment_length']} "
+            f"tokens, shared budget): {fo['focus_ms']:.2f} ms vs compressing them again {fo['compress_ms']:.1f} ms "
+            f"({_f(fo['speedup_vs_compress'], '.1f')}x cheaper); {100 * fo['share_of_ttft']:.1f}% of time to "
+            f"first token (prefill of their {fo['prompt_positions']} positions {fo['prefill_ms']:.1f} ms)"
+        )
+        out.append("")
     if report.get("retrieval"):
         out.append(
             f"Retrieval (dense, top {report['retrieval'][0].get('top_k')}, chunk rows + cheat sheets; "
@@ -577,6 +586,13 @@ def run(
             lloco, ids_, segments=segs, reps=max(reps, 5), split=not quick
         )
         lap("compression")
+        # 4b. question-aware literal tokens at answer time
+        report["focus"] = bench_model.bench_focus(
+            lloco, ids_, question, top_k=min(4, segs), reps=max(reps, 5)
+        )
+        if report["focus"] is None:
+            notes.append("focus: this encoder cannot choose its literal tokens per question; not measured")
+        lap("focus")
         # 5. retrieval and bulk insert
         if st is not None:
             from . import store as store_bench

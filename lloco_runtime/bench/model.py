@@ -122,6 +122,59 @@ def bench_compression(
     }
 
 
+# -- question-aware literal tokens (focus) -----------------------------------------------------------------
+
+
+def bench_focus(
+    lloco: LLoCO,
+    token_ids: Sequence[int],
+    question: str,
+    *,
+    top_k: int = 4,
+    reps: int = 5,
+) -> dict[str, Any] | None:
+    """What choosing the literal tokens for the question costs at answer time (``lloco`` does it for every
+    prompt with retrieved sheets), against what it saves and what it adds to.
+
+    ``top_k`` segments of ``segment_length`` tokens are focused together (one shared budget, what serving
+    does) and timed, interleaved with (a) compressing the same segments through the encoder
+    (:meth:`~lloco_runtime.encoder.ContextEncoder.compress_chunks`: what rebuilding sheets per question would
+    cost if it needed a forward pass) and (b) the decoder's prefill of the prompt the focused sheets make
+    (embedding and forward pass to the first token's logits: time to first token without focus).
+    ``share_of_ttft`` = focus / (focus + prefill). None when the encoder
+    cannot focus (:attr:`~lloco_runtime.encoder.ContextEncoder.can_focus`)."""
+    enc = lloco.encoder
+    if not enc.can_focus:
+        return None
+    seg = enc.config.segment_length
+    need = top_k * seg
+    if len(token_ids) < need:
+        raise ValueError(f"need {need} tokens for {top_k} segments of {seg}, got {len(token_ids)}")
+    segments = [list(token_ids[i * seg : (i + 1) * seg]) for i in range(top_k)]
+    prompt = lloco.prompt(question, enc.focus_sheets(segments, question))
+    gen = lloco.generator
+    fns = {
+        "focus": lambda: enc.focus_sheets(segments, question),
+        "compress": lambda: enc.compress_chunks([tuple(s) for s in segments]),
+        "prefill": lambda: gen.prefill_time(prompt),
+    }
+    for fn in fns.values():  # warm-up
+        fn()
+    times = interleaved(fns, reps)
+    ms = {k: median_ms(v) for k, v in times.items()}
+    return {
+        "focus_ms": ms["focus"],
+        "compress_ms": ms["compress"],
+        "prefill_ms": ms["prefill"],
+        "speedup_vs_compress": round(ms["compress"] / ms["focus"], 2) if ms["focus"] > 0 else None,
+        "share_of_ttft": round(ms["focus"] / (ms["focus"] + ms["prefill"]), 4),
+        "top_k": top_k,
+        "segment_length": seg,
+        "prompt_positions": prompt.context_vectors,
+        "reps": reps,
+    }
+
+
 # -- adapters -----------------------------------------------------------------------------------------------
 
 

@@ -125,6 +125,8 @@ def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
     # a cheat sheet of 4 vectors x 64 hidden in fp16 is 512 bytes of payload; the row holds more
     assert m["cheat_sheet_payload_bytes"] >= 4 * 64 * 2 and m["bytes_per_chunk"] > 512
 
+    assert data["focus"] is None  # the tiny encoder pools no literal tokens: said so, not faked
+    assert any(n.startswith("focus:") for n in data["notes"])
     assert set(data["targets"]) == set(bench.TARGETS)
     assert data["targets"]["adapter_switch_ms"]["value"] == a["switch_ms"]
     assert {p["mode"]: p["ratio"] for p in data["eval_points"]} == {"full": 1.0, "lloco": 8.0}
@@ -154,6 +156,40 @@ def test_bench_reports_every_section(tiny_lloco, pg_url, tmp_path):
         assert "lloco_bench" not in inspect(engine).get_schema_names()  # the bench cleans up after itself
     finally:
         engine.dispose()
+
+
+def test_focus_section(make_tiny_host):
+    """Focusing the top k sheets, timed beside compressing them again and beside the prompt's prefill."""
+    from lloco_runtime import ContextEncoder, EncoderConfig, LLoCO
+
+    host = make_tiny_host()
+    cfg = EncoderConfig(
+        segment_length=32, summary_length=4, literal_tokens=4, pooling="mean", summary_layer=0
+    )
+    lloco = LLoCO(host, ContextEncoder(host, cfg))
+    question = "What did the archivist record in the year of the long frost?"
+    ids = host.tokenizer(bench.synthetic_passage(host.tokenizer, 4 * 32), add_special_tokens=False)[
+        "input_ids"
+    ]
+    f = bench_model.bench_focus(lloco, ids, question, top_k=3, reps=2)
+    assert f["top_k"] == 3 and f["segment_length"] == 32 and f["reps"] == 2
+    assert f["focus_ms"] > 0 and f["compress_ms"] > 0 and f["prefill_ms"] > 0
+    assert f["speedup_vs_compress"] == pytest.approx(f["compress_ms"] / f["focus_ms"], rel=0.01)
+    assert f["share_of_ttft"] == pytest.approx(f["focus_ms"] / (f["focus_ms"] + f["prefill_ms"]), abs=1e-4)
+    # the focused sheets have the stored sheets' positions: 3 x (4 pooled + 4 literal)
+    assert f["prompt_positions"] == 3 * (4 + 4)
+    with pytest.raises(ValueError, match="segments"):
+        bench_model.bench_focus(lloco, ids[:40], question, top_k=3)
+    report = {
+        "machine": bench.machine_info(lloco),
+        "_prefill_table": "",
+        "settings": {"reps": 1, "prefill_summary_length": 16, "prefill_segment_length": 512},
+        "targets": {},
+        "focus": f,
+    }
+    assert any(x.startswith("Focus (literal tokens") for x in bench.format_report(report).splitlines())
+    plain = LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)))
+    assert bench_model.bench_focus(plain, ids, question) is None
 
 
 def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
