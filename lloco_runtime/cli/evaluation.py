@@ -123,6 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_eval_report(args: argparse.Namespace) -> int:
     from ..evaluation.report import (
+        against_markdown,
+        against_rows,
         load_reports,
         markdown,
         summary_rows,
@@ -136,10 +138,19 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
     tables = [markdown([r for r in reports if r.get("dataset") == d], args.baseline) for d in datasets]
     if u_rows is not None:
         tables.append(utilisation_markdown(u_rows))
+    a_rows = against_rows(reports, load_reports(args.against)) if args.against else None
+    if a_rows is not None:
+        tables.append(against_markdown(a_rows))
     print("\n\n".join(tables))
     if args.json:
         rows = summary_rows(reports, args.baseline)
-        out = rows if u_rows is None else {"rows": rows, "utilisation": u_rows}
+        out: Any = rows
+        if u_rows is not None or a_rows is not None:
+            out = {"rows": rows}
+            if u_rows is not None:
+                out["utilisation"] = u_rows
+            if a_rows is not None:
+                out["against"] = a_rows
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
@@ -263,6 +274,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--json",
         default=None,
         metavar="PATH",
-        help="also write the rows as JSON (with --u: {rows, utilisation})",
+        help="also write the rows as JSON (with --u or --against: {rows, utilisation, against})",
+    )
+    s.add_argument(
+        "--against",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="runs to compare the same modes with (e.g. before a change): per mode found in both, the paired "
+        "difference PATHs - these over the questions both answered",
     )
     s.set_defaults(func=cmd_eval_report)

@@ -236,6 +236,51 @@ def markdown(reports: list[dict[str, Any]], baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
+# -- before / after: the same modes in two sets of runs ------------------------------------------------------
+
+
+def against_rows(reports: list[dict[str, Any]], others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, mode) found in both ``reports`` and ``others`` (e.g. runs after a change and before
+    it): both scores and the paired difference ``reports - others`` over the questions both answered."""
+    before = {(r.get("dataset"), r["mode"]): r for r in others}
+    rows = []
+    for r in reports:
+        b = before.get((r.get("dataset"), r["mode"]))
+        if b is None:
+            continue
+        a_s, b_s = question_scores(r), question_scores(b)
+        rows.append(
+            {
+                "dataset": r.get("dataset"),
+                "mode": r["mode"],
+                "score": sum(a_s.values()) / len(a_s) if a_s else None,
+                "against_score": sum(b_s.values()) / len(b_s) if b_s else None,
+                "delta": paired_delta(a_s, b_s),
+            }
+        )
+    if not rows:
+        modes = sorted({f"{r.get('dataset')}/{r['mode']}" for r in reports})
+        raise InputError(
+            f"no (dataset, mode) of {modes} is in the --against runs; compare runs of the same modes"
+        )
+    return rows
+
+
+def against_markdown(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`against_rows`."""
+    lines = [
+        "| set | mode | score | against | paired difference [95% CI] (n) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        d = r["delta"]
+        diff = "-" if d is None else f"{100 * d['delta']:+.1f}{_ci(d['ci95'])} ({d['n']})"
+        lines.append(
+            f"| {r['dataset']} | {r['mode']} | {_pct(r['score'])} | {_pct(r['against_score'])} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
 # -- reading utilisation ------------------------------------------------------------------------------------
 
 #: (right, wrong, text, none) modes of U by default

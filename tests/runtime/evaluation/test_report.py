@@ -9,6 +9,7 @@ import pytest
 from lloco_runtime.cli import main
 from lloco_runtime.errors import InputError
 from lloco_runtime.evaluation.report import (
+    against_rows,
     bootstrap_ci,
     load_reports,
     markdown,
@@ -232,3 +233,20 @@ def test_u_skips_a_dataset_without_the_modes_but_computes_the_others(tmp_path):
         "full-adapter",
     ]
     assert "b: U not computed, no run of lloco-doc-adapter" in utilisation_markdown(rows)
+
+
+def test_cli_against_pairs_the_same_modes_of_two_sets_of_runs(tmp_path, capsys):
+    after, before = tmp_path / "after.json", tmp_path / "before.json"
+    after.write_text(
+        json.dumps({"dataset": "set", "runs": [_report("lloco", [1.0, 0.5, 1.0]), _report("rag", [0.5] * 3)]})
+    )
+    before.write_text(json.dumps({"dataset": "set", "runs": [_report("lloco", [0.5, 0.5, 0.5, 0.0])]}))
+    out_json = tmp_path / "rows.json"
+    assert main(["eval-report", str(after), "--against", str(before), "--json", str(out_json)]) == 0
+    table = capsys.readouterr().out
+    # paired over the 3 questions both answered (q3 only ran before): +33.3, not +50.0 of the unpaired means
+    assert "| set | lloco | 83.3 | 37.5 | +33.3 [0.0, 50.0] (3) |" in table
+    (row,) = json.loads(out_json.read_text())["against"]  # rag is not in the runs before: no row
+    assert row["mode"] == "lloco" and row["delta"]["n"] == 3
+    with pytest.raises(InputError, match="no \\(dataset, mode\\)"):
+        against_rows(load_reports([before]), [_report("rag", [1.0])])
