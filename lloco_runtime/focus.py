@@ -90,11 +90,14 @@ def term_match(word: str, terms: Iterable[str]) -> float:
 
 
 def term_weights(terms: frozenset[str], chunk_texts: Sequence[Sequence[str]]) -> dict[str, float]:
-    """How much each question term says about where the answer is, among chunks read together: an inverse
-    document frequency over the chunks, ``log((N+1)/(df+0.5)) / log((N+1)/1.5)`` for a term found in ``df``
-    of the ``N`` chunks (1 for a term in one chunk only, near 0 for one in all of them; every term weighs 1
-    when there is a single chunk). A question's topic word, present in every retrieved chunk, then stops
-    pulling the budget away from the word that tells the right chunk apart."""
+    """How much each question term says about where the answer is, among chunks read together, relative to
+    the term that says most: an inverse document frequency over the chunks,
+    ``log((N+1)/(df+0.5)) / log((N+1)/1.5)`` for a term found in ``df`` of the ``N`` chunks, divided by the
+    largest of the question's (a term in no chunk weighs 0; every term weighs 1 when there is a single chunk).
+    A question's topic word, present in every retrieved chunk, then stops pulling the budget away from the
+    word that tells the right chunk apart; and where no word tells them apart (the question's words are in
+    every chunk, as when a needle is retrieved several times), every term keeps its full pull rather than
+    all fading together."""
     n = len(chunk_texts)
     if n <= 1:
         return {t: 1.0 for t in terms}
@@ -104,7 +107,8 @@ def term_weights(terms: frozenset[str], chunk_texts: Sequence[Sequence[str]]) ->
         single = {t: 1.0}
         df = sum(any(weighted_match(w, single) for w in texts) for texts in chunk_texts)
         out[t] = math.log((n + 1) / (df + 0.5)) / norm if df else 0.0
-    return out
+    top = max(out.values(), default=0.0)
+    return {t: w / top for t, w in out.items()} if top > 0 else out
 
 
 def word_scores(

@@ -193,6 +193,17 @@ def test_a_question_word_in_every_chunk_weighs_less_than_one_that_tells_them_apa
     assert weighted_match("the", w) == 0.0
 
 
+def test_question_words_found_in_every_chunk_keep_their_full_weight():
+    # a needle retrieved in several chunks: no word tells the chunks apart, so no word is discounted (the
+    # weights are relative to the most telling term; unnormalised they would all fall to about 0.09)
+    terms = question_terms("What is the best thing to do in San Francisco?")
+    needle = [" The", " best", " thing", " to", " do", " in", " San", " Francisco", " is", " eat"]
+    w = term_weights(terms, [needle, needle[::-1], needle + [" cake"]])
+    assert w == {t: pytest.approx(1.0) for t in terms}
+    w = term_weights(terms, [needle, [" best", " thing"], [" the", " best"]])  # "san" in one chunk only
+    assert w["san"] == w["francisco"] == pytest.approx(1.0) and 0.0 < w["best"] < w["thing"] < 1.0
+
+
 def test_the_shared_budget_follows_the_word_that_tells_the_chunks_apart():
     # every chunk names the topic ("canal", over and over in two of them); only one holds "aqueduct", and its
     # neighbour is the answer: without the weights the repeated topic word takes the whole budget
