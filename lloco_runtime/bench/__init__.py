@@ -92,6 +92,7 @@ def machine_info(lloco: LLoCO | None = None) -> dict:
                 "hidden_size": lloco.host.hidden_size,
                 "segment_length": lloco.encoder.config.segment_length,
                 "summary_length": lloco.encoder.config.summary_length,
+                "positions_per_segment": lloco.encoder.config.positions,
                 "encoder_fingerprint": lloco.encoder.fingerprint[:12],
             }
         )
@@ -173,7 +174,7 @@ def bench_prefill(
     cfg = lloco.encoder.config
     paper = (
         lloco.encoder
-        if (cfg.segment_length, cfg.summary_length) == (segment_length, summary_length)
+        if (cfg.segment_length, cfg.positions) == (segment_length, summary_length)
         else ContextEncoder(
             lloco.host, EncoderConfig(segment_length=segment_length, summary_length=summary_length)
         )
@@ -218,7 +219,8 @@ def bench_prefill(
         fns["lloco"] = lloco_prompt
         s_vec = None
         if shipped is not None and (in_window or shipped_beyond):
-            s_vec, s_prompt, s_len = sheets_prompt(shipped, n, cfg.segment_length, cfg.summary_length)
+            # a sheet's positions: its pooled or summary vectors plus its literal tokens
+            s_vec, s_prompt, s_len = sheets_prompt(shipped, n, cfg.segment_length, cfg.positions)
             if fits(s_len):
                 fns["shipped"] = s_prompt
         times: dict[str, list[float]] = {k: [] for k in fns}
@@ -314,7 +316,7 @@ def format_report(report: dict) -> str:
     out += [
         f"Prefill / time to first token: full text vs. cheat sheets ({pf[0]} vectors per {pf[1]} tokens"
         + (
-            f"; shipped encoder {m['summary_length']} per {m['segment_length']}"
+            f"; shipped encoder {m.get('positions_per_segment', m['summary_length'])} per {m['segment_length']}"
             if m.get("segment_length") != pf[1]
             else ""
         )

@@ -190,6 +190,9 @@ def test_focus_section(make_tiny_host):
     assert any(x.startswith("Focus (literal tokens") for x in bench.format_report(report).splitlines())
     plain = LLoCO(host, ContextEncoder(host, EncoderConfig(segment_length=32, summary_length=4)))
     assert bench_model.bench_focus(plain, ids, question) is None
+    # the prefill section counts a literal-token sheet's positions: 4 pooled + 4 literal per 32 tokens
+    (row,), _ = bench.bench_prefill(lloco, [64], reps=1, beyond=[], progress=False)
+    assert row.shipped_lloco_tokens == 2 * (4 + 4)
 
 
 def test_mixed_adapter_batch_routes_each_row(tiny_lloco):
