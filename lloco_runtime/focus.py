@@ -15,9 +15,10 @@ same positions and the same compression ratio as the stored one, and the reader 
 
 Several sheets read for one question (a retrieval's top k) share one budget
 (:func:`shared_focus_positions`): the chunk the question points to keeps more of its text, a distractor
-less, and each question word weighs by how rare it is among those chunks (:func:`term_weights`), so the
-article's topic word, found in every retrieved chunk, does not pull the budget away from the word that
-singles out the answer's chunk.
+less, and each question word weighs by how rare it is among those chunks, relative to the rarest
+(:func:`term_weights`), so the article's topic word, found in every retrieved chunk, does not pull the
+budget away from the word that singles out the answer's chunk, and words that are in every chunk alike
+(a needle retrieved several times) keep their full pull.
 
 Nothing runs through a model: the pooled vectors of an encoder that pools input embeddings
 (``summary_layer=0``) are an embedding lookup and a mean per group, so the focused sheet is rebuilt from the
