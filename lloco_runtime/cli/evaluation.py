@@ -82,8 +82,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_context_tokens=args.max_context_tokens,
         limit=args.limit,
         only_needed_docs=args.only_needed_docs,
+        offset=args.offset,
     )
     validate_name(settings.group, "group")
+    if settings.offset >= len(dataset.questions):  # before any model loads
+        raise InputError(
+            f"--offset {settings.offset} skips all {len(dataset.questions)} questions of {dataset.name}; "
+            f"use an offset below {len(dataset.questions)}"
+        )
     check_png(args.plot)  # fail now, with the install command, not after the run
     lloco = _common.load_runtime(args)
     store = _common.open_store(args, create=True) if any(m in STORE_MODES for m in modes) else None
@@ -198,7 +204,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     s.add_argument("--group", default=None, help="document group (default: the dataset folder's name)")
     add_collection_option(s)
-    s.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    s.add_argument("--limit", type=int, default=None, help="only the first N questions (after --offset)")
+    s.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first N questions: run a set in parts (e.g. --offset 600 --limit 600) and "
+        "`lloco eval-report` pools the parts of a mode (default 0)",
+    )
     add_retrieval_options(
         s,
         top_k_help="chunks retrieved per question (default %(default)s)",

@@ -107,12 +107,15 @@ class EvalSettings:
     max_context_tokens: int | None = None  # cap for full / lloco-doc (None: the decoder's window)
     limit: int | None = None
     only_needed_docs: bool = False
+    offset: int = 0  # questions skipped before ``limit`` counts: run a set in parts, pooled by eval-report
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise InputError("--top-k must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise InputError("--limit must be >= 1")
+        if self.offset < 0:
+            raise InputError("--offset must be >= 0")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError("--max-new-tokens must be >= 1")
         if self.max_context_tokens is not None and self.max_context_tokens < 1:
@@ -241,7 +244,14 @@ class Harness:
             from ..service import LLoCOService
 
             self.service = LLoCOService(lloco, store)
-        self.questions = dataset.questions[: settings.limit] if settings.limit else list(dataset.questions)
+        start = settings.offset
+        stop = start + settings.limit if settings.limit else None
+        self.questions = list(dataset.questions[start:stop])
+        if not self.questions:
+            raise InputError(
+                f"--offset {start} skips all {len(dataset.questions)} questions of {dataset.name}; "
+                f"use an offset below {len(dataset.questions)}"
+            )
         self.max_new_tokens = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[dataset.metric]
         self._doc_ids: dict[str, list[int]] = {}
         self._doc_sheets: dict[str, list[torch.Tensor]] = {}

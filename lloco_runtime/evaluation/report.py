@@ -19,12 +19,15 @@ much as the text. U is undefined when the text does not beat no context (denomin
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: per-question key of the headline score for each metric kind
 SCORE_KEY = {"qa": "f1", "contains": "correct", "choice": "correct"}
@@ -144,7 +147,94 @@ def load_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             reports.append(r)
     if not reports:
         raise InputError("no evaluation runs in the given files")
-    return reports
+    return pool_parts(reports)
+
+
+#: settings that may differ between the parts of one run (``lloco eval --offset N --limit M``)
+PART_SETTINGS = frozenset({"offset", "limit"})
+#: per-question keys whose means make a mode report's summary fields
+_MEAN_KEYS = {
+    "f1": "f1",
+    "em": "em",
+    "accuracy": "correct",
+    "context_tokens_mean": "context_tokens",
+    "latency_s_mean": "latency_s",
+    "prefill_s_mean": "prefill_s",
+}
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r.get(key) for r in rows]
+    if not vals or any(v is None for v in vals):
+        return None
+    return sum(float(v) for v in vals) / len(vals)
+
+
+def _pooled(parts: list[dict[str, Any]], differing: Sequence[str] = ()) -> dict[str, Any]:
+    """One report of a mode from its parts: questions concatenated, summary means recomputed."""
+    rows = [row for part in parts for row in part["per_question"]]
+    out = dict(parts[0])
+    out.update({k: _mean_of(rows, key) for k, key in _MEAN_KEYS.items()})
+    if out.get("rouge") is not None:
+        out["rouge"] = {
+            k: _mean_of([r.get("rouge") or {} for r in rows], k) for k in ("rouge1", "rouge2", "rougeL")
+        }
+    settings = dict(parts[0].get("settings") or {})
+    settings["parts"] = [
+        {
+            "offset": (p.get("settings") or {}).get("offset", 0),
+            "limit": (p.get("settings") or {}).get("limit"),
+            "n": len(p["per_question"]),
+            **{k: (p.get("settings") or {}).get(k) for k in differing},
+        }
+        for p in parts
+    ]
+    out.update({"n": len(rows), "settings": settings, "per_question": rows})
+    return out
+
+
+def pool_parts(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pool the parts of a run: reports of the same (dataset, mode) that answered disjoint questions (the
+    parts of ``lloco eval --offset``) become one report, in the place of the first part, its settings those of the
+    first part with ``parts`` listing each part's offset, limit, size and any setting in which the parts
+    differ (logged as a warning: a path or an unused encoder may differ harmlessly, an adapter may not).
+    Reports of a mode whose questions overlap (two runs of the same questions, e.g. before and after a
+    change) stay separate."""
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in reports:
+        groups.setdefault((r.get("dataset"), r["mode"]), []).append(r)
+    pooled: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for key, parts in groups.items():
+        if len(parts) < 2:
+            continue
+        qids = [str(row["qid"]) for p in parts for row in p["per_question"]]
+        if len(set(qids)) != len(qids):
+            continue
+        first = {k: v for k, v in (parts[0].get("settings") or {}).items() if k not in PART_SETTINGS}
+        diff: set[str] = set()
+        for p in parts[1:]:
+            other = {k: v for k, v in (p.get("settings") or {}).items() if k not in PART_SETTINGS}
+            diff |= {k for k in set(first) | set(other) if first.get(k) != other.get(k)}
+        if diff:
+            log.warning(
+                "pooling %d runs of mode %r on %r (disjoint questions) whose settings differ in %s; "
+                "each part's values are in settings.parts",
+                len(parts),
+                key[1],
+                key[0],
+                ", ".join(sorted(diff)),
+            )
+        pooled[key] = _pooled(parts, sorted(diff))
+    out, seen = [], set()
+    for r in reports:
+        key = (r.get("dataset"), r["mode"])
+        if key in pooled:
+            if key not in seen:
+                seen.add(key)
+                out.append(pooled[key])
+        else:
+            out.append(r)
+    return out
 
 
 def question_scores(report: dict[str, Any]) -> dict[str, float]:

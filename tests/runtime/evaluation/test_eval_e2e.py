@@ -493,3 +493,27 @@ def test_compare_skips_every_cheat_sheet_adapter_mode_without_an_adapter(
     assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "lloco-doc-control") == 2
     err = capsys.readouterr().err
     assert "no active adapter" in err and "--adapter-file" in err
+
+
+def test_a_run_in_parts_with_offset_is_pooled_by_eval_report(
+    qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, tmp_path, capsys
+):
+    first, rest = tmp_path / "first.json", tmp_path / "rest.json"
+    run = ("--mode", "none", "--json")
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, *run, str(first), "--limit", "1") == 0
+    assert _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, *run, str(rest), "--offset", "1") == 0
+    a, b = json.loads(first.read_text()), json.loads(rest.read_text())
+    assert [r["qid"] for r in a["per_question"]] == ["q1"]
+    assert [r["qid"] for r in b["per_question"]] == ["q2", "q3"]
+    assert b["settings"]["offset"] == 1 and b["settings"]["limit"] is None
+    capsys.readouterr()
+    out = tmp_path / "pooled.json"
+    assert main(["eval-report", str(first), str(rest), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["mode"] == "none" and row["n"] == 3
+    for offset, message in (("3", "--offset 3 skips all 3 questions"), ("-1", "--offset must be >= 0")):
+        assert (
+            _eval(qa_dir, tiny_model_dir, encoder_dir, pg_url, schema, "--mode", "none", "--offset", offset)
+            == 2
+        )
+        assert message in capsys.readouterr().err

@@ -250,3 +250,35 @@ def test_cli_against_pairs_the_same_modes_of_two_sets_of_runs(tmp_path, capsys):
     assert row["mode"] == "lloco" and row["delta"]["n"] == 3
     with pytest.raises(InputError, match="no \\(dataset, mode\\)"):
         against_rows(load_reports([before]), [_report("rag", [1.0])])
+
+
+def _part(mode, f1s, start, **settings):
+    r = _report(mode, f1s)
+    for i, row in enumerate(r["per_question"]):
+        row["qid"] = f"q{start + i}"
+        row["context_tokens"], row["latency_s"] = 10.0 * (start + i), 0.5
+    r["settings"] = {"group": "g", "offset": start, "limit": len(f1s), **settings}
+    return r
+
+
+def test_parts_of_a_run_are_pooled_and_overlapping_runs_stay_apart(tmp_path, caplog):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(
+        json.dumps({"dataset": "set", "runs": [_part("lloco", [1.0, 0.0], 0), _part("rag", [1.0], 0)]})
+    )
+    b.write_text(json.dumps({"dataset": "set", "runs": [_part("lloco", [1.0, 1.0], 2)]}))
+    pooled = load_reports([a, b])
+    assert [r["mode"] for r in pooled] == ["lloco", "rag"]
+    lloco = pooled[0]
+    assert lloco["n"] == 4 and lloco["f1"] == pytest.approx(0.75)
+    assert lloco["context_tokens_mean"] == pytest.approx(15.0)
+    assert [p["offset"] for p in lloco["settings"]["parts"]] == [0, 2]
+    assert question_scores(lloco) == {"q0": 1.0, "q1": 0.0, "q2": 1.0, "q3": 1.0}
+    assert not caplog.records
+    # the same questions twice (before / after a change): two reports, as before
+    assert len(load_reports([a, a])) == 4
+    # parts that differ in a setting are pooled, with the difference logged and kept per part
+    b.write_text(json.dumps({"dataset": "set", "runs": [_part("lloco", [1.0, 1.0], 2, group="other")]}))
+    lloco = load_reports([a, b])[0]
+    assert lloco["n"] == 4 and [p["group"] for p in lloco["settings"]["parts"]] == ["g", "other"]
+    assert "differ in group" in caplog.text
