@@ -90,6 +90,20 @@ for v in "${VARIANTS[@]}"; do
     $LLOCO train-encoder $COMMON $opts --out "$WORK/runs/$name" > "$WORK/$name.log" 2>&1 &
     pids+=($!)
 done
+# The 8x -> 4x curriculum at the same budget: half of T_VARIANT at 8x (16 vectors per 128 tokens), then the
+# connector and reader carried into a 4x encoder (`--connector-init`, `--reader-init`) for the other half.
+HALF=$($PY -c "print($T_VARIANT / 2)")
+EMB="--segment-length 128 --pooling mean --summary-layer 0 --keep-ratio --connector mlp --lora-r 0 \
+ --continuation-weight 0 --reconstruction-weight 0"
+(
+    $LLOCO train-encoder $COMMON $EMB --summary-length 16 --minutes "$HALF" --out "$WORK/stage/emb8to4x-8x" \
+        > "$WORK/emb8to4x-8x.log" 2>&1 &&
+    $LLOCO train-encoder $COMMON $EMB --summary-length 32 --minutes "$HALF" \
+        --connector-init "$WORK/stage/emb8to4x-8x/encoder" \
+        --reader-init "$WORK/stage/emb8to4x-8x/encoder/reader.safetensors" \
+        --out "$WORK/runs/emb8to4x-mlp" > "$WORK/emb8to4x-mlp.log" 2>&1
+) &
+pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 log "variants done"
 
@@ -111,6 +125,7 @@ for r in rows:
     print("RESULT", r[0], json.dumps(r[2]))
 with tarfile.open(out / "histories.tar.gz", "w:gz") as t:
     for p in list(work.glob("*.log")) + list(work.glob("runs/*/history.json")) + list(work.glob("runs/*/loss.png")) \
+            + list(work.glob("stage/*/history.json")) \
             + list(work.glob("teacher/history.json")) + list(work.glob("teacher/loss.png")):
         t.add(p, arcname=str(p.relative_to(work)))
 if (work / "teacher" / "adapter.safetensors").exists():
